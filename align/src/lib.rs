@@ -1,0 +1,7 @@
+//! # align: the ALIGN dual encoder and everything around it
+//!
+//! EfficientNet image tower, BERT text tower, the contrastive loss, data pipeline, training,
+//! evaluation and search (Jia et al., ICML 2021; see SPEC.md). The `align` binary is the
+//! command-line front end.
+
+pub mod demo;

