@@ -12,7 +12,12 @@
 //! What this crate deliberately is not: a tensor library. Shapes, broadcasting and views live in
 //! `tensor`.
 
+pub mod activation;
+pub mod conv;
 pub mod gemm;
+pub mod norm;
 pub mod parallel;
+pub mod softmax;
 
+pub use conv::{ConvGeometry, Padding};
 pub use gemm::{gemm_reference, sgemm, GemmStrides};

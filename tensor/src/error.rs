@@ -19,6 +19,10 @@ pub enum TensorError {
     #[error("{op}: index {index} out of range for size {size}")]
     Index { op: &'static str, index: usize, size: usize },
 
+    /// Misuse of an autograd graph (backward twice, backward from a non-scalar without a gradient).
+    #[error("autograd: {0}")]
+    Graph(String),
+
     /// Operating-system error on a file.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

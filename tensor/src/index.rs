@@ -103,6 +103,96 @@ impl Tensor {
         Ok(Tensor::from_contiguous(data, ishape))
     }
 
+    /// Adds the rows of `src` into a copy of `self` at `indices` along `axis` (repeated indices
+    /// accumulate). The adjoint of [`Tensor::index_select`]: an embedding's gradient.
+    pub fn index_add(&self, axis: usize, indices: &[usize], src: &Tensor) -> Result<Tensor> {
+        self.check_axis("index_add", axis)?;
+        let mut want = self.shape().to_vec();
+        want[axis] = indices.len();
+        if src.shape() != want.as_slice() {
+            return Err(TensorError::shape("index_add", format!("source shape {:?}, expected {want:?}", src.shape())));
+        }
+        let n = self.shape()[axis];
+        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+            return Err(TensorError::Index { op: "index_add", index: bad, size: n });
+        }
+        let mut out = self.contiguous();
+        let src = src.contiguous();
+        let s = src.as_contiguous_slice().expect("contiguous");
+        let outer: usize = self.shape()[..axis].iter().product();
+        let inner: usize = self.shape()[axis + 1..].iter().product();
+        let d = out.data_mut();
+        for o in 0..outer {
+            for (k, &i) in indices.iter().enumerate() {
+                let dst = (o * n + i) * inner;
+                let from = (o * indices.len() + k) * inner;
+                for j in 0..inner {
+                    d[dst + j] += s[from + j];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `src` into a copy of `self` at the positions `index` names along `axis`
+    /// (PyTorch's `scatter_add`, the adjoint of [`Tensor::gather`]).
+    pub fn scatter_add(&self, axis: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.check_axis("scatter_add", axis)?;
+        if index.shape() != src.shape()
+            || index.rank() != self.rank()
+            || (0..self.rank()).any(|d| d != axis && index.shape()[d] > self.shape()[d])
+        {
+            return Err(TensorError::shape(
+                "scatter_add",
+                format!("index {:?} / source {:?} do not fit {:?} on axis {axis}", index.shape(), src.shape(), self.shape()),
+            ));
+        }
+        let idx = index.to_vec();
+        let vals = src.to_vec();
+        let n = self.shape()[axis];
+        let mut out = self.contiguous();
+        let strides = out.strides().to_vec();
+        let ishape = index.shape().to_vec();
+        let d = out.data_mut();
+        for (flat, (&v, &x)) in idx.iter().zip(&vals).enumerate() {
+            if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < n) {
+                return Err(TensorError::shape("scatter_add", format!("index value {v} invalid for axis {axis} of size {n}")));
+            }
+            let mut r = flat;
+            let mut off = 0;
+            for dd in (0..ishape.len()).rev() {
+                let i = if dd == axis { v as usize } else { r % ishape[dd] };
+                off += i * strides[dd];
+                r /= ishape[dd];
+            }
+            d[off] += x;
+        }
+        Ok(out)
+    }
+
+    /// Sums `self` down to `shape` over the axes that broadcasting expanded: leading extra axes,
+    /// and axes where `shape` has 1. The single place where broadcast gradients are reduced.
+    pub fn sum_to_shape(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let fail = || TensorError::shape("sum_to_shape", format!("cannot reduce {:?} to {shape:?}", self.shape()));
+        if shape.len() > self.rank() {
+            return Err(fail());
+        }
+        let lead = self.rank() - shape.len();
+        let mut axes: Vec<usize> = (0..lead).collect();
+        for (d, &n) in shape.iter().enumerate() {
+            let have = self.shape()[lead + d];
+            if n == 1 && have != 1 {
+                axes.push(lead + d);
+            } else if n != have {
+                return Err(fail());
+            }
+        }
+        self.sum(&axes, true)?.reshape(shape)
+    }
+
     /// `(len, num_classes)` rows of zeros with a 1 at each class index.
     pub fn one_hot(indices: &[usize], num_classes: usize) -> Result<Tensor> {
         let mut data = vec![0.0f32; indices.len() * num_classes];
@@ -153,5 +243,20 @@ mod tests {
         let oh = Tensor::one_hot(&[1, 0, 2], 3).unwrap();
         assert_eq!(oh.to_vec(), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
         assert!(Tensor::one_hot(&[3], 3).is_err());
+    }
+
+    #[test]
+    fn adjoints_index_add_scatter_add_sum_to_shape() {
+        let z = Tensor::zeros(&[4, 2]);
+        let src = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 2]).unwrap();
+        let g = z.index_add(0, &[1, 3, 1], &src).unwrap();
+        assert_eq!(g.to_vec(), vec![0.0, 0.0, 6.0, 8.0, 0.0, 0.0, 3.0, 4.0]);
+        let idx = Tensor::from_vec(vec![1.0, 1.0, 0.0], &[3, 1]).unwrap();
+        let s = Tensor::zeros(&[3, 2]).scatter_add(1, &idx, &Tensor::ones(&[3, 1])).unwrap();
+        assert_eq!(s.to_vec(), vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
+        let b = Tensor::ones(&[2, 3, 4]).sum_to_shape(&[3, 1]).unwrap();
+        assert_eq!(b.shape(), &[3, 1]);
+        assert_eq!(b.to_vec(), vec![8.0; 3]);
+        assert!(Tensor::ones(&[2, 3]).sum_to_shape(&[2]).is_err());
     }
 }

@@ -1,0 +1,175 @@
+//! Layer norm (last axis) and batch norm (channels-last), with fused backward passes.
+//!
+//! Layer norm saves only the per-row mean and reciprocal std besides the input it already
+//! needs (llm.c's choice). Batch norm in training mode normalises with the batch statistics
+//! and differentiates through them; in eval mode it uses fixed running statistics and is an
+//! affine map per channel.
+
+use kernels::norm as k;
+use tensor::{Result, Tensor, TensorError};
+
+use super::maybe;
+use crate::Var;
+
+/// y = (x - mean) / sqrt(var + eps) * gamma + beta over the last axis of x; gamma, beta: (C,).
+pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+    let xv = x.value().contiguous();
+    let c = *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "layer_norm", msg: "input has no axes".into() })?;
+    let (gv, bv) = (gamma.value().contiguous(), beta.value().contiguous());
+    if gv.shape() != [c] || bv.shape() != [c] {
+        return Err(TensorError::Shape {
+            op: "layer_norm",
+            msg: format!("gamma {:?} / beta {:?} must be [{c}] for input {:?}", gv.shape(), bv.shape(), xv.shape()),
+        });
+    }
+    let rows = xv.numel().checked_div(c).unwrap_or(0);
+    let mut y = vec![0.0f32; xv.numel()];
+    let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+    let xs = xv.as_contiguous_slice().expect("contiguous");
+    let (gs, bs) = (gv.as_contiguous_slice().expect("contiguous"), bv.as_contiguous_slice().expect("contiguous"));
+    k::layer_norm_forward(xs, Some(gs), Some(bs), &mut y, &mut mean, &mut rstd, c, eps);
+    let out = Tensor::from_vec(y, xv.shape())?;
+    Ok(Var::from_fn(out, &[x, gamma, beta], "layer_norm", move |g, needs| {
+        let gc = g.contiguous();
+        let mut dx = vec![0.0f32; xv.numel()];
+        let mut dgamma = vec![0.0f32; c];
+        let mut dbeta = vec![0.0f32; c];
+        k::layer_norm_backward(
+            xv.as_contiguous_slice().expect("contiguous"),
+            Some(gv.as_contiguous_slice().expect("contiguous")),
+            &mean,
+            &rstd,
+            gc.as_contiguous_slice().expect("contiguous"),
+            &mut dx,
+            Some(&mut dgamma),
+            Some(&mut dbeta),
+            c,
+        );
+        Ok(vec![
+            maybe(needs[0], || Tensor::from_vec(dx, xv.shape()))?,
+            maybe(needs[1], || Tensor::from_vec(dgamma, &[c]))?,
+            maybe(needs[2], || Tensor::from_vec(dbeta, &[c]))?,
+        ])
+    }))
+}
+
+/// Which statistics batch norm normalises with.
+#[derive(Clone, Debug)]
+pub enum BatchNormMode {
+    /// Batch statistics over every axis but the last (the batch's mean and biased variance).
+    Train { eps: f32 },
+    /// Fixed running statistics, shape (C,).
+    Eval { running_mean: Tensor, running_var: Tensor, eps: f32 },
+}
+
+/// Output of [`batch_norm`]; in training mode also the batch statistics, which the caller
+/// folds into its running averages (biased variance: multiply by M / (M - 1) for PyTorch's
+/// unbiased running variance).
+pub struct BatchNormOutput {
+    pub y: Var,
+    pub batch_mean: Option<Tensor>,
+    pub batch_var: Option<Tensor>,
+}
+
+/// Batch norm over channels-last input (..., C) with per-channel gamma and beta (C,).
+pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Result<BatchNormOutput> {
+    let xv = x.value().contiguous();
+    let c = *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "batch_norm", msg: "input has no axes".into() })?;
+    let (gv, bv) = (gamma.value().contiguous(), beta.value().contiguous());
+    if gv.shape() != [c] || bv.shape() != [c] {
+        return Err(TensorError::Shape {
+            op: "batch_norm",
+            msg: format!("gamma {:?} / beta {:?} must be [{c}] for input {:?}", gv.shape(), bv.shape(), xv.shape()),
+        });
+    }
+    let xs = xv.as_contiguous_slice().expect("contiguous");
+    let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
+    let (training, eps) = match mode {
+        BatchNormMode::Train { eps } => {
+            if xv.numel() == 0 {
+                return Err(TensorError::Shape { op: "batch_norm", msg: "training mode needs a non-empty batch".into() });
+            }
+            k::batch_norm_stats(xs, c, &mut mean, &mut var);
+            (true, *eps)
+        }
+        BatchNormMode::Eval { running_mean, running_var, eps } => {
+            if running_mean.shape() != [c] || running_var.shape() != [c] {
+                return Err(TensorError::Shape { op: "batch_norm", msg: format!("running statistics must be [{c}]") });
+            }
+            mean = running_mean.to_vec();
+            var = running_var.to_vec();
+            (false, *eps)
+        }
+    };
+    let rstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+    let mut y = vec![0.0f32; xv.numel()];
+    let (gs, bs) = (gv.as_contiguous_slice().expect("contiguous"), bv.as_contiguous_slice().expect("contiguous"));
+    k::batch_norm_apply(xs, &mean, &rstd, gs, bs, &mut y, c);
+    let out = Tensor::from_vec(y, xv.shape())?;
+    let (batch_mean, batch_var) = if training {
+        (Some(Tensor::from_vec(mean.clone(), &[c])?), Some(Tensor::from_vec(var, &[c])?))
+    } else {
+        (None, None)
+    };
+    let y = Var::from_fn(out, &[x, gamma, beta], "batch_norm", move |g, needs| {
+        let gc = g.contiguous();
+        let mut dx = vec![0.0f32; xv.numel()];
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+        k::batch_norm_backward(
+            xv.as_contiguous_slice().expect("contiguous"),
+            &mean,
+            &rstd,
+            gv.as_contiguous_slice().expect("contiguous"),
+            gc.as_contiguous_slice().expect("contiguous"),
+            &mut dx,
+            &mut dgamma,
+            &mut dbeta,
+            c,
+            training,
+        );
+        Ok(vec![
+            maybe(needs[0], || Tensor::from_vec(dx, xv.shape()))?,
+            maybe(needs[1], || Tensor::from_vec(dgamma, &[c]))?,
+            maybe(needs[2], || Tensor::from_vec(dbeta, &[c]))?,
+        ])
+    });
+    Ok(BatchNormOutput { y, batch_mean, batch_var })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{check_gradients, GradcheckOptions};
+
+    #[test]
+    fn layer_norm_passes_gradcheck() {
+        let o = GradcheckOptions::default();
+        let x = Tensor::rand_uniform(&[2, 3, 6], -2.0, 2.0, 1);
+        let g = Tensor::rand_uniform(&[6], 0.5, 1.5, 2);
+        let b = Tensor::rand_uniform(&[6], -0.5, 0.5, 3);
+        check_gradients(&[x.clone(), g.clone(), b.clone()], |v| layer_norm(&v[0], &v[1], &v[2], 1e-5), &o).unwrap();
+        // strided input: the transposed view of a (6, 3) matrix
+        let xt = Tensor::rand_uniform(&[6, 3], -2.0, 2.0, 4);
+        let g6 = Tensor::rand_uniform(&[6], 0.5, 1.5, 5);
+        check_gradients(&[xt, g6.clone(), g6], |v| {
+            layer_norm(&crate::ops::shape::transpose(&v[0], 0, 1)?, &v[1], &v[2], 1e-5)
+        }, &o)
+        .unwrap();
+    }
+
+    #[test]
+    fn batch_norm_passes_gradcheck_in_both_modes() {
+        let o = GradcheckOptions::default();
+        let x = Tensor::rand_uniform(&[2, 3, 3, 4], -2.0, 2.0, 1);
+        let g = Tensor::rand_uniform(&[4], 0.5, 1.5, 2);
+        let b = Tensor::rand_uniform(&[4], -0.5, 0.5, 3);
+        let train = BatchNormMode::Train { eps: 1e-3 };
+        check_gradients(&[x.clone(), g.clone(), b.clone()], |v| Ok(batch_norm(&v[0], &v[1], &v[2], &train)?.y), &o).unwrap();
+        let eval = BatchNormMode::Eval {
+            running_mean: Tensor::rand_uniform(&[4], -0.5, 0.5, 4),
+            running_var: Tensor::rand_uniform(&[4], 0.5, 1.5, 5),
+            eps: 1e-3,
+        };
+        check_gradients(&[x, g, b], |v| Ok(batch_norm(&v[0], &v[1], &v[2], &eval)?.y), &o).unwrap();
+    }
+}

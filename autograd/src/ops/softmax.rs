@@ -1,0 +1,123 @@
+//! Softmax, log-softmax (last axis) and cross-entropy from logits with label smoothing.
+//! All three have fused backward passes: softmax's gradient is computed from its output
+//! (dx = y * (dy - sum(dy * y))), and cross-entropy's is simply (softmax - target) / N, which is
+//! both cheaper and more stable than chaining log and softmax.
+
+use kernels::softmax as k;
+use tensor::{Result, Tensor, TensorError};
+
+use crate::Var;
+
+/// Runs a row kernel over the last axis of `x`, producing a same-shaped contiguous tensor.
+fn rowwise(x: &Tensor, f: impl Fn(&[f32], &mut [f32], usize)) -> Tensor {
+    let xc = x.contiguous();
+    let cols = *x.shape().last().unwrap_or(&1);
+    let mut out = vec![0.0f32; x.numel()];
+    f(xc.as_contiguous_slice().expect("contiguous"), &mut out, cols);
+    Tensor::from_vec(out, x.shape()).expect("same shape")
+}
+
+fn rowwise2(a: &Tensor, b: &Tensor, f: impl Fn(&[f32], &[f32], &mut [f32], usize)) -> Tensor {
+    let (ac, bc) = (a.contiguous(), b.contiguous());
+    let cols = *a.shape().last().unwrap_or(&1);
+    let mut out = vec![0.0f32; a.numel()];
+    f(ac.as_contiguous_slice().expect("contiguous"), bc.as_contiguous_slice().expect("contiguous"), &mut out, cols);
+    Tensor::from_vec(out, a.shape()).expect("same shape")
+}
+
+fn check_rank(op: &'static str, x: &Tensor) -> Result<()> {
+    if x.rank() == 0 {
+        return Err(TensorError::Shape { op, msg: "needs at least one axis".into() });
+    }
+    Ok(())
+}
+
+/// softmax over the last axis.
+pub fn softmax(x: &Var) -> Result<Var> {
+    let xv = x.value();
+    check_rank("softmax", &xv)?;
+    let y = rowwise(&xv, k::softmax_rows);
+    let saved = y.clone();
+    Ok(Var::from_fn(y, &[x], "softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, k::softmax_rows_backward))])))
+}
+
+/// log(softmax) over the last axis, computed stably.
+pub fn log_softmax(x: &Var) -> Result<Var> {
+    let xv = x.value();
+    check_rank("log_softmax", &xv)?;
+    let y = rowwise(&xv, k::log_softmax_rows);
+    let saved = y.clone();
+    Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, k::log_softmax_rows_backward))])))
+}
+
+/// Mean cross-entropy of `logits` (N, C) against class indices, with label smoothing
+/// `smoothing` (PyTorch's convention: the target is (1 - s) * one_hot + s / C).
+pub fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> Result<Var> {
+    let lv = logits.value();
+    if lv.rank() != 2 || lv.shape()[0] != targets.len() {
+        return Err(TensorError::Shape {
+            op: "cross_entropy",
+            msg: format!("logits {:?} need shape (N, C) with N = {} targets", lv.shape(), targets.len()),
+        });
+    }
+    if !(0.0..=1.0).contains(&smoothing) {
+        return Err(TensorError::Shape { op: "cross_entropy", msg: format!("label smoothing {smoothing} outside [0, 1]") });
+    }
+    let (n, c) = (lv.shape()[0], lv.shape()[1]);
+    if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
+        return Err(TensorError::Index { op: "cross_entropy", index: bad, size: c });
+    }
+    let logp = rowwise(&lv, k::log_softmax_rows);
+    let lp = logp.as_contiguous_slice().expect("contiguous");
+    let off = smoothing / c as f32;
+    let on = 1.0 - smoothing + off;
+    let mut total = 0.0f64;
+    for (i, &t) in targets.iter().enumerate() {
+        let row = &lp[i * c..(i + 1) * c];
+        let row_sum: f64 = row.iter().map(|&v| v as f64).sum();
+        total -= off as f64 * row_sum + (on - off) as f64 * row[t] as f64;
+    }
+    let loss = Tensor::scalar((total / n.max(1) as f64) as f32);
+    let targets = targets.to_vec();
+    Ok(Var::from_fn(loss, &[logits], "cross_entropy", move |g, _| {
+        let scale = g.item()? / n.max(1) as f32;
+        let lp = logp.as_contiguous_slice().expect("contiguous");
+        let mut d: Vec<f32> = lp.iter().map(|&v| (v.exp() - off) * scale).collect();
+        for (i, &t) in targets.iter().enumerate() {
+            d[i * c + t] -= (on - off) * scale;
+        }
+        Ok(vec![Some(Tensor::from_vec(d, &[n, c])?)])
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{check_gradients, GradcheckOptions};
+
+    #[test]
+    fn softmax_family_passes_gradcheck() {
+        let o = GradcheckOptions::default();
+        let x = Tensor::rand_uniform(&[3, 5], -2.0, 2.0, 1);
+        check_gradients(&[x.clone()], |v| softmax(&v[0]), &o).unwrap();
+        check_gradients(&[x.clone()], |v| log_softmax(&crate::ops::shape::transpose(&v[0], 0, 1)?), &o).unwrap();
+        for s in [0.0, 0.1, 1.0] {
+            check_gradients(&[x.clone()], |v| cross_entropy(&v[0], &[4, 0, 2], s), &o).unwrap();
+        }
+    }
+
+    #[test]
+    fn cross_entropy_values_and_errors() {
+        // uniform logits: loss = ln(C) whatever the smoothing
+        let l = Var::constant(Tensor::zeros(&[2, 4]));
+        let v = cross_entropy(&l, &[1, 3], 0.1).unwrap().value().item().unwrap();
+        assert!((v - 4f32.ln()).abs() < 1e-6);
+        // huge logits stay finite
+        let big = Var::constant(Tensor::from_vec(vec![1e4, -1e4, 0.0], &[1, 3]).unwrap());
+        let v = cross_entropy(&big, &[1], 0.0).unwrap().value().item().unwrap();
+        assert!((v - 2e4).abs() < 1.0, "{v}");
+        assert!(cross_entropy(&l, &[4, 0], 0.1).is_err());
+        assert!(cross_entropy(&l, &[0], 0.1).is_err());
+        assert!(cross_entropy(&l, &[0, 0], 1.5).is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! `Var`: a tensor that remembers how it was computed, and reverse-mode backpropagation.
+//!
+//! Every op on `Var`s computes its value eagerly and, when some input requires a gradient (and
+//! we are not inside [`no_grad`]), attaches a node holding (a) the input `Var`s and (b) a
+//! [`Backward`] object with the few tensors its gradient needs. Nodes point only at their
+//! inputs, never at their outputs, so the graph cannot contain reference cycles; dropping the
+//! last output frees the whole graph.
+//!
+//! `backward()` walks the nodes reachable from the output in reverse creation order (a valid
+//! reverse topological order, since an op's output is always created after its inputs),
+//! hands each node the gradient of its output, and *takes* the node out of its `Var` as it
+//! goes: saved tensors are freed as soon as they have been used, and a second backward through
+//! the same graph finds the nodes gone and returns an error instead of double counting.
+//! Leaf gradients accumulate with `+=` across backward calls until [`Var::zero_grad`].
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tensor::{Result, Tensor, TensorError};
+
+/// The gradient rule of one op. `grad_out` has the shape of the op's output; return one entry
+/// per input, `None` where `needs[i]` is false (or the input has no gradient).
+pub trait Backward: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn backward(&self, grad_out: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// A backward rule written as a closure (most ops use this: forward and backward sit together).
+pub struct FnBackward<F> {
+    name: &'static str,
+    f: F,
+}
+
+impl<F> Backward for FnBackward<F>
+where
+    F: Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + Sync,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn backward(&self, grad_out: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        (self.f)(grad_out, needs)
+    }
+}
+
+struct Node {
+    /// Graph handles of the inputs: enough to route gradients, without keeping input values
+    /// alive (an op that needs a value for its gradient saves it in its `Backward`).
+    inputs: Vec<Arc<GraphNode>>,
+    op: Box<dyn Backward>,
+}
+
+/// The part of a variable that the graph points at.
+struct GraphNode {
+    id: u64,
+    shape: Vec<usize>,
+    requires_grad: AtomicBool,
+    /// `Some` for op outputs until backward consumes it; always `None` for leaves.
+    node: Mutex<Option<Node>>,
+    is_leaf: bool,
+    /// Accumulated gradient (leaves only).
+    grad: Mutex<Option<Tensor>>,
+}
+
+struct VarInner {
+    value: RwLock<Tensor>,
+    graph: Arc<GraphNode>,
+}
+
+/// A differentiable tensor. Cloning is cheap and shares the same variable.
+#[derive(Clone)]
+pub struct Var(Arc<VarInner>);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with graph recording switched off on this thread (evaluation, optimiser updates).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+/// Is graph recording on for this thread?
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Var {
+    fn make(value: Tensor, requires_grad: bool, node: Option<Node>) -> Var {
+        let is_leaf = node.is_none();
+        let graph = Arc::new(GraphNode {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shape: value.shape().to_vec(),
+            requires_grad: AtomicBool::new(requires_grad),
+            node: Mutex::new(node),
+            is_leaf,
+            grad: Mutex::new(None),
+        });
+        Var(Arc::new(VarInner { value: RwLock::new(value), graph }))
+    }
+
+    /// A constant: no gradient flows into it.
+    pub fn constant(value: Tensor) -> Var {
+        Var::make(value, false, None)
+    }
+
+    /// A leaf that requires a gradient (a parameter or an input under test).
+    pub fn parameter(value: Tensor) -> Var {
+        Var::make(value, true, None)
+    }
+
+    /// The output of an op: records `op` when grad mode is on and some input requires a
+    /// gradient; otherwise a constant (no graph is kept).
+    pub fn from_op(value: Tensor, inputs: &[&Var], op: impl Backward + 'static) -> Var {
+        if is_grad_enabled() && inputs.iter().any(|v| v.requires_grad()) {
+            let inputs = inputs.iter().map(|v| v.0.graph.clone()).collect();
+            Var::make(value, true, Some(Node { inputs, op: Box::new(op) }))
+        } else {
+            Var::constant(value)
+        }
+    }
+
+    /// [`Var::from_op`] with a closure as the backward rule.
+    pub fn from_fn<F>(value: Tensor, inputs: &[&Var], name: &'static str, f: F) -> Var
+    where
+        F: Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+    {
+        Var::from_op(value, inputs, FnBackward { name, f })
+    }
+
+    /// The current value (a cheap handle to the same storage).
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces a leaf's value (optimiser updates, loading weights). Errors on an op output,
+    /// whose value its graph depends on, and on a shape change.
+    pub fn set_value(&self, value: Tensor) -> Result<()> {
+        if !self.is_leaf() {
+            return Err(TensorError::Graph("set_value on the output of an op; only leaves can be assigned".into()));
+        }
+        let mut guard = self.0.value.write().unwrap_or_else(|e| e.into_inner());
+        if guard.shape() != value.shape() {
+            return Err(TensorError::Graph(format!("set_value: shape {:?} replaces {:?}", value.shape(), guard.shape())));
+        }
+        *guard = value;
+        Ok(())
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.0.graph.shape.clone()
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.graph.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Freezes (false) or unfreezes (true) a leaf. Op outputs keep what their inputs imply.
+    pub fn set_requires_grad(&self, on: bool) {
+        if self.is_leaf() {
+            self.0.graph.requires_grad.store(on, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.0.graph.is_leaf
+    }
+
+    /// Unique id (creation order).
+    pub fn id(&self) -> u64 {
+        self.0.graph.id
+    }
+
+    /// Do two handles refer to the same variable?
+    pub fn same_as(&self, other: &Var) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The accumulated gradient of a leaf, if any.
+    pub fn grad(&self) -> Option<Tensor> {
+        lock(&self.0.graph.grad).clone()
+    }
+
+    pub fn set_grad(&self, grad: Option<Tensor>) {
+        *lock(&self.0.graph.grad) = grad;
+    }
+
+    pub fn zero_grad(&self) {
+        self.set_grad(None);
+    }
+
+    /// The same value, cut from the graph.
+    pub fn detach(&self) -> Var {
+        Var::constant(self.value())
+    }
+
+    /// Backpropagates from a one-element output (gradient 1).
+    pub fn backward(&self) -> Result<()> {
+        let value = self.value();
+        if value.numel() != 1 {
+            return Err(TensorError::Graph(format!(
+                "backward() needs a single-value output, got shape {:?}; use backward_with(grad)",
+                value.shape()
+            )));
+        }
+        self.backward_with(Tensor::ones(value.shape()))
+    }
+
+    /// Backpropagates `grad` (shaped like this output) through the graph.
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        let root = &self.0.graph;
+        if grad.shape() != root.shape.as_slice() {
+            return Err(TensorError::Graph(format!(
+                "backward_with: gradient shape {:?} differs from output shape {:?}",
+                grad.shape(),
+                root.shape
+            )));
+        }
+        if !self.requires_grad() {
+            return Err(TensorError::Graph("backward() on a value that does not require grad".into()));
+        }
+        if root.is_leaf {
+            return accumulate_leaf(root, grad);
+        }
+        // Collect the op outputs reachable from the root (leaves are handled when reached).
+        let mut order: Vec<Arc<GraphNode>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![root.clone()];
+        while let Some(v) = stack.pop() {
+            if v.is_leaf || !seen.insert(v.id) {
+                continue;
+            }
+            match lock(&v.node).as_ref() {
+                Some(n) => stack.extend(n.inputs.iter().filter(|i| i.requires_grad.load(Ordering::Relaxed)).cloned()),
+                None => {
+                    return Err(TensorError::Graph(
+                        "backward through a graph that was already backpropagated (its saved tensors are freed); \
+                         recompute the forward pass"
+                            .into(),
+                    ))
+                }
+            }
+            order.push(v);
+        }
+        order.sort_by_key(|v| std::cmp::Reverse(v.id));
+
+        let mut pending: HashMap<u64, Tensor> = HashMap::new();
+        pending.insert(root.id, grad);
+        for v in order {
+            let Some(g) = pending.remove(&v.id) else { continue };
+            let Some(node) = lock(&v.node).take() else { continue };
+            let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad.load(Ordering::Relaxed)).collect();
+            let grads = node.op.backward(&g, &needs)?;
+            if grads.len() != node.inputs.len() {
+                return Err(TensorError::Graph(format!(
+                    "op {} returned {} gradients for {} inputs",
+                    node.op.name(),
+                    grads.len(),
+                    node.inputs.len()
+                )));
+            }
+            for ((input, grad), need) in node.inputs.iter().zip(grads).zip(needs) {
+                let Some(grad) = grad else { continue };
+                if !need {
+                    continue;
+                }
+                if grad.shape() != input.shape.as_slice() {
+                    return Err(TensorError::Graph(format!(
+                        "op {} produced a gradient of shape {:?} for an input of shape {:?}",
+                        node.op.name(),
+                        grad.shape(),
+                        input.shape
+                    )));
+                }
+                if input.is_leaf {
+                    accumulate_leaf(input, grad)?;
+                } else {
+                    let merged = match pending.remove(&input.id) {
+                        Some(prev) => prev.add(&grad)?,
+                        None => grad,
+                    };
+                    pending.insert(input.id, merged);
+                }
+            }
+            // `node` (input handles and saved tensors) is dropped here.
+        }
+        Ok(())
+    }
+}
+
+fn accumulate_leaf(leaf: &GraphNode, grad: Tensor) -> Result<()> {
+    let mut slot = lock(&leaf.grad);
+    *slot = Some(match slot.take() {
+        Some(prev) => prev.add(&grad)?,
+        None => grad.contiguous(),
+    });
+    Ok(())
+}
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = lock(&self.0.graph.node).as_ref().map(|n| n.op.name());
+        write!(f, "Var(id={}, requires_grad={}, op={:?}, value={})", self.id(), self.requires_grad(), op, self.value())
+    }
+}
