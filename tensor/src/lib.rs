@@ -31,6 +31,7 @@ mod ops;
 pub mod random;
 mod reduce;
 pub mod storage;
+pub mod tolerance;
 #[allow(clippy::module_inception)]
 mod tensor;
 
@@ -39,3 +40,4 @@ pub use layout::{broadcast_shapes, Layout};
 pub use random::Rng;
 pub use storage::{live_buffers, live_bytes};
 pub use tensor::{strides_for, Tensor};
+pub use tolerance::Tolerance;
