@@ -1,8 +1,28 @@
 //! Single-precision matrix multiply: C = alpha * A * B + beta * C.
 //!
 //! Operands are described by row and column strides (in elements), so a transposed operand is
-//! just swapped strides and costs no copy. This file currently holds the plain reference kernel
-//! that every faster GEMM is tested against.
+//! just swapped strides and costs no copy.
+//!
+//! Structure (BLIS, as in bluss/matrixmultiply; the five loops are labelled below):
+//! - loop 5 walks column panels of B and C, `nc` wide;
+//! - loop 4 walks the K dimension in blocks of `kc` and packs B[kc, nc] into micro-panels NR
+//!   columns wide (the packed panel stays in L3/L2);
+//! - loop 3 walks row blocks of A, `mc` tall, and packs A[mc, kc] into micro-panels MR rows tall
+//!   (the packed block stays in L2);
+//! - loops 2 and 1 walk the NR-wide and MR-tall micro-tiles, and the micro-kernel computes an
+//!   MR x NR tile of C in registers over kc steps (one MR panel of A and one NR panel of B in L1).
+//!
+//! Micro-kernels: AVX-512F 12x32 (24 accumulators), AVX2+FMA 6x16 (12 accumulators), and a
+//! portable 4x8 written as plain loops. Threads: C is split into disjoint tiles along N (or M
+//! when it is taller), one per thread, each run by the serial algorithm with its own packing
+//! buffers; every element of C is computed by one thread in one order, so results do not
+//! depend on the thread count.
+//!
+//! Skinny shapes: M = 1 or N = 1 go to a matrix-vector path (no packing); batched products
+//! run one product per thread when there are at least as many products as threads.
+
+use crate::parallel;
+use crate::simd::Isa;
 
 /// Row / column strides of the three operands, in elements.
 ///
@@ -53,11 +73,549 @@ pub fn gemm_reference(
     }
 }
 
-/// The GEMM every caller uses. Currently the reference kernel; the fast BLIS-style kernel
-/// replaces the body behind this same signature.
+/// Largest index (plus one) an (rows x cols) strided matrix touches.
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// The fast GEMM with the best instruction set and the configured thread count.
+/// Panics if a buffer is too short for its shape and strides (a caller bug, not user input).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32], s: GemmStrides) {
-    gemm_reference(m, k, n, alpha, a, b, beta, c, s)
+    sgemm_with(Isa::best(), parallel::num_threads(), m, k, n, alpha, a, b, beta, c, s)
+}
+
+/// [`sgemm`] on a chosen instruction set (capped to what the CPU has) and thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    isa: Isa,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+) {
+    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
+    assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
+    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let isa = isa.supported();
+    // SAFETY: bounds were checked above; the raw-pointer routines stay inside those extents.
+    unsafe { sgemm_raw(isa, threads.max(1), m, k, n, alpha, a.as_ptr(), b.as_ptr(), beta, c.as_mut_ptr(), s) }
+}
+
+/// Strided-batched GEMM: `batch` independent products, operand p of product i starting at
+/// `i * batch_stride` of its buffer (attention's batch x heads products). Small products run one
+/// per thread; large ones are threaded internally.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_batched(
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    a_batch_stride: usize,
+    b: &[f32],
+    b_batch_stride: usize,
+    beta: f32,
+    c: &mut [f32],
+    c_batch_stride: usize,
+    s: GemmStrides,
+) {
+    if batch == 0 || m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (batch - 1) * a_batch_stride + extent(m, k, s.a_row, s.a_col), "sgemm_batched: A too short");
+    assert!(b.len() >= (batch - 1) * b_batch_stride + extent(k, n, s.b_row, s.b_col), "sgemm_batched: B too short");
+    assert!(c.len() >= (batch - 1) * c_batch_stride + extent(m, n, s.c_row, s.c_col), "sgemm_batched: C too short");
+    let threads = parallel::num_threads();
+    let isa = Isa::best();
+    let flops_per_product = 2 * m * n * k;
+    let (ap, bp, cp) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
+    if threads > 1 && batch >= threads && flops_per_product < (1 << 24) {
+        parallel::install(|| {
+            use rayon::prelude::*;
+            let chunk = batch.div_ceil(threads);
+            (0..threads).into_par_iter().for_each(|t| {
+                let (ap, bp, cp) = (ap, bp, cp);
+                for i in t * chunk..((t + 1) * chunk).min(batch) {
+                    // SAFETY: products write disjoint C regions (callers give non-overlapping
+                    // batch strides), all inside the extents checked above.
+                    unsafe {
+                        sgemm_raw(isa, 1, m, k, n, alpha, ap.0.add(i * a_batch_stride), bp.0.add(i * b_batch_stride), beta, cp.0.add(i * c_batch_stride), s)
+                    }
+                }
+            });
+        });
+    } else {
+        for i in 0..batch {
+            // SAFETY: as above.
+            unsafe {
+                sgemm_raw(isa, threads, m, k, n, alpha, ap.0.add(i * a_batch_stride), bp.0.add(i * b_batch_stride), beta, cp.0.add(i * c_batch_stride), s)
+            }
+        }
+    }
+}
+
+/// Throughput of the bare micro-kernel on L1-resident panels (GFLOP/s), for tuning: the
+/// ceiling the blocked GEMM can approach.
+pub fn micro_kernel_peak(isa: Isa, kc: usize, calls: usize) -> f64 {
+    let isa = isa.supported();
+    let bl = default_blocking(isa);
+    let a = vec![0.5f32; bl.mr * kc];
+    let b = vec![0.25f32; bl.nr * kc];
+    let mut c = vec![0.0f32; bl.mr * bl.nr];
+    let kernel = micro_kernel(isa);
+    let t = std::time::Instant::now();
+    for _ in 0..calls {
+        // SAFETY: panels and tile are sized for this kernel.
+        unsafe { kernel(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), bl.nr, 1.0, 1.0) };
+    }
+    std::hint::black_box(&c);
+    (2 * bl.mr * bl.nr * kc * calls) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint regions of one buffer to worker threads.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Cache blocking and micro-tile of one instruction set.
+#[derive(Clone, Copy)]
+struct Blocking {
+    mr: usize,
+    nr: usize,
+    kc: usize,
+    mc: usize,
+    nc: usize,
+    /// Loop order: classic Goto (B micro-panel resident in L1) or A-resident (see gemm_serial).
+    b_in_l1: bool,
+}
+
+fn blocking(isa: Isa) -> Blocking {
+    let mut bl = default_blocking(isa);
+    // Tuning hooks: ALIGN_GEMM_KC / _MC / _NC override the defaults (read once per call).
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
+    if let Some(kc) = env("ALIGN_GEMM_KC") {
+        bl.kc = kc;
+    }
+    if let Some(mc) = env("ALIGN_GEMM_MC") {
+        bl.mc = mc.next_multiple_of(bl.mr);
+    }
+    if let Some(nc) = env("ALIGN_GEMM_NC") {
+        bl.nc = nc.next_multiple_of(bl.nr);
+    }
+    match std::env::var("ALIGN_GEMM_ORDER").as_deref() {
+        Ok("b_in_l1") => bl.b_in_l1 = true,
+        Ok("a_in_l1") => bl.b_in_l1 = false,
+        _ => {}
+    }
+    bl
+}
+
+fn default_blocking(isa: Isa) -> Blocking {
+    match isa {
+        Isa::Avx512 => Blocking { mr: 12, nr: 32, kc: 384, mc: 1536, nc: 256, b_in_l1: false },
+        Isa::Avx2 => Blocking { mr: 6, nr: 16, kc: 384, mc: 1536, nc: 384, b_in_l1: false },
+        Isa::Portable => Blocking { mr: 4, nr: 8, kc: 256, mc: 512, nc: 256, b_in_l1: false },
+    }
+}
+
+/// One micro-kernel call: C[tile] = alpha * Apanel * Bpanel + beta * C[tile], where the tile is
+/// MR x NR with row stride `rsc` and unit column stride. `beta == 0` never reads C.
+type MicroKernel = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32);
+
+fn micro_kernel(isa: Isa) -> MicroKernel {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::kernel_avx512_12x32,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::kernel_avx2_6x16,
+        _ => kernel_portable_4x8,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw(
+    isa: Isa,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+) {
+    if k == 0 || alpha == 0.0 {
+        scale_c(m, n, beta, c, s);
+        return;
+    }
+    if n == 1 || m == 1 {
+        gemv_path(m, k, n, alpha, a, b, beta, c, s);
+        return;
+    }
+    let bl = blocking(isa);
+    let work = 2 * m * n * k;
+    // Below ~1 MFLOP threading costs more than it saves.
+    let threads = if work < (1 << 20) { 1 } else { threads };
+    if threads <= 1 {
+        gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s);
+        return;
+    }
+    // Split C into `threads` tiles along its longer side, on micro-tile boundaries.
+    let split_n = n >= m;
+    let (len, unit) = if split_n { (n, bl.nr) } else { (m, bl.mr) };
+    let units = len.div_ceil(unit);
+    let parts = threads.min(units);
+    let (ap, bp, cp) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c));
+    parallel::install(|| {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(|t| {
+            let (ap, bp, cp) = (ap, bp, cp);
+            let start = (units * t / parts) * unit;
+            let end = ((units * (t + 1) / parts) * unit).min(len);
+            if start >= end {
+                return;
+            }
+            // SAFETY: each part writes a disjoint block of C.
+            unsafe {
+                if split_n {
+                    gemm_serial(isa, bl, m, k, end - start, alpha, ap.0, bp.0.add(start * s.b_col), beta, cp.0.add(start * s.c_col), s);
+                } else {
+                    gemm_serial(isa, bl, end - start, k, n, alpha, ap.0.add(start * s.a_row), bp.0, beta, cp.0.add(start * s.c_row), s);
+                }
+            }
+        });
+    });
+}
+
+unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides) {
+    for i in 0..m {
+        for j in 0..n {
+            let p = c.add(i * s.c_row + j * s.c_col);
+            *p = if beta == 0.0 { 0.0 } else { beta * *p };
+        }
+    }
+}
+
+thread_local! {
+    static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The five BLIS loops on one thread.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_serial(
+    isa: Isa,
+    bl: Blocking,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+) {
+    let kernel = micro_kernel(isa);
+    let (mr, nr) = (bl.mr, bl.nr);
+    PACK_A.with(|pa| {
+        PACK_B.with(|pb| {
+            let mut pa = pa.borrow_mut();
+            let mut pb = pb.borrow_mut();
+            let a_need = bl.mc.min(m.div_ceil(mr) * mr) * bl.kc.min(k);
+            let b_need = bl.nc.min(n.div_ceil(nr) * nr) * bl.kc.min(k);
+            if pa.len() < a_need {
+                pa.resize(a_need, 0.0);
+            }
+            if pb.len() < b_need {
+                pb.resize(b_need, 0.0);
+            }
+            let mut tile = [0.0f32; 12 * 32];
+            let mut run_tile = |a_panel: *const f32, b_panel: *const f32, row: usize, col: usize, kc: usize, mr_eff: usize, nr_eff: usize, beta_block: f32| {
+                let c_tile = c.add(row * s.c_row + col * s.c_col);
+                if mr_eff == mr && nr_eff == nr && s.c_col == 1 {
+                    kernel(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block);
+                } else {
+                    // Edge or strided tile: compute into a scratch tile, then merge.
+                    kernel(kc, a_panel, b_panel, tile.as_mut_ptr(), nr, 1.0, 0.0);
+                    for i in 0..mr_eff {
+                        for j in 0..nr_eff {
+                            let dst = c_tile.add(i * s.c_row + j * s.c_col);
+                            let v = alpha * tile[i * nr + j];
+                            *dst = if beta_block == 0.0 { v } else { v + beta_block * *dst };
+                        }
+                    }
+                }
+            };
+            if bl.b_in_l1 {
+                // Classic Goto order: the packed B panel lives in L3, the packed A block in L2,
+                // one NR-wide B micro-panel in L1 while MR-tall A micro-panels stream past it.
+                // Loop 5: column panels of B and C.
+                for jc in (0..n).step_by(bl.nc) {
+                    let nc = bl.nc.min(n - jc);
+                    // Loop 4: blocks of K; pack B[pc.., jc..] into NR-wide micro-panels.
+                    for pc in (0..k).step_by(bl.kc) {
+                        let kc = bl.kc.min(k - pc);
+                        let beta_block = if pc == 0 { beta } else { 1.0 };
+                        pack_b(kc, nc, nr, b.add(pc * s.b_row + jc * s.b_col), s.b_row, s.b_col, &mut pb);
+                        // Loop 3: row blocks of A; pack A[ic.., pc..] into MR-tall micro-panels.
+                        for ic in (0..m).step_by(bl.mc) {
+                            let mc = bl.mc.min(m - ic);
+                            pack_a(mc, kc, mr, a.add(ic * s.a_row + pc * s.a_col), s.a_row, s.a_col, &mut pa);
+                            // Loop 2: NR-wide micro-panels of B (one stays in L1 ...
+                            for jr in (0..nc).step_by(nr) {
+                                // Loop 1: ... while the MR-tall micro-panels of A stream from L2).
+                                for ir in (0..mc).step_by(mr) {
+                                    run_tile(pa.as_ptr().add(ir * kc), pb.as_ptr().add(jr * kc), ic + ir, jc + jr, kc, mr.min(mc - ir), nr.min(nc - jr), beta_block);
+                                }
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            // A-resident order: the packed A block lives in L3, the packed B panel in L2, one
+            // MR-tall A micro-panel in L1 while NR-wide B micro-panels stream past it (the
+            // kernel prefetches them). Suits wide register tiles whose B panel would fill L1.
+            // Loop 3: row blocks of A.
+            for ic in (0..m).step_by(bl.mc) {
+                let mc = bl.mc.min(m - ic);
+                // Loop 4: blocks of K; pack A[ic.., pc..] into MR-tall micro-panels.
+                for pc in (0..k).step_by(bl.kc) {
+                    let kc = bl.kc.min(k - pc);
+                    let beta_block = if pc == 0 { beta } else { 1.0 };
+                    pack_a(mc, kc, mr, a.add(ic * s.a_row + pc * s.a_col), s.a_row, s.a_col, &mut pa);
+                    // Loop 5: column panels of B; pack B[pc.., jc..] into NR-wide micro-panels.
+                    for jc in (0..n).step_by(bl.nc) {
+                        let nc = bl.nc.min(n - jc);
+                        pack_b(kc, nc, nr, b.add(pc * s.b_row + jc * s.b_col), s.b_row, s.b_col, &mut pb);
+                        // Loop 2: MR-tall micro-panels of A (one stays in L1 ...
+                        for ir in (0..mc).step_by(mr) {
+                            // Loop 1: ... while the NR-wide micro-panels of B stream from L2).
+                            for jr in (0..nc).step_by(nr) {
+                                run_tile(pa.as_ptr().add(ir * kc), pb.as_ptr().add(jr * kc), ic + ir, jc + jr, kc, mr.min(mc - ir), nr.min(nc - jr), beta_block);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// Packs A[mc, kc] (strided) into micro-panels: panel q holds rows q*MR.. as [kc][MR], zero-padded.
+unsafe fn pack_a(mc: usize, kc: usize, mr: usize, a: *const f32, rs: usize, cs: usize, out: &mut [f32]) {
+    for (q, ir) in (0..mc).step_by(mr).enumerate() {
+        let rows = mr.min(mc - ir);
+        let panel = &mut out[q * mr * kc..(q + 1) * mr * kc];
+        if cs == 1 {
+            for r in 0..rows {
+                let src = a.add((ir + r) * rs);
+                for p in 0..kc {
+                    *panel.get_unchecked_mut(p * mr + r) = *src.add(p);
+                }
+            }
+        } else {
+            for p in 0..kc {
+                for r in 0..rows {
+                    *panel.get_unchecked_mut(p * mr + r) = *a.add((ir + r) * rs + p * cs);
+                }
+            }
+        }
+        if rows < mr {
+            for p in 0..kc {
+                for r in rows..mr {
+                    panel[p * mr + r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Packs B[kc, nc] (strided) into micro-panels: panel q holds columns q*NR.. as [kc][NR].
+unsafe fn pack_b(kc: usize, nc: usize, nr: usize, b: *const f32, rs: usize, cs: usize, out: &mut [f32]) {
+    for (q, jr) in (0..nc).step_by(nr).enumerate() {
+        let cols = nr.min(nc - jr);
+        let panel = &mut out[q * nr * kc..(q + 1) * nr * kc];
+        if cs == 1 && cols == nr {
+            for p in 0..kc {
+                std::ptr::copy_nonoverlapping(b.add(p * rs + jr), panel.as_mut_ptr().add(p * nr), nr);
+            }
+        } else {
+            for p in 0..kc {
+                for j in 0..nr {
+                    panel[p * nr + j] = if j < cols { *b.add(p * rs + (jr + j) * cs) } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// Portable 4x8 micro-kernel: plain loops over small arrays, which the compiler vectorises.
+unsafe fn kernel_portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32) {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
+        let ap = std::slice::from_raw_parts(a.add(p * MR), MR);
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] += ap[i] * bp[j];
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let dst = c.add(i * rsc + j);
+            *dst = if beta == 0.0 { alpha * v } else { alpha * v + beta * *dst };
+        }
+    }
+}
+
+/// Matrix-vector products (M = 1 or N = 1): no packing, the matrix is streamed once.
+/// Computes y = alpha * Mat x + beta * y with Mat = A (when N = 1) or B^T (when M = 1).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_path(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, b: *const f32, beta: f32, c: *mut f32, s: GemmStrides) {
+    let (rows, mat, m_rs, m_cs, x, x_s, y, y_s) = if n == 1 {
+        (m, a, s.a_row, s.a_col, b, s.b_row, c, s.c_row)
+    } else {
+        (n, b, s.b_col, s.b_row, a, s.a_col, c, s.c_col)
+    };
+    let xv: Vec<f32> = (0..k).map(|p| *x.add(p * x_s)).collect();
+    let store = |i: usize, v: f32| {
+        let dst = y.add(i * y_s);
+        *dst = if beta == 0.0 { alpha * v } else { alpha * v + beta * *dst };
+    };
+    if m_cs == 1 {
+        // dot form: each output is a contiguous matrix row dotted with x
+        for i in 0..rows {
+            let row = std::slice::from_raw_parts(mat.add(i * m_rs), k);
+            store(i, crate::reduce::dot(row, &xv));
+        }
+    } else {
+        // axpy form: accumulate x[p] times column p of the matrix
+        let mut acc = vec![0.0f32; rows];
+        for (p, &xp) in xv.iter().enumerate() {
+            if m_rs == 1 {
+                let col = std::slice::from_raw_parts(mat.add(p * m_cs), rows);
+                crate::reduce::axpy(xp, col, &mut acc);
+            } else {
+                for (i, slot) in acc.iter_mut().enumerate() {
+                    *slot += xp * *mat.add(i * m_rs + p * m_cs);
+                }
+            }
+        }
+        for (i, v) in acc.into_iter().enumerate() {
+            store(i, v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// How many k-steps ahead the AVX-512 kernel prefetches its B stream.
+    const PREFETCH_STEPS: usize = 8;
+
+    /// AVX2+FMA 6x16 micro-kernel: 12 ymm accumulators, 2 B loads and 6 broadcasts per k step.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            a = a.add(6);
+            b = b.add(16);
+        }
+        let alpha_v = _mm256_set1_ps(alpha);
+        let beta_v = _mm256_set1_ps(beta);
+        for (r, row) in acc.iter().enumerate() {
+            let cp = c.add(r * rsc);
+            for (h, &v) in row.iter().enumerate() {
+                let mut out = _mm256_mul_ps(v, alpha_v);
+                if beta != 0.0 {
+                    out = _mm256_fmadd_ps(_mm256_loadu_ps(cp.add(8 * h)), beta_v, out);
+                }
+                _mm256_storeu_ps(cp.add(8 * h), out);
+            }
+        }
+    }
+
+    /// AVX-512F 12x32 micro-kernel: 24 zmm accumulators, 2 B loads and 12 broadcasts per k step.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn kernel_avx512_12x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+        // The C tile is read (beta != 0) and written at the end: start fetching it now.
+        for r in 0..12 {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc + 16) as *const i8);
+        }
+        let (mut a, mut b) = (a, b);
+        // One k-step: 2 loads of B, 12 broadcasts of A, 24 FMAs.
+        macro_rules! step {
+            () => {{
+                // B streams from L2: ask for the lines PREFETCH_STEPS k-steps ahead.
+                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r));
+                    row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                }
+                a = a.add(12);
+                b = b.add(32);
+            }};
+        }
+        for _ in 0..kc / 4 {
+            step!();
+            step!();
+            step!();
+            step!();
+        }
+        for _ in 0..kc % 4 {
+            step!();
+        }
+        let alpha_v = _mm512_set1_ps(alpha);
+        let beta_v = _mm512_set1_ps(beta);
+        for (r, row) in acc.iter().enumerate() {
+            let cp = c.add(r * rsc);
+            for (h, &v) in row.iter().enumerate() {
+                let mut out = _mm512_mul_ps(v, alpha_v);
+                if beta != 0.0 {
+                    out = _mm512_fmadd_ps(_mm512_loadu_ps(cp.add(16 * h)), beta_v, out);
+                }
+                _mm512_storeu_ps(cp.add(16 * h), out);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,12 @@ pub mod conv;
 pub mod gemm;
 pub mod norm;
 pub mod parallel;
+pub mod reduce;
+pub mod rows;
+pub mod simd;
 pub mod softmax;
+pub mod vmath;
 
 pub use conv::{ConvGeometry, Padding};
-pub use gemm::{gemm_reference, sgemm, GemmStrides};
+pub use gemm::{gemm_reference, sgemm, sgemm_batched, sgemm_with, GemmStrides};
+pub use simd::Isa;

@@ -1,0 +1,59 @@
+//! GEMM throughput at the shapes the ALIGN towers use.
+//!
+//!     cargo run --release -p kernels --example gemm_bench -- --threads 1 [--isa avx2] [--runs 7]
+//!
+//! Prints one line per shape, `gemm M K N GFLOPS` (M x K times K x N, row-major), the median of
+//! several timed runs after a warm-up. Compare with `python3 scripts/bench_reference.py gemm`,
+//! which prints numpy's (OpenBLAS) figures in the same format: run both in one session.
+
+use std::time::Instant;
+
+use kernels::gemm::{sgemm_with, GemmStrides};
+use kernels::Isa;
+
+const SHAPES: [(usize, usize, usize); 6] =
+    [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 768, 768), (2048, 768, 3072), (2048, 3072, 768)];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let threads: usize = get("--threads").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let runs: usize = get("--runs").and_then(|s| s.parse().ok()).unwrap_or(7);
+    let isa = match get("--isa").as_deref() {
+        Some("portable") => Isa::Portable,
+        Some("avx2") => Isa::Avx2,
+        Some("avx512") => Isa::Avx512,
+        _ => Isa::best(),
+    }
+    .supported();
+    kernels::parallel::set_num_threads(threads);
+    eprintln!("# isa {} threads {threads} runs {runs}", isa.name());
+    if args.iter().any(|a| a == "--micro") {
+        for kc in [64, 128, 256, 384, 512] {
+            println!("micro-kernel kc {kc}: {:.1} GFLOP/s", kernels::gemm::micro_kernel_peak(isa, kc, 200_000));
+        }
+        return;
+    }
+    let custom: Option<(usize, usize, usize)> = args.iter().position(|a| a == "--shape").map(|i| {
+        let v: Vec<usize> = args[i + 1..i + 4].iter().map(|s| s.parse().expect("--shape M K N")).collect();
+        (v[0], v[1], v[2])
+    });
+    let shapes: Vec<(usize, usize, usize)> = custom.map(|s| vec![s]).unwrap_or_else(|| SHAPES.to_vec());
+    for (m, k, n) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let mut c = vec![0.0f32; m * n];
+        let s = GemmStrides::row_major(k, n);
+        sgemm_with(isa, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s); // warm-up
+        let mut times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                sgemm_with(isa, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let median = times[times.len() / 2];
+        println!("gemm {m} {k} {n} {:.1}", 2.0 * (m * n * k) as f64 / median / 1e9);
+    }
+}

@@ -1,0 +1,632 @@
+//! Fast row-wise and elementwise kernels, forward and backward: softmax and log-softmax (with
+//! an optional scale and additive mask, as attention uses them), layer norm, GELU (erf and tanh
+//! forms), SiLU, sigmoid and exp.
+//!
+//! Each kernel dispatches on [`Isa`] (AVX2+FMA intrinsics, or the portable scalar form of the same
+//! algorithm; AVX-512 machines run the AVX2 form, which already saturates memory bandwidth for
+//! these) and splits rows over the kernel thread pool when the work is large enough to pay
+//! for it. Scalar references: `softmax.rs`, `norm.rs`, `activation.rs`; tests compare.
+
+use rayon::prelude::*;
+
+use crate::parallel;
+use crate::simd::Isa;
+use crate::vmath;
+
+/// Below this many elements a kernel stays on the calling thread.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// An additive mask shared by groups of rows: row r adds `values[(r / rows_per_mask) * cols ..]`.
+/// For attention scores (B, H, Tq, Tk) with a (B, Tk) padding mask, rows_per_mask = H * Tq.
+#[derive(Clone, Copy, Debug)]
+pub struct RowMask<'a> {
+    pub values: &'a [f32],
+    pub rows_per_mask: usize,
+}
+
+/// Runs `f(first_row, rows_out)` over row blocks of `out` (rows of `cols`), in parallel when large.
+fn for_row_blocks(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if cols == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / cols;
+    let threads = parallel::num_threads();
+    if threads <= 1 || out.len() < PARALLEL_MIN || rows < 2 {
+        f(0, out);
+        return;
+    }
+    let rows_per_block = rows.div_ceil(threads * 4).max(1);
+    parallel::install(|| {
+        out.par_chunks_mut(rows_per_block * cols).enumerate().for_each(|(i, chunk)| f(i * rows_per_block, chunk));
+    });
+}
+
+/// Elementwise map over (x -> out), in parallel when large.
+fn for_elem_blocks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let threads = parallel::num_threads();
+    if threads <= 1 || out.len() < PARALLEL_MIN {
+        f(0, out);
+        return;
+    }
+    let block = out.len().div_ceil(threads * 4).next_multiple_of(64);
+    parallel::install(|| {
+        out.par_chunks_mut(block).enumerate().for_each(|(i, chunk)| f(i * block, chunk));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax / log-softmax
+// ---------------------------------------------------------------------------------------------
+
+/// y = softmax(scale * x + mask) over rows of `cols`.
+pub fn softmax_forward(x: &[f32], y: &mut [f32], cols: usize, scale: f32, mask: Option<RowMask>) {
+    softmax_forward_with(Isa::best(), x, y, cols, scale, mask, false)
+}
+
+/// y = log_softmax(scale * x + mask) over rows of `cols`.
+pub fn log_softmax_forward(x: &[f32], y: &mut [f32], cols: usize, scale: f32, mask: Option<RowMask>) {
+    softmax_forward_with(Isa::best(), x, y, cols, scale, mask, true)
+}
+
+/// Shared implementation; `log` selects log-softmax.
+pub fn softmax_forward_with(isa: Isa, x: &[f32], y: &mut [f32], cols: usize, scale: f32, mask: Option<RowMask>, log: bool) {
+    assert_eq!(x.len(), y.len(), "softmax: x and y lengths differ");
+    let isa = isa.supported();
+    for_row_blocks(y, cols, |first, out| {
+        for (r, yr) in out.chunks_exact_mut(cols).enumerate() {
+            let row = first + r;
+            let xr = &x[row * cols..(row + 1) * cols];
+            let mr = mask.map(|m| {
+                let g = row / m.rows_per_mask.max(1);
+                &m.values[g * cols..(g + 1) * cols]
+            });
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512 => unsafe { x86::softmax_row(xr, mr, yr, scale, log) },
+                _ => softmax_row_portable(xr, mr, yr, scale, log),
+            }
+        }
+    });
+}
+
+fn softmax_row_portable(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
+    let mut max = f32::NEG_INFINITY;
+    for (j, (o, &v)) in y.iter_mut().zip(x).enumerate() {
+        *o = v * scale + mask.map_or(0.0, |m| m[j]);
+        max = max.max(*o);
+    }
+    if max == f32::NEG_INFINITY {
+        max = 0.0; // fully masked row: avoid inf - inf
+    }
+    let mut sum = 0.0f32;
+    for o in y.iter_mut() {
+        let e = vmath::exp(*o - max);
+        sum += e;
+        if !log {
+            *o = e;
+        }
+    }
+    if log {
+        let shift = max + sum.ln();
+        y.iter_mut().for_each(|o| *o -= shift);
+    } else {
+        let inv = 1.0 / sum;
+        y.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// Softmax backward from the output: dx = scale * y * (dy - sum(dy * y)).
+pub fn softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
+    softmax_backward_with(Isa::best(), y, dy, dx, cols, scale, false)
+}
+
+/// Log-softmax backward from the output: dx = scale * (dy - exp(y) * sum(dy)).
+pub fn log_softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
+    softmax_backward_with(Isa::best(), y, dy, dx, cols, scale, true)
+}
+
+pub fn softmax_backward_with(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32], cols: usize, scale: f32, log: bool) {
+    assert!(y.len() == dy.len() && y.len() == dx.len(), "softmax_backward: lengths differ");
+    let isa = isa.supported();
+    for_row_blocks(dx, cols, |first, out| {
+        for (r, dxr) in out.chunks_exact_mut(cols).enumerate() {
+            let row = first + r;
+            let (yr, dyr) = (&y[row * cols..(row + 1) * cols], &dy[row * cols..(row + 1) * cols]);
+            if log {
+                let s = crate::reduce::sum_with(isa, dyr);
+                for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
+                    *o = scale * (g - vmath::exp(yv) * s);
+                }
+            } else {
+                let d = crate::reduce::dot_with(isa, yr, dyr);
+                for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
+                    *o = scale * yv * (g - d);
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer norm
+// ---------------------------------------------------------------------------------------------
+
+/// Layer norm over rows of `cols`: writes y, and mean / rstd per row for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: &mut [f32], rstd: &mut [f32], cols: usize, eps: f32) {
+    layer_norm_forward_with(Isa::best(), x, gamma, beta, y, mean, rstd, cols, eps)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward_with(
+    isa: Isa,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    cols: usize,
+    eps: f32,
+) {
+    if cols == 0 {
+        return;
+    }
+    let rows = x.len() / cols;
+    assert!(y.len() == x.len() && mean.len() >= rows && rstd.len() >= rows && gamma.len() == cols && beta.len() == cols);
+    let isa = isa.supported();
+    // Statistics first (cheap, sequential per row), then the normalisation in parallel.
+    for r in 0..rows {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let m = crate::reduce::sum_with(isa, xr) / cols as f32;
+        // two-pass variance: robust when |mean| >> std
+        let mut var = 0.0f32;
+        for &v in xr {
+            var += (v - m) * (v - m);
+        }
+        mean[r] = m;
+        rstd[r] = 1.0 / (var / cols as f32 + eps).sqrt();
+    }
+    let (mean, rstd) = (&*mean, &*rstd);
+    for_row_blocks(y, cols, |first, out| {
+        for (r, yr) in out.chunks_exact_mut(cols).enumerate() {
+            let row = first + r;
+            let xr = &x[row * cols..(row + 1) * cols];
+            let (m, s) = (mean[row], rstd[row]);
+            for j in 0..cols {
+                yr[j] = (xr[j] - m) * s * gamma[j] + beta[j];
+            }
+        }
+    });
+}
+
+/// Layer-norm backward; writes dx and accumulates (+=) dgamma, dbeta.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    cols: usize,
+) {
+    if cols == 0 {
+        return;
+    }
+    let rows = x.len() / cols;
+    for r in 0..rows {
+        let (xr, dyr) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
+        let (m, s) = (mean[r], rstd[r]);
+        for j in 0..cols {
+            let n = (xr[j] - m) * s;
+            dgamma[j] += dyr[j] * n;
+            dbeta[j] += dyr[j];
+        }
+    }
+    for_row_blocks(dx, cols, |first, out| {
+        for (r, dxr) in out.chunks_exact_mut(cols).enumerate() {
+            let row = first + r;
+            let (xr, dyr) = (&x[row * cols..(row + 1) * cols], &dy[row * cols..(row + 1) * cols]);
+            let (m, s) = (mean[row], rstd[row]);
+            let (mut mean_g, mut mean_gn) = (0.0f32, 0.0f32);
+            for j in 0..cols {
+                let g = dyr[j] * gamma[j];
+                mean_g += g;
+                mean_gn += g * (xr[j] - m) * s;
+            }
+            mean_g /= cols as f32;
+            mean_gn /= cols as f32;
+            for j in 0..cols {
+                let n = (xr[j] - m) * s;
+                dxr[j] = s * (dyr[j] * gamma[j] - mean_g - n * mean_gn);
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise activations
+// ---------------------------------------------------------------------------------------------
+
+/// Which activation an elementwise kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    GeluErf,
+    GeluTanh,
+    Silu,
+    Sigmoid,
+    Exp,
+}
+
+const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
+const GELU_C: f32 = 0.044_715;
+
+fn activation_scalar(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::GeluErf => 0.5 * x * (1.0 + vmath::erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        // 0.5 x (1 + tanh z) = x * sigmoid(2 z)
+        Activation::GeluTanh => x / (1.0 + vmath::exp(-2.0 * GELU_K * (x + GELU_C * x * x * x))),
+        Activation::Silu => x / (1.0 + vmath::exp(-x)),
+        Activation::Sigmoid => 1.0 / (1.0 + vmath::exp(-x)),
+        Activation::Exp => vmath::exp(x),
+    }
+}
+
+fn activation_grad_scalar(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::GeluErf => {
+            let cdf = 0.5 * (1.0 + vmath::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            cdf + x * 0.398_942_3 * vmath::exp(-0.5 * x * x)
+        }
+        Activation::GeluTanh => {
+            let z = GELU_K * (x + GELU_C * x * x * x);
+            let s = 1.0 / (1.0 + vmath::exp(-2.0 * z)); // = (1 + tanh z) / 2
+            let dz = GELU_K * (1.0 + 3.0 * GELU_C * x * x);
+            // d/dx [x s(2z)] = s + x * 2 s (1 - s) dz
+            s + 2.0 * x * s * (1.0 - s) * dz
+        }
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + vmath::exp(-x));
+            s * (1.0 + x * (1.0 - s))
+        }
+        Activation::Sigmoid => {
+            let s = 1.0 / (1.0 + vmath::exp(-x));
+            s * (1.0 - s)
+        }
+        Activation::Exp => vmath::exp(x),
+    }
+}
+
+/// y = act(x).
+pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) {
+    activation_forward_with(Isa::best(), act, x, y)
+}
+
+pub fn activation_forward_with(isa: Isa, act: Activation, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "activation: lengths differ");
+    let isa = isa.supported();
+    for_elem_blocks(y, |start, out| {
+        let xs = &x[start..start + out.len()];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => unsafe { x86::activation(act, xs, out, false) },
+            _ => xs.iter().zip(out.iter_mut()).for_each(|(&v, o)| *o = activation_scalar(act, v)),
+        }
+    });
+}
+
+/// dx = dy * act'(x).
+pub fn activation_backward(act: Activation, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    activation_backward_with(Isa::best(), act, x, dy, dx)
+}
+
+pub fn activation_backward_with(isa: Isa, act: Activation, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dy.len() && x.len() == dx.len(), "activation_backward: lengths differ");
+    let isa = isa.supported();
+    for_elem_blocks(dx, |start, out| {
+        let xs = &x[start..start + out.len()];
+        let gs = &dy[start..start + out.len()];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => unsafe {
+                x86::activation(act, xs, out, true);
+                for (o, &g) in out.iter_mut().zip(gs) {
+                    *o *= g;
+                }
+            },
+            _ => {
+                for ((o, &v), &g) in out.iter_mut().zip(xs).zip(gs) {
+                    *o = g * activation_grad_scalar(act, v);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{activation_grad_scalar, activation_scalar, Activation, GELU_C, GELU_K};
+    use crate::vmath::x86::{erf256, exp256, hmax256, hsum256, sigmoid256};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_row(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
+        let n = x.len();
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let sv = _mm256_set1_ps(scale);
+        // pass 1: z = scale * x + mask, running max
+        let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i + 8 <= n {
+            let mut z = _mm256_mul_ps(_mm256_loadu_ps(xp.add(i)), sv);
+            if let Some(m) = mask {
+                z = _mm256_add_ps(z, _mm256_loadu_ps(m.as_ptr().add(i)));
+            }
+            _mm256_storeu_ps(yp.add(i), z);
+            maxv = _mm256_max_ps(maxv, z);
+            i += 8;
+        }
+        let mut max = hmax256(maxv);
+        while i < n {
+            let z = *xp.add(i) * scale + mask.map_or(0.0, |m| m[i]);
+            *yp.add(i) = z;
+            max = max.max(z);
+            i += 1;
+        }
+        if max == f32::NEG_INFINITY {
+            max = 0.0;
+        }
+        // pass 2: e = exp(z - max), sum
+        let mv = _mm256_set1_ps(max);
+        let mut sumv = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(yp.add(i)), mv));
+            if !log {
+                _mm256_storeu_ps(yp.add(i), e);
+            }
+            sumv = _mm256_add_ps(sumv, e);
+            i += 8;
+        }
+        let mut sum = hsum256(sumv);
+        while i < n {
+            let e = crate::vmath::exp(*yp.add(i) - max);
+            if !log {
+                *yp.add(i) = e;
+            }
+            sum += e;
+            i += 1;
+        }
+        // pass 3: normalise
+        if log {
+            let shift = _mm256_set1_ps(max + sum.ln());
+            let mut i = 0;
+            while i + 8 <= n {
+                _mm256_storeu_ps(yp.add(i), _mm256_sub_ps(_mm256_loadu_ps(yp.add(i)), shift));
+                i += 8;
+            }
+            let s = max + sum.ln();
+            while i < n {
+                *yp.add(i) -= s;
+                i += 1;
+            }
+        } else {
+            let inv = 1.0 / sum;
+            let iv = _mm256_set1_ps(inv);
+            let mut i = 0;
+            while i + 8 <= n {
+                _mm256_storeu_ps(yp.add(i), _mm256_mul_ps(_mm256_loadu_ps(yp.add(i)), iv));
+                i += 8;
+            }
+            while i < n {
+                *yp.add(i) *= inv;
+                i += 1;
+            }
+        }
+    }
+
+    /// Forward (grad = false) or derivative (grad = true) of an activation, 8 lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn activation(act: Activation, x: &[f32], out: &mut [f32], grad: bool) {
+        let n = x.len();
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let half = _mm256_set1_ps(0.5);
+        let zero = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_loadu_ps(xp.add(i));
+            let r = match (act, grad) {
+                (Activation::GeluErf, false) => {
+                    let e = erf256(_mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+                    _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, e))
+                }
+                (Activation::GeluErf, true) => {
+                    let e = erf256(_mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+                    let cdf = _mm256_mul_ps(half, _mm256_add_ps(one, e));
+                    let pdf = _mm256_mul_ps(_mm256_set1_ps(0.398_942_3), exp256(_mm256_mul_ps(_mm256_set1_ps(-0.5), _mm256_mul_ps(v, v))));
+                    _mm256_fmadd_ps(v, pdf, cdf)
+                }
+                (Activation::GeluTanh, g) => {
+                    let v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+                    let z = _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(GELU_C), v3, v));
+                    let s = sigmoid256(_mm256_add_ps(z, z));
+                    if !g {
+                        _mm256_mul_ps(v, s)
+                    } else {
+                        let dz = _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(3.0 * GELU_C), _mm256_mul_ps(v, v), one));
+                        let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(v, v), _mm256_mul_ps(s, _mm256_sub_ps(one, s))), dz);
+                        _mm256_add_ps(s, t)
+                    }
+                }
+                (Activation::Silu, false) => _mm256_mul_ps(v, sigmoid256(v)),
+                (Activation::Silu, true) => {
+                    let s = sigmoid256(v);
+                    _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one))
+                }
+                (Activation::Sigmoid, false) => sigmoid256(v),
+                (Activation::Sigmoid, true) => {
+                    let s = sigmoid256(v);
+                    _mm256_mul_ps(s, _mm256_sub_ps(one, s))
+                }
+                (Activation::Exp, _) => exp256(v),
+            };
+            let _ = zero;
+            _mm256_storeu_ps(op.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            *op.add(i) = if grad { activation_grad_scalar(act, *xp.add(i)) } else { activation_scalar(act, *xp.add(i)) };
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation as reference;
+
+    const SIZES: [usize; 12] = [1, 3, 7, 15, 17, 31, 33, 63, 65, 127, 257, 1000];
+
+    fn data(n: usize, seed: u32, range: f32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 * range).collect()
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn softmax_paths_match_reference_on_awkward_sizes() {
+        for isa in Isa::available() {
+            for &cols in &SIZES {
+                let rows = 3;
+                let x = data(rows * cols, cols as u32, 8.0);
+                let mask: Vec<f32> = (0..cols).map(|j| if j % 5 == 4 { -1e9 } else { 0.0 }).collect();
+                let scale = 0.7;
+                // reference on pre-scaled, pre-masked input
+                let z: Vec<f32> = x.iter().enumerate().map(|(i, &v)| v * scale + mask[i % cols]).collect();
+                for log in [false, true] {
+                    let mut want = vec![0.0; z.len()];
+                    if log {
+                        crate::softmax::log_softmax_rows(&z, &mut want, cols);
+                    } else {
+                        crate::softmax::softmax_rows(&z, &mut want, cols);
+                    }
+                    let mut got = vec![0.0; z.len()];
+                    softmax_forward_with(isa, &x, &mut got, cols, scale, Some(RowMask { values: &mask, rows_per_mask: rows }), log);
+                    let finite: Vec<(f32, f32)> = got.iter().zip(&want).filter(|(_, w)| w.abs() < 1e8).map(|(a, b)| (*a, *b)).collect();
+                    let (g, w): (Vec<f32>, Vec<f32>) = finite.into_iter().unzip();
+                    close(&format!("{isa:?} log={log} cols={cols}"), &g, &w, 2e-6);
+                    // backward
+                    let dy = data(z.len(), 7, 1.0);
+                    let mut want_dx = vec![0.0; z.len()];
+                    if log {
+                        crate::softmax::log_softmax_rows_backward(&want, &dy, &mut want_dx, cols);
+                    } else {
+                        crate::softmax::softmax_rows_backward(&want, &dy, &mut want_dx, cols);
+                    }
+                    want_dx.iter_mut().for_each(|v| *v *= scale);
+                    let mut got_dx = vec![0.0; z.len()];
+                    softmax_backward_with(isa, &got, &dy, &mut got_dx, cols, scale, log);
+                    if !log {
+                        close(&format!("{isa:?} backward cols={cols}"), &got_dx, &want_dx, 2e-6);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_reference_on_awkward_sizes() {
+        for &cols in &SIZES {
+            let rows = 4;
+            let x = data(rows * cols, 3, 5.0);
+            let gamma = data(cols, 4, 1.0);
+            let beta = data(cols, 5, 1.0);
+            let (mut y1, mut y2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            let (mut m1, mut s1, mut m2, mut s2) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+            crate::norm::layer_norm_forward(&x, Some(&gamma), Some(&beta), &mut y1, &mut m1, &mut s1, cols, 1e-5);
+            for isa in Isa::available() {
+                layer_norm_forward_with(isa, &x, &gamma, &beta, &mut y2, &mut m2, &mut s2, cols, 1e-5);
+                close("ln y", &y2, &y1, 2e-5);
+                close("ln rstd", &s2, &s1, 1e-5);
+            }
+            let dy = data(x.len(), 6, 1.0);
+            let (mut dx1, mut dx2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            let (mut dg1, mut db1, mut dg2, mut db2) = (vec![0.0; cols], vec![0.0; cols], vec![0.0; cols], vec![0.0; cols]);
+            crate::norm::layer_norm_backward(&x, Some(&gamma), &m1, &s1, &dy, &mut dx1, Some(&mut dg1), Some(&mut db1), cols);
+            layer_norm_backward(&x, &gamma, &m2, &s2, &dy, &mut dx2, &mut dg2, &mut db2, cols);
+            close("ln dx", &dx2, &dx1, 5e-5);
+            close("ln dgamma", &dg2, &dg1, 5e-5);
+            close("ln dbeta", &db2, &db1, 5e-5);
+        }
+    }
+
+    #[test]
+    fn activations_match_reference_on_awkward_sizes_and_paths() {
+        let cases: [(Activation, fn(f32) -> f32, fn(f32) -> f32); 4] = [
+            (Activation::GeluErf, reference::gelu_erf, reference::gelu_erf_grad),
+            (Activation::GeluTanh, reference::gelu_tanh, reference::gelu_tanh_grad),
+            (Activation::Silu, reference::silu, reference::silu_grad),
+            (Activation::Sigmoid, reference::sigmoid, |x| reference::sigmoid(x) * (1.0 - reference::sigmoid(x))),
+        ];
+        for isa in Isa::available() {
+            for &n in &SIZES {
+                let x = data(n, n as u32, 10.0);
+                let dy = data(n, 9, 1.0);
+                for (act, f, df) in cases {
+                    let mut y = vec![0.0; n];
+                    activation_forward_with(isa, act, &x, &mut y);
+                    let want: Vec<f32> = x.iter().map(|&v| f(v)).collect();
+                    close(&format!("{isa:?} {act:?} n={n}"), &y, &want, 1e-6);
+                    let mut dx = vec![0.0; n];
+                    activation_backward_with(isa, act, &x, &dy, &mut dx);
+                    let want: Vec<f32> = x.iter().zip(&dy).map(|(&v, &g)| g * df(v)).collect();
+                    close(&format!("{isa:?} {act:?}' n={n}"), &dx, &want, 2e-6);
+                }
+                let mut y = vec![0.0; n];
+                let xs: Vec<f32> = x.iter().map(|v| v * 8.0).collect();
+                activation_forward_with(isa, Activation::Exp, &xs, &mut y);
+                for (g, v) in y.iter().zip(&xs) {
+                    let w = v.exp();
+                    assert!((g - w).abs() <= 1e-6 * w, "exp {v}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reductions_match_reference() {
+        for isa in Isa::available() {
+            for &n in &SIZES {
+                let x = data(n, 1, 3.0);
+                let y = data(n, 2, 3.0);
+                let tol = 1e-5 * n as f32;
+                assert!((crate::reduce::sum_with(isa, &x) - crate::reduce::sum_reference(&x)).abs() < tol);
+                assert_eq!(crate::reduce::max_with(isa, &x), crate::reduce::max_reference(&x));
+                assert!((crate::reduce::dot_with(isa, &x, &y) - crate::reduce::dot_reference(&x, &y)).abs() < tol);
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_rows_match_single_threaded_bitwise() {
+        let cols = 1000;
+        let x = data(200 * cols, 11, 4.0);
+        let mut one = vec![0.0; x.len()];
+        let mut two = vec![0.0; x.len()];
+        crate::parallel::set_num_threads(1);
+        softmax_forward(&x, &mut one, cols, 1.0, None);
+        crate::parallel::set_num_threads(2);
+        softmax_forward(&x, &mut two, cols, 1.0, None);
+        crate::parallel::set_num_threads(0);
+        assert_eq!(one, two);
+    }
+}

@@ -1,0 +1,111 @@
+//! The fast GEMM against the reference on awkward sizes, every transpose combination, strided C,
+//! alpha / beta, every instruction set the machine has and 1 or 2 threads; and bitwise equality
+//! between thread counts.
+
+use kernels::gemm::{gemm_reference, sgemm_batched, sgemm_with, GemmStrides};
+use kernels::Isa;
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// Strides for A (m x k) and B (k x n), optionally transposed, and C (m x n) with a padded row
+/// stride and optionally column-major.
+fn strides(m: usize, k: usize, n: usize, ta: bool, tb: bool, c_colmajor: bool) -> GemmStrides {
+    let (a_row, a_col) = if ta { (1, m) } else { (k, 1) };
+    let (b_row, b_col) = if tb { (1, k) } else { (n, 1) };
+    let (c_row, c_col) = if c_colmajor { (1, m + 3) } else { (n + 2, 1) };
+    GemmStrides { a_row, a_col, b_row, b_col, c_row, c_col }
+}
+
+fn check(isa: Isa, threads: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, cc: bool, alpha: f32, beta: f32) {
+    let s = strides(m, k, n, ta, tb, cc);
+    let a = data(m * k, (m * 31 + k) as u64);
+    let b = data(k * n, (k * 17 + n) as u64);
+    let c_len = if cc { (m + 3) * n.max(1) } else { (n + 2) * m.max(1) };
+    let c0 = data(c_len, 99);
+    let mut want = c0.clone();
+    gemm_reference(m, k, n, alpha, &a, &b, beta, &mut want, s);
+    let mut got = c0.clone();
+    sgemm_with(isa, threads, m, k, n, alpha, &a, &b, beta, &mut got, s);
+    let tol = 1e-5 * (k as f32).sqrt().max(1.0);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{isa:?} t{threads} m{m} k{k} n{n} ta{ta} tb{tb} cc{cc}: C[{i}] = {g}, want {w}"
+        );
+    }
+}
+
+const SIZES: [usize; 12] = [1, 3, 7, 15, 17, 31, 33, 63, 65, 127, 257, 1000];
+
+#[test]
+fn fast_gemm_matches_reference_on_awkward_shapes_all_paths() {
+    for isa in Isa::available() {
+        for (i, &m) in SIZES.iter().enumerate() {
+            // vary k and n with m so the sweep stays affordable but covers edges
+            let k = SIZES[(i + 3) % SIZES.len()];
+            let n = SIZES[(i + 7) % SIZES.len()];
+            for &(ta, tb, cc) in &[(false, false, false), (true, false, false), (false, true, false), (true, true, true)] {
+                check(isa, 1, m, k, n, ta, tb, cc, 1.0, 0.0);
+            }
+            check(isa, 2, m, k, n, false, false, false, 0.5, 2.0);
+            check(isa, 2, n, m, k, true, false, false, -1.0, 1.0);
+        }
+        // skinny shapes, K spanning several kc blocks, and zero-size edges
+        for &(m, k, n) in &[(1, 700, 300), (300, 700, 1), (16, 520, 65), (5, 1, 40), (200, 1, 200), (64, 64, 64), (0, 5, 5), (5, 0, 5)] {
+            check(isa, 1, m, k, n, false, false, false, 1.0, 0.5);
+            check(isa, 2, m, k, n, true, true, false, 1.0, 0.0);
+        }
+    }
+}
+
+#[test]
+fn beta_zero_ignores_nan_in_c() {
+    for isa in Isa::available() {
+        let (m, k, n) = (13, 9, 40);
+        let a = data(m * k, 1);
+        let b = data(k * n, 2);
+        let mut c = vec![f32::NAN; m * n];
+        sgemm_with(isa, 1, m, k, n, 1.0, &a, &b, 0.0, &mut c, GemmStrides::row_major(k, n));
+        assert!(c.iter().all(|v| v.is_finite()), "{isa:?}");
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    for isa in Isa::available() {
+        let (m, k, n) = (300, 400, 500);
+        let a = data(m * k, 3);
+        let b = data(k * n, 4);
+        let mut one = vec![0.0; m * n];
+        let mut two = vec![0.0; m * n];
+        sgemm_with(isa, 1, m, k, n, 1.0, &a, &b, 0.0, &mut one, GemmStrides::row_major(k, n));
+        sgemm_with(isa, 2, m, k, n, 1.0, &a, &b, 0.0, &mut two, GemmStrides::row_major(k, n));
+        assert_eq!(one, two, "{isa:?}");
+    }
+}
+
+#[test]
+fn batched_gemm_matches_per_product_reference() {
+    // attention-like: (batch*heads) products of (T x d) x (d x T), B given transposed
+    let (batch, m, k, n) = (12, 33, 16, 33);
+    let a = data(batch * m * k, 5);
+    let b = data(batch * n * k, 6);
+    let s = GemmStrides { a_row: k, a_col: 1, b_row: 1, b_col: k, c_row: n, c_col: 1 };
+    let mut c = vec![0.0; batch * m * n];
+    sgemm_batched(batch, m, k, n, 0.25, &a, m * k, &b, n * k, 0.0, &mut c, m * n, s);
+    for i in 0..batch {
+        let mut want = vec![0.0; m * n];
+        gemm_reference(m, k, n, 0.25, &a[i * m * k..], &b[i * n * k..], 0.0, &mut want, s);
+        for (g, w) in c[i * m * n..(i + 1) * m * n].iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "product {i}");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Reference timings for the speed comparisons, printed in the same format as our programs.
+
+    python3 scripts/bench_reference.py gemm --threads 1     # numpy (OpenBLAS) sgemm
+    python3 scripts/bench_reference.py rows                 # PyTorch CPU softmax / layer_norm / GELU
+
+Run it in the same session as the Rust side (`cargo run --release -p kernels --example
+gemm_bench -- --threads 1`, `cargo bench --bench kernels`): the machines are shared and noisy,
+so only ratios measured together mean anything. Thread counts are set through the environment
+before numpy / torch load.
+"""
+import os
+import sys
+import time
+
+
+def arg(flag, default):
+    return sys.argv[sys.argv.index(flag) + 1] if flag in sys.argv else default
+
+
+def median_time(f, runs):
+    f()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def gemm(threads, runs):
+    for var in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]:
+        os.environ[var] = str(threads)
+    import numpy as np
+
+    shapes = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 768, 768), (2048, 768, 3072), (2048, 3072, 768)]
+    print(f"# numpy {np.__version__} threads {threads} runs {runs}", file=sys.stderr)
+    for m, k, n in shapes:
+        a = np.random.rand(m, k).astype(np.float32)
+        b = np.random.rand(k, n).astype(np.float32)
+        c = np.empty((m, n), dtype=np.float32)
+        t = median_time(lambda: np.matmul(a, b, out=c), runs)
+        print(f"gemm {m} {k} {n} {2 * m * n * k / t / 1e9:.1f}")
+
+
+def rows(threads, runs):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    x = torch.randn(256, 16384)
+    t = median_time(lambda: torch.softmax(x, dim=-1), runs)
+    print(f"softmax 256x16384 fwd {t * 1e3:.3f} ms")
+    x = torch.randn(2048, 768)
+    w, b = torch.randn(768), torch.randn(768)
+    t = median_time(lambda: F.layer_norm(x, (768,), w, b), runs)
+    print(f"layer_norm 2048x768 fwd {t * 1e3:.3f} ms")
+    x = torch.randn(2048, 3072)
+    t = median_time(lambda: F.gelu(x), runs)
+    print(f"gelu 2048x3072 fwd {t * 1e3:.3f} ms")
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
+    threads = int(arg("--threads", "1"))
+    runs = int(arg("--runs", "7"))
+    {"gemm": gemm, "rows": rows}[what](threads, runs)
