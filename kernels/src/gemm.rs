@@ -459,6 +459,20 @@ unsafe fn pack_b(kc: usize, nc: usize, nr: usize, b: *const f32, rs: usize, cs: 
             for p in 0..kc {
                 std::ptr::copy_nonoverlapping(b.add(p * rs + jr), panel.as_mut_ptr().add(p * nr), nr);
             }
+        } else if rs == 1 {
+            // B given transposed (columns contiguous): read each column once, scatter by NR.
+            for j in 0..nr {
+                if j < cols {
+                    let col = b.add((jr + j) * cs);
+                    for p in 0..kc {
+                        *panel.get_unchecked_mut(p * nr + j) = *col.add(p);
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * nr + j] = 0.0;
+                    }
+                }
+            }
         } else {
             for p in 0..kc {
                 for j in 0..nr {

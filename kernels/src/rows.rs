@@ -82,7 +82,9 @@ pub fn softmax_forward_with(isa: Isa, x: &[f32], y: &mut [f32], cols: usize, sca
             });
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512 => unsafe { x86::softmax_row(xr, mr, yr, scale, log) },
+                Isa::Avx512 => unsafe { x86::softmax_row_avx512(xr, mr, yr, scale, log) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { x86::softmax_row_avx2(xr, mr, yr, scale, log) },
                 _ => softmax_row_portable(xr, mr, yr, scale, log),
             }
         }
@@ -175,30 +177,53 @@ pub fn layer_norm_forward_with(
     let rows = x.len() / cols;
     assert!(y.len() == x.len() && mean.len() >= rows && rstd.len() >= rows && gamma.len() == cols && beta.len() == cols);
     let isa = isa.supported();
-    // Statistics first (cheap, sequential per row), then the normalisation in parallel.
-    for r in 0..rows {
-        let xr = &x[r * cols..(r + 1) * cols];
-        let m = crate::reduce::sum_with(isa, xr) / cols as f32;
-        // two-pass variance: robust when |mean| >> std
-        let mut var = 0.0f32;
-        for &v in xr {
-            var += (v - m) * (v - m);
+    let stats = |xr: &[f32]| -> (f32, f32) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::row_stats_avx512(xr, eps) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::row_stats_avx2(xr, eps) },
+            _ => {
+                let m = xr.iter().sum::<f32>() / cols as f32;
+                let var = xr.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / cols as f32;
+                (m, 1.0 / (var + eps).sqrt())
+            }
         }
-        mean[r] = m;
-        rstd[r] = 1.0 / (var / cols as f32 + eps).sqrt();
-    }
-    let (mean, rstd) = (&*mean, &*rstd);
+    };
+    // Statistics and normalisation in one sweep per row block (the row stays in L1).
+    let mean_ptr = SyncPtr(mean.as_mut_ptr());
+    let rstd_ptr = SyncPtr(rstd.as_mut_ptr());
     for_row_blocks(y, cols, |first, out| {
+        let (mean_ptr, rstd_ptr) = (&mean_ptr, &rstd_ptr);
         for (r, yr) in out.chunks_exact_mut(cols).enumerate() {
             let row = first + r;
             let xr = &x[row * cols..(row + 1) * cols];
-            let (m, s) = (mean[row], rstd[row]);
-            for j in 0..cols {
-                yr[j] = (xr[j] - m) * s * gamma[j] + beta[j];
+            let (m, s) = stats(xr);
+            // SAFETY: each row index is written by exactly one block.
+            unsafe {
+                *mean_ptr.0.add(row) = m;
+                *rstd_ptr.0.add(row) = s;
+            }
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { x86::normalise_row_avx512(xr, gamma, beta, yr, m, s) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { x86::normalise_row_avx2(xr, gamma, beta, yr, m, s) },
+                _ => {
+                    for j in 0..cols {
+                        yr[j] = (xr[j] - m) * s * gamma[j] + beta[j];
+                    }
+                }
             }
         }
     });
 }
+
+/// A raw pointer that row blocks share; each block writes only its own rows.
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint per-row writes from the row-block workers.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
 
 /// Layer-norm backward; writes dx and accumulates (+=) dgamma, dbeta.
 #[allow(clippy::too_many_arguments)]
@@ -312,7 +337,9 @@ pub fn activation_forward_with(isa: Isa, act: Activation, x: &[f32], y: &mut [f3
         let xs = &x[start..start + out.len()];
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => unsafe { x86::activation(act, xs, out, false) },
+            Isa::Avx512 => unsafe { x86::activation_avx512(act, xs, None, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::activation_avx2(act, xs, None, out) },
             _ => xs.iter().zip(out.iter_mut()).for_each(|(&v, o)| *o = activation_scalar(act, v)),
         }
     });
@@ -331,12 +358,9 @@ pub fn activation_backward_with(isa: Isa, act: Activation, x: &[f32], dy: &[f32]
         let gs = &dy[start..start + out.len()];
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => unsafe {
-                x86::activation(act, xs, out, true);
-                for (o, &g) in out.iter_mut().zip(gs) {
-                    *o *= g;
-                }
-            },
+            Isa::Avx512 => unsafe { x86::activation_avx512(act, xs, Some(gs), out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::activation_avx2(act, xs, Some(gs), out) },
             _ => {
                 for ((o, &v), &g) in out.iter_mut().zip(xs).zip(gs) {
                     *o = g * activation_grad_scalar(act, v);
@@ -346,80 +370,75 @@ pub fn activation_backward_with(isa: Isa, act: Activation, x: &[f32], dy: &[f32]
     });
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
+/// The vectorised bodies, written once over [`F32Vec`] and instantiated per instruction set.
+mod generic {
     use super::{activation_grad_scalar, activation_scalar, Activation, GELU_C, GELU_K};
-    use crate::vmath::x86::{erf256, exp256, hmax256, hsum256, sigmoid256};
-    use std::arch::x86_64::*;
+    use crate::vec::{self as v, F32Vec};
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax_row(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
+    #[inline(always)]
+    pub unsafe fn softmax_row<V: F32Vec>(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
         let n = x.len();
+        let w = V::LANES;
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let sv = _mm256_set1_ps(scale);
-        // pass 1: z = scale * x + mask, running max
-        let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+        let sv = V::splat(scale);
+        // pass 1: max of z = scale * x + mask (reads x only)
+        let z_at = |i: usize| -> V { if let Some(m) = mask { V::load(xp.add(i)).mul(sv).add(V::load(m.as_ptr().add(i))) } else { V::load(xp.add(i)).mul(sv) } };
+        let z_scalar = |i: usize| -> f32 { *xp.add(i) * scale + mask.map_or(0.0, |m| m[i]) };
+        let mut maxv = V::splat(f32::NEG_INFINITY);
         let mut i = 0;
-        while i + 8 <= n {
-            let mut z = _mm256_mul_ps(_mm256_loadu_ps(xp.add(i)), sv);
-            if let Some(m) = mask {
-                z = _mm256_add_ps(z, _mm256_loadu_ps(m.as_ptr().add(i)));
-            }
-            _mm256_storeu_ps(yp.add(i), z);
-            maxv = _mm256_max_ps(maxv, z);
-            i += 8;
+        while i + w <= n {
+            maxv = maxv.max(z_at(i));
+            i += w;
         }
-        let mut max = hmax256(maxv);
+        let mut max = maxv.reduce_max();
         while i < n {
-            let z = *xp.add(i) * scale + mask.map_or(0.0, |m| m[i]);
-            *yp.add(i) = z;
-            max = max.max(z);
+            max = max.max(z_scalar(i));
             i += 1;
         }
         if max == f32::NEG_INFINITY {
-            max = 0.0;
+            max = 0.0; // fully masked row
         }
-        // pass 2: e = exp(z - max), sum
-        let mv = _mm256_set1_ps(max);
-        let mut sumv = _mm256_setzero_ps();
+        // pass 2: e = exp(z - max), summed; stored for softmax (log-softmax only needs the sum)
+        let mv = V::splat(max);
+        let mut sumv = V::splat(0.0);
         let mut i = 0;
-        while i + 8 <= n {
-            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(yp.add(i)), mv));
+        while i + w <= n {
+            let e = v::exp(z_at(i).sub(mv));
             if !log {
-                _mm256_storeu_ps(yp.add(i), e);
+                e.store(yp.add(i));
             }
-            sumv = _mm256_add_ps(sumv, e);
-            i += 8;
+            sumv = sumv.add(e);
+            i += w;
         }
-        let mut sum = hsum256(sumv);
+        let mut sum = sumv.reduce_sum();
         while i < n {
-            let e = crate::vmath::exp(*yp.add(i) - max);
+            let e = crate::vmath::exp(z_scalar(i) - max);
             if !log {
                 *yp.add(i) = e;
             }
             sum += e;
             i += 1;
         }
-        // pass 3: normalise
+        // pass 3: softmax scales the stored exponentials (still in cache); log-softmax writes
+        // z - max - ln(sum) straight from x
+        let mut i = 0;
         if log {
-            let shift = _mm256_set1_ps(max + sum.ln());
-            let mut i = 0;
-            while i + 8 <= n {
-                _mm256_storeu_ps(yp.add(i), _mm256_sub_ps(_mm256_loadu_ps(yp.add(i)), shift));
-                i += 8;
+            let shift = max + sum.ln();
+            let shv = V::splat(shift);
+            while i + w <= n {
+                z_at(i).sub(shv).store(yp.add(i));
+                i += w;
             }
-            let s = max + sum.ln();
             while i < n {
-                *yp.add(i) -= s;
+                *yp.add(i) = z_scalar(i) - shift;
                 i += 1;
             }
         } else {
             let inv = 1.0 / sum;
-            let iv = _mm256_set1_ps(inv);
-            let mut i = 0;
-            while i + 8 <= n {
-                _mm256_storeu_ps(yp.add(i), _mm256_mul_ps(_mm256_loadu_ps(yp.add(i)), iv));
-                i += 8;
+            let iv = V::splat(inv);
+            while i + w <= n {
+                V::load(yp.add(i)).mul(iv).store(yp.add(i));
+                i += w;
             }
             while i < n {
                 *yp.add(i) *= inv;
@@ -428,61 +447,153 @@ mod x86 {
         }
     }
 
-    /// Forward (grad = false) or derivative (grad = true) of an activation, 8 lanes at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn activation(act: Activation, x: &[f32], out: &mut [f32], grad: bool) {
+    #[inline(always)]
+    unsafe fn activation_vec<V: F32Vec>(act: Activation, grad: bool, x: V) -> V {
+        let one = V::splat(1.0);
+        let half = V::splat(0.5);
+        match (act, grad) {
+            (Activation::GeluErf, false) => {
+                let e = v::erf(x.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2)));
+                half.mul(x).mul(one.add(e))
+            }
+            (Activation::GeluErf, true) => {
+                let e = v::erf(x.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2)));
+                let cdf = half.mul(one.add(e));
+                let pdf = V::splat(0.398_942_3).mul(v::exp(V::splat(-0.5).mul(x.mul(x))));
+                x.mul_add(pdf, cdf)
+            }
+            (Activation::GeluTanh, g) => {
+                let x3 = x.mul(x).mul(x);
+                let z = V::splat(GELU_K).mul(V::splat(GELU_C).mul_add(x3, x));
+                let (s, one_minus_s) = v::sigmoid_pair(z.add(z));
+                if !g {
+                    x.mul(s)
+                } else {
+                    let dz = V::splat(GELU_K).mul(V::splat(3.0 * GELU_C).mul_add(x.mul(x), one));
+                    s.add(x.add(x).mul(s.mul(one_minus_s)).mul(dz))
+                }
+            }
+            (Activation::Silu, false) => x.mul(v::sigmoid(x)),
+            (Activation::Silu, true) => {
+                let (s, one_minus_s) = v::sigmoid_pair(x);
+                s.mul(x.mul_add(one_minus_s, one))
+            }
+            (Activation::Sigmoid, false) => v::sigmoid(x),
+            (Activation::Sigmoid, true) => {
+                let (s, one_minus_s) = v::sigmoid_pair(x);
+                s.mul(one_minus_s)
+            }
+            (Activation::Exp, _) => v::exp(x),
+        }
+    }
+
+    /// out = act(x) (or act'(x) * dy when `dy` is given).
+    #[inline(always)]
+    pub unsafe fn activation<V: F32Vec>(act: Activation, x: &[f32], dy: Option<&[f32]>, out: &mut [f32]) {
         let n = x.len();
+        let w = V::LANES;
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        let one = _mm256_set1_ps(1.0);
-        let half = _mm256_set1_ps(0.5);
-        let zero = _mm256_setzero_ps();
+        let grad = dy.is_some();
         let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_loadu_ps(xp.add(i));
-            let r = match (act, grad) {
-                (Activation::GeluErf, false) => {
-                    let e = erf256(_mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-                    _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, e))
-                }
-                (Activation::GeluErf, true) => {
-                    let e = erf256(_mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-                    let cdf = _mm256_mul_ps(half, _mm256_add_ps(one, e));
-                    let pdf = _mm256_mul_ps(_mm256_set1_ps(0.398_942_3), exp256(_mm256_mul_ps(_mm256_set1_ps(-0.5), _mm256_mul_ps(v, v))));
-                    _mm256_fmadd_ps(v, pdf, cdf)
-                }
-                (Activation::GeluTanh, g) => {
-                    let v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-                    let z = _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(GELU_C), v3, v));
-                    let s = sigmoid256(_mm256_add_ps(z, z));
-                    if !g {
-                        _mm256_mul_ps(v, s)
-                    } else {
-                        let dz = _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(3.0 * GELU_C), _mm256_mul_ps(v, v), one));
-                        let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(v, v), _mm256_mul_ps(s, _mm256_sub_ps(one, s))), dz);
-                        _mm256_add_ps(s, t)
-                    }
-                }
-                (Activation::Silu, false) => _mm256_mul_ps(v, sigmoid256(v)),
-                (Activation::Silu, true) => {
-                    let s = sigmoid256(v);
-                    _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one))
-                }
-                (Activation::Sigmoid, false) => sigmoid256(v),
-                (Activation::Sigmoid, true) => {
-                    let s = sigmoid256(v);
-                    _mm256_mul_ps(s, _mm256_sub_ps(one, s))
-                }
-                (Activation::Exp, _) => exp256(v),
-            };
-            let _ = zero;
-            _mm256_storeu_ps(op.add(i), r);
-            i += 8;
+        while i + w <= n {
+            let mut r = activation_vec::<V>(act, grad, V::load(xp.add(i)));
+            if let Some(g) = dy {
+                r = r.mul(V::load(g.as_ptr().add(i)));
+            }
+            r.store(op.add(i));
+            i += w;
         }
         while i < n {
-            *op.add(i) = if grad { activation_grad_scalar(act, *xp.add(i)) } else { activation_scalar(act, *xp.add(i)) };
+            let xv = *xp.add(i);
+            *op.add(i) = match dy {
+                Some(g) => g[i] * activation_grad_scalar(act, xv),
+                None => activation_scalar(act, xv),
+            };
             i += 1;
         }
     }
+
+    /// Mean and reciprocal std of one row (two-pass variance).
+    #[inline(always)]
+    pub unsafe fn row_stats<V: F32Vec>(x: &[f32], eps: f32) -> (f32, f32) {
+        let n = x.len();
+        let w = V::LANES;
+        let p = x.as_ptr();
+        let mut acc = V::splat(0.0);
+        let mut i = 0;
+        while i + w <= n {
+            acc = acc.add(V::load(p.add(i)));
+            i += w;
+        }
+        let mut sum = acc.reduce_sum();
+        while i < n {
+            sum += *p.add(i);
+            i += 1;
+        }
+        let mean = sum / n as f32;
+        let mv = V::splat(mean);
+        let mut acc = V::splat(0.0);
+        let mut i = 0;
+        while i + w <= n {
+            let d = V::load(p.add(i)).sub(mv);
+            acc = d.mul_add(d, acc);
+            i += w;
+        }
+        let mut var = acc.reduce_sum();
+        while i < n {
+            let d = *p.add(i) - mean;
+            var += d * d;
+            i += 1;
+        }
+        (mean, 1.0 / (var / n as f32 + eps).sqrt())
+    }
+
+    /// y = (x - mean) * rstd * gamma + beta for one row.
+    #[inline(always)]
+    pub unsafe fn normalise_row<V: F32Vec>(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: f32, rstd: f32) {
+        let n = x.len();
+        let w = V::LANES;
+        let (mv, sv) = (V::splat(mean), V::splat(rstd));
+        let mut i = 0;
+        while i + w <= n {
+            let nrm = V::load(x.as_ptr().add(i)).sub(mv).mul(sv);
+            nrm.mul_add(V::load(gamma.as_ptr().add(i)), V::load(beta.as_ptr().add(i))).store(y.as_mut_ptr().add(i));
+            i += w;
+        }
+        while i < n {
+            y[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
+            i += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{generic, Activation};
+    use crate::vec::x86::{Avx2, Avx512};
+
+    macro_rules! entry_points {
+        ($feature:literal, $vec:ty, $softmax:ident, $activation:ident, $stats:ident, $normalise:ident) => {
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $softmax(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
+                generic::softmax_row::<$vec>(x, mask, y, scale, log)
+            }
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $activation(act: Activation, x: &[f32], dy: Option<&[f32]>, out: &mut [f32]) {
+                generic::activation::<$vec>(act, x, dy, out)
+            }
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $stats(x: &[f32], eps: f32) -> (f32, f32) {
+                generic::row_stats::<$vec>(x, eps)
+            }
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $normalise(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: f32, rstd: f32) {
+                generic::normalise_row::<$vec>(x, gamma, beta, y, mean, rstd)
+            }
+        };
+    }
+    entry_points!("avx2,fma", Avx2, softmax_row_avx2, activation_avx2, row_stats_avx2, normalise_row_avx2);
+    entry_points!("avx512f", Avx512, softmax_row_avx512, activation_avx512, row_stats_avx512, normalise_row_avx512);
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! Broadcast gradients are reduced back to each input's shape by `Tensor::sum_to_shape`,
 //! the one place where that reduction lives.
 
-use kernels::activation as act;
-use tensor::Result;
+use kernels::rows::{self, Activation};
+use tensor::{Result, Tensor};
 
 use super::maybe;
 use crate::Var;
@@ -128,8 +128,23 @@ pub fn tanh(x: &Var) -> Var {
     unary(x, "tanh", f32::tanh, |_, y| 1.0 - y * y)
 }
 
+/// y = act(x) through the vectorised kernel; saves x for the backward.
+fn activation(x: &Var, name: &'static str, act: Activation) -> Var {
+    let xv = x.value().contiguous();
+    let xs = xv.as_contiguous_slice().expect("contiguous");
+    let mut y = vec![0.0f32; xs.len()];
+    rows::activation_forward(act, xs, &mut y);
+    let out = Tensor::from_vec(y, xv.shape()).expect("same shape");
+    Var::from_fn(out, &[x], name, move |g, _| {
+        let gc = g.contiguous();
+        let mut dx = vec![0.0f32; xv.numel()];
+        rows::activation_backward(act, xv.as_contiguous_slice().expect("contiguous"), gc.as_contiguous_slice().expect("contiguous"), &mut dx);
+        Ok(vec![Some(Tensor::from_vec(dx, xv.shape())?)])
+    })
+}
+
 pub fn sigmoid(x: &Var) -> Var {
-    unary(x, "sigmoid", act::sigmoid, |_, y| y * (1.0 - y))
+    activation(x, "sigmoid", Activation::Sigmoid)
 }
 
 pub fn relu(x: &Var) -> Var {
@@ -143,23 +158,22 @@ pub fn relu6(x: &Var) -> Var {
 
 /// x * sigmoid(x) (swish), EfficientNet's activation.
 pub fn silu(x: &Var) -> Var {
-    unary(x, "silu", act::silu, |x, _| act::silu_grad(x))
+    activation(x, "silu", Activation::Silu)
 }
 
 /// GELU, exact erf form (PyTorch's default, BERT in Hugging Face).
 pub fn gelu(x: &Var) -> Var {
-    unary(x, "gelu", act::gelu_erf, |x, _| act::gelu_erf_grad(x))
+    activation(x, "gelu", Activation::GeluErf)
 }
 
 /// GELU, tanh approximation (original BERT code, `gelu_new`).
 pub fn gelu_tanh(x: &Var) -> Var {
-    unary(x, "gelu_tanh", act::gelu_tanh, |x, _| act::gelu_tanh_grad(x))
+    activation(x, "gelu_tanh", Activation::GeluTanh)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tensor::Tensor;
     use crate::gradcheck::{check_gradients, GradcheckOptions};
 
     fn opts() -> GradcheckOptions {

@@ -6,6 +6,7 @@
 //! affine map per channel.
 
 use kernels::norm as k;
+use kernels::rows;
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
@@ -27,22 +28,22 @@ pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
     let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let (gs, bs) = (gv.as_contiguous_slice().expect("contiguous"), bv.as_contiguous_slice().expect("contiguous"));
-    k::layer_norm_forward(xs, Some(gs), Some(bs), &mut y, &mut mean, &mut rstd, c, eps);
+    rows::layer_norm_forward(xs, gs, bs, &mut y, &mut mean, &mut rstd, c, eps);
     let out = Tensor::from_vec(y, xv.shape())?;
     Ok(Var::from_fn(out, &[x, gamma, beta], "layer_norm", move |g, needs| {
         let gc = g.contiguous();
         let mut dx = vec![0.0f32; xv.numel()];
         let mut dgamma = vec![0.0f32; c];
         let mut dbeta = vec![0.0f32; c];
-        k::layer_norm_backward(
+        rows::layer_norm_backward(
             xv.as_contiguous_slice().expect("contiguous"),
-            Some(gv.as_contiguous_slice().expect("contiguous")),
+            gv.as_contiguous_slice().expect("contiguous"),
             &mean,
             &rstd,
             gc.as_contiguous_slice().expect("contiguous"),
             &mut dx,
-            Some(&mut dgamma),
-            Some(&mut dbeta),
+            &mut dgamma,
+            &mut dbeta,
             c,
         );
         Ok(vec![

@@ -3,7 +3,7 @@
 //! (dx = y * (dy - sum(dy * y))), and cross-entropy's is simply (softmax - target) / N, which is
 //! both cheaper and more stable than chaining log and softmax.
 
-use kernels::softmax as k;
+use kernels::rows;
 use tensor::{Result, Tensor, TensorError};
 
 use crate::Var;
@@ -36,18 +36,18 @@ fn check_rank(op: &'static str, x: &Tensor) -> Result<()> {
 pub fn softmax(x: &Var) -> Result<Var> {
     let xv = x.value();
     check_rank("softmax", &xv)?;
-    let y = rowwise(&xv, k::softmax_rows);
+    let y = rowwise(&xv, |x, y, c| rows::softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
-    Ok(Var::from_fn(y, &[x], "softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, k::softmax_rows_backward))])))
+    Ok(Var::from_fn(y, &[x], "softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::softmax_backward(y, dy, dx, c, 1.0)))])))
 }
 
 /// log(softmax) over the last axis, computed stably.
 pub fn log_softmax(x: &Var) -> Result<Var> {
     let xv = x.value();
     check_rank("log_softmax", &xv)?;
-    let y = rowwise(&xv, k::log_softmax_rows);
+    let y = rowwise(&xv, |x, y, c| rows::log_softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
-    Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, k::log_softmax_rows_backward))])))
+    Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::log_softmax_backward(y, dy, dx, c, 1.0)))])))
 }
 
 /// Mean cross-entropy of `logits` (N, C) against class indices, with label smoothing
@@ -67,7 +67,7 @@ pub fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> Result<
     if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
         return Err(TensorError::Index { op: "cross_entropy", index: bad, size: c });
     }
-    let logp = rowwise(&lv, k::log_softmax_rows);
+    let logp = rowwise(&lv, |x, y, c| rows::log_softmax_forward(x, y, c, 1.0, None));
     let lp = logp.as_contiguous_slice().expect("contiguous");
     let off = smoothing / c as f32;
     let on = 1.0 - smoothing + off;

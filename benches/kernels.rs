@@ -1,0 +1,89 @@
+//! Criterion benchmarks of the kernels, with throughput set so criterion reports GFLOP/s
+//! (shown as "Gelem/s": one element = one flop) for GEMM and GB/s for the row kernels.
+//!
+//!     cargo bench --bench kernels                  # all
+//!     cargo bench --bench kernels -- gemm/1t       # a group
+//!     ALIGN_NUM_THREADS=1 cargo bench ...          # pin the thread count for row kernels
+//!
+//! Reference numbers (numpy, PyTorch) come from `scripts/bench_reference.py`; see
+//! benches/README.md for measured ratios.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kernels::gemm::{sgemm_batched, sgemm_with, GemmStrides};
+use kernels::rows::{self, Activation};
+use kernels::Isa;
+
+fn data(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919) % 2000) as f32 / 500.0 - 2.0).collect()
+}
+
+fn gemm(c: &mut Criterion) {
+    for threads in [1, 2] {
+        let mut g = c.benchmark_group(format!("gemm/{threads}t"));
+        g.sample_size(10);
+        for (m, k, n) in [(512, 512, 512), (1024, 1024, 1024), (2048, 768, 768), (2048, 768, 3072), (2048, 3072, 768)] {
+            let (a, b) = (data(m * k), data(k * n));
+            let mut out = vec![0.0f32; m * n];
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::from_parameter(format!("{m}x{k}x{n}")), |bch| {
+                bch.iter(|| sgemm_with(Isa::best(), threads, m, k, n, 1.0, &a, &b, 0.0, &mut out, GemmStrides::row_major(k, n)))
+            });
+        }
+        g.finish();
+    }
+    // Skinny shapes: a few rows (a small batch through a Linear layer) and matrix-vector.
+    let mut g = c.benchmark_group("gemm/skinny");
+    for (m, k, n) in [(1, 768, 3072), (4, 768, 3072), (16, 768, 768), (2048, 768, 1)] {
+        let (a, b) = (data(m * k), data(k * n));
+        let mut out = vec![0.0f32; m * n];
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::from_parameter(format!("{m}x{k}x{n}")), |bch| {
+            bch.iter(|| kernels::sgemm(m, k, n, 1.0, &a, &b, 0.0, &mut out, GemmStrides::row_major(k, n)))
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    // batch x heads small products: scores = Q K^T (K read transposed through strides).
+    let mut g = c.benchmark_group("gemm/batched");
+    for (batch, t, d) in [(32 * 4, 64, 64), (32 * 4, 32, 64), (8 * 12, 64, 64)] {
+        let q = data(batch * t * d);
+        let k = data(batch * t * d);
+        let mut s = vec![0.0f32; batch * t * t];
+        let strides = GemmStrides { a_row: d, a_col: 1, b_row: 1, b_col: d, c_row: t, c_col: 1 };
+        g.throughput(Throughput::Elements((2 * batch * t * t * d) as u64));
+        g.bench_function(BenchmarkId::from_parameter(format!("{batch}x{t}x{d}x{t}")), |bch| {
+            bch.iter(|| sgemm_batched(batch, t, d, t, 1.0, &q, t * d, &k, t * d, 0.0, &mut s, t * t, strides))
+        });
+    }
+    g.finish();
+}
+
+fn row_kernels(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rows");
+    g.sample_size(20);
+    let x = data(256 * 16384);
+    let mut y = vec![0.0f32; x.len()];
+    g.throughput(Throughput::Bytes((x.len() * 8) as u64));
+    g.bench_function("softmax/256x16384", |b| b.iter(|| rows::softmax_forward(&x, &mut y, 16384, 1.0, None)));
+
+    let x = data(2048 * 768);
+    let (gm, bt) = (vec![1.0f32; 768], vec![0.0f32; 768]);
+    let mut y = vec![0.0f32; x.len()];
+    let (mut mean, mut rstd) = (vec![0.0f32; 2048], vec![0.0f32; 2048]);
+    g.throughput(Throughput::Bytes((x.len() * 8) as u64));
+    g.bench_function("layer_norm/2048x768", |b| {
+        b.iter(|| rows::layer_norm_forward(&x, &gm, &bt, &mut y, &mut mean, &mut rstd, 768, 1e-5))
+    });
+
+    let x = data(2048 * 3072);
+    let mut y = vec![0.0f32; x.len()];
+    g.throughput(Throughput::Bytes((x.len() * 8) as u64));
+    g.bench_function("gelu/2048x3072", |b| b.iter(|| rows::activation_forward(Activation::GeluErf, &x, &mut y)));
+    g.bench_function("gelu_tanh/2048x3072", |b| b.iter(|| rows::activation_forward(Activation::GeluTanh, &x, &mut y)));
+    g.finish();
+}
+
+criterion_group!(benches, gemm, attention, row_kernels);
+criterion_main!(benches);

@@ -1,0 +1,279 @@
+//! A minimal SIMD vector abstraction so each vectorised algorithm is written once and compiled
+//! for AVX2 (8 lanes) and AVX-512 (16 lanes).
+//!
+//! The kernels are generic `#[inline(always)]` functions over [`F32Vec`]; each instruction set
+//! gets a `#[target_feature]` entry point that instantiates them, so after inlining every
+//! intrinsic is compiled with the right features. The methods are `unsafe` because they may
+//! only run on a CPU with the feature, which the dispatcher guarantees.
+
+#![allow(clippy::missing_safety_doc)]
+
+pub trait F32Vec: Copy {
+    const LANES: usize;
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn div(self, o: Self) -> Self;
+    /// 1 / self via the hardware estimate refined by one Newton step (relative error < 1e-7);
+    /// much cheaper than a division, whose throughput limits erf and sigmoid otherwise.
+    unsafe fn recip(self) -> Self;
+    /// self * a + b
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    unsafe fn max(self, o: Self) -> Self;
+    unsafe fn min(self, o: Self) -> Self;
+    unsafe fn abs(self) -> Self;
+    /// Copies the sign bit of `sign` onto |self|.
+    unsafe fn with_sign_of(self, sign: Self) -> Self;
+    unsafe fn round(self) -> Self;
+    /// 2^n for whole-number lanes n in [-126, 127].
+    unsafe fn pow2i(n: Self) -> Self;
+    /// Lanes where `x >= 0` take `self`, the others `other`.
+    unsafe fn select_nonneg(self, x: Self, other: Self) -> Self;
+    /// Lanes where self < o become 0.
+    unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self;
+    unsafe fn reduce_sum(self) -> f32;
+    unsafe fn reduce_max(self) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::F32Vec;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub struct Avx2(pub __m256);
+    #[derive(Clone, Copy)]
+    pub struct Avx512(pub __m512);
+
+    impl F32Vec for Avx2 {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx2(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            Avx2(_mm256_add_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            Avx2(_mm256_sub_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            Avx2(_mm256_mul_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            Avx2(_mm256_div_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn recip(self) -> Self {
+            let r = _mm256_rcp_ps(self.0);
+            // r (2 - x r)
+            Avx2(_mm256_mul_ps(r, _mm256_fnmadd_ps(self.0, r, _mm256_set1_ps(2.0))))
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            Avx2(_mm256_fmadd_ps(self.0, a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            Avx2(_mm256_max_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn min(self, o: Self) -> Self {
+            Avx2(_mm256_min_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn abs(self) -> Self {
+            Avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0))
+        }
+        #[inline(always)]
+        unsafe fn with_sign_of(self, sign: Self) -> Self {
+            Avx2(_mm256_or_ps(self.abs().0, _mm256_and_ps(sign.0, _mm256_set1_ps(-0.0))))
+        }
+        #[inline(always)]
+        unsafe fn round(self) -> Self {
+            Avx2(_mm256_round_ps(self.0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+        }
+        #[inline(always)]
+        unsafe fn pow2i(n: Self) -> Self {
+            let bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127)), 23);
+            Avx2(_mm256_castsi256_ps(bits))
+        }
+        #[inline(always)]
+        unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
+            let m = _mm256_cmp_ps(x.0, _mm256_setzero_ps(), _CMP_GE_OQ);
+            Avx2(_mm256_blendv_ps(other.0, self.0, m))
+        }
+        #[inline(always)]
+        unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
+            Avx2(_mm256_andnot_ps(_mm256_cmp_ps(x.0, bound.0, _CMP_LT_OQ), self.0))
+        }
+        #[inline(always)]
+        unsafe fn reduce_sum(self) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(self) -> f32 {
+            let s = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
+        }
+    }
+
+    impl F32Vec for Avx512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx512(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            Avx512(_mm512_add_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            Avx512(_mm512_sub_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            Avx512(_mm512_mul_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            Avx512(_mm512_div_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn recip(self) -> Self {
+            let r = _mm512_rcp14_ps(self.0);
+            Avx512(_mm512_mul_ps(r, _mm512_fnmadd_ps(self.0, r, _mm512_set1_ps(2.0))))
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            Avx512(_mm512_fmadd_ps(self.0, a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            Avx512(_mm512_max_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn min(self, o: Self) -> Self {
+            Avx512(_mm512_min_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn abs(self) -> Self {
+            Avx512(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(0x7fff_ffff))))
+        }
+        #[inline(always)]
+        unsafe fn with_sign_of(self, sign: Self) -> Self {
+            let s = _mm512_and_si512(_mm512_castps_si512(sign.0), _mm512_set1_epi32(i32::MIN));
+            Avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(self.abs().0), s)))
+        }
+        #[inline(always)]
+        unsafe fn round(self) -> Self {
+            Avx512(_mm512_roundscale_ps(self.0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+        }
+        #[inline(always)]
+        unsafe fn pow2i(n: Self) -> Self {
+            let bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127)), 23);
+            Avx512(_mm512_castsi512_ps(bits))
+        }
+        #[inline(always)]
+        unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
+            let m = _mm512_cmp_ps_mask(x.0, _mm512_setzero_ps(), _CMP_GE_OQ);
+            Avx512(_mm512_mask_blend_ps(m, other.0, self.0))
+        }
+        #[inline(always)]
+        unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
+            let keep = _mm512_cmp_ps_mask(x.0, bound.0, _CMP_GE_OQ);
+            Avx512(_mm512_maskz_mov_ps(keep, self.0))
+        }
+        #[inline(always)]
+        unsafe fn reduce_sum(self) -> f32 {
+            _mm512_reduce_add_ps(self.0)
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(self) -> f32 {
+            _mm512_reduce_max_ps(self.0)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic vector maths (same algorithms and constants as the scalar forms in `vmath`)
+// ---------------------------------------------------------------------------------------------
+
+use crate::vmath::consts::*;
+
+/// e^x; 0 below -87.3.
+#[inline(always)]
+pub unsafe fn exp<V: F32Vec>(x: V) -> V {
+    let xc = x.min(V::splat(EXP_HI)).max(V::splat(EXP_LO));
+    let n = xc.mul(V::splat(LOG2E)).round();
+    let r = n.mul_add(V::splat(-LN2_HI), xc);
+    let r = n.mul_add(V::splat(-LN2_LO), r);
+    let r2 = r.mul(r);
+    let mut p = V::splat(P0);
+    p = p.mul_add(r, V::splat(P1));
+    p = p.mul_add(r, V::splat(P2));
+    p = p.mul_add(r, V::splat(P3));
+    p = p.mul_add(r, V::splat(P4));
+    p = p.mul_add(r, V::splat(P5));
+    let e = p.mul_add(r2, r).add(V::splat(1.0));
+    e.mul(V::pow2i(n)).zero_where_lt(x, V::splat(EXP_LO))
+}
+
+/// erf(x): x P(x^2) / Q(x^2) on [-4, 4] (see `vmath`).
+#[inline(always)]
+pub unsafe fn erf<V: F32Vec>(x: V) -> V {
+    let x = x.min(V::splat(4.0)).max(V::splat(-4.0));
+    let x2 = x.mul(x);
+    let mut p = V::splat(ERF_ALPHA[6]);
+    for &c in ERF_ALPHA[..6].iter().rev() {
+        p = p.mul_add(x2, V::splat(c));
+    }
+    let mut q = V::splat(ERF_BETA[4]);
+    for &c in ERF_BETA[..4].iter().rev() {
+        q = q.mul_add(x2, V::splat(c));
+    }
+    x.mul(p).mul(q.recip())
+}
+
+/// (sigmoid(x), 1 - sigmoid(x)), both without cancellation or overflow: with e = e^-|x| <= 1
+/// and r = 1 / (1 + e), sigmoid(|x|) = r and sigmoid(-|x|) = e r.
+#[inline(always)]
+pub unsafe fn sigmoid_pair<V: F32Vec>(x: V) -> (V, V) {
+    let e = exp(V::splat(0.0).sub(x.abs()));
+    let r = V::splat(1.0).add(e).recip();
+    let small = e.mul(r);
+    (r.select_nonneg(x, small), small.select_nonneg(x, r))
+}
+
+/// sigmoid(x)
+#[inline(always)]
+pub unsafe fn sigmoid<V: F32Vec>(x: V) -> V {
+    sigmoid_pair(x).0
+}
