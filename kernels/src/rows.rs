@@ -682,7 +682,8 @@ mod tests {
 
     #[test]
     fn activations_match_reference_on_awkward_sizes_and_paths() {
-        let cases: [(Activation, fn(f32) -> f32, fn(f32) -> f32); 4] = [
+        type Case = (Activation, fn(f32) -> f32, fn(f32) -> f32);
+        let cases: [Case; 4] = [
             (Activation::GeluErf, reference::gelu_erf, reference::gelu_erf_grad),
             (Activation::GeluTanh, reference::gelu_tanh, reference::gelu_tanh_grad),
             (Activation::Silu, reference::silu, reference::silu_grad),

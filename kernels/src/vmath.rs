@@ -10,6 +10,8 @@
 //!   (relative error grows for |x| < 1e-3, where tanh x ~ x; only GELU-tanh uses it, through
 //!   the sigmoid form, which has no such issue).
 
+#![allow(clippy::excessive_precision)] // constants are kept as published
+
 pub mod consts {
     pub const EXP_HI: f32 = 88.376_26;
     pub const EXP_LO: f32 = -87.336_55;
@@ -82,6 +84,8 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+/// AVX2 forms. Safety: callers must have checked AVX2 + FMA support (see `simd::Isa`).
+#[allow(clippy::missing_safety_doc)]
 pub mod x86 {
     use super::*;
     use std::arch::x86_64::*;

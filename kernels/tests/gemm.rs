@@ -24,6 +24,7 @@ fn strides(m: usize, k: usize, n: usize, ta: bool, tb: bool, c_colmajor: bool) -
     GemmStrides { a_row, a_col, b_row, b_col, c_row, c_col }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(isa: Isa, threads: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, cc: bool, alpha: f32, beta: f32) {
     let s = strides(m, k, n, ta, tb, cc);
     let a = data(m * k, (m * 31 + k) as u64);

@@ -1,0 +1,97 @@
+//! Resumable training checkpoints in one safetensors file, written atomically:
+//! `model.<name>` (parameters and buffers), `optim.<param>.<slot>` (optimiser moments),
+//! `optim.step`, `train.step` (schedule position), `train.rng` (the 256-bit RNG state, as four
+//! i64 bit patterns), and a user metadata map in the header.
+//!
+//! Loading validates the whole file against the model and optimiser before changing anything:
+//! a truncated file, a missing or mis-shaped tensor, or optimiser state for other parameters is an
+//! error naming the entry, and the model and optimiser are left as they were.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tensor::io::safetensors::{save, Dtype, SafeTensors, SaveData};
+use tensor::{Result, Rng, Tensor, TensorError};
+
+use crate::module::Module;
+use crate::optim::Optimizer;
+
+pub const FORMAT: &str = "align-rs checkpoint v1";
+
+/// What a checkpoint restores besides the model and optimiser.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub step: u64,
+    pub rng: Rng,
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub fn save_checkpoint(
+    path: impl AsRef<Path>,
+    model: &dyn Module,
+    optimizer: &dyn Optimizer,
+    step: u64,
+    rng: &Rng,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let model_state: Vec<(String, Tensor)> = model.state_dict().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    let (optim_step, optim_state) = optimizer.state();
+    let optim_state: Vec<(String, Tensor)> = optim_state.into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
+    let scalars: [i64; 2] = [optim_step as i64, step as i64];
+    let rng_bits: Vec<i64> = rng.state().iter().map(|&x| x as i64).collect();
+    let mut entries: Vec<(&str, SaveData)> = vec![];
+    for (n, t) in model_state.iter().chain(&optim_state) {
+        entries.push((n.as_str(), SaveData::Float(t, Dtype::F32)));
+    }
+    entries.push(("optim.step", SaveData::I64 { shape: &[], values: &scalars[..1] }));
+    entries.push(("train.step", SaveData::I64 { shape: &[], values: &scalars[1..] }));
+    entries.push(("train.rng", SaveData::I64 { shape: &[4], values: &rng_bits }));
+    let mut meta = metadata.clone();
+    meta.insert("format".into(), FORMAT.into());
+    save(path, &entries, &meta)
+}
+
+pub fn load_checkpoint(path: impl AsRef<Path>, model: &dyn Module, optimizer: &mut dyn Optimizer) -> Result<Resume> {
+    let path = path.as_ref();
+    let st = SafeTensors::open(path)?;
+    let file = path.display().to_string();
+    let err = |tensor: &str, msg: &str| TensorError::Format { file: file.clone(), tensor: Some(tensor.into()), msg: msg.into() };
+    let scalar = |name: &str| -> Result<i64> {
+        let (shape, v) = st.tensor_i64(name).map_err(|_| err(name, "missing or not an integer"))?;
+        if !shape.is_empty() || v.len() != 1 {
+            return Err(err(name, "expected a scalar"));
+        }
+        Ok(v[0])
+    };
+    let optim_step = scalar("optim.step")?;
+    let step = scalar("train.step")?;
+    let (_, rng_bits) = st.tensor_i64("train.rng").map_err(|_| err("train.rng", "missing"))?;
+    if rng_bits.len() != 4 {
+        return Err(err("train.rng", "expected 4 values"));
+    }
+    let mut model_sd = BTreeMap::new();
+    let mut optim_sd = BTreeMap::new();
+    for name in st.names() {
+        if let Some(n) = name.strip_prefix("model.") {
+            model_sd.insert(n.to_string(), st.tensor(name)?);
+        } else if let Some(n) = name.strip_prefix("optim.") {
+            if n != "step" {
+                optim_sd.insert(n.to_string(), st.tensor(name)?);
+            }
+        }
+    }
+    // Validate everything, then apply: a bad checkpoint changes nothing.
+    optimizer.check_state(&optim_sd)?;
+    model.load_state_dict(&model_sd, true).map_err(|e| match e {
+        TensorError::Format { msg, .. } => TensorError::Format { file: file.clone(), tensor: None, msg },
+        other => other,
+    })?;
+    optimizer.set_state(optim_step as u64, &optim_sd)?;
+    let mut metadata = st.metadata().clone();
+    metadata.remove("format");
+    Ok(Resume {
+        step: step as u64,
+        rng: Rng::from_state([rng_bits[0] as u64, rng_bits[1] as u64, rng_bits[2] as u64, rng_bits[3] as u64]),
+        metadata,
+    })
+}

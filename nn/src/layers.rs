@@ -1,0 +1,460 @@
+//! Layers with PyTorch parameter names: Linear, Embedding, LayerNorm, Dropout, DropPath,
+//! Conv2d / DepthwiseConv2d (NHWC), BatchNorm2d, SqueezeExcite, MultiHeadSelfAttention and the
+//! activations.
+//!
+//! Layouts: Linear keeps PyTorch's (out, in) weight and multiplies by its transpose as a strided
+//! view (no copy), so Hugging Face checkpoints load as they are. Conv weights use our NHWC-friendly
+//! layouts, (KH, KW, C_in, C_out) and (KH, KW, C); loaders transpose PyTorch's OIHW once.
+
+use autograd::ops::{conv as cv, dropout, elementwise as ew, matmul::matmul, norm, shape, softmax};
+use autograd::{no_grad, Var};
+use kernels::Padding;
+use tensor::{Result, Rng, Tensor, TensorError};
+
+use crate::init;
+use crate::module::{join, Buffer, Ctx, Module};
+
+/// y = x W^T + b, x (..., in) -> (..., out).
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
+impl Linear {
+    /// PyTorch's default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    pub fn new(in_features: usize, out_features: usize, bias: bool, rng: &mut Rng) -> Linear {
+        let bound = 1.0 / (in_features.max(1) as f32).sqrt();
+        Linear {
+            weight: Var::parameter(Tensor::rand_uniform_with(&[out_features, in_features], -bound, bound, rng)),
+            bias: bias.then(|| Var::parameter(Tensor::rand_uniform_with(&[out_features], -bound, bound, rng))),
+        }
+    }
+
+    /// BERT's init: weight ~ N(0, std), bias = 0.
+    pub fn new_normal(in_features: usize, out_features: usize, std: f32, rng: &mut Rng) -> Linear {
+        Linear {
+            weight: Var::parameter(init::normal(&[out_features, in_features], 0.0, std, rng)),
+            bias: Some(Var::parameter(Tensor::zeros(&[out_features]))),
+        }
+    }
+
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let y = matmul(x, &shape::transpose(&self.weight, 0, 1)?)?;
+        match &self.bias {
+            Some(b) => ew::add(&y, b),
+            None => Ok(y),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((join(prefix, "weight"), self.weight.clone()));
+        if let Some(b) = &self.bias {
+            out.push((join(prefix, "bias"), b.clone()));
+        }
+    }
+}
+
+/// Lookup table (num, dim).
+pub struct Embedding {
+    pub weight: Var,
+}
+
+impl Embedding {
+    pub fn new(num: usize, dim: usize, std: f32, rng: &mut Rng) -> Embedding {
+        Embedding { weight: Var::parameter(init::normal(&[num, dim], 0.0, std, rng)) }
+    }
+
+    /// ids (any shape) -> (ids..., dim).
+    pub fn forward(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Var> {
+        let rows = shape::index_select(&self.weight, 0, ids)?;
+        let mut out_shape = ids_shape.to_vec();
+        out_shape.push(self.weight.shape()[1]);
+        shape::reshape(&rows, &out_shape)
+    }
+}
+
+impl Module for Embedding {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((join(prefix, "weight"), self.weight.clone()));
+    }
+}
+
+/// Layer norm over the last axis with weight and bias.
+pub struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f32) -> LayerNorm {
+        LayerNorm { weight: Var::parameter(Tensor::ones(&[dim])), bias: Var::parameter(Tensor::zeros(&[dim])), eps }
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        norm::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+impl Module for LayerNorm {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((join(prefix, "weight"), self.weight.clone()));
+        out.push((join(prefix, "bias"), self.bias.clone()));
+    }
+}
+
+/// Dropout: active only in training mode.
+pub struct Dropout {
+    pub p: f32,
+}
+
+impl Dropout {
+    pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
+        if !ctx.training || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        dropout::dropout(x, self.p, &mut ctx.rng)
+    }
+}
+
+/// Stochastic depth (drop-connect): each sample's whole residual branch is dropped with
+/// probability p; kept samples are divided by 1 - p. One Bernoulli draw per sample.
+pub struct DropPath {
+    pub p: f32,
+}
+
+impl DropPath {
+    pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
+        if !ctx.training || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let s = x.shape();
+        let keep = 1.0 - self.p;
+        let mask: Vec<f32> = (0..s[0]).map(|_| if ctx.rng.next_f32() < keep { 1.0 / keep } else { 0.0 }).collect();
+        let mut mshape = vec![1; s.len()];
+        mshape[0] = s[0];
+        ew::mul(x, &Var::constant(Tensor::from_vec(mask, &mshape)?))
+    }
+}
+
+/// Dense 2-D convolution on NHWC input; weight (KH, KW, C_in, C_out).
+pub struct Conv2d {
+    pub weight: Var,
+    pub bias: Option<Var>,
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+impl Conv2d {
+    /// Kaiming-normal init with fan-out (EfficientNet's conv init).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, padding: Padding, bias: bool, rng: &mut Rng) -> Conv2d {
+        Conv2d {
+            weight: Var::parameter(init::kaiming_normal(&[k, k, c_in, c_out], k * k * c_out, rng)),
+            bias: bias.then(|| Var::parameter(Tensor::zeros(&[c_out]))),
+            stride,
+            padding,
+        }
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let y = cv::conv2d(x, &self.weight, self.stride, self.padding)?;
+        match &self.bias {
+            Some(b) => ew::add(&y, b),
+            None => Ok(y),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((join(prefix, "weight"), self.weight.clone()));
+        if let Some(b) = &self.bias {
+            out.push((join(prefix, "bias"), b.clone()));
+        }
+    }
+}
+
+/// Depthwise convolution (one k x k filter per channel); weight (KH, KW, C).
+pub struct DepthwiseConv2d {
+    pub weight: Var,
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+impl DepthwiseConv2d {
+    pub fn new(channels: usize, k: usize, stride: usize, padding: Padding, rng: &mut Rng) -> DepthwiseConv2d {
+        DepthwiseConv2d { weight: Var::parameter(init::kaiming_normal(&[k, k, channels], k * k, rng)), stride, padding }
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        cv::depthwise_conv2d(x, &self.weight, self.stride, self.padding)
+    }
+}
+
+impl Module for DepthwiseConv2d {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((join(prefix, "weight"), self.weight.clone()));
+    }
+}
+
+/// Batch norm over the channel (last) axis of NHWC input.
+///
+/// Momentum follows PyTorch: running = (1 - momentum) * running + momentum * batch, so
+/// TensorFlow's decay 0.99 is momentum 0.01 here (EfficientNet's setting, with eps 1e-3).
+/// The running variance is updated with the unbiased batch variance, as PyTorch does, while
+/// the batch is normalised with the biased one.
+pub struct BatchNorm2d {
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Buffer,
+    pub running_var: Buffer,
+    pub num_batches_tracked: Buffer,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, momentum: f32, eps: f32) -> BatchNorm2d {
+        BatchNorm2d {
+            weight: Var::parameter(Tensor::ones(&[channels])),
+            bias: Var::parameter(Tensor::zeros(&[channels])),
+            running_mean: Buffer::new(Tensor::zeros(&[channels])),
+            running_var: Buffer::new(Tensor::ones(&[channels])),
+            num_batches_tracked: Buffer::new(Tensor::zeros(&[])),
+            momentum,
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        if !ctx.training {
+            let mode = norm::BatchNormMode::Eval { running_mean: self.running_mean.get(), running_var: self.running_var.get(), eps: self.eps };
+            return Ok(norm::batch_norm(x, &self.weight, &self.bias, &mode)?.y);
+        }
+        let out = norm::batch_norm(x, &self.weight, &self.bias, &norm::BatchNormMode::Train { eps: self.eps })?;
+        let count = x.shape().iter().rev().skip(1).product::<usize>();
+        if count < 2 {
+            return Err(TensorError::Shape { op: "batch_norm", msg: "training needs more than one value per channel".into() });
+        }
+        no_grad(|| -> Result<()> {
+            let m = self.momentum;
+            let mean = out.batch_mean.as_ref().expect("training stats");
+            let var = out.batch_var.as_ref().expect("training stats").mul_scalar(count as f32 / (count - 1) as f32);
+            self.running_mean.set(self.running_mean.get().mul_scalar(1.0 - m).add(&mean.mul_scalar(m))?);
+            self.running_var.set(self.running_var.get().mul_scalar(1.0 - m).add(&var.mul_scalar(m))?);
+            self.num_batches_tracked.set(self.num_batches_tracked.get().add_scalar(1.0));
+            Ok(())
+        })?;
+        Ok(out.y)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((join(prefix, "weight"), self.weight.clone()));
+        out.push((join(prefix, "bias"), self.bias.clone()));
+    }
+    fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
+        out.push((join(prefix, "running_mean"), self.running_mean.clone()));
+        out.push((join(prefix, "running_var"), self.running_var.clone()));
+        out.push((join(prefix, "num_batches_tracked"), self.num_batches_tracked.clone()));
+    }
+}
+
+/// Element-wise activations by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    Silu,
+    Gelu,
+    GeluTanh,
+    Sigmoid,
+    Tanh,
+    Identity,
+}
+
+impl Activation {
+    pub fn forward(self, x: &Var) -> Var {
+        match self {
+            Activation::Relu => ew::relu(x),
+            Activation::Relu6 => ew::relu6(x),
+            Activation::Silu => ew::silu(x),
+            Activation::Gelu => ew::gelu(x),
+            Activation::GeluTanh => ew::gelu_tanh(x),
+            Activation::Sigmoid => ew::sigmoid(x),
+            Activation::Tanh => ew::tanh(x),
+            Activation::Identity => x.clone(),
+        }
+    }
+}
+
+/// Squeeze-and-excitation: pool -> 1x1 reduce (bias) -> act -> 1x1 expand (bias) -> sigmoid ->
+/// channel scale. The 1x1 convs on a pooled (N, C) tensor are Linear layers; names follow
+/// EfficientNet ports (`conv_reduce`, `conv_expand`).
+pub struct SqueezeExcite {
+    pub reduce: Linear,
+    pub expand: Linear,
+    pub act: Activation,
+}
+
+impl SqueezeExcite {
+    pub fn new(channels: usize, reduced: usize, act: Activation, rng: &mut Rng) -> SqueezeExcite {
+        SqueezeExcite { reduce: Linear::new(channels, reduced, true, rng), expand: Linear::new(reduced, channels, true, rng), act }
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let s = cv::global_avg_pool(x)?;
+        let s = self.act.forward(&self.reduce.forward(&s)?);
+        let s = ew::sigmoid(&self.expand.forward(&s)?);
+        cv::channel_scale(x, &s)
+    }
+}
+
+impl Module for SqueezeExcite {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        self.reduce.parameters(&join(prefix, "conv_reduce"), out);
+        self.expand.parameters(&join(prefix, "conv_expand"), out);
+    }
+}
+
+/// Multi-head self-attention with a padding mask.
+pub struct MultiHeadSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub heads: usize,
+    pub attn_dropout: Dropout,
+}
+
+impl MultiHeadSelfAttention {
+    pub fn new(dim: usize, heads: usize, dropout_p: f32, rng: &mut Rng) -> Result<MultiHeadSelfAttention> {
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            return Err(TensorError::Shape { op: "attention", msg: format!("width {dim} is not divisible by {heads} heads") });
+        }
+        Ok(MultiHeadSelfAttention {
+            query: Linear::new_normal(dim, dim, 0.02, rng),
+            key: Linear::new_normal(dim, dim, 0.02, rng),
+            value: Linear::new_normal(dim, dim, 0.02, rng),
+            output: Linear::new_normal(dim, dim, 0.02, rng),
+            heads,
+            attn_dropout: Dropout { p: dropout_p },
+        })
+    }
+
+    /// x (B, T, D); `mask` (B, T): 1 for tokens, 0 for padding (keys at padding get no weight).
+    pub fn forward(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Var> {
+        let s = x.shape();
+        let (b, t, d) = (s[0], s[1], s[2]);
+        let dh = d / self.heads;
+        let heads = |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, self.heads, dh])?, &[0, 2, 1, 3]) };
+        let q = heads(self.query.forward(x)?)?;
+        let k = heads(self.key.forward(x)?)?;
+        let v = heads(self.value.forward(x)?)?;
+        let mut scores = ew::mul_scalar(&matmul(&q, &shape::transpose(&k, 2, 3)?)?, 1.0 / (dh as f32).sqrt());
+        if let Some(m) = mask {
+            if m.shape() != [b, t] {
+                return Err(TensorError::Shape { op: "attention", msg: format!("mask {:?} must be [{b}, {t}]", m.shape()) });
+            }
+            let add = Var::constant(m.map(|v| if v > 0.0 { 0.0 } else { -1e9 }).reshape(&[b, 1, 1, t])?);
+            scores = ew::add(&scores, &add)?;
+        }
+        let probs = self.attn_dropout.forward(&softmax::softmax(&scores)?, ctx)?;
+        let ctx_heads = matmul(&probs, &v)?;
+        let merged = shape::reshape(&shape::permute(&ctx_heads, &[0, 2, 1, 3])?, &[b, t, d])?;
+        self.output.forward(&merged)
+    }
+}
+
+impl Module for MultiHeadSelfAttention {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        self.query.parameters(&join(prefix, "query"), out);
+        self.key.parameters(&join(prefix, "key"), out);
+        self.value.parameters(&join(prefix, "value"), out);
+        self.output.parameters(&join(prefix, "output"), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{single_group, Optimizer, Sgd};
+    use autograd::gradcheck::{check_gradients, GradcheckOptions};
+    use autograd::ops::reduce;
+
+    #[test]
+    fn attention_ignores_padded_positions_and_passes_gradcheck() {
+        let mut rng = Rng::new(1);
+        let mha = MultiHeadSelfAttention::new(8, 2, 0.0, &mut rng).unwrap();
+        let mask = Tensor::from_vec(vec![1.0, 1.0, 1.0, 0.0, 0.0], &[1, 5]).unwrap();
+        let x = Tensor::randn(&[1, 5, 8], 0.0, 1.0, 2);
+        // change only the padded tokens
+        let mut x2 = x.to_vec();
+        for v in &mut x2[3 * 8..] {
+            *v += 10.0;
+        }
+        let x2 = Tensor::from_vec(x2, &[1, 5, 8]).unwrap();
+        let mut ctx = Ctx::eval();
+        let y1 = mha.forward(&Var::constant(x), Some(&mask), &mut ctx).unwrap().value();
+        let y2 = mha.forward(&Var::constant(x2), Some(&mask), &mut ctx).unwrap().value();
+        let (a, b) = (y1.narrow(1, 0, 3).unwrap().to_vec(), y2.narrow(1, 0, 3).unwrap().to_vec());
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-5, "real tokens must not see padding: {p} vs {q}");
+        }
+        let xin = Tensor::randn(&[2, 3, 8], 0.0, 1.0, 3);
+        let m2 = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]).unwrap();
+        check_gradients(&[xin], |v| mha.forward(&v[0], Some(&m2), &mut Ctx::eval()), &GradcheckOptions::default()).unwrap();
+        assert!(mha.forward(&Var::constant(Tensor::zeros(&[1, 5, 8])), Some(&Tensor::ones(&[1, 4])), &mut ctx).is_err());
+        assert!(MultiHeadSelfAttention::new(10, 3, 0.0, &mut rng).is_err());
+    }
+
+    #[test]
+    fn drop_path_drops_whole_samples_and_is_identity_in_eval() {
+        let dp = DropPath { p: 0.5 };
+        let x = Var::constant(Tensor::ones(&[64, 2, 2, 3]));
+        let y = dp.forward(&x, &mut Ctx::train(4)).unwrap().value();
+        let mut dropped = 0;
+        for n in 0..64 {
+            let s = y.narrow(0, n, 1).unwrap().to_vec();
+            assert!(s.iter().all(|&v| v == s[0]) && (s[0] == 0.0 || s[0] == 2.0));
+            dropped += (s[0] == 0.0) as usize;
+        }
+        assert!(dropped > 16 && dropped < 48, "{dropped}");
+        assert_eq!(dp.forward(&x, &mut Ctx::eval()).unwrap().value().to_vec(), x.value().to_vec());
+    }
+
+    #[test]
+    fn names_counts_and_freezing() {
+        let mut rng = Rng::new(0);
+        let se = SqueezeExcite::new(8, 2, Activation::Silu, &mut rng);
+        let names: Vec<String> = se.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["conv_reduce.weight", "conv_reduce.bias", "conv_expand.weight", "conv_expand.bias"]);
+        assert_eq!(se.num_parameters(), 8 * 2 + 2 + 2 * 8 + 8);
+        let bn = BatchNorm2d::new(4, 0.01, 1e-3);
+        assert_eq!(bn.state_dict().keys().cloned().collect::<Vec<_>>(), ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"]);
+        // frozen parameters get no gradient and no update
+        assert_eq!(se.set_frozen("conv_reduce", true), 2);
+        let before = se.reduce.weight.value().to_vec();
+        let mut opt = Sgd::new(single_group(se.named_parameters(), 0.1, 0.0), 0.0, false);
+        let x = Var::constant(Tensor::randn(&[2, 3, 3, 8], 0.0, 1.0, 1));
+        reduce::sum_all(&se.forward(&x).unwrap()).unwrap().backward().unwrap();
+        assert!(se.reduce.weight.grad().is_none());
+        assert!(se.expand.weight.grad().is_some());
+        opt.step().unwrap();
+        assert_eq!(se.reduce.weight.value().to_vec(), before);
+    }
+
+    #[test]
+    fn conv_layers_and_embedding_shapes() {
+        let mut rng = Rng::new(0);
+        let conv = Conv2d::new(3, 16, 3, 2, Padding::Same, false, &mut rng);
+        let y = conv.forward(&Var::constant(Tensor::zeros(&[2, 9, 9, 3]))).unwrap();
+        assert_eq!(y.shape(), [2, 5, 5, 16]);
+        let dw = DepthwiseConv2d::new(16, 5, 1, Padding::Same, &mut rng);
+        assert_eq!(dw.forward(&y).unwrap().shape(), [2, 5, 5, 16]);
+        let emb = Embedding::new(10, 4, 0.02, &mut rng);
+        let e = emb.forward(&[1, 2, 3, 9, 0, 0], &[2, 3]).unwrap();
+        assert_eq!(e.shape(), [2, 3, 4]);
+        assert!(emb.forward(&[10], &[1]).is_err());
+    }
+}

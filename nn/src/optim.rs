@@ -1,0 +1,346 @@
+//! Optimisers over parameter groups: SGD with momentum (and Nesterov), AdamW, and LAMB (You et
+//! al. 2019, exactly as SPEC.md writes it); global gradient-norm clipping.
+//!
+//! Each group has its own learning rate and weight decay. [`decay_groups`] builds the usual
+//! split: matrices and conv kernels decay; biases and normalisation parameters (every
+//! parameter of rank <= 1) neither decay nor, for LAMB, use the trust ratio.
+//!
+//! Updates follow PyTorch's single-tensor implementations operation for operation (so that
+//! parity tests agree to rounding), run in f32 on the calling thread, and are bitwise
+//! reproducible. Optimiser state is exported as named tensors (`<param>.<slot>`) for
+//! checkpoints.
+
+use std::collections::BTreeMap;
+
+use autograd::Var;
+use tensor::{Result, Tensor, TensorError};
+
+/// Parameters sharing hyper-parameters.
+#[derive(Clone)]
+pub struct ParamGroup {
+    pub params: Vec<(String, Var)>,
+    pub lr: f32,
+    pub weight_decay: f32,
+    /// LAMB only: use r = 1 instead of the trust ratio for this group.
+    pub no_trust_ratio: bool,
+}
+
+/// Splits parameters into a decayed group (rank >= 2) and an excluded group (biases and
+/// normalisation parameters: rank <= 1), both at learning rate `lr`.
+pub fn decay_groups(params: Vec<(String, Var)>, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
+    let (decay, no_decay): (Vec<_>, Vec<_>) = params.into_iter().partition(|(_, p)| p.shape().len() >= 2);
+    vec![
+        ParamGroup { params: decay, lr, weight_decay, no_trust_ratio: false },
+        ParamGroup { params: no_decay, lr, weight_decay: 0.0, no_trust_ratio: true },
+    ]
+}
+
+/// One group with every parameter.
+pub fn single_group(params: Vec<(String, Var)>, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
+    vec![ParamGroup { params, lr, weight_decay, no_trust_ratio: false }]
+}
+
+pub trait Optimizer {
+    fn groups(&self) -> &[ParamGroup];
+    fn groups_mut(&mut self) -> &mut [ParamGroup];
+    /// Applies one update from the parameters' current gradients (parameters without a
+    /// gradient are skipped, as in PyTorch).
+    fn step(&mut self) -> Result<()>;
+    /// Number of steps taken.
+    fn step_count(&self) -> u64;
+    /// Named state tensors (`<param>.<slot>`) plus the step count, for checkpoints.
+    fn state(&self) -> (u64, Vec<(String, Tensor)>);
+    /// Checks that `state` fits this optimiser's parameters, without changing anything.
+    fn check_state(&self, state: &BTreeMap<String, Tensor>) -> Result<()>;
+    /// Replaces the state (call [`Optimizer::check_state`] first).
+    fn set_state(&mut self, step: u64, state: &BTreeMap<String, Tensor>) -> Result<()>;
+
+    /// Sets every group's learning rate (what a schedule does each step).
+    fn set_lr(&mut self, lr: f32) {
+        for g in self.groups_mut() {
+            g.lr = lr;
+        }
+    }
+
+    fn zero_grad(&self) {
+        for g in self.groups() {
+            for (_, p) in &g.params {
+                p.zero_grad();
+            }
+        }
+    }
+}
+
+/// Per-parameter state slots, kept by parameter name.
+#[derive(Default, Clone)]
+struct Slots {
+    by_param: BTreeMap<String, Vec<Vec<f32>>>,
+}
+
+impl Slots {
+    fn get(&mut self, name: &str, count: usize, len: usize) -> &mut Vec<Vec<f32>> {
+        self.by_param.entry(name.to_string()).or_insert_with(|| vec![vec![0.0; len]; count])
+    }
+
+    fn export(&self, groups: &[ParamGroup], names: &[&str]) -> Vec<(String, Tensor)> {
+        let mut out = vec![];
+        for g in groups {
+            for (n, p) in &g.params {
+                if let Some(slots) = self.by_param.get(n) {
+                    for (slot, data) in names.iter().zip(slots) {
+                        out.push((format!("{n}.{slot}"), Tensor::from_vec(data.clone(), &p.shape()).expect("slot shape")));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(groups: &[ParamGroup], names: &[&str], state: &BTreeMap<String, Tensor>) -> Result<()> {
+        for g in groups {
+            for (n, p) in &g.params {
+                let present: Vec<bool> = names.iter().map(|s| state.contains_key(&format!("{n}.{s}"))).collect();
+                if present.iter().any(|&x| x) && !present.iter().all(|&x| x) {
+                    return Err(state_err(n, "optimizer state is partially missing"));
+                }
+                for s in names {
+                    if let Some(t) = state.get(&format!("{n}.{s}")) {
+                        if t.shape() != p.shape().as_slice() {
+                            return Err(state_err(&format!("{n}.{s}"), &format!("shape {:?}, parameter has {:?}", t.shape(), p.shape())));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn import(groups: &[ParamGroup], names: &[&str], state: &BTreeMap<String, Tensor>) -> Slots {
+        let mut slots = Slots::default();
+        for g in groups {
+            for (n, _) in &g.params {
+                let vals: Option<Vec<Vec<f32>>> = names.iter().map(|s| state.get(&format!("{n}.{s}")).map(|t| t.to_vec())).collect();
+                if let Some(v) = vals {
+                    slots.by_param.insert(n.clone(), v);
+                }
+            }
+        }
+        slots
+    }
+}
+
+fn state_err(name: &str, msg: &str) -> TensorError {
+    TensorError::Format { file: "optimizer state".into(), tensor: Some(name.to_string()), msg: msg.to_string() }
+}
+
+/// Applies `update(param, grad, slots)` to every parameter that has a gradient.
+fn for_each_param(
+    groups: &[ParamGroup],
+    slots: &mut Slots,
+    count: usize,
+    mut update: impl FnMut(&ParamGroup, &mut [f32], &[f32], &mut Vec<Vec<f32>>, bool),
+) -> Result<()> {
+    for g in groups {
+        for (name, p) in &g.params {
+            if !p.requires_grad() {
+                continue;
+            }
+            let Some(grad) = p.grad() else { continue };
+            let grad = grad.contiguous();
+            let mut value = p.value().contiguous();
+            let is_new = !slots.by_param.contains_key(name);
+            let s = slots.get(name, count, value.numel());
+            update(g, value.data_mut(), grad.as_contiguous_slice().expect("contiguous"), s, is_new);
+            p.set_value(value)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bookkeeping every optimiser shares: group access, step count and named state slots.
+macro_rules! optimizer_common {
+    ($slots:expr) => {
+        fn groups(&self) -> &[ParamGroup] {
+            &self.groups
+        }
+        fn groups_mut(&mut self) -> &mut [ParamGroup] {
+            &mut self.groups
+        }
+        fn step_count(&self) -> u64 {
+            self.steps
+        }
+        fn state(&self) -> (u64, Vec<(String, Tensor)>) {
+            (self.steps, self.slots.export(&self.groups, &$slots))
+        }
+        fn check_state(&self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+            Slots::check(&self.groups, &$slots, state)
+        }
+        fn set_state(&mut self, step: u64, state: &BTreeMap<String, Tensor>) -> Result<()> {
+            self.check_state(state)?;
+            self.slots = Slots::import(&self.groups, &$slots, state);
+            self.steps = step;
+            Ok(())
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// SGD with momentum, dampening 0, optional Nesterov (PyTorch's `torch.optim.SGD`).
+pub struct Sgd {
+    pub groups: Vec<ParamGroup>,
+    pub momentum: f32,
+    pub nesterov: bool,
+    slots: Slots,
+    steps: u64,
+}
+
+impl Sgd {
+    pub fn new(groups: Vec<ParamGroup>, momentum: f32, nesterov: bool) -> Sgd {
+        Sgd { groups, momentum, nesterov, slots: Slots::default(), steps: 0 }
+    }
+}
+
+impl Optimizer for Sgd {
+    optimizer_common!(["momentum_buffer"]);
+    fn step(&mut self) -> Result<()> {
+        let (momentum, nesterov) = (self.momentum, self.nesterov);
+        for_each_param(&self.groups, &mut self.slots, 1, |g, w, grad, s, is_new| {
+            // PyTorch starts the momentum buffer at the first gradient, not at zero.
+            let buf = &mut s[0];
+            for i in 0..w.len() {
+                let d = grad[i] + g.weight_decay * w[i];
+                let step = if momentum != 0.0 {
+                    buf[i] = if is_new { d } else { momentum * buf[i] + d };
+                    if nesterov {
+                        d + momentum * buf[i]
+                    } else {
+                        buf[i]
+                    }
+                } else {
+                    d
+                };
+                w[i] -= g.lr * step;
+            }
+        })?;
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// AdamW (Loshchilov & Hutter), as `torch.optim.AdamW`: decoupled decay p *= 1 - lr * wd.
+pub struct AdamW {
+    pub groups: Vec<ParamGroup>,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    slots: Slots,
+    steps: u64,
+}
+
+impl AdamW {
+    pub fn new(groups: Vec<ParamGroup>, beta1: f32, beta2: f32, eps: f32) -> AdamW {
+        AdamW { groups, beta1, beta2, eps, slots: Slots::default(), steps: 0 }
+    }
+}
+
+const ADAM_SLOTS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
+
+impl Optimizer for AdamW {
+    optimizer_common!(ADAM_SLOTS);
+    fn step(&mut self) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        for_each_param(&self.groups, &mut self.slots, 2, |g, w, grad, s, _| {
+            let step_size = g.lr / bc1;
+            let (m, v) = s.split_at_mut(1);
+            let (m, v) = (&mut m[0], &mut v[0]);
+            for i in 0..w.len() {
+                w[i] *= 1.0 - g.lr * g.weight_decay;
+                m[i] += (grad[i] - m[i]) * (1.0 - b1);
+                v[i] = v[i] * b2 + (1.0 - b2) * grad[i] * grad[i];
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                w[i] -= step_size * m[i] / denom;
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// LAMB (You et al. 2019), per SPEC.md:
+///   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  m^ = m / (1 - b1^t);  v^ = v / (1 - b2^t)
+///   u = m^ / (sqrt(v^) + eps) + wd w;  r = ||w|| / ||u|| (1 if either norm is 0)
+///   w = w - lr r u
+/// Groups with `no_trust_ratio` use r = 1 (biases and norms, together with wd = 0).
+pub struct Lamb {
+    pub groups: Vec<ParamGroup>,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    slots: Slots,
+    steps: u64,
+}
+
+impl Lamb {
+    /// Defaults from SPEC.md: b1 0.9, b2 0.999, eps 1e-6.
+    pub fn new(groups: Vec<ParamGroup>) -> Lamb {
+        Lamb { groups, beta1: 0.9, beta2: 0.999, eps: 1e-6, slots: Slots::default(), steps: 0 }
+    }
+}
+
+impl Optimizer for Lamb {
+    optimizer_common!(ADAM_SLOTS);
+    fn step(&mut self) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        for_each_param(&self.groups, &mut self.slots, 2, |g, w, grad, s, _| {
+            let (m, v) = s.split_at_mut(1);
+            let (m, v) = (&mut m[0], &mut v[0]);
+            let mut u = vec![0.0f32; w.len()];
+            for i in 0..w.len() {
+                m[i] = b1 * m[i] + (1.0 - b1) * grad[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * grad[i] * grad[i];
+                let m_hat = m[i] / bc1;
+                let v_hat = v[i] / bc2;
+                u[i] = m_hat / (v_hat.sqrt() + eps) + g.weight_decay * w[i];
+            }
+            let ratio = if g.no_trust_ratio {
+                1.0
+            } else {
+                let w_norm = w.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                let u_norm = u.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                if w_norm > 0.0 && u_norm > 0.0 {
+                    (w_norm / u_norm) as f32
+                } else {
+                    1.0
+                }
+            };
+            for i in 0..w.len() {
+                w[i] -= g.lr * ratio * u[i];
+            }
+        })
+    }
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`: coefficient max_norm / (norm + 1e-6) when below 1). Returns the norm
+/// before clipping.
+pub fn clip_grad_norm(params: &[(String, Var)], max_norm: f32) -> f32 {
+    let grads: Vec<(&Var, Tensor)> = params.iter().filter_map(|(_, p)| p.grad().map(|g| (p, g))).collect();
+    let total = grads.iter().map(|(_, g)| g.to_vec().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum::<f64>().sqrt() as f32;
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        for (p, g) in grads {
+            p.set_grad(Some(g.mul_scalar(coef)));
+        }
+    }
+    total
+}
