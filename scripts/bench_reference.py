@@ -61,7 +61,23 @@ def rows(threads, runs):
     print(f"gelu 2048x3072 fwd {t * 1e3:.3f} ms")
 
 
+def tokenize(vocab_dir, path, runs=5):
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(os.path.join(vocab_dir, "vocab.txt"), lowercase=True)
+    text = open(path, encoding="utf-8").read()
+    lines = text.split("\n")
+    t = median_time(lambda: tok.encode_batch(lines), runs)
+    n = sum(len(e.ids) for e in tok.encode_batch(lines))
+    print(f"hf tokenizers: {len(lines)} lines, {n} tokens, {len(text.encode()) / t / 1e6:.1f} MB/s")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "tokenize":
+        tokenize(sys.argv[2], sys.argv[3])
+        sys.exit(0)
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))

