@@ -61,6 +61,26 @@ def rows(threads, runs):
     print(f"gelu 2048x3072 fwd {t * 1e3:.3f} ms")
 
 
+def conv(threads, runs):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    cases = [("conv3x3_32to32_112", 16, 112, 32, 32, 3, False), ("dw3x3_c96_56", 16, 56, 96, 96, 3, True),
+             ("dw5x5_c96_56", 16, 56, 96, 96, 5, True), ("conv1x1_96to24_56", 16, 56, 96, 24, 1, False)]
+    for name, n, h, ci, co, k, depthwise in cases:
+        x = torch.randn(n, ci, h, h).to(memory_format=torch.channels_last).requires_grad_(True)
+        w = torch.randn(co, 1 if depthwise else ci, k, k).to(memory_format=torch.channels_last).requires_grad_(True)
+        groups = ci if depthwise else 1
+        fwd = median_time(lambda: F.conv2d(x.detach(), w.detach(), padding=k // 2, groups=groups), runs)
+
+        def step():
+            y = F.conv2d(x, w, padding=k // 2, groups=groups)
+            y.backward(torch.ones_like(y))
+        both = median_time(step, runs)
+        print(f"{name} {fwd * 1e3:.2f} {both * 1e3:.2f}")
+
+
 def tokenize(vocab_dir, path, runs=5):
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -81,4 +101,4 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))
-    {"gemm": gemm, "rows": rows}[what](threads, runs)
+    {"gemm": gemm, "rows": rows, "conv": conv}[what](threads, runs)

@@ -268,3 +268,571 @@ mod tests {
         assert_eq!(y, x);
     }
 }
+
+// =============================================================================================
+// Fast paths. Same contracts as the references above; tests compare the two.
+// =============================================================================================
+
+use crate::gemm::{sgemm, GemmStrides};
+use crate::parallel;
+use crate::simd::Isa;
+use crate::vec::F32Vec;
+use rayon::prelude::*;
+
+impl ConvGeometry {
+    fn is_pointwise(&self) -> bool {
+        self.k_h == 1 && self.k_w == 1 && self.stride_h == 1 && self.stride_w == 1 && self.pad_top == 0 && self.pad_left == 0
+    }
+    /// Rows of the im2col matrix per image, and its width.
+    fn patch_dims(&self) -> (usize, usize) {
+        (self.out_h * self.out_w, self.k_h * self.k_w * self.c_in)
+    }
+}
+
+/// Output pixels per im2col block: the block's patch rows (block x KH*KW*C_in) stay in L2
+/// between being written and being packed by the GEMM.
+const IM2COL_BLOCK: usize = 256;
+
+/// Builds patch rows for output pixels [p0, p0 + rows) of one image.
+fn im2col_rows(x_img: &[f32], g: &ConvGeometry, p0: usize, rows: usize, col: &mut [f32]) {
+    let c = g.c_in;
+    let width = g.k_h * g.k_w * c;
+    for r in 0..rows {
+        let (oh, ow) = ((p0 + r) / g.out_w, (p0 + r) % g.out_w);
+        let row = &mut col[r * width..(r + 1) * width];
+        for kh in 0..g.k_h {
+            for kw in 0..g.k_w {
+                let dst = &mut row[(kh * g.k_w + kw) * c..(kh * g.k_w + kw + 1) * c];
+                match (g.input_row(oh, kh), g.input_col(ow, kw)) {
+                    (Some(ih), Some(iw)) => dst.copy_from_slice(&x_img[(ih * g.in_w + iw) * c..(ih * g.in_w + iw + 1) * c]),
+                    _ => dst.fill(0.0),
+                }
+            }
+        }
+    }
+}
+
+/// Adds patch-row gradients for output pixels [p0, p0 + rows) back onto the image gradient.
+fn col2im_rows_add(col: &[f32], g: &ConvGeometry, p0: usize, rows: usize, dx_img: &mut [f32]) {
+    let c = g.c_in;
+    let width = g.k_h * g.k_w * c;
+    for r in 0..rows {
+        let (oh, ow) = ((p0 + r) / g.out_w, (p0 + r) % g.out_w);
+        let row = &col[r * width..(r + 1) * width];
+        for kh in 0..g.k_h {
+            let Some(ih) = g.input_row(oh, kh) else { continue };
+            for kw in 0..g.k_w {
+                let Some(iw) = g.input_col(ow, kw) else { continue };
+                let src = &row[(kh * g.k_w + kw) * c..(kh * g.k_w + kw + 1) * c];
+                let dst = &mut dx_img[(ih * g.in_w + iw) * c..(ih * g.in_w + iw + 1) * c];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s;
+                }
+            }
+        }
+    }
+}
+
+/// Work items (image, first pixel, pixels) for the blocked im2col paths.
+fn pixel_blocks(g: &ConvGeometry) -> Vec<(usize, usize, usize)> {
+    let p = g.out_h * g.out_w;
+    (0..g.batch).flat_map(|n| (0..p).step_by(IM2COL_BLOCK).map(move |p0| (n, p0, IM2COL_BLOCK.min(p - p0)))).collect()
+}
+
+/// y (N, OH, OW, C_out) = conv(x, w HWIO). A 1x1 stride-1 conv is one GEMM over all pixels;
+/// other kernels build patch rows in L2-sized blocks and multiply each block by the weight
+/// (blocks spread over the threads, each GEMM single-threaded).
+pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    let (p, kdim) = g.patch_dims();
+    if g.is_pointwise() {
+        sgemm(g.batch * p, g.c_in, g.c_out, 1.0, x, w, 0.0, y, GemmStrides::row_major(g.c_in, g.c_out));
+        return;
+    }
+    let img = g.in_h * g.in_w * g.c_in;
+    let isa = Isa::best();
+    let yp = SyncSlice(y.as_mut_ptr());
+    let blocks = pixel_blocks(g);
+    parallel::install(|| {
+        blocks.par_iter().for_each_init(
+            || vec![0.0f32; IM2COL_BLOCK * kdim],
+            |col, &(n, p0, rows)| {
+                im2col_rows(&x[n * img..(n + 1) * img], g, p0, rows, col);
+                // SAFETY: each block writes its own rows of y.
+                let out = unsafe { std::slice::from_raw_parts_mut(yp.ptr().add((n * p + p0) * g.c_out), rows * g.c_out) };
+                crate::gemm::sgemm_with(isa, 1, rows, kdim, g.c_out, 1.0, col, w, 0.0, out, GemmStrides::row_major(kdim, g.c_out));
+            },
+        );
+    });
+}
+
+/// A pointer that blocks writing disjoint regions may share.
+#[derive(Clone, Copy)]
+struct SyncSlice(*mut f32);
+// SAFETY: only used to hand disjoint regions to worker threads.
+unsafe impl Sync for SyncSlice {}
+unsafe impl Send for SyncSlice {}
+
+impl SyncSlice {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// dx from dy: per block, dcol = dy W^T, then col2im-add (images in parallel; pointwise: one GEMM).
+pub fn conv2d_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+    let (p, kdim) = g.patch_dims();
+    // W seen as (C_out, kdim) through strides: element (co, k) at w[k * c_out + co].
+    let s = GemmStrides { a_row: g.c_out, a_col: 1, b_row: 1, b_col: g.c_out, c_row: kdim, c_col: 1 };
+    if g.is_pointwise() {
+        sgemm(g.batch * p, g.c_out, g.c_in, 1.0, dy, w, 0.0, dx, s);
+        return;
+    }
+    let img = g.in_h * g.in_w * g.c_in;
+    let isa = Isa::best();
+    dx[..g.input_len()].fill(0.0);
+    parallel::install(|| {
+        dx[..g.input_len()].par_chunks_mut(img).enumerate().for_each_init(
+            || vec![0.0f32; IM2COL_BLOCK * kdim],
+            |col, (n, dx_img)| {
+                for p0 in (0..p).step_by(IM2COL_BLOCK) {
+                    let rows = IM2COL_BLOCK.min(p - p0);
+                    crate::gemm::sgemm_with(isa, 1, rows, g.c_out, kdim, 1.0, &dy[(n * p + p0) * g.c_out..], w, 0.0, col, s);
+                    col2im_rows_add(col, g, p0, rows, dx_img);
+                }
+            },
+        );
+    });
+}
+
+/// dw (HWIO) from x and dy: per-thread partial sums of col^T dy over blocks, then added.
+pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
+    let (p, kdim) = g.patch_dims();
+    if g.is_pointwise() {
+        let m = g.batch * p;
+        let s = GemmStrides { a_row: 1, a_col: g.c_in, b_row: g.c_out, b_col: 1, c_row: g.c_out, c_col: 1 };
+        sgemm(g.c_in, m, g.c_out, 1.0, x, dy, 0.0, dw, s);
+        return;
+    }
+    // A = col^T: element (k, r) at col[r * kdim + k].
+    let s = GemmStrides { a_row: 1, a_col: kdim, b_row: g.c_out, b_col: 1, c_row: g.c_out, c_col: 1 };
+    let img = g.in_h * g.in_w * g.c_in;
+    let isa = Isa::best();
+    let blocks = pixel_blocks(g);
+    let threads = parallel::num_threads().max(1);
+    let per = blocks.len().div_ceil(threads);
+    let partials: Vec<Vec<f32>> = parallel::install(|| {
+        blocks
+            .par_chunks(per.max(1))
+            .map(|chunk| {
+                let mut acc = vec![0.0f32; kdim * g.c_out];
+                let mut col = vec![0.0f32; IM2COL_BLOCK * kdim];
+                for &(n, p0, rows) in chunk {
+                    im2col_rows(&x[n * img..(n + 1) * img], g, p0, rows, &mut col);
+                    crate::gemm::sgemm_with(isa, 1, kdim, rows, g.c_out, 1.0, &col, &dy[(n * p + p0) * g.c_out..], 1.0, &mut acc, s);
+                }
+                acc
+            })
+            .collect()
+    });
+    dw[..kdim * g.c_out].fill(0.0);
+    for part in partials {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise: vectorised along channels, threaded over images (forward, input gradient) or over
+// images with per-thread partial sums (weight gradient).
+// ---------------------------------------------------------------------------------------------
+
+mod dw_generic {
+    use super::ConvGeometry;
+    use crate::vec::F32Vec;
+
+    /// Forward for one image: every output pixel accumulates its taps in registers, one block
+    /// of up to 4 vectors of channels at a time, and is stored once.
+    #[inline(always)]
+    pub unsafe fn forward_image<V: F32Vec>(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+        let c = g.c_in;
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        for oh in 0..g.out_h {
+            for ow in 0..g.out_w {
+                let yo = (oh * g.out_w + ow) * c;
+                let mut cb = 0;
+                while cb < c {
+                    let width = (c - cb).min(4 * V::LANES);
+                    let vecs = width / V::LANES;
+                    if vecs == 0 {
+                        // scalar tail
+                        for ch in cb..c {
+                            let mut acc = 0.0f32;
+                            for kh in 0..g.k_h {
+                                let Some(ih) = g.input_row(oh, kh) else { continue };
+                                for kw in 0..g.k_w {
+                                    let Some(iw) = g.input_col(ow, kw) else { continue };
+                                    acc += *xp.add((ih * g.in_w + iw) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
+                                }
+                            }
+                            *yp.add(yo + ch) = acc;
+                        }
+                        break;
+                    }
+                    let mut acc = [V::splat(0.0); 4];
+                    for kh in 0..g.k_h {
+                        let Some(ih) = g.input_row(oh, kh) else { continue };
+                        for kw in 0..g.k_w {
+                            let Some(iw) = g.input_col(ow, kw) else { continue };
+                            let xb = xp.add((ih * g.in_w + iw) * c + cb);
+                            let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                            for (j, a) in acc.iter_mut().enumerate().take(vecs) {
+                                *a = V::load(xb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
+                            }
+                        }
+                    }
+                    for (j, a) in acc.iter().enumerate().take(vecs) {
+                        a.store(yp.add(yo + cb + j * V::LANES));
+                    }
+                    cb += vecs * V::LANES;
+                }
+            }
+        }
+    }
+
+    /// Output row of `ih` under tap `kh`, if that tap of some output reads input row `ih`.
+    #[inline(always)]
+    fn out_index(i: usize, k: usize, pad: usize, stride: usize, out: usize) -> Option<usize> {
+        let t = (i + pad).checked_sub(k)?;
+        if t % stride != 0 {
+            return None;
+        }
+        let o = t / stride;
+        (o < out).then_some(o)
+    }
+
+    /// Input gradient for one image, gathered per input pixel (overwrites dx).
+    #[inline(always)]
+    pub unsafe fn backward_input_image<V: F32Vec>(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+        let c = g.c_in;
+        let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
+        for ih in 0..g.in_h {
+            for iw in 0..g.in_w {
+                let xo = (ih * g.in_w + iw) * c;
+                let mut cb = 0;
+                while cb < c {
+                    let width = (c - cb).min(4 * V::LANES);
+                    let vecs = width / V::LANES;
+                    if vecs == 0 {
+                        for ch in cb..c {
+                            let mut acc = 0.0f32;
+                            for kh in 0..g.k_h {
+                                let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+                                for kw in 0..g.k_w {
+                                    let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
+                                    acc += *gp.add((oh * g.out_w + ow) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
+                                }
+                            }
+                            *dp.add(xo + ch) = acc;
+                        }
+                        break;
+                    }
+                    let mut acc = [V::splat(0.0); 4];
+                    for kh in 0..g.k_h {
+                        let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+                        for kw in 0..g.k_w {
+                            let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
+                            let gb = gp.add((oh * g.out_w + ow) * c + cb);
+                            let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                            for (j, a) in acc.iter_mut().enumerate().take(vecs) {
+                                *a = V::load(gb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
+                            }
+                        }
+                    }
+                    for (j, a) in acc.iter().enumerate().take(vecs) {
+                        a.store(dp.add(xo + cb + j * V::LANES));
+                    }
+                    cb += vecs * V::LANES;
+                }
+            }
+        }
+    }
+
+    /// Accumulates one image's weight gradient into dw: for each kernel row and each vector of
+    /// channels, the KW taps accumulate in registers over every output pixel.
+    #[inline(always)]
+    pub unsafe fn backward_weight_image<V: F32Vec>(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
+        const MAX_KW: usize = 8;
+        let c = g.c_in;
+        let (xp, gp, dp) = (x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
+        let full = c / V::LANES * V::LANES;
+        if g.k_w <= MAX_KW {
+            let mut cb = 0;
+            while cb < full {
+                for kh in 0..g.k_h {
+                    let mut acc = [V::splat(0.0); MAX_KW];
+                    for oh in 0..g.out_h {
+                        let Some(ih) = g.input_row(oh, kh) else { continue };
+                        for ow in 0..g.out_w {
+                            let gv = V::load(gp.add((oh * g.out_w + ow) * c + cb));
+                            for (kw, a) in acc.iter_mut().enumerate().take(g.k_w) {
+                                let Some(iw) = g.input_col(ow, kw) else { continue };
+                                *a = V::load(xp.add((ih * g.in_w + iw) * c + cb)).mul_add(gv, *a);
+                            }
+                        }
+                    }
+                    for (kw, a) in acc.iter().enumerate().take(g.k_w) {
+                        let d = dp.add((kh * g.k_w + kw) * c + cb);
+                        V::load(d).add(*a).store(d);
+                    }
+                }
+                cb += V::LANES;
+            }
+        }
+        let start = if g.k_w <= MAX_KW { full } else { 0 };
+        if start < c {
+            for oh in 0..g.out_h {
+                for kh in 0..g.k_h {
+                    let Some(ih) = g.input_row(oh, kh) else { continue };
+                    for ow in 0..g.out_w {
+                        for kw in 0..g.k_w {
+                            let Some(iw) = g.input_col(ow, kw) else { continue };
+                            for ch in start..c {
+                                *dp.add((kh * g.k_w + kw) * c + ch) += *xp.add((ih * g.in_w + iw) * c + ch) * *gp.add((oh * g.out_w + ow) * c + ch);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which per-image depthwise routine to run.
+#[derive(Clone, Copy)]
+enum DwOp {
+    Forward,
+    BackwardInput,
+    BackwardWeight,
+}
+
+fn dw_image(isa: Isa, op: DwOp, a: &[f32], b: &[f32], out: &mut [f32], g: &ConvGeometry) {
+    macro_rules! run {
+        ($v:ty, $op:expr, $a:expr, $b:expr, $out:expr, $g:expr) => {
+            match $op {
+                DwOp::Forward => dw_generic::forward_image::<$v>($a, $b, $out, $g),
+                DwOp::BackwardInput => dw_generic::backward_input_image::<$v>($a, $b, $out, $g),
+                DwOp::BackwardWeight => dw_generic::backward_weight_image::<$v>($a, $b, $out, $g),
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(op: DwOp, a: &[f32], b: &[f32], out: &mut [f32], g: &ConvGeometry) {
+            run!(crate::vec::x86::Avx512, op, a, b, out, g)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(op: DwOp, a: &[f32], b: &[f32], out: &mut [f32], g: &ConvGeometry) {
+            run!(crate::vec::x86::Avx2, op, a, b, out, g)
+        }
+        match isa {
+            // SAFETY: the dispatcher only passes instruction sets the CPU supports.
+            Isa::Avx512 => return unsafe { avx512(op, a, b, out, g) },
+            Isa::Avx2 => return unsafe { avx2(op, a, b, out, g) },
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    // Portable: the same loops through the scalar-lane vector type.
+    unsafe { run!(Scalar, op, a, b, out, g) }
+}
+
+/// One-lane "vector" for the portable path (the compiler vectorises the plain loops).
+#[derive(Clone, Copy)]
+struct Scalar(f32);
+impl F32Vec for Scalar {
+    const LANES: usize = 1;
+    unsafe fn splat(v: f32) -> Self {
+        Scalar(v)
+    }
+    unsafe fn load(p: *const f32) -> Self {
+        Scalar(*p)
+    }
+    unsafe fn store(self, p: *mut f32) {
+        *p = self.0
+    }
+    unsafe fn add(self, o: Self) -> Self {
+        Scalar(self.0 + o.0)
+    }
+    unsafe fn sub(self, o: Self) -> Self {
+        Scalar(self.0 - o.0)
+    }
+    unsafe fn mul(self, o: Self) -> Self {
+        Scalar(self.0 * o.0)
+    }
+    unsafe fn div(self, o: Self) -> Self {
+        Scalar(self.0 / o.0)
+    }
+    unsafe fn recip(self) -> Self {
+        Scalar(1.0 / self.0)
+    }
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        Scalar(self.0 * a.0 + b.0)
+    }
+    unsafe fn max(self, o: Self) -> Self {
+        Scalar(self.0.max(o.0))
+    }
+    unsafe fn min(self, o: Self) -> Self {
+        Scalar(self.0.min(o.0))
+    }
+    unsafe fn abs(self) -> Self {
+        Scalar(self.0.abs())
+    }
+    unsafe fn with_sign_of(self, sign: Self) -> Self {
+        Scalar(self.0.abs().copysign(sign.0))
+    }
+    unsafe fn round(self) -> Self {
+        Scalar(self.0.round_ties_even())
+    }
+    unsafe fn pow2i(n: Self) -> Self {
+        Scalar(f32::from_bits(((n.0 as i32 + 127) as u32) << 23))
+    }
+    unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
+        if x.0 >= 0.0 {
+            self
+        } else {
+            other
+        }
+    }
+    unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
+        if x.0 < bound.0 {
+            Scalar(0.0)
+        } else {
+            self
+        }
+    }
+    unsafe fn reduce_sum(self) -> f32 {
+        self.0
+    }
+    unsafe fn reduce_max(self) -> f32 {
+        self.0
+    }
+}
+
+/// Runs `op` for every image, images spread over the kernel threads.
+fn dw_over_images(isa: Isa, op: DwOp, a: &[f32], a_img: usize, b: &[f32], b_img: usize, out: &mut [f32], out_img: usize, g: &ConvGeometry) {
+    let isa = isa.supported();
+    let threads = parallel::num_threads();
+    if threads <= 1 || g.batch == 1 {
+        for n in 0..g.batch {
+            dw_image(isa, op, &a[n * a_img..(n + 1) * a_img], &b[n * b_img..n * b_img + b_img.max(g.k_h * g.k_w * g.c_in)], &mut out[n * out_img..(n + 1) * out_img], g);
+        }
+        return;
+    }
+    parallel::install(|| {
+        out[..g.batch * out_img].par_chunks_mut(out_img).enumerate().for_each(|(n, o)| {
+            dw_image(isa, op, &a[n * a_img..(n + 1) * a_img], &b[n * b_img..n * b_img + b_img.max(g.k_h * g.k_w * g.c_in)], o, g);
+        });
+    });
+}
+
+/// Depthwise forward: y (N, OH, OW, C) from x (N, H, W, C) and w (KH, KW, C).
+pub fn depthwise_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    let (xi, yi) = (g.in_h * g.in_w * g.c_in, g.out_h * g.out_w * g.c_in);
+    dw_over_images(Isa::best(), DwOp::Forward, x, xi, w, 0, y, yi, g);
+}
+
+/// Depthwise input gradient (overwrites dx).
+pub fn depthwise_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+    let (xi, yi) = (g.in_h * g.in_w * g.c_in, g.out_h * g.out_w * g.c_in);
+    dx[..g.input_len()].fill(0.0);
+    dw_over_images(Isa::best(), DwOp::BackwardInput, dy, yi, w, 0, dx, xi, g);
+}
+
+/// Depthwise weight gradient (overwrites dw): per-thread partial sums over images, then added.
+pub fn depthwise_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
+    let isa = Isa::best().supported();
+    let (xi, yi, wl) = (g.in_h * g.in_w * g.c_in, g.out_h * g.out_w * g.c_in, g.k_h * g.k_w * g.c_in);
+    let threads = parallel::num_threads().min(g.batch).max(1);
+    let chunk = g.batch.div_ceil(threads);
+    let partials: Vec<Vec<f32>> = parallel::install(|| {
+        (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let mut acc = vec![0.0f32; wl];
+                for n in t * chunk..((t + 1) * chunk).min(g.batch) {
+                    dw_image(isa, DwOp::BackwardWeight, &x[n * xi..(n + 1) * xi], &dy[n * yi..(n + 1) * yi], &mut acc, g);
+                }
+                acc
+            })
+            .collect()
+    });
+    dw[..wl].fill(0.0);
+    for p in partials {
+        for (d, v) in dw.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5).collect()
+    }
+
+    fn close(what: &str, a: &[f32], b: &[f32]) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn fast_convs_match_references_on_odd_sizes_strides_and_paddings() {
+        let pads = [Padding::Same, Padding::Valid, Padding::Explicit { top: 1, bottom: 2, left: 0, right: 1 }];
+        for &(n, h, w, ci, co, k) in &[(2, 7, 5, 3, 4, 3), (1, 9, 8, 17, 33, 5), (3, 6, 6, 8, 5, 1), (2, 5, 7, 1, 2, 3)] {
+            for stride in [1, 2] {
+                for pad in pads {
+                    let Ok(g) = ConvGeometry::new(n, h, w, ci, co, (k, k), (stride, stride), pad) else { continue };
+                    let x = data(g.input_len(), 1);
+                    let wt = data(k * k * ci * co, 2);
+                    let dy = data(g.output_len(), 3);
+                    let what = format!("n{n} h{h} w{w} ci{ci} co{co} k{k} s{stride} {pad:?}");
+                    let (mut y1, mut y2) = (vec![0.0; g.output_len()], vec![0.0; g.output_len()]);
+                    conv2d_forward_reference(&x, &wt, &mut y1, &g);
+                    conv2d_forward(&x, &wt, &mut y2, &g);
+                    close(&format!("fwd {what}"), &y2, &y1);
+                    let (mut d1, mut d2) = (vec![0.0; g.input_len()], vec![1.0; g.input_len()]);
+                    conv2d_backward_input_reference(&dy, &wt, &mut d1, &g);
+                    conv2d_backward_input(&dy, &wt, &mut d2, &g);
+                    close(&format!("dx {what}"), &d2, &d1);
+                    let (mut w1, mut w2) = (vec![0.0; wt.len()], vec![1.0; wt.len()]);
+                    conv2d_backward_weight_reference(&x, &dy, &mut w1, &g);
+                    conv2d_backward_weight(&x, &dy, &mut w2, &g);
+                    close(&format!("dw {what}"), &w2, &w1);
+                    // depthwise on the same geometry with C = ci
+                    let gd = ConvGeometry::new(n, h, w, ci, ci, (k, k), (stride, stride), pad).unwrap();
+                    let wd = data(k * k * ci, 4);
+                    let dyd = data(gd.output_len(), 5);
+                    for isa in Isa::available() {
+                        let (mut a, mut b) = (vec![0.0; gd.output_len()], vec![0.0; gd.output_len()]);
+                        depthwise_forward_reference(&x, &wd, &mut a, &gd);
+                        dw_over_images(isa, DwOp::Forward, &x, gd.in_h * gd.in_w * ci, &wd, 0, &mut b, gd.out_h * gd.out_w * ci, &gd);
+                        close(&format!("dw fwd {isa:?} {what}"), &b, &a);
+                    }
+                    let (mut a, mut b) = (vec![0.0; gd.input_len()], vec![7.0; gd.input_len()]);
+                    depthwise_backward_input_reference(&dyd, &wd, &mut a, &gd);
+                    depthwise_backward_input(&dyd, &wd, &mut b, &gd);
+                    close(&format!("dw dx {what}"), &b, &a);
+                    let (mut a, mut b) = (vec![0.0; wd.len()], vec![7.0; wd.len()]);
+                    depthwise_backward_weight_reference(&x, &dyd, &mut a, &gd);
+                    depthwise_backward_weight(&x, &dyd, &mut b, &gd);
+                    close(&format!("dw dw {what}"), &b, &a);
+                }
+            }
+        }
+    }
+}

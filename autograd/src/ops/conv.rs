@@ -35,19 +35,19 @@ pub fn conv2d(x: &Var, w: &Var, stride: usize, padding: Padding) -> Result<Var> 
     let ws = wv.shape().to_vec();
     let g = geometry("conv2d", &xv, ws[0], ws[1], ws[3], stride, padding)?;
     let mut y = vec![0.0f32; g.output_len()];
-    k::conv2d_forward_reference(slice_of(&xv), slice_of(&wv), &mut y, &g);
+    k::conv2d_forward(slice_of(&xv), slice_of(&wv), &mut y, &g);
     let out = Tensor::from_vec(y, &[g.batch, g.out_h, g.out_w, g.c_out])?;
     Ok(Var::from_fn(out, &[x, w], "conv2d", move |dy, needs| {
         let dy = dy.contiguous();
         Ok(vec![
             maybe(needs[0], || {
                 let mut dx = vec![0.0f32; g.input_len()];
-                k::conv2d_backward_input_reference(slice_of(&dy), slice_of(&wv), &mut dx, &g);
+                k::conv2d_backward_input(slice_of(&dy), slice_of(&wv), &mut dx, &g);
                 Tensor::from_vec(dx, xv.shape())
             })?,
             maybe(needs[1], || {
                 let mut dw = vec![0.0f32; wv.numel()];
-                k::conv2d_backward_weight_reference(slice_of(&xv), slice_of(&dy), &mut dw, &g);
+                k::conv2d_backward_weight(slice_of(&xv), slice_of(&dy), &mut dw, &g);
                 Tensor::from_vec(dw, &ws)
             })?,
         ])
@@ -66,19 +66,19 @@ pub fn depthwise_conv2d(x: &Var, w: &Var, stride: usize, padding: Padding) -> Re
     let ws = wv.shape().to_vec();
     let g = geometry("depthwise_conv2d", &xv, ws[0], ws[1], ws[2], stride, padding)?;
     let mut y = vec![0.0f32; g.output_len()];
-    k::depthwise_forward_reference(slice_of(&xv), slice_of(&wv), &mut y, &g);
+    k::depthwise_forward(slice_of(&xv), slice_of(&wv), &mut y, &g);
     let out = Tensor::from_vec(y, &[g.batch, g.out_h, g.out_w, g.c_out])?;
     Ok(Var::from_fn(out, &[x, w], "depthwise_conv2d", move |dy, needs| {
         let dy = dy.contiguous();
         Ok(vec![
             maybe(needs[0], || {
                 let mut dx = vec![0.0f32; g.input_len()];
-                k::depthwise_backward_input_reference(slice_of(&dy), slice_of(&wv), &mut dx, &g);
+                k::depthwise_backward_input(slice_of(&dy), slice_of(&wv), &mut dx, &g);
                 Tensor::from_vec(dx, xv.shape())
             })?,
             maybe(needs[1], || {
                 let mut dw = vec![0.0f32; wv.numel()];
-                k::depthwise_backward_weight_reference(slice_of(&xv), slice_of(&dy), &mut dw, &g);
+                k::depthwise_backward_weight(slice_of(&xv), slice_of(&dy), &mut dw, &g);
                 Tensor::from_vec(dw, &ws)
             })?,
         ])
