@@ -81,6 +81,24 @@ def conv(threads, runs):
         print(f"{name} {fwd * 1e3:.2f} {both * 1e3:.2f}")
 
 
+def bert(threads, runs):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.set_num_threads(threads)
+    b, t = 32, 64
+    ids = torch.randint(1000, 21000, (b, t))
+    mini = BertModel(BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False).train()
+
+    def step():
+        mini(input_ids=ids).last_hidden_state.mean().backward()
+    print(f"bert-mini fwd+bwd {median_time(step, runs) * 1e3:.1f}")
+    base = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        print(f"bert-base fwd {median_time(lambda: base(input_ids=ids), min(runs, 3)) * 1e3:.1f}")
+
+
 def tokenize(vocab_dir, path, runs=5):
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -101,4 +119,4 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))
-    {"gemm": gemm, "rows": rows, "conv": conv}[what](threads, runs)
+    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert}[what](threads, runs)

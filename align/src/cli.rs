@@ -5,6 +5,8 @@ use std::path::Path;
 
 use tokenizer::{BertOptions, EncodeOptions, WordPiece};
 
+use crate::bert::{cls_state, masked_mean, Bert, BertConfig, TokenBatch};
+
 /// `align tokenize`: stdin lines -> JSON arrays of ids on stdout.
 pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<(), String> {
     let mut tok = if vocab.is_dir() { WordPiece::from_dir(vocab) } else { WordPiece::from_vocab_file(vocab, BertOptions::default()) }
@@ -36,6 +38,54 @@ pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<(),
         let ids = tok.encode(&line, &opts).ids;
         let json = serde_json::to_string(&ids).expect("ids serialise");
         writeln!(out, "{json}").map_err(|e| format!("stdout: {e}"))?;
+    }
+    out.flush().map_err(|e| format!("stdout: {e}"))
+}
+
+/// Reads stdin lines (invalid UTF-8 replaced), without their line endings.
+fn stdin_lines() -> Result<Vec<String>, String> {
+    let mut lines = vec![];
+    let mut buf = Vec::new();
+    let mut reader = std::io::stdin().lock();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("stdin: {e}"))?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        lines.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+}
+
+/// `align bert-features`: one JSON object per input line.
+pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Result<(), String> {
+    let cfg = BertConfig::from_json_file(model_dir.join("config.json")).map_err(|e| e.to_string())?;
+    let tok = WordPiece::from_dir(model_dir).map_err(|e| e.to_string())?;
+    let max_len = max_len.clamp(2, cfg.max_position_embeddings);
+    let bert = Bert::new(cfg, &mut tensor::Rng::new(0));
+    bert.load_hf_safetensors(model_dir.join("model.safetensors")).map_err(|e| e.to_string())?;
+    let lines = stdin_lines()?;
+    let opts = EncodeOptions { max_len: Some(max_len), ..Default::default() };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for chunk in lines.chunks(batch_size.max(1)) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let encs = tok.encode_batch(&texts, &opts);
+        let tokens = TokenBatch::from_encodings(&encs).map_err(|e| e.to_string())?;
+        let (cls, mean) = autograd::no_grad(|| -> tensor::Result<_> {
+            let hidden = bert.forward(&tokens, &mut nn::Ctx::eval())?;
+            Ok((cls_state(&hidden)?.value(), masked_mean(&hidden, &tokens.mask)?.value()))
+        })
+        .map_err(|e| e.to_string())?;
+        let h = cls.shape()[1];
+        let (cls, mean) = (cls.to_vec(), mean.to_vec());
+        for (i, e) in encs.iter().enumerate() {
+            let obj = serde_json::json!({"ids": e.ids, "cls": &cls[i * h..(i + 1) * h], "mean": &mean[i * h..(i + 1) * h]});
+            writeln!(out, "{obj}").map_err(|e| format!("stdout: {e}"))?;
+        }
     }
     out.flush().map_err(|e| format!("stdout: {e}"))
 }

@@ -4,5 +4,6 @@
 //! evaluation and search (Jia et al., ICML 2021; see SPEC.md). The `align` binary is the
 //! command-line front end.
 
+pub mod bert;
 pub mod cli;
 pub mod demo;

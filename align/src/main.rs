@@ -14,6 +14,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sentence features from a BERT model directory: stdin lines -> one JSON object per line
+    /// with the ids, the last layer's [CLS] state and the mean over real tokens.
+    BertFeatures {
+        /// Directory with config.json, model.safetensors and vocab.txt (a Hugging Face BERT).
+        #[arg(long)]
+        model: PathBuf,
+        /// Truncate inputs to at most N tokens (including [CLS] and [SEP]).
+        #[arg(long, default_value_t = 128)]
+        max_len: usize,
+        /// Sentences per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
     /// Tokenize UTF-8 lines from stdin: one JSON array of WordPiece ids per line ([CLS] ... [SEP]).
     Tokenize {
         /// vocab.txt, or a model directory holding vocab.txt (+ tokenizer_config.json)
@@ -39,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Demo { out: PathBuf::from("runs/demo") }) {
         Command::Demo { out } => align::demo::run(&out).map_err(|e| e.to_string()),
         Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
+        Command::BertFeatures { model, max_len, batch_size } => align::cli::bert_features(&model, max_len, batch_size),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

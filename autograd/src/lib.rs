@@ -25,4 +25,4 @@ pub mod numeric;
 pub mod ops;
 mod var;
 
-pub use var::{is_grad_enabled, no_grad, Backward, FnBackward, Var};
+pub use var::{is_grad_enabled, no_grad, profile, Backward, FnBackward, Var};

@@ -265,7 +265,11 @@ impl Var {
             let Some(g) = pending.remove(&v.id) else { continue };
             let Some(node) = lock(&v.node).take() else { continue };
             let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad.load(Ordering::Relaxed)).collect();
+            let started = profile::enabled().then(std::time::Instant::now);
             let grads = node.op.backward(&g, &needs)?;
+            if let Some(t) = started {
+                profile::record(node.op.name(), t.elapsed());
+            }
             if grads.len() != node.inputs.len() {
                 return Err(TensorError::Graph(format!(
                     "op {} returned {} gradients for {} inputs",
@@ -300,6 +304,39 @@ impl Var {
             // `node` (input handles and saved tensors) is dropped here.
         }
         Ok(())
+    }
+}
+
+/// Opt-in timing of backward ops by name: set `ALIGN_PROFILE_BACKWARD=1` and call
+/// [`profile::report`] to print and reset the table.
+pub mod profile {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
+
+    fn table() -> &'static Mutex<HashMap<&'static str, (Duration, u64)>> {
+        static T: OnceLock<Mutex<HashMap<&'static str, (Duration, u64)>>> = OnceLock::new();
+        T.get_or_init(|| Mutex::new(HashMap::new()))
+    }
+
+    pub fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("ALIGN_PROFILE_BACKWARD").is_ok_and(|v| v != "0"))
+    }
+
+    pub(crate) fn record(name: &'static str, d: Duration) {
+        let mut t = table().lock().unwrap_or_else(|e| e.into_inner());
+        let e = t.entry(name).or_insert((Duration::ZERO, 0));
+        e.0 += d;
+        e.1 += 1;
+    }
+
+    /// The accumulated table, slowest first, then cleared.
+    pub fn report() -> String {
+        let mut t = table().lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = t.drain().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
+        rows.iter().map(|(n, (d, c))| format!("{n:>20} {:9.2} ms {c:6} calls\n", d.as_secs_f64() * 1e3)).collect()
     }
 }
 

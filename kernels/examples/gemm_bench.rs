@@ -43,7 +43,16 @@ fn main() {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut c = vec![0.0f32; m * n];
-        let s = GemmStrides::row_major(k, n);
+        let (ta, tb) = (args.iter().any(|a| a == "--ta"), args.iter().any(|a| a == "--tb"));
+        // --ta / --tb: read A or B through transposed strides (the data is the same buffer)
+        let s = GemmStrides {
+            a_row: if ta { 1 } else { k },
+            a_col: if ta { m } else { 1 },
+            b_row: if tb { 1 } else { n },
+            b_col: if tb { k } else { 1 },
+            c_row: n,
+            c_col: 1,
+        };
         sgemm_with(isa, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s); // warm-up
         let mut times: Vec<f64> = (0..runs)
             .map(|_| {

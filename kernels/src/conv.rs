@@ -721,6 +721,7 @@ impl F32Vec for Scalar {
 }
 
 /// Runs `op` for every image, images spread over the kernel threads.
+#[allow(clippy::too_many_arguments)]
 fn dw_over_images(isa: Isa, op: DwOp, a: &[f32], a_img: usize, b: &[f32], b_img: usize, out: &mut [f32], out_img: usize, g: &ConvGeometry) {
     let isa = isa.supported();
     let threads = parallel::num_threads();

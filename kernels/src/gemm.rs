@@ -187,6 +187,53 @@ pub fn micro_kernel_peak(isa: Isa, kc: usize, calls: usize) -> f64 {
     (2 * bl.mr * bl.nr * kc * calls) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
+/// Many products of one shape at arbitrary offsets (a batch of views, e.g. attention's
+/// (batch, head) pairs through permuted strides). `c` regions must not overlap. Products are
+/// spread over the threads when there are enough of them, else each is threaded internally.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_offsets(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    a_offsets: &[usize],
+    b: &[f32],
+    b_offsets: &[usize],
+    beta: f32,
+    c: &mut [f32],
+    c_offsets: &[usize],
+    s: GemmStrides,
+) {
+    assert!(a_offsets.len() == b_offsets.len() && a_offsets.len() == c_offsets.len(), "sgemm_offsets: offset lists differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (ea, eb, ec) = (extent(m, k, s.a_row, s.a_col), extent(k, n, s.b_row, s.b_col), extent(m, n, s.c_row, s.c_col));
+    for i in 0..a_offsets.len() {
+        assert!(a_offsets[i] + ea <= a.len() && b_offsets[i] + eb <= b.len() && c_offsets[i] + ec <= c.len(), "sgemm_offsets: product {i} out of bounds");
+    }
+    let threads = parallel::num_threads();
+    let isa = Isa::best();
+    let batch = a_offsets.len();
+    let (ap, bp, cp) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
+    let run = |i: usize, t: usize| {
+        let (ap, bp, cp) = (ap, bp, cp);
+        // SAFETY: bounds checked above; callers guarantee disjoint C regions.
+        unsafe { sgemm_raw(isa, t, m, k, n, alpha, ap.0.add(a_offsets[i]), bp.0.add(b_offsets[i]), beta, cp.0.add(c_offsets[i]), s) }
+    };
+    if threads > 1 && batch >= threads && 2 * m * n * k < (1 << 24) {
+        parallel::install(|| {
+            use rayon::prelude::*;
+            (0..batch).into_par_iter().with_min_len(batch.div_ceil(threads * 4)).for_each(|i| run(i, 1));
+        });
+    } else {
+        for i in 0..batch {
+            run(i, threads);
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint regions of one buffer to worker threads.

@@ -39,11 +39,23 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        let y = matmul(x, &shape::transpose(&self.weight, 0, 1)?)?;
-        match &self.bias {
-            Some(b) => ew::add(&y, b),
-            None => Ok(y),
+        // Flatten leading axes so the whole batch is one GEMM (and the weight gradient one GEMM
+        // too, instead of a batch of small products summed afterwards).
+        let s = x.shape();
+        let in_features = *s.last().ok_or_else(|| TensorError::Shape { op: "linear", msg: "input has no axes".into() })?;
+        let rows: usize = s[..s.len() - 1].iter().product();
+        let flat = if s.len() == 2 { x.clone() } else { shape::reshape(x, &[rows, in_features])? };
+        let y = matmul(&flat, &shape::transpose(&self.weight, 0, 1)?)?;
+        let y = match &self.bias {
+            Some(b) => ew::add(&y, b)?,
+            None => y,
+        };
+        if s.len() == 2 {
+            return Ok(y);
         }
+        let mut out_shape = s.clone();
+        *out_shape.last_mut().expect("rank >= 1") = self.weight.shape()[0];
+        shape::reshape(&y, &out_shape)
     }
 }
 

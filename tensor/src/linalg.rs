@@ -2,7 +2,8 @@
 //! (batch) axes broadcast by NumPy rules. Operands are handed to the GEMM kernel with their
 //! strides, so transposed or permuted views are multiplied without a copy.
 
-use kernels::{sgemm, GemmStrides};
+use kernels::gemm::sgemm_offsets;
+use kernels::GemmStrides;
 
 use crate::error::{Result, TensorError};
 use crate::layout::{broadcast_shapes, for_each_offset_pair};
@@ -44,18 +45,18 @@ impl Tensor {
         };
         let batch_count: usize = batch.iter().product();
         let mut out = vec![0.0f32; batch_count * m * n];
-        let (sa, sb) = (self.storage_slice(), other.storage_slice());
         if m * n > 0 {
-            let mut c_off = 0;
-            for_each_offset_pair(&batch, (&la.strides[..nb], la.offset), (&lb.strides[..nb], lb.offset), |oa, ob| {
-                let c = &mut out[c_off..c_off + m * n];
-                if k == 0 {
-                    c.fill(0.0);
-                } else {
-                    sgemm(m, k, n, 1.0, &sa[oa..], &sb[ob..], 0.0, c, strides);
-                }
-                c_off += m * n;
-            });
+            if k == 0 {
+                out.fill(0.0);
+            } else {
+                let (mut a_offs, mut b_offs) = (Vec::with_capacity(batch_count), Vec::with_capacity(batch_count));
+                for_each_offset_pair(&batch, (&la.strides[..nb], la.offset), (&lb.strides[..nb], lb.offset), |oa, ob| {
+                    a_offs.push(oa);
+                    b_offs.push(ob);
+                });
+                let c_offs: Vec<usize> = (0..batch_count).map(|i| i * m * n).collect();
+                sgemm_offsets(m, k, n, 1.0, self.storage_slice(), &a_offs, other.storage_slice(), &b_offs, 0.0, &mut out, &c_offs, strides);
+            }
         }
         let mut shape = batch;
         shape.extend([m, n]);

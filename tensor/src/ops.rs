@@ -28,6 +28,23 @@ impl Tensor {
                 return Ok(Tensor::from_contiguous(data, self.shape()));
             }
         }
+        // Row broadcast (a bias added to every row): contiguous `self`, contiguous `other` whose
+        // shape is a suffix of self's (after dropping leading 1s).
+        let trimmed: &[usize] = {
+            let o = other.shape();
+            let lead = o.iter().take_while(|&&d| d == 1).count();
+            &o[lead..]
+        };
+        if trimmed.len() <= self.rank() && self.shape().ends_with(trimmed) && other.numel() > 0 && other.rank() <= self.rank() {
+            if let (Some(a), Some(b)) = (self.as_contiguous_slice(), other.as_contiguous_slice()) {
+                let n = b.len();
+                let mut data = Vec::with_capacity(a.len());
+                for row in a.chunks_exact(n) {
+                    data.extend(row.iter().zip(b).map(|(&x, &y)| f(x, y)));
+                }
+                return Ok(Tensor::from_contiguous(data, self.shape()));
+            }
+        }
         let shape = broadcast_shapes(op, self.shape(), other.shape())?;
         let la = self.layout().broadcast_to(&shape)?;
         let lb = other.layout().broadcast_to(&shape)?;

@@ -53,6 +53,28 @@ impl Tensor {
 
     /// Sum over `axes` (accumulated in f64).
     pub fn sum(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
+        // Fast path: leading axes of a contiguous tensor (bias gradients): add rows together.
+        let sorted = self.normalise_axes("sum", axes)?;
+        if !sorted.is_empty() && self.is_contiguous() && sorted.iter().enumerate().all(|(i, &a)| i == a) && sorted.len() < self.rank() {
+            let lead: usize = sorted.iter().map(|&a| self.shape()[a]).product();
+            let row: usize = self.shape()[sorted.len()..].iter().product();
+            let src = self.as_contiguous_slice().expect("contiguous");
+            let mut acc = vec![0.0f64; row];
+            if lead > 0 && row > 0 {
+                for r in src.chunks_exact(row) {
+                    for (a, &v) in acc.iter_mut().zip(r) {
+                        *a += v as f64;
+                    }
+                }
+            }
+            let data: Vec<f32> = acc.into_iter().map(|v| v as f32).collect();
+            let shape: Vec<usize> = if keepdim {
+                (0..self.rank()).map(|d| if sorted.contains(&d) { 1 } else { self.shape()[d] }).collect()
+            } else {
+                self.shape()[sorted.len()..].to_vec()
+            };
+            return Ok(Tensor::from_contiguous(data, &shape));
+        }
         self.reduce_runs("sum", axes, keepdim, |r| r.iter().map(|&x| x as f64).sum::<f64>() as f32)
     }
 

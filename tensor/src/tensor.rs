@@ -182,6 +182,18 @@ impl Tensor {
         }
         let src = self.storage.as_slice();
         let mut out = Vec::with_capacity(self.numel());
+        let rank = self.rank();
+        if rank >= 2 && self.layout.strides[rank - 1] == 1 && self.numel() > 0 {
+            // Innermost axis contiguous (e.g. a head split / merge permute): copy whole runs.
+            let run = self.layout.shape[rank - 1];
+            let outer = Layout {
+                shape: self.layout.shape[..rank - 1].to_vec(),
+                strides: self.layout.strides[..rank - 1].to_vec(),
+                offset: self.layout.offset,
+            };
+            for_each_offset(&outer, |o| out.extend_from_slice(&src[o..o + run]));
+            return out;
+        }
         for_each_offset(&self.layout, |o| out.push(src[o]));
         out
     }

@@ -50,6 +50,31 @@ pub fn log_softmax(x: &Var) -> Result<Var> {
     Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::log_softmax_backward(y, dy, dx, c, 1.0)))])))
 }
 
+/// Attention's fused softmax: softmax(scale * scores + mask) over the last axis of scores
+/// (B, H, Tq, Tk), where `key_mask` (B, Tk) holds 1 for real tokens and 0 for padding (padded
+/// keys get exactly zero weight). One pass forward, one backward; saves only the output.
+pub fn attention_softmax(scores: &Var, scale: f32, key_mask: Option<&Tensor>) -> Result<Var> {
+    let sv = scores.value();
+    let sh = sv.shape().to_vec();
+    if sh.len() != 4 {
+        return Err(TensorError::Shape { op: "attention_softmax", msg: format!("scores must be (B, H, Tq, Tk), got {sh:?}") });
+    }
+    let (b, h, tq, tk) = (sh[0], sh[1], sh[2], sh[3]);
+    let additive: Option<Vec<f32>> = match key_mask {
+        Some(m) if m.shape() != [b, tk] => {
+            return Err(TensorError::Shape { op: "attention_softmax", msg: format!("mask {:?} must be [{b}, {tk}]", m.shape()) })
+        }
+        Some(m) => Some(m.to_vec().iter().map(|&v| if v > 0.0 { 0.0 } else { -1e9 }).collect()),
+        None => None,
+    };
+    let mask = additive.as_ref().map(|v| rows::RowMask { values: v, rows_per_mask: h * tq });
+    let y = rowwise(&sv, |x, y, c| rows::softmax_forward(x, y, c, scale, mask));
+    let saved = y.clone();
+    Ok(Var::from_fn(y, &[scores], "attention_softmax", move |g, _| {
+        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::softmax_backward(y, dy, dx, c, scale)))])
+    }))
+}
+
 /// Mean cross-entropy of `logits` (N, C) against class indices, with label smoothing
 /// `smoothing` (PyTorch's convention: the target is (1 - s) * one_hot + s / C).
 pub fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> Result<Var> {
@@ -101,6 +126,9 @@ mod tests {
         let x = Tensor::rand_uniform(&[3, 5], -2.0, 2.0, 1);
         check_gradients(&[x.clone()], |v| softmax(&v[0]), &o).unwrap();
         check_gradients(&[x.clone()], |v| log_softmax(&crate::ops::shape::transpose(&v[0], 0, 1)?), &o).unwrap();
+        let scores = Tensor::rand_uniform(&[2, 2, 3, 4], -2.0, 2.0, 2);
+        let mask = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0], &[2, 4]).unwrap();
+        check_gradients(&[scores], |v| attention_softmax(&v[0], 0.7, Some(&mask)), &o).unwrap();
         for s in [0.0, 0.1, 1.0] {
             check_gradients(&[x.clone()], |v| cross_entropy(&v[0], &[4, 0, 2], s), &o).unwrap();
         }

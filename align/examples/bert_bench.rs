@@ -1,0 +1,65 @@
+//! BERT speed at the shapes of the PyTorch comparison (batch 32 x 64 tokens, random weights).
+//!
+//!     cargo run --release -p align --example bert_bench -- --threads 2
+//!     python3 scripts/bench_reference.py bert --threads 2     # transformers BertModel, same shapes
+//!
+//! Prints `bert-mini fwd+bwd MS` and `bert-base fwd MS` (median of several runs).
+
+use std::time::Instant;
+
+use align::bert::{Bert, BertConfig, TokenBatch};
+use autograd::ops::reduce;
+use nn::Ctx;
+use tensor::{Rng, Tensor};
+
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let threads: usize = get("--threads").and_then(|s| s.parse().ok()).unwrap_or(2);
+    let runs: usize = get("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
+    kernels::parallel::set_num_threads(threads);
+    let (b, t) = (32, 64);
+    let mut rng = Rng::new(0);
+    let tokens = TokenBatch {
+        ids: (0..b * t).map(|_| 1000 + rng.below(20000)).collect(),
+        mask: Tensor::ones(&[b, t]),
+        batch: b,
+        seq: t,
+    };
+    let mini = Bert::new(BertConfig { hidden_dropout: 0.0, attention_dropout: 0.0, ..BertConfig::mini() }, &mut rng);
+    let ms = median_ms(runs, || {
+        let h = mini.forward(&tokens, &mut Ctx::train(0)).unwrap();
+        reduce::mean_all(&h).unwrap().backward().unwrap();
+    });
+    println!("bert-mini fwd+bwd {ms:.1}");
+    if args.iter().any(|a| a == "--split") {
+        let f = median_ms(runs, || {
+            mini.forward(&tokens, &mut Ctx::train(0)).unwrap();
+        });
+        println!("bert-mini fwd only {f:.1}");
+        if autograd::profile::enabled() {
+            let _ = autograd::profile::report();
+            let h = mini.forward(&tokens, &mut Ctx::train(0)).unwrap();
+            reduce::mean_all(&h).unwrap().backward().unwrap();
+            print!("{}", autograd::profile::report());
+        }
+    }
+    let base = Bert::new(BertConfig::base(), &mut rng);
+    let ms = median_ms(runs.min(3), || {
+        autograd::no_grad(|| base.forward(&tokens, &mut Ctx::eval()).unwrap());
+    });
+    println!("bert-base fwd {ms:.1}");
+}

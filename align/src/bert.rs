@@ -1,0 +1,348 @@
+//! BERT (Devlin et al. 2019), the ALIGN text tower, with Hugging Face parameter names so that
+//! `model.safetensors` files load as they are (with or without the `bert.` prefix).
+//!
+//! Post-LN encoder layers: x = LN(x + Attn(x)); x = LN(x + FFN(x)), FFN = Linear -> GELU ->
+//! Linear. Attention uses the fused scaled, masked softmax. The ALIGN text tower takes the final
+//! hidden state of [CLS] (not the tanh pooler) through one Linear layer to the embedding width.
+//! Compare candle-transformers' `bert.rs` for another compact take with the same names.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use autograd::ops::{elementwise as ew, matmul::matmul, reduce, shape, softmax};
+use autograd::Var;
+use nn::layers::{Dropout, Embedding, LayerNorm, Linear};
+use nn::module::join;
+use nn::{Ctx, LoadReport, Module};
+use tensor::io::safetensors::SafeTensors;
+use tensor::{Result, Rng, Tensor, TensorError};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f32,
+    pub hidden_dropout: f32,
+    pub attention_dropout: f32,
+    /// GELU in erf form ("gelu") or tanh form ("gelu_new").
+    pub gelu_tanh: bool,
+}
+
+impl BertConfig {
+    fn preset(layers: usize, hidden: usize, heads: usize, inter: usize) -> BertConfig {
+        BertConfig {
+            vocab_size: 30522,
+            hidden_size: hidden,
+            num_layers: layers,
+            num_heads: heads,
+            intermediate_size: inter,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_dropout: 0.1,
+            attention_dropout: 0.1,
+            gelu_tanh: false,
+        }
+    }
+    pub fn tiny() -> BertConfig {
+        Self::preset(2, 128, 2, 512)
+    }
+    pub fn mini() -> BertConfig {
+        Self::preset(4, 256, 4, 1024)
+    }
+    pub fn small() -> BertConfig {
+        Self::preset(4, 512, 8, 2048)
+    }
+    pub fn medium() -> BertConfig {
+        Self::preset(8, 512, 8, 2048)
+    }
+    pub fn base() -> BertConfig {
+        Self::preset(12, 768, 12, 3072)
+    }
+    pub fn large() -> BertConfig {
+        Self::preset(24, 1024, 16, 4096)
+    }
+
+    pub fn by_name(name: &str) -> Option<BertConfig> {
+        Some(match name {
+            "tiny" => Self::tiny(),
+            "mini" => Self::mini(),
+            "small" => Self::small(),
+            "medium" => Self::medium(),
+            "base" => Self::base(),
+            "large" => Self::large(),
+            _ => return None,
+        })
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<BertConfig> {
+        let path = path.as_ref();
+        let err = |msg: String| TensorError::Format { file: path.display().to_string(), tensor: None, msg };
+        let text = std::fs::read_to_string(path).map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        let num = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| err(format!("missing integer '{k}'")));
+        let act = v.get("hidden_act").and_then(|a| a.as_str()).unwrap_or("gelu");
+        let cfg = BertConfig {
+            vocab_size: num("vocab_size")?,
+            hidden_size: num("hidden_size")?,
+            num_layers: num("num_hidden_layers")?,
+            num_heads: num("num_attention_heads")?,
+            intermediate_size: num("intermediate_size")?,
+            max_position_embeddings: num("max_position_embeddings")?,
+            type_vocab_size: num("type_vocab_size").unwrap_or(2),
+            layer_norm_eps: v.get("layer_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-12) as f32,
+            hidden_dropout: v.get("hidden_dropout_prob").and_then(|x| x.as_f64()).unwrap_or(0.1) as f32,
+            attention_dropout: v.get("attention_probs_dropout_prob").and_then(|x| x.as_f64()).unwrap_or(0.1) as f32,
+            gelu_tanh: match act {
+                "gelu" => false,
+                "gelu_new" | "gelu_pytorch_tanh" => true,
+                other => return Err(err(format!("unsupported hidden_act '{other}'"))),
+            },
+        };
+        if cfg.num_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
+            return Err(err(format!("hidden_size {} not divisible by {} heads", cfg.hidden_size, cfg.num_heads)));
+        }
+        Ok(cfg)
+    }
+
+    /// Parameters of the encoder (embeddings + layers, no pooler).
+    pub fn num_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let layer = 4 * (h * h + h) + 2 * (2 * h) + (h * self.intermediate_size + self.intermediate_size) + (self.intermediate_size * h + h);
+        emb + self.num_layers * layer
+    }
+}
+
+/// A batch of token ids: (batch, seq) row-major, with its attention mask (1 token, 0 padding).
+#[derive(Clone, Debug)]
+pub struct TokenBatch {
+    pub ids: Vec<usize>,
+    pub mask: Tensor,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl TokenBatch {
+    /// Pads encodings to the longest one.
+    pub fn from_encodings(encs: &[tokenizer::Encoding]) -> Result<TokenBatch> {
+        let seq = encs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let batch = encs.len();
+        let mut ids = vec![0usize; batch * seq];
+        let mut mask = vec![0.0f32; batch * seq];
+        for (b, e) in encs.iter().enumerate() {
+            for (t, &id) in e.ids.iter().enumerate() {
+                ids[b * seq + t] = id as usize;
+                mask[b * seq + t] = e.attention_mask[t] as f32;
+            }
+        }
+        Ok(TokenBatch { ids, mask: Tensor::from_vec(mask, &[batch, seq])?, batch, seq })
+    }
+}
+
+pub struct BertEmbeddings {
+    pub word: Embedding,
+    pub position: Embedding,
+    pub token_type: Embedding,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+pub struct BertLayer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attention_output: Linear,
+    pub attention_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_norm: LayerNorm,
+}
+
+pub struct Bert {
+    pub config: BertConfig,
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+}
+
+impl Bert {
+    /// Random BERT with the original initialisation (normal(0, 0.02), zero biases, unit norms).
+    pub fn new(config: BertConfig, rng: &mut Rng) -> Bert {
+        let h = config.hidden_size;
+        let lin = |i: usize, o: usize, rng: &mut Rng| Linear::new_normal(i, o, 0.02, rng);
+        let embeddings = BertEmbeddings {
+            word: Embedding::new(config.vocab_size, h, 0.02, rng),
+            position: Embedding::new(config.max_position_embeddings, h, 0.02, rng),
+            token_type: Embedding::new(config.type_vocab_size, h, 0.02, rng),
+            layer_norm: LayerNorm::new(h, config.layer_norm_eps),
+            dropout: Dropout { p: config.hidden_dropout },
+        };
+        let layers = (0..config.num_layers)
+            .map(|_| BertLayer {
+                query: lin(h, h, rng),
+                key: lin(h, h, rng),
+                value: lin(h, h, rng),
+                attention_output: lin(h, h, rng),
+                attention_norm: LayerNorm::new(h, config.layer_norm_eps),
+                intermediate: lin(h, config.intermediate_size, rng),
+                output: lin(config.intermediate_size, h, rng),
+                output_norm: LayerNorm::new(h, config.layer_norm_eps),
+            })
+            .collect();
+        Bert { config, embeddings, layers }
+    }
+
+    /// Last hidden states (batch, seq, hidden). Token types are all 0.
+    pub fn forward(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
+        let (b, t, h) = (tokens.batch, tokens.seq, self.config.hidden_size);
+        if t > self.config.max_position_embeddings {
+            return Err(TensorError::Shape { op: "bert", msg: format!("{t} tokens exceed {} positions", self.config.max_position_embeddings) });
+        }
+        if let Some(&bad) = tokens.ids.iter().find(|&&i| i >= self.config.vocab_size) {
+            return Err(TensorError::Index { op: "bert token id", index: bad, size: self.config.vocab_size });
+        }
+        let e = &self.embeddings;
+        let words = e.word.forward(&tokens.ids, &[b, t])?;
+        let positions: Vec<usize> = (0..t).collect();
+        let pos = e.position.forward(&positions, &[1, t])?;
+        let types = e.token_type.forward(&[0], &[1, 1])?;
+        let x = ew::add(&ew::add(&words, &pos)?, &types)?;
+        let mut x = e.dropout.forward(&e.layer_norm.forward(&x)?, ctx)?;
+        let heads = self.config.num_heads;
+        let dh = h / heads;
+        let dropout = Dropout { p: self.config.hidden_dropout };
+        let attn_dropout = Dropout { p: self.config.attention_dropout };
+        for layer in &self.layers {
+            // (B, T, H) -> (B, heads, T, dh)
+            let split = |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, heads, dh])?, &[0, 2, 1, 3]) };
+            let q = split(layer.query.forward(&x)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = matmul(&q, &shape::transpose(&k, 2, 3)?)?; // (B, heads, T, T)
+            let probs = softmax::attention_softmax(&scores, 1.0 / (dh as f32).sqrt(), Some(&tokens.mask))?;
+            let probs = attn_dropout.forward(&probs, ctx)?;
+            let context = shape::reshape(&shape::permute(&matmul(&probs, &v)?, &[0, 2, 1, 3])?, &[b, t, h])?;
+            let attn = dropout.forward(&layer.attention_output.forward(&context)?, ctx)?;
+            x = layer.attention_norm.forward(&ew::add(&x, &attn)?)?;
+            let inter = layer.intermediate.forward(&x)?;
+            let inter = if self.config.gelu_tanh { ew::gelu_tanh(&inter) } else { ew::gelu(&inter) };
+            let out = dropout.forward(&layer.output.forward(&inter)?, ctx)?;
+            x = layer.output_norm.forward(&ew::add(&x, &out)?)?;
+        }
+        Ok(x)
+    }
+
+    /// Loads a Hugging Face checkpoint (safetensors), with or without the `bert.` prefix.
+    /// Pooler weights, `position_ids` and heads of other tasks are ignored (listed in the
+    /// report as unexpected); anything this model needs that is missing or mis-shaped is an
+    /// error and nothing is changed.
+    pub fn load_hf_safetensors(&self, path: impl AsRef<Path>) -> Result<LoadReport> {
+        let st = SafeTensors::open(path.as_ref())?;
+        let mut sd = BTreeMap::new();
+        for name in st.names() {
+            let key = name.strip_prefix("bert.").unwrap_or(name);
+            if key.starts_with("embeddings.") || key.starts_with("encoder.") {
+                if key.ends_with("position_ids") {
+                    continue;
+                }
+                sd.insert(key.to_string(), st.tensor(name)?);
+            }
+        }
+        let report = self.load_state_dict(&sd, false)?;
+        if !report.missing.is_empty() {
+            return Err(TensorError::Format {
+                file: path.as_ref().display().to_string(),
+                tensor: None,
+                msg: format!("checkpoint lacks: {}", report.missing.join(", ")),
+            });
+        }
+        Ok(report)
+    }
+}
+
+impl Module for Bert {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        let e = &self.embeddings;
+        let p = join(prefix, "embeddings");
+        e.word.parameters(&join(&p, "word_embeddings"), out);
+        e.position.parameters(&join(&p, "position_embeddings"), out);
+        e.token_type.parameters(&join(&p, "token_type_embeddings"), out);
+        e.layer_norm.parameters(&join(&p, "LayerNorm"), out);
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = join(prefix, &format!("encoder.layer.{i}"));
+            l.query.parameters(&join(&p, "attention.self.query"), out);
+            l.key.parameters(&join(&p, "attention.self.key"), out);
+            l.value.parameters(&join(&p, "attention.self.value"), out);
+            l.attention_output.parameters(&join(&p, "attention.output.dense"), out);
+            l.attention_norm.parameters(&join(&p, "attention.output.LayerNorm"), out);
+            l.intermediate.parameters(&join(&p, "intermediate.dense"), out);
+            l.output.parameters(&join(&p, "output.dense"), out);
+            l.output_norm.parameters(&join(&p, "output.LayerNorm"), out);
+        }
+    }
+}
+
+/// Final hidden state of [CLS] (position 0): (batch, hidden).
+pub fn cls_state(hidden: &Var) -> Result<Var> {
+    let s = hidden.shape();
+    shape::reshape(&shape::narrow(hidden, 1, 0, 1)?, &[s[0], s[2]])
+}
+
+/// Mean of the hidden states over real (mask = 1) tokens: (batch, hidden).
+pub fn masked_mean(hidden: &Var, mask: &Tensor) -> Result<Var> {
+    let s = hidden.shape();
+    let m = Var::constant(mask.reshape(&[s[0], s[1], 1])?);
+    let summed = reduce::sum(&ew::mul(hidden, &m)?, &[1], false)?;
+    let counts = Var::constant(mask.sum(&[1], true)?.map(|c| c.max(1e-9)));
+    ew::div(&summed, &counts)
+}
+
+/// ALIGN's text tower: BERT, then [CLS] through one Linear layer to the embedding width.
+pub struct TextTower {
+    pub bert: Bert,
+    pub projection: Linear,
+}
+
+impl TextTower {
+    pub fn new(config: BertConfig, embed_dim: usize, rng: &mut Rng) -> TextTower {
+        let h = config.hidden_size;
+        TextTower { bert: Bert::new(config, rng), projection: Linear::new_normal(h, embed_dim, 0.02, rng) }
+    }
+    /// Unnormalised text embeddings (batch, embed_dim).
+    pub fn forward(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
+        let hidden = self.bert.forward(tokens, ctx)?;
+        self.projection.forward(&cls_state(&hidden)?)
+    }
+}
+
+impl Module for TextTower {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        self.bert.parameters(&join(prefix, "bert"), out);
+        self.projection.parameters(&join(prefix, "text_projection"), out);
+    }
+}
+
+
+
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_parameter_counts() {
+        // BERT-base encoder without pooler: 108.9M (the published 110M includes the pooler)
+        let base = BertConfig::base();
+        assert_eq!(base.num_parameters() + 768 * 768 + 768, 109_482_240);
+        let tiny = Bert::new(BertConfig { vocab_size: 100, ..BertConfig::tiny() }, &mut Rng::new(0));
+        assert_eq!(tiny.num_parameters(), BertConfig { vocab_size: 100, ..BertConfig::tiny() }.num_parameters());
+        assert!(BertConfig::by_name("large").is_some() && BertConfig::by_name("huge").is_none());
+    }
+}
