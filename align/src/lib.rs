@@ -7,3 +7,4 @@
 pub mod bert;
 pub mod cli;
 pub mod demo;
+pub mod efficientnet;

