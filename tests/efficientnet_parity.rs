@@ -60,3 +60,17 @@ fn damaged_pth_files_are_errors() {
     let e = load_state_dict(&p).unwrap_err().to_string();
     assert!(e.contains("lite_cut.pth"), "{e}");
 }
+
+#[test]
+fn classify_puts_a_cat_first_for_chelsea_and_espresso_for_coffee() {
+    let data = common::skimage_data();
+    let images = vec![data.join("chelsea.png"), data.join("coffee.png"), data.join("no-such-file.png")];
+    let results = align::cli::classify_images(&common::lite0_pth(), "efficientnet-lite0", &images, 5).unwrap();
+    let names: Vec<&str> = align::cli::IMAGENET_CLASSES.lines().collect();
+    assert_eq!(names.len(), 1000);
+    let cat = results[0].as_ref().unwrap()[0].0;
+    assert!((281..=285).contains(&cat), "chelsea: top class {} ({})", cat, names[cat]);
+    let coffee = results[1].as_ref().unwrap()[0].0;
+    assert!([967, 968, 504].contains(&coffee), "coffee: top class {} ({})", coffee, names[coffee]);
+    assert!(results[2].as_ref().unwrap_err().contains("no-such-file.png"));
+}

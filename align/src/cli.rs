@@ -89,3 +89,56 @@ pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Res
     }
     out.flush().map_err(|e| format!("stdout: {e}"))
 }
+
+/// ImageNet class names (torchvision's list), shipped with the project.
+pub const IMAGENET_CLASSES: &str = include_str!("../data/imagenet_classes.txt");
+
+/// Top-`k` (class index, probability) of each image under an EfficientNet checkpoint.
+/// Unreadable images give an `Err` in their slot; the rest are still classified.
+pub fn classify_images(weights: &Path, arch: &str, images: &[std::path::PathBuf], k: usize) -> Result<Vec<Result<Vec<(usize, f32)>, String>>, String> {
+    use crate::efficientnet::{EfficientNet, EfficientNetConfig};
+    use crate::images::{load_image_tensor, Normalisation};
+    let cfg = EfficientNetConfig::by_name(arch).ok_or_else(|| format!("unknown architecture '{arch}' (b0..b7, l2, lite0..lite4)"))?;
+    let norm = if cfg.lite { Normalisation::Lite } else { Normalisation::ImageNet };
+    let crop = cfg.resolution as u32;
+    let resize = (crop as f32 / 0.875).round() as u32; // the usual 224 / 256 ratio
+    let model = EfficientNet::new(cfg, &mut tensor::Rng::new(0));
+    let tensors = tensor::io::torch::load_state_dict(weights).map_err(|e| e.to_string())?;
+    model.load_pytorch(&tensors).map_err(|e| format!("{}: {e}", weights.display()))?;
+    let classify_one = |path: &Path| -> Result<Vec<(usize, f32)>, String> {
+        let x = load_image_tensor(path, resize, crop, norm).map_err(|e| e.to_string())?;
+        let probs = autograd::no_grad(|| -> tensor::Result<tensor::Tensor> {
+            let logits = model.logits(&autograd::Var::constant(x), &mut nn::Ctx::eval())?;
+            Ok(autograd::ops::softmax::softmax(&logits)?.value())
+        })
+        .map_err(|e| e.to_string())?;
+        let (top, idx) = probs.topk(k.min(probs.shape()[1]), 1, true).map_err(|e| e.to_string())?;
+        Ok(idx.to_vec().iter().map(|&i| i as usize).zip(top.to_vec()).collect())
+    };
+    Ok(images.iter().map(|p| classify_one(p)).collect())
+}
+
+/// `align classify`: top-5 ImageNet classes per image.
+pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Result<(), String> {
+    let names: Vec<&str> = IMAGENET_CLASSES.lines().collect();
+    let results = classify_images(weights, arch, images, 5)?;
+    let mut failed = 0;
+    for (path, r) in images.iter().zip(results) {
+        match r {
+            Ok(top) => {
+                println!("{}", path.display());
+                for (i, p) in top {
+                    println!("  {i:4}  {:<30} {p:.4}", names.get(i).copied().unwrap_or("?"));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {} images could not be read", images.len()));
+    }
+    Ok(())
+}

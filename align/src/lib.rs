@@ -8,3 +8,4 @@ pub mod bert;
 pub mod cli;
 pub mod demo;
 pub mod efficientnet;
+pub mod images;

@@ -27,6 +27,18 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
     },
+    /// Top-5 ImageNet classes of images with an EfficientNet checkpoint (PyTorch .pth).
+    Classify {
+        /// PyTorch state dict (lukemelas naming), e.g. efficientnet-lite0-57934424.pth
+        #[arg(long)]
+        weights: PathBuf,
+        /// efficientnet-lite0..4, efficientnet-b0..b7
+        #[arg(long, default_value = "efficientnet-lite0")]
+        arch: String,
+        /// JPEG / PNG files
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Tokenize UTF-8 lines from stdin: one JSON array of WordPiece ids per line ([CLS] ... [SEP]).
     Tokenize {
         /// vocab.txt, or a model directory holding vocab.txt (+ tokenizer_config.json)
@@ -52,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Demo { out: PathBuf::from("runs/demo") }) {
         Command::Demo { out } => align::demo::run(&out).map_err(|e| e.to_string()),
         Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
+        Command::Classify { weights, arch, images } => align::cli::classify(&weights, &arch, &images),
         Command::BertFeatures { model, max_len, batch_size } => align::cli::bert_features(&model, max_len, batch_size),
     };
     match result {

@@ -43,3 +43,8 @@ pub fn lite0_pth() -> PathBuf {
         .join("models")
         .join("efficientnet-lite0-57934424.pth")
 }
+
+/// scikit-image's bundled sample photos (CC0), from the PyPI package scikit-image.
+pub fn skimage_data() -> PathBuf {
+    python_package_dir("skimage", "scikit-image", "ALIGN_SKIMAGE_DIR").join("data")
+}

@@ -1,0 +1,107 @@
+//! Image input: decode (JPEG / PNG; grayscale and alpha become RGB), resize the shorter side,
+//! centre crop, normalise, as NHWC f32 tensors.
+//!
+//! Resizing uses the `image` crate's bilinear (triangle) filter, the same family as PIL's
+//! BILINEAR used by common PyTorch pipelines (PIL antialiases when shrinking; the triangle
+//! filter here does too, since `image` scales its support with the reduction factor).
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+use tensor::{Result, Tensor, TensorError};
+
+/// How pixel values in [0, 255] become model inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalisation {
+    /// (x - 127) / 128: EfficientNet-Lite's TF preprocessing.
+    Lite,
+    /// (x / 255 - mean) / std with ImageNet's mean and std.
+    ImageNet,
+    /// x / 127.5 - 1: [-1, 1].
+    Symmetric,
+}
+
+impl Normalisation {
+    fn apply(self, channel: usize, x: f32) -> f32 {
+        const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+        const STD: [f32; 3] = [0.229, 0.224, 0.225];
+        match self {
+            Normalisation::Lite => (x - 127.0) / 128.0,
+            Normalisation::ImageNet => (x / 255.0 - MEAN[channel]) / STD[channel],
+            Normalisation::Symmetric => x / 127.5 - 1.0,
+        }
+    }
+}
+
+/// Decodes an image file; errors name the file.
+pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
+    let err = |msg: String| TensorError::Format { file: path.display().to_string(), tensor: None, msg };
+    let reader = image::ImageReader::open(path)
+        .map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?
+        .with_guessed_format()
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let img = reader.decode().map_err(|e| err(format!("cannot decode: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// Resizes the shorter side to `resize`, centre-crops `crop` x `crop`, normalises: (crop, crop, 3).
+pub fn preprocess(img: &image::RgbImage, resize: u32, crop: u32, norm: Normalisation) -> Result<Tensor> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(TensorError::Shape { op: "preprocess", msg: "empty image".into() });
+    }
+    let (nw, nh) = if w <= h {
+        (resize, ((h as f64 * resize as f64 / w as f64).round() as u32).max(1))
+    } else {
+        (((w as f64 * resize as f64 / h as f64).round() as u32).max(1), resize)
+    };
+    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+    let crop = crop.min(nw).min(nh);
+    let (x0, y0) = ((nw - crop) / 2, (nh - crop) / 2);
+    let mut data = Vec::with_capacity((crop * crop * 3) as usize);
+    for y in 0..crop {
+        for x in 0..crop {
+            let p = resized.get_pixel(x0 + x, y0 + y);
+            for c in 0..3 {
+                data.push(norm.apply(c, p[c] as f32));
+            }
+        }
+    }
+    Tensor::from_vec(data, &[crop as usize, crop as usize, 3])
+}
+
+/// Loads and preprocesses one file: (1, crop, crop, 3).
+pub fn load_image_tensor(path: &Path, resize: u32, crop: u32, norm: Normalisation) -> Result<Tensor> {
+    let img = load_rgb(path)?;
+    preprocess(&img, resize, crop, norm)?.unsqueeze(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_crop_and_normalise() {
+        let img = image::RgbImage::from_fn(40, 20, |x, _| image::Rgb([x as u8 * 6, 127, 255]));
+        let t = preprocess(&img, 10, 8, Normalisation::Lite).unwrap();
+        assert_eq!(t.shape(), &[8, 8, 3]);
+        assert_eq!(t.get(&[0, 0, 1]).unwrap(), 0.0);
+        assert!((t.get(&[3, 3, 2]).unwrap() - 1.0).abs() < 1e-6);
+        let s = preprocess(&img, 10, 8, Normalisation::Symmetric).unwrap();
+        assert!((s.get(&[0, 0, 2]).unwrap() - 1.0).abs() < 1e-6);
+        assert!(load_rgb(Path::new("/nonexistent.png")).is_err());
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("align-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("broken.jpg");
+        std::fs::write(&p, b"\xff\xd8\xff\xe0 truncated jpeg").unwrap();
+        let e = load_rgb(&p).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg"), "{e}");
+        let z = dir.join("empty.png");
+        std::fs::write(&z, b"").unwrap();
+        assert!(load_rgb(&z).is_err());
+    }
+}
