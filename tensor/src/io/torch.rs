@@ -348,7 +348,7 @@ impl<'a> Unpickler<'a> {
                     let kv = items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect();
                     self.stack.push(Value::Dict(kv))
                 }
-                0x85 | 0x86 | 0x87 => {
+                0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n {
                         return Err(self.e("stack underflow"));
