@@ -99,6 +99,20 @@ def bert(threads, runs):
         print(f"bert-base fwd {median_time(lambda: base(input_ids=ids), min(runs, 3)) * 1e3:.1f}")
 
 
+def effnet(threads, runs):
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(threads)
+    size = int(arg("--size", "224"))
+    model = EfficientNet.from_name("efficientnet-b0").to(memory_format=torch.channels_last).train()
+    x = torch.randn(16, 3, size, size).to(memory_format=torch.channels_last)
+
+    def step():
+        model(x).mean().backward()
+    print(f"effnet-b0 {size} fwd+bwd {median_time(step, runs) * 1e3:.1f}")
+
+
 def tokenize(vocab_dir, path, runs=5):
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -119,4 +133,4 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))
-    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert}[what](threads, runs)
+    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet}[what](threads, runs)
