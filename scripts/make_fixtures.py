@@ -10,7 +10,7 @@ CI never needs torch. Run one group or all of them:
     python3 scripts/make_fixtures.py [group ...]
 
 Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
-efficientnet_train
+efficientnet_train, contrastive
 """
 import json
 import os
@@ -495,7 +495,33 @@ def efficientnet_train():
     save_fixture("efficientnet_train.safetensors", out)
 
 
-GROUPS = {"efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def contrastive():
+    """ALIGN's loss: L2-normalise both embeddings, logits = x y^T / sigma with sigma = exp(t),
+    label-smoothed (0.1) cross-entropy image->text plus text->image. Gradients w.r.t. the raw
+    embeddings and t, in float64."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    g = np.random.default_rng(5)
+    img = g.standard_normal((8, 16)).astype(np.float32)
+    txt = (img * 0.5 + g.standard_normal((8, 16))).astype(np.float32)
+    t0 = np.array(np.log(0.7), dtype=np.float32)
+    X = torch.tensor(img, dtype=torch.float64, requires_grad=True)
+    Y = torch.tensor(txt, dtype=torch.float64, requires_grad=True)
+    T = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+    x, y = F.normalize(X, dim=-1, eps=0), F.normalize(Y, dim=-1, eps=0)
+    logits = x @ y.T / torch.exp(T)
+    labels = torch.arange(8)
+    loss = F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.T, labels, label_smoothing=0.1)
+    loss.backward()
+    save_fixture("contrastive.safetensors", {
+        "image": img, "text": txt, "log_temperature": t0, "loss": np.array([loss.item()], dtype=np.float32),
+        "grad.image": X.grad.numpy().astype(np.float32), "grad.text": Y.grad.numpy().astype(np.float32),
+        "grad.log_temperature": np.array(T.grad.item(), dtype=np.float32)})
+
+
+GROUPS = {"contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)
