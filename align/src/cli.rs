@@ -93,9 +93,12 @@ pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Res
 /// ImageNet class names (torchvision's list), shipped with the project.
 pub const IMAGENET_CLASSES: &str = include_str!("../data/imagenet_classes.txt");
 
+/// Top classes of one image as (class index, probability), or why it could not be read.
+pub type ImageResult = Result<Vec<(usize, f32)>, String>;
+
 /// Top-`k` (class index, probability) of each image under an EfficientNet checkpoint.
 /// Unreadable images give an `Err` in their slot; the rest are still classified.
-pub fn classify_images(weights: &Path, arch: &str, images: &[std::path::PathBuf], k: usize) -> Result<Vec<Result<Vec<(usize, f32)>, String>>, String> {
+pub fn classify_images(weights: &Path, arch: &str, images: &[std::path::PathBuf], k: usize) -> Result<Vec<ImageResult>, String> {
     use crate::efficientnet::{EfficientNet, EfficientNetConfig};
     use crate::images::{load_image_tensor, Normalisation};
     let cfg = EfficientNetConfig::by_name(arch).ok_or_else(|| format!("unknown architecture '{arch}' (b0..b7, l2, lite0..lite4)"))?;
@@ -140,5 +143,71 @@ pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Re
     if failed > 0 {
         return Err(format!("{failed} of {} images could not be read", images.len()));
     }
+    Ok(())
+}
+
+/// `align train`.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    config: &str,
+    data: &str,
+    steps: Option<u64>,
+    batch_size: Option<usize>,
+    lr: Option<f32>,
+    train_pairs: Option<usize>,
+    eval_every: Option<u64>,
+    out: &Path,
+    resume: bool,
+    seed: u64,
+) -> Result<(), String> {
+    use crate::train::TrainConfig;
+    let mut cfg = match config {
+        "tiny" => TrainConfig::tiny(),
+        "paper" => {
+            let cfg = TrainConfig::paper();
+            let image = crate::efficientnet::EfficientNetConfig::by_name("l2").expect("l2");
+            let text = crate::bert::BertConfig::large();
+            println!(
+                "paper configuration: EfficientNet-L2 at {} px ({:.1}M parameters, {}-d embeddings) + BERT-Large at {} tokens ({:.1}M), batch {}, {} steps",
+                cfg.resolution,
+                crate::efficientnet::count_parameters(&image) as f64 / 1e6,
+                image.feature_dim(),
+                cfg.max_tokens,
+                text.num_parameters() as f64 / 1e6,
+                cfg.batch_size,
+                cfg.steps
+            );
+            println!("(printed, not trained: it needs the paper's 1024 TPUv3 cores)");
+            return Ok(());
+        }
+        other => return Err(format!("unknown config '{other}' (tiny, paper)")),
+    };
+    if data != "builtin" {
+        return Err(format!("--data {data}: only the built-in corpus is supported so far"));
+    }
+    cfg.seed = seed;
+    if let Some(s) = steps {
+        cfg.steps = s;
+        cfg.warmup = cfg.warmup.min(s / 10 + 1);
+    }
+    if let Some(b) = batch_size {
+        cfg.batch_size = b.max(2);
+    }
+    if let Some(l) = lr {
+        cfg.lr = l;
+    }
+    if let Some(n) = train_pairs {
+        cfg.train_pairs = n;
+    }
+    if let Some(e) = eval_every {
+        cfg.eval_every = e;
+    }
+    let summary = crate::train::train(&cfg, out, resume, false).map_err(|e| e.to_string())?;
+    let m = &summary.held_out;
+    println!(
+        "held-out retrieval ({} pairs): image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} | text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} | temperature {:.4} | {:.0} s",
+        cfg.held_out, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10, summary.temperature, summary.wall_seconds
+    );
+    println!("run directory: {} (log.jsonl, checkpoint.safetensors, vocab.txt, filters.json, summary.json)", out.display());
     Ok(())
 }

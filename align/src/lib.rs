@@ -6,6 +6,9 @@
 
 pub mod bert;
 pub mod cli;
+pub mod data;
 pub mod demo;
 pub mod efficientnet;
+pub mod retrieval;
+pub mod train;
 pub mod images;

@@ -1,0 +1,309 @@
+//! Training data: the built-in synthetic image / alt-text corpus, ALIGN's frequency filters
+//! (SPEC.md "Data filtering"), and the image pipeline (resize, random crop, flip).
+//!
+//! The built-in corpus is generated deterministically from (seed, index): scenes of one or two
+//! objects (8 shapes x 8 colours, several sizes and positions) on textured backgrounds, rendered
+//! at varied sizes and aspect ratios, with alt-texts from varied templates plus the noise of
+//! real alt-text: boilerplate shared by many images, captions too short or too long, stray
+//! words and misspellings. The paper's filters then clean it exactly as they would clean web
+//! data, and report what each removed.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use tensor::{Result, Rng, Tensor};
+
+pub const SHAPES: [&str; 8] = ["circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar"];
+pub const COLOURS: [(&str, [u8; 3]); 8] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 170, 40]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [235, 215, 30]),
+    ("purple", [140, 40, 170]),
+    ("orange", [245, 130, 20]),
+    ("white", [245, 245, 245]),
+    ("black", [15, 15, 15]),
+];
+const SIZES: [&str; 3] = ["small", "medium", "large"];
+const BACKGROUNDS: [&str; 4] = ["grey", "striped", "dotted", "speckled"];
+const BOILERPLATE: [&str; 4] = ["IMG_0412.JPG", "1920x1080", "alt img", "photo by john smith"];
+
+/// One object of a scene.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub shape: usize,
+    pub colour: usize,
+    pub size: usize,
+    /// 0 = left, 1 = right half (used by two-object scenes and their captions)
+    pub side: usize,
+}
+
+/// A scene description: everything needed to render the image and write captions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scene {
+    pub objects: Vec<Object>,
+    pub background: usize,
+    pub width: u32,
+    pub height: u32,
+    pub seed: u64,
+}
+
+impl Scene {
+    /// The scene of example `index` in the stream `seed`.
+    pub fn generate(seed: u64, index: u64) -> Scene {
+        let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(index));
+        let two = rng.below(4) == 0;
+        let mut objects = vec![Object { shape: rng.below(8), colour: rng.below(8), size: rng.below(3), side: 0 }];
+        if two {
+            let mut second = Object { shape: rng.below(8), colour: rng.below(8), size: rng.below(3), side: 1 };
+            if second.colour == objects[0].colour && second.shape == objects[0].shape {
+                second.colour = (second.colour + 1) % 8;
+            }
+            objects.push(second);
+        }
+        // sizes: mostly fine, some too small or too elongated (the filters remove those)
+        let short = 150 + rng.below(300) as u32;
+        let aspect = if rng.below(20) == 0 { 3.2 } else { 1.0 + rng.next_f32() * 0.8 };
+        let long = (short as f32 * aspect) as u32;
+        let (width, height) = if rng.below(2) == 0 { (long, short) } else { (short, long) };
+        Scene { objects, background: rng.below(4), width, height, seed: rng.next_u64() }
+    }
+
+    fn describe(&self, o: &Object, with_size: bool) -> String {
+        let c = COLOURS[o.colour].0;
+        let s = SHAPES[o.shape];
+        if with_size {
+            format!("{} {c} {s}", SIZES[o.size])
+        } else {
+            format!("{c} {s}")
+        }
+    }
+
+    /// A clean descriptive caption (held-out evaluation uses these).
+    pub fn clean_caption(&self, variant: usize) -> String {
+        let a = self.describe(&self.objects[0], variant % 2 == 0);
+        match self.objects.get(1) {
+            None => match variant % 4 {
+                0 => format!("a {a} on a {} background", BACKGROUNDS[self.background]),
+                1 => format!("a photo of a {a}"),
+                2 => format!("{a} drawn on {} paper", BACKGROUNDS[self.background]),
+                _ => format!("picture of one {a}"),
+            },
+            Some(b) => {
+                let b = self.describe(b, variant % 2 == 0);
+                match variant % 3 {
+                    0 => format!("a {a} on the left and a {b} on the right"),
+                    1 => format!("a {a} next to a {b}"),
+                    _ => format!("two shapes: a {a} and a {b}"),
+                }
+            }
+        }
+    }
+
+    /// A web-like alt-text: a clean caption most of the time, otherwise the noise of real data.
+    pub fn alt_text(&self, rng: &mut Rng) -> String {
+        let clean = self.clean_caption(rng.below(12));
+        match rng.below(20) {
+            0 => BOILERPLATE[rng.below(BOILERPLATE.len())].to_string(),
+            1 => SHAPES[self.objects[0].shape].to_string(), // too short
+            2 => std::iter::repeat_n(clean.as_str(), 4).collect::<Vec<_>>().join(" and "), // too long
+            3 => format!("{clean} {}", ["wow", "nice", "cool", "lol"][rng.below(4)]),
+            4 => clean.replacen('e', "ee", 1), // misspelling
+            5 => format!("{clean} qzxv{}", rng.below(100_000)), // a rare token
+            _ => clean,
+        }
+    }
+
+    /// Renders the scene (RGB, row-major, width x height).
+    pub fn render(&self) -> image::RgbImage {
+        let (w, h) = (self.width, self.height);
+        let mut rng = Rng::new(self.seed);
+        let base = 90 + rng.below(80) as u8;
+        let mut img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = match self.background {
+                0 => base,
+                1 => base.saturating_add(if (x / 12) % 2 == 0 { 25 } else { 0 }),
+                2 => base.saturating_add(if x % 16 < 3 && y % 16 < 3 { 40 } else { 0 }),
+                _ => base.wrapping_add(((x.wrapping_mul(7919) ^ y.wrapping_mul(104729)) % 23) as u8),
+            };
+            image::Rgb([v, v, v])
+        });
+        let short = w.min(h) as f32;
+        let n = self.objects.len();
+        for o in &self.objects {
+            let radius = short * [0.12, 0.18, 0.26][o.size] / if n > 1 { 1.3 } else { 1.0 };
+            let (cx, cy) = if n == 1 {
+                (w as f32 * (0.35 + 0.3 * rng.next_f32()), h as f32 * (0.35 + 0.3 * rng.next_f32()))
+            } else {
+                (w as f32 * if o.side == 0 { 0.27 } else { 0.73 }, h as f32 * (0.4 + 0.2 * rng.next_f32()))
+            };
+            let colour = COLOURS[o.colour].1;
+            let (x0, x1) = ((cx - radius).max(0.0) as u32, ((cx + radius) as u32).min(w - 1));
+            let (y0, y1) = ((cy - radius).max(0.0) as u32, ((cy + radius) as u32).min(h - 1));
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    let (dx, dy) = ((x as f32 - cx) / radius, (y as f32 - cy) / radius);
+                    if inside(o.shape, dx, dy) {
+                        img.put_pixel(x, y, image::Rgb(colour));
+                    }
+                }
+            }
+        }
+        img
+    }
+}
+
+/// Is (dx, dy), in units of the object radius, inside the shape?
+fn inside(shape: usize, dx: f32, dy: f32) -> bool {
+    let r2 = dx * dx + dy * dy;
+    match shape {
+        0 => r2 <= 1.0,                                                   // circle
+        1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,                          // square
+        2 => dy <= 0.8 && dy >= -0.9 && dx.abs() <= (dy + 0.9) * 0.55,    // triangle
+        3 => dx.abs() + dy.abs() <= 1.0,                                  // diamond
+        4 => (dx.abs() <= 0.25 && dy.abs() <= 0.9) || (dy.abs() <= 0.25 && dx.abs() <= 0.9), // cross
+        5 => (0.45..=1.0).contains(&r2),                                  // ring
+        6 => {
+            // star: radius modulated by angle
+            let a = dy.atan2(dx);
+            r2.sqrt() <= 0.55 + 0.4 * (5.0 * a).cos().max(0.0)
+        }
+        _ => dx.abs() <= 1.0 && dy.abs() <= 0.3,                          // bar
+    }
+}
+
+/// One training pair after filtering: the scene index and its alt-text.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub index: u64,
+    pub text: String,
+}
+
+/// What each filter removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FilterReport {
+    pub input: usize,
+    pub image_too_small: usize,
+    pub image_aspect: usize,
+    pub text_shared_by_many: usize,
+    pub text_unigrams_out_of_range: usize,
+    pub text_rare_token: usize,
+    pub kept: usize,
+}
+
+/// ALIGN's filters over (width, height, alt-text) records; returns the kept indices.
+/// Image: shorter side > 200 px and aspect (long / short) < 3. Text: drop alt-texts shared by
+/// more than 10 images; keep 3..=20 unigrams; drop texts with a token outside the
+/// `vocab_keep` most frequent unigrams (or seen fewer than 5 times).
+pub fn apply_filters(records: &[(u32, u32, String)], vocab_keep: usize) -> (Vec<usize>, FilterReport) {
+    let mut report = FilterReport { input: records.len(), ..Default::default() };
+    let mut text_count: HashMap<&str, usize> = HashMap::new();
+    let mut unigram: HashMap<String, usize> = HashMap::new();
+    for (_, _, t) in records {
+        *text_count.entry(t.as_str()).or_insert(0) += 1;
+        for w in t.split_whitespace() {
+            *unigram.entry(w.to_lowercase()).or_insert(0) += 1;
+        }
+    }
+    let mut by_freq: Vec<(&String, &usize)> = unigram.iter().collect();
+    by_freq.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    // "Most frequent" also means frequent at all: a word seen fewer than 5 times is rare even
+    // when the corpus has fewer than `vocab_keep` distinct words.
+    let frequent: std::collections::HashSet<&str> =
+        by_freq.iter().take(vocab_keep).filter(|(_, &c)| c >= 5).map(|(w, _)| w.as_str()).collect();
+    let mut kept = vec![];
+    for (i, (w, h, t)) in records.iter().enumerate() {
+        let (short, long) = ((*w).min(*h), (*w).max(*h));
+        if short <= 200 {
+            report.image_too_small += 1;
+        } else if long as f32 / short as f32 >= 3.0 {
+            report.image_aspect += 1;
+        } else if text_count[t.as_str()] > 10 {
+            report.text_shared_by_many += 1;
+        } else if !(3..=20).contains(&t.split_whitespace().count()) {
+            report.text_unigrams_out_of_range += 1;
+        } else if t.split_whitespace().any(|w| !frequent.contains(w.to_lowercase().as_str())) {
+            report.text_rare_token += 1;
+        } else {
+            kept.push(i);
+        }
+    }
+    report.kept = kept.len();
+    (kept, report)
+}
+
+/// The built-in corpus: `train` filtered web-like pairs and `held_out` clean pairs from a
+/// disjoint index range.
+pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, Vec<Pair>, FilterReport) {
+    let records: Vec<(u32, u32, String)> = (0..train as u64)
+        .into_par_iter()
+        .map(|i| {
+            let s = Scene::generate(seed, i);
+            let mut rng = Rng::new(seed ^ (i.wrapping_mul(0x5851_F42D_4C95_7F2D)));
+            (s.width, s.height, s.alt_text(&mut rng))
+        })
+        .collect();
+    let (kept, report) = apply_filters(&records, 200);
+    let train_pairs = kept.into_iter().map(|i| Pair { index: i as u64, text: records[i].2.clone() }).collect();
+    let base = 1u64 << 40;
+    let held: Vec<Pair> = (0..held_out as u64)
+        .map(|i| {
+            let s = Scene::generate(seed, base + i);
+            Pair { index: base + i, text: s.clean_caption(i as usize) }
+        })
+        .collect();
+    (train_pairs, held, report)
+}
+
+/// Renders and preprocesses a batch of scenes: (N, res, res, 3) in [-1, 1]. Training crops
+/// randomly from an image resized to res * 346 / 289 and flips half the images (never when
+/// the caption names left or right); evaluation takes the centre crop.
+pub fn image_batch(seed: u64, pairs: &[&Pair], res: usize, train: bool, rng_seed: u64) -> Result<Tensor> {
+    let resize = (res * 346).div_ceil(289) as u32;
+    let per: Vec<Vec<f32>> = pairs
+        .par_iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let img = Scene::generate(seed, p.index).render();
+            let mut rng = Rng::new(rng_seed.wrapping_add(k as u64 * 7919));
+            let (w, h) = img.dimensions();
+            let (nw, nh) = if w <= h { (resize, (h as u64 * resize as u64 / w as u64) as u32) } else { ((w as u64 * resize as u64 / h as u64) as u32, resize) };
+            let small = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle);
+            let r = res as u32;
+            let (x0, y0) = if train { (rng.below((nw - r + 1) as usize) as u32, rng.below((nh - r + 1) as usize) as u32) } else { ((nw - r) / 2, (nh - r) / 2) };
+            let flip = train && rng.below(2) == 0 && !p.text.contains("left") && !p.text.contains("right");
+            let mut out = Vec::with_capacity(res * res * 3);
+            for y in 0..r {
+                for x in 0..r {
+                    let sx = if flip { x0 + r - 1 - x } else { x0 + x };
+                    let px = small.get_pixel(sx, y0 + y);
+                    out.extend(px.0.iter().map(|&v| v as f32 / 127.5 - 1.0));
+                }
+            }
+            out
+        })
+        .collect();
+    Tensor::from_vec(per.concat(), &[pairs.len(), res, res, 3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_is_deterministic_and_filters_count_each_rule() {
+        let (a, held, report) = builtin_corpus(1, 3000, 50);
+        let (b, _, _) = builtin_corpus(1, 3000, 50);
+        assert_eq!(a.iter().map(|p| &p.text).collect::<Vec<_>>(), b.iter().map(|p| &p.text).collect::<Vec<_>>());
+        assert_eq!(held.len(), 50);
+        assert!(report.image_too_small > 0 && report.image_aspect > 0, "{report:?}");
+        assert!(report.text_shared_by_many > 0 && report.text_unigrams_out_of_range > 0 && report.text_rare_token > 0, "{report:?}");
+        assert_eq!(report.kept + report.image_too_small + report.image_aspect + report.text_shared_by_many + report.text_unigrams_out_of_range + report.text_rare_token, report.input);
+        assert!(a.iter().all(|p| !p.text.contains("IMG_0412") && !p.text.contains("qzxv")));
+        let img = Scene::generate(1, 5).render();
+        assert_eq!(img.dimensions(), (Scene::generate(1, 5).width, Scene::generate(1, 5).height));
+        let batch = image_batch(1, &a.iter().take(3).collect::<Vec<_>>(), 32, true, 9).unwrap();
+        assert_eq!(batch.shape(), &[3, 32, 32, 3]);
+        assert!(batch.to_vec().iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+}

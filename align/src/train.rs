@@ -1,0 +1,381 @@
+//! ALIGN training, top to bottom (read it like llm.c's train_gpt2.c):
+//!
+//! 1. data: the built-in corpus is generated and cleaned by the paper's filters; a WordPiece
+//!    vocabulary is trained on the kept alt-texts; 1,000 clean pairs are held out;
+//! 2. model: EfficientNet image tower (pooled features, no head) and BERT text tower ([CLS] ->
+//!    Linear to the image width), both L2-normalised, plus one learnable temperature
+//!    sigma = exp(t), t = 0 at the start (sigma = 1.0, the paper's initialisation);
+//! 3. loss: the fused symmetric contrastive loss with label smoothing 0.1;
+//! 4. optimiser: LAMB, weight decay 1e-5 with biases and norms excluded, linear warm-up then
+//!    linear decay; the temperature has its own group with a larger learning rate (short CPU
+//!    runs cannot afford the paper's million steps for sigma to travel from 1 to ~1/64);
+//! 5. every step: a JSONL log line and a progress line (loss, sigma, lr, pairs/s, ETA);
+//!    checkpoints (atomic) every N steps and at the end; a non-finite loss stops the run with an
+//!    error and leaves the last good checkpoint; `resume` continues a run where it stopped;
+//! 6. at the end (and every `eval_every` steps): held-out retrieval, R@1/5/10 both ways.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use autograd::ops::contrastive::{contrastive_loss, l2_normalize};
+use autograd::{no_grad, Var};
+use nn::checkpoint::{load_checkpoint, save_checkpoint};
+use nn::optim::{clip_grad_norm, decay_groups, Lamb, Optimizer, ParamGroup};
+use nn::schedule::LrSchedule;
+use nn::{Ctx, Module};
+use tensor::{Result, Rng, Tensor, TensorError};
+use tokenizer::trainer::{train as train_vocab, write_vocab, TrainerOptions};
+use tokenizer::{BertOptions, EncodeOptions, Padding, WordPiece};
+
+use crate::bert::{BertConfig, TextTower, TokenBatch};
+use crate::data::{builtin_corpus, image_batch, FilterReport, Pair};
+use crate::efficientnet::{EfficientNet, EfficientNetConfig};
+use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
+
+/// Everything that defines a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainConfig {
+    pub image_arch: String,
+    pub resolution: usize,
+    pub text_arch: String,
+    pub max_tokens: usize,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub warmup: u64,
+    pub lr: f32,
+    pub temperature_lr_scale: f32,
+    pub weight_decay: f32,
+    pub clip_norm: Option<f32>,
+    pub train_pairs: usize,
+    pub held_out: usize,
+    pub vocab_size: usize,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub eval_every: u64,
+}
+
+impl TrainConfig {
+    /// The CPU default: EfficientNet-B0 at 64x64 + BERT-mini at 32 tokens, batch 64.
+    pub fn tiny() -> TrainConfig {
+        TrainConfig {
+            image_arch: "b0".into(),
+            resolution: 64,
+            text_arch: "mini".into(),
+            max_tokens: 32,
+            batch_size: 64,
+            steps: 400,
+            warmup: 40,
+            lr: 2e-3,
+            temperature_lr_scale: 20.0,
+            weight_decay: 1e-5,
+            clip_norm: Some(5.0),
+            train_pairs: 20_000,
+            held_out: 1000,
+            vocab_size: 400,
+            seed: 0,
+            checkpoint_every: 100,
+            eval_every: 0,
+        }
+    }
+
+    /// The paper's model: EfficientNet-L2 at 289 + BERT-Large at 64 tokens, batch 16384.
+    pub fn paper() -> TrainConfig {
+        TrainConfig {
+            image_arch: "l2".into(),
+            resolution: 289,
+            text_arch: "large".into(),
+            max_tokens: 64,
+            batch_size: 16384,
+            steps: 1_200_000,
+            warmup: 10_000,
+            lr: 1e-3,
+            temperature_lr_scale: 1.0,
+            weight_decay: 1e-5,
+            clip_norm: None,
+            vocab_size: 100_000,
+            ..TrainConfig::tiny()
+        }
+    }
+}
+
+/// The dual encoder.
+pub struct DualEncoder {
+    pub image: EfficientNet,
+    pub text: TextTower,
+    /// t = ln(sigma)
+    pub log_temperature: Var,
+}
+
+impl DualEncoder {
+    pub fn new(cfg: &TrainConfig, vocab_size: usize, rng: &mut Rng) -> Result<DualEncoder> {
+        let bad = |what: &str, name: &str| TensorError::Shape { op: "config", msg: format!("unknown {what} '{name}'") };
+        let mut icfg = EfficientNetConfig::by_name(&cfg.image_arch).ok_or_else(|| bad("image tower", &cfg.image_arch))?;
+        icfg.num_classes = 1; // the classifier is not used by ALIGN
+        let mut tcfg = BertConfig::by_name(&cfg.text_arch).ok_or_else(|| bad("text tower", &cfg.text_arch))?;
+        tcfg.vocab_size = vocab_size;
+        tcfg.max_position_embeddings = tcfg.max_position_embeddings.max(cfg.max_tokens);
+        let embed = icfg.feature_dim();
+        Ok(DualEncoder {
+            image: EfficientNet::new(icfg, rng),
+            text: TextTower::new(tcfg, embed, rng),
+            log_temperature: Var::parameter(Tensor::scalar(0.0)),
+        })
+    }
+
+    pub fn embed_images(&self, images: &Tensor, ctx: &mut Ctx) -> Result<Var> {
+        l2_normalize(&self.image.features(&Var::constant(images.clone()), ctx)?, 1e-12)
+    }
+
+    pub fn embed_texts(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
+        l2_normalize(&self.text.forward(tokens, ctx)?, 1e-12)
+    }
+
+    pub fn temperature(&self) -> f32 {
+        self.log_temperature.value().item().map(f32::exp).unwrap_or(f32::NAN)
+    }
+}
+
+impl Module for DualEncoder {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        // The image head conv / classifier get no gradient in ALIGN; they are left out.
+        let tower = nn::module::join(prefix, "image_tower");
+        let head: Vec<String> = ["_conv_head.weight", "_bn1.weight", "_bn1.bias", "_fc.weight", "_fc.bias"].iter().map(|n| nn::module::join(&tower, n)).collect();
+        let mut img = vec![];
+        self.image.parameters(&tower, &mut img);
+        out.extend(img.into_iter().filter(|(n, _)| !head.contains(n)));
+        self.text.parameters(&nn::module::join(prefix, "text_tower"), out);
+        out.push((nn::module::join(prefix, "log_temperature"), self.log_temperature.clone()));
+    }
+    fn buffers(&self, prefix: &str, out: &mut Vec<(String, nn::Buffer)>) {
+        self.image.buffers(&nn::module::join(prefix, "image_tower"), out);
+    }
+}
+
+/// Tokenises captions to a padded batch.
+pub fn token_batch(tok: &WordPiece, texts: &[&str], max_tokens: usize) -> Result<TokenBatch> {
+    let encs = tok.encode_batch(texts, &EncodeOptions { max_len: Some(max_tokens), padding: Padding::Longest, ..Default::default() });
+    TokenBatch::from_encodings(&encs)
+}
+
+/// Held-out retrieval of a model.
+pub fn evaluate(model: &DualEncoder, tok: &WordPiece, cfg: &TrainConfig, held: &[Pair]) -> Result<RetrievalMetrics> {
+    let mut img_emb = vec![];
+    let mut txt_emb = vec![];
+    no_grad(|| -> Result<()> {
+        for chunk in held.chunks(100) {
+            let refs: Vec<&Pair> = chunk.iter().collect();
+            let images = image_batch(cfg.seed, &refs, cfg.resolution, false, 0)?;
+            img_emb.extend(model.embed_images(&images, &mut Ctx::eval())?.value().to_vec());
+            let texts: Vec<&str> = chunk.iter().map(|p| p.text.as_str()).collect();
+            txt_emb.extend(model.embed_texts(&token_batch(tok, &texts, cfg.max_tokens)?, &mut Ctx::eval())?.value().to_vec());
+        }
+        Ok(())
+    })?;
+    let n = held.len();
+    let d = img_emb.len() / n.max(1);
+    let a = Tensor::from_vec(img_emb, &[n, d])?;
+    let b = Tensor::from_vec(txt_emb, &[n, d])?;
+    let sim = a.matmul(&b.t()?)?;
+    let owners: Vec<usize> = (0..n).collect();
+    Ok(retrieval_metrics(&sim.to_vec(), n, n, &owners))
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub final_loss: f32,
+    pub temperature: f32,
+    pub wall_seconds: f64,
+    pub filters: FilterReport,
+    pub held_out: RetrievalMetrics,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TensorError + '_ {
+    move |source| TensorError::Io { path: path.to_path_buf(), source }
+}
+
+/// Trains (or resumes) a run in `out_dir`.
+pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Result<TrainSummary> {
+    let started = Instant::now();
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    // 1. data
+    let (train_pairs, held, filters) = builtin_corpus(cfg.seed, cfg.train_pairs, cfg.held_out);
+    if train_pairs.len() < cfg.batch_size {
+        return Err(TensorError::Shape { op: "train", msg: format!("only {} pairs survive the filters", train_pairs.len()) });
+    }
+    let vocab_path = out_dir.join("vocab.txt");
+    let vocab = if resume && vocab_path.exists() {
+        std::fs::read_to_string(&vocab_path).map_err(io_err(&vocab_path))?.lines().map(String::from).collect()
+    } else {
+        let v = train_vocab(train_pairs.iter().map(|p| p.text.as_str()), &TrainerOptions { vocab_size: cfg.vocab_size, ..Default::default() });
+        write_vocab(&vocab_path, &v).map_err(io_err(&vocab_path))?;
+        v
+    };
+    let tok = WordPiece::from_tokens(vocab, BertOptions::default()).map_err(|e| TensorError::Shape { op: "vocabulary", msg: e.to_string() })?;
+    std::fs::write(out_dir.join("filters.json"), serde_json::to_string_pretty(&filters).expect("json")).map_err(io_err(out_dir))?;
+    if !quiet {
+        eprintln!(
+            "data: {} alt-texts in, {} kept (small image {}, aspect {}, shared text {}, length {}, rare token {}); vocabulary {}",
+            filters.input, filters.kept, filters.image_too_small, filters.image_aspect, filters.text_shared_by_many,
+            filters.text_unigrams_out_of_range, filters.text_rare_token, tok.vocab_size()
+        );
+    }
+    // 2. model and 4. optimiser
+    let mut rng = Rng::new(cfg.seed);
+    let model = DualEncoder::new(cfg, tok.vocab_size(), &mut rng)?;
+    let params: Vec<(String, Var)> = model.named_parameters().into_iter().filter(|(n, _)| n != "log_temperature").collect();
+    let mut groups = decay_groups(params, cfg.lr, cfg.weight_decay);
+    groups.push(ParamGroup { params: vec![("log_temperature".into(), model.log_temperature.clone())], lr: cfg.lr * cfg.temperature_lr_scale, weight_decay: 0.0, no_trust_ratio: true });
+    let mut opt = Lamb::new(groups);
+    let schedule = LrSchedule::WarmupLinear { peak: cfg.lr, warmup: cfg.warmup, total: cfg.steps, end: 0.0 };
+    let ckpt = out_dir.join("checkpoint.safetensors");
+    let mut start = 0;
+    let mut data_rng = Rng::new(cfg.seed ^ 0xDA7A);
+    if resume && ckpt.exists() {
+        let r = load_checkpoint(&ckpt, &model, &mut opt)?;
+        start = r.step;
+        data_rng = r.rng;
+        if !quiet {
+            eprintln!("resumed from {} at step {start}", ckpt.display());
+        }
+    }
+    let log_path = out_dir.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let n_params: usize = model.named_parameters().iter().map(|(_, p)| p.value().numel()).sum();
+    if !quiet {
+        eprintln!("model: {} + {} ({:.1}M trained parameters), batch {}, {} steps", cfg.image_arch, cfg.text_arch, n_params as f64 / 1e6, cfg.batch_size, cfg.steps);
+    }
+    let mut order: Vec<usize> = (0..train_pairs.len()).collect();
+    let mut cursor = order.len(); // forces a shuffle on the first batch
+    let mut last_loss = f32::NAN;
+    let loop_start = Instant::now();
+    let meta = BTreeMap::from([("config".to_string(), serde_json::to_string(cfg).expect("json"))]);
+    for step in start..cfg.steps {
+        // batch of pairs, epochs reshuffled
+        let mut batch: Vec<&Pair> = Vec::with_capacity(cfg.batch_size);
+        while batch.len() < cfg.batch_size {
+            if cursor == order.len() {
+                data_rng.shuffle(&mut order);
+                cursor = 0;
+            }
+            batch.push(&train_pairs[order[cursor]]);
+            cursor += 1;
+        }
+        let images = image_batch(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
+        let texts: Vec<&str> = batch.iter().map(|p| p.text.as_str()).collect();
+        let tokens = token_batch(&tok, &texts, cfg.max_tokens)?;
+        // 3. forward, loss, backward
+        let mut ctx = Ctx { training: true, rng: Rng::new(data_rng.next_u64()) };
+        let x = model.embed_images(&images, &mut ctx)?;
+        let y = model.embed_texts(&tokens, &mut ctx)?;
+        let loss = contrastive_loss(&x, &y, &model.log_temperature, 0.1)?;
+        let loss_value = loss.value().item()?;
+        if !loss_value.is_finite() {
+            return Err(TensorError::Shape { op: "train", msg: format!("non-finite loss at step {step}; the last good checkpoint is {}", ckpt.display()) });
+        }
+        loss.backward()?;
+        if let Some(c) = cfg.clip_norm {
+            clip_grad_norm(&model.named_parameters(), c);
+        }
+        let lr = schedule.lr_at(step);
+        let n_groups = opt.groups_mut().len();
+        for (i, g) in opt.groups_mut().iter_mut().enumerate() {
+            g.lr = if i + 1 == n_groups { lr * cfg.temperature_lr_scale } else { lr };
+        }
+        opt.step()?;
+        opt.zero_grad();
+        last_loss = loss_value;
+        // 5. logging and checkpoints
+        let done = step + 1 - start;
+        let elapsed = loop_start.elapsed().as_secs_f64();
+        let pairs_per_s = (done as usize * cfg.batch_size) as f64 / elapsed;
+        let eta = elapsed / done as f64 * (cfg.steps - step - 1) as f64;
+        let line = serde_json::json!({"step": step + 1, "loss": loss_value, "temperature": model.temperature(), "lr": lr, "pairs_per_s": pairs_per_s, "elapsed_s": started.elapsed().as_secs_f64()});
+        writeln!(log, "{line}").map_err(io_err(&log_path))?;
+        if !quiet {
+            eprint!("\rstep {:>6}/{} loss {loss_value:.4} temp {:.4} lr {lr:.2e} {pairs_per_s:.1} pairs/s ETA {:.0}s   ", step + 1, cfg.steps, model.temperature(), eta);
+        }
+        if (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == cfg.steps {
+            save_checkpoint(&ckpt, &model, &opt, step + 1, &data_rng, &meta)?;
+        }
+        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != cfg.steps {
+            let m = evaluate(&model, &tok, cfg, &held)?;
+            if !quiet {
+                eprintln!("\n  held-out: i2t R@1/5/10 {:.3}/{:.3}/{:.3}  t2i {:.3}/{:.3}/{:.3}", m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10);
+            }
+        }
+    }
+    if !quiet {
+        eprintln!();
+    }
+    // 6. held-out retrieval
+    let metrics = evaluate(&model, &tok, cfg, &held)?;
+    let summary = TrainSummary {
+        steps: cfg.steps,
+        final_loss: last_loss,
+        temperature: model.temperature(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        filters,
+        held_out: metrics,
+    };
+    let p: PathBuf = out_dir.join("summary.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&summary).expect("json")).map_err(io_err(&p))?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> TrainConfig {
+        TrainConfig {
+            image_arch: "tiny".into(),
+            resolution: 32,
+            text_arch: "tiny".into(),
+            max_tokens: 16,
+            batch_size: 8,
+            steps: 4,
+            warmup: 1,
+            train_pairs: 600,
+            held_out: 20,
+            vocab_size: 120,
+            checkpoint_every: 2,
+            ..TrainConfig::tiny()
+        }
+    }
+
+    #[test]
+    fn a_short_run_logs_checkpoints_evaluates_and_resumes() {
+        let dir = std::env::temp_dir().join(format!("align-train-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = small();
+        let s = train(&cfg, &dir, false, true).unwrap();
+        assert!(s.final_loss.is_finite());
+        assert!(s.held_out.i2t_r10 >= 0.0 && s.held_out.i2t_r10 <= 1.0);
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 4);
+        for f in ["checkpoint.safetensors", "vocab.txt", "filters.json", "summary.json"] {
+            assert!(dir.join(f).exists(), "{f} missing");
+        }
+        // resume to 6 steps: the log continues at step 5
+        let more = TrainConfig { steps: 6, ..cfg };
+        train(&more, &dir, true, true).unwrap();
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn dual_encoder_names_and_temperature_start() {
+        let m = DualEncoder::new(&small(), 120, &mut Rng::new(0)).unwrap();
+        assert!((m.temperature() - 1.0).abs() < 1e-6, "sigma starts at 1.0");
+        let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"text_tower.bert.embeddings.word_embeddings.weight".to_string()));
+        assert!(names.contains(&"image_tower._blocks.0._bn1.weight".to_string()));
+        assert!(!names.iter().any(|n| n.contains("_conv_head") || n.contains("_fc.")));
+        assert!(names.contains(&"log_temperature".to_string()));
+    }
+}
