@@ -81,7 +81,7 @@ impl Scene {
 
     /// A clean descriptive caption (held-out evaluation uses these).
     pub fn clean_caption(&self, variant: usize) -> String {
-        let a = self.describe(&self.objects[0], variant % 2 == 0);
+        let a = self.describe(&self.objects[0], variant.is_multiple_of(2));
         match self.objects.get(1) {
             None => match variant % 4 {
                 0 => format!("a {a} on a {} background", BACKGROUNDS[self.background]),
@@ -90,7 +90,7 @@ impl Scene {
                 _ => format!("picture of one {a}"),
             },
             Some(b) => {
-                let b = self.describe(b, variant % 2 == 0);
+                let b = self.describe(b, variant.is_multiple_of(2));
                 match variant % 3 {
                     0 => format!("a {a} on the left and a {b} on the right"),
                     1 => format!("a {a} next to a {b}"),
@@ -159,7 +159,7 @@ fn inside(shape: usize, dx: f32, dy: f32) -> bool {
     match shape {
         0 => r2 <= 1.0,                                                   // circle
         1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,                          // square
-        2 => dy <= 0.8 && dy >= -0.9 && dx.abs() <= (dy + 0.9) * 0.55,    // triangle
+        2 => (-0.9..=0.8).contains(&dy) && dx.abs() <= (dy + 0.9) * 0.55, // triangle
         3 => dx.abs() + dy.abs() <= 1.0,                                  // diamond
         4 => (dx.abs() <= 0.25 && dy.abs() <= 0.9) || (dy.abs() <= 0.25 && dx.abs() <= 0.9), // cross
         5 => (0.45..=1.0).contains(&r2),                                  // ring
