@@ -57,6 +57,9 @@ pub struct EfficientNetConfig {
     pub lite: bool,
     pub num_classes: usize,
     pub stages: Vec<StageArgs>,
+    /// Batch-norm momentum in PyTorch's convention (TF's decay 0.99 = 0.01 here). Short runs
+    /// use a larger value so the running statistics used at evaluation catch up.
+    pub bn_momentum: f32,
 }
 
 impl EfficientNetConfig {
@@ -71,6 +74,7 @@ impl EfficientNetConfig {
             lite,
             num_classes: 1000,
             stages: B0_STAGES.to_vec(),
+            bn_momentum: BN_MOMENTUM,
         }
     }
 
@@ -233,12 +237,12 @@ impl EfficientNet {
             .map(|(i, &(k, s, e, cin, cout))| {
                 let mid = cin * e;
                 MBConv {
-                    expand: (e != 1).then(|| (Conv2d::new(cin, mid, 1, 1, Padding::Same, false, rng), BatchNorm2d::new(mid, BN_MOMENTUM, BN_EPS))),
+                    expand: (e != 1).then(|| (Conv2d::new(cin, mid, 1, 1, Padding::Same, false, rng), BatchNorm2d::new(mid, config.bn_momentum, BN_EPS))),
                     depthwise: DepthwiseConv2d::new(mid, k, s, Padding::Same, rng),
-                    bn_depthwise: BatchNorm2d::new(mid, BN_MOMENTUM, BN_EPS),
+                    bn_depthwise: BatchNorm2d::new(mid, config.bn_momentum, BN_EPS),
                     se: (!config.lite).then(|| SqueezeExcite::new(mid, ((cin as f32 * 0.25) as usize).max(1), act, rng)),
                     project: Conv2d::new(mid, cout, 1, 1, Padding::Same, false, rng),
-                    bn_project: BatchNorm2d::new(cout, BN_MOMENTUM, BN_EPS),
+                    bn_project: BatchNorm2d::new(cout, config.bn_momentum, BN_EPS),
                     act,
                     residual: s == 1 && cin == cout,
                     // linearly increasing rate: 0.2 * block_index / num_blocks
@@ -250,10 +254,10 @@ impl EfficientNet {
         let head_c = config.head_channels();
         EfficientNet {
             stem: Conv2d::new(3, stem_c, 3, 2, Padding::Same, false, rng),
-            bn_stem: BatchNorm2d::new(stem_c, BN_MOMENTUM, BN_EPS),
+            bn_stem: BatchNorm2d::new(stem_c, config.bn_momentum, BN_EPS),
             blocks,
             head: Conv2d::new(feat, head_c, 1, 1, Padding::Same, false, rng),
-            bn_head: BatchNorm2d::new(head_c, BN_MOMENTUM, BN_EPS),
+            bn_head: BatchNorm2d::new(head_c, config.bn_momentum, BN_EPS),
             dropout: Dropout { p: config.dropout },
             classifier: Linear::new(head_c, config.num_classes, true, rng),
             act,

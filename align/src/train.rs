@@ -54,6 +54,8 @@ pub struct TrainConfig {
     pub seed: u64,
     pub checkpoint_every: u64,
     pub eval_every: u64,
+    /// Batch-norm momentum of the image tower (PyTorch convention; TF's 0.99 is 0.01).
+    pub bn_momentum: f32,
 }
 
 impl TrainConfig {
@@ -77,6 +79,8 @@ impl TrainConfig {
             seed: 0,
             checkpoint_every: 100,
             eval_every: 0,
+            // a few hundred steps: running statistics must catch up quickly
+            bn_momentum: 0.1,
         }
     }
 
@@ -95,6 +99,7 @@ impl TrainConfig {
             weight_decay: 1e-5,
             clip_norm: None,
             vocab_size: 100_000,
+            bn_momentum: 0.01,
             ..TrainConfig::tiny()
         }
     }
@@ -113,6 +118,7 @@ impl DualEncoder {
         let bad = |what: &str, name: &str| TensorError::Shape { op: "config", msg: format!("unknown {what} '{name}'") };
         let mut icfg = EfficientNetConfig::by_name(&cfg.image_arch).ok_or_else(|| bad("image tower", &cfg.image_arch))?;
         icfg.num_classes = 1; // the classifier is not used by ALIGN
+        icfg.bn_momentum = cfg.bn_momentum;
         let mut tcfg = BertConfig::by_name(&cfg.text_arch).ok_or_else(|| bad("text tower", &cfg.text_arch))?;
         tcfg.vocab_size = vocab_size;
         tcfg.max_position_embeddings = tcfg.max_position_embeddings.max(cfg.max_tokens);
