@@ -202,7 +202,12 @@ pub fn train(
     if let Some(e) = eval_every {
         cfg.eval_every = e;
     }
+    crate::train::install_interrupt_handler();
     let summary = crate::train::train(&cfg, out, resume, false).map_err(|e| e.to_string())?;
+    if summary.interrupted {
+        println!("stopped at step {} of {}; resume with: align train --resume --out {}", summary.steps, cfg.steps, out.display());
+        return Ok(());
+    }
     let m = &summary.held_out;
     println!(
         "held-out retrieval ({} pairs): image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} | text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} | temperature {:.4} | {:.0} s",

@@ -188,6 +188,20 @@ pub fn evaluate(model: &DualEncoder, tok: &WordPiece, cfg: &TrainConfig, held: &
     Ok(retrieval_metrics(&sim.to_vec(), n, n, &owners))
 }
 
+/// Set by Ctrl-C (see [`install_interrupt_handler`]); the training loop checks it every step,
+/// writes a checkpoint and stops cleanly.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes Ctrl-C request a clean stop (checkpoint, then exit) instead of killing the process.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // a second Ctrl-C while the checkpoint is written: give up immediately
+            std::process::exit(130);
+        }
+    });
+}
+
 /// What a finished run reports.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainSummary {
@@ -195,6 +209,8 @@ pub struct TrainSummary {
     pub final_loss: f32,
     pub temperature: f32,
     pub wall_seconds: f64,
+    /// True when Ctrl-C stopped the run early (a checkpoint was written; `--resume` continues).
+    pub interrupted: bool,
     pub filters: FilterReport,
     pub held_out: RetrievalMetrics,
 }
@@ -259,7 +275,17 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     let mut last_loss = f32::NAN;
     let loop_start = Instant::now();
     let meta = BTreeMap::from([("config".to_string(), serde_json::to_string(cfg).expect("json"))]);
+    let mut interrupted = false;
+    let mut steps_done = start;
     for step in start..cfg.steps {
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            save_checkpoint(&ckpt, &model, &opt, step, &data_rng, &meta)?;
+            if !quiet {
+                eprintln!("\ninterrupted: checkpoint at step {step} written to {}; continue with --resume", ckpt.display());
+            }
+            interrupted = true;
+            break;
+        }
         // batch of pairs, epochs reshuffled
         let mut batch: Vec<&Pair> = Vec::with_capacity(cfg.batch_size);
         while batch.len() < cfg.batch_size {
@@ -294,6 +320,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         opt.step()?;
         opt.zero_grad();
         last_loss = loss_value;
+        steps_done = step + 1;
         // 5. logging and checkpoints
         let done = step + 1 - start;
         let elapsed = loop_start.elapsed().as_secs_f64();
@@ -317,10 +344,11 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     if !quiet {
         eprintln!();
     }
-    // 6. held-out retrieval
-    let metrics = evaluate(&model, &tok, cfg, &held)?;
+    // 6. held-out retrieval (skipped when interrupted: the user asked to stop)
+    let metrics = if interrupted { RetrievalMetrics::default() } else { evaluate(&model, &tok, cfg, &held)? };
     let summary = TrainSummary {
-        steps: cfg.steps,
+        steps: steps_done,
+        interrupted,
         final_loss: last_loss,
         temperature: model.temperature(),
         wall_seconds: started.elapsed().as_secs_f64(),
