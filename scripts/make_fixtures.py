@@ -10,7 +10,7 @@ CI never needs torch. Run one group or all of them:
     python3 scripts/make_fixtures.py [group ...]
 
 Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
-efficientnet_train, contrastive
+efficientnet_train, contrastive, dual_encoder_lamb
 """
 import json
 import os
@@ -521,7 +521,121 @@ def contrastive():
         "grad.log_temperature": np.array(T.grad.item(), dtype=np.float32)})
 
 
-GROUPS = {"contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def dual_encoder_lamb():
+    """Three LAMB steps of a micro dual encoder: image tower = stem + 2 SE MBConv blocks of the
+    efficientnet_train model, pooled (no head); text tower = 1-layer BERT (hidden 16) with [CLS] ->
+    Linear(16, 24); both L2-normalised; contrastive loss (label smoothing 0.1) with learnable
+    t = ln(sigma) from 0. LAMB per SPEC (lr 1e-2, wd 1e-5; rank <= 1 parameters excluded from decay
+    and trust ratio), written in plain torch. Records the loss of each step."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertModel
+
+    g = np.random.default_rng(77)
+    P = {}
+
+    def add(name, shape, scale=0.3, offset=0.0):
+        P[name] = (offset + g.standard_normal(shape) * scale).astype(np.float32)
+
+    def bn(prefix, c):
+        add(prefix + ".weight", (c,), 0.1, 1.0)
+        add(prefix + ".bias", (c,), 0.1)
+
+    it = "image_tower."
+    add(it + "_conv_stem.weight", (3, 3, 3, 32)); bn(it + "_bn0", 32)
+    add(it + "_blocks.0._depthwise_conv.weight", (3, 3, 32)); bn(it + "_blocks.0._bn1", 32)
+    add(it + "_blocks.0._se_reduce.weight", (8, 32)); add(it + "_blocks.0._se_reduce.bias", (8,), 0.1)
+    add(it + "_blocks.0._se_expand.weight", (32, 8)); add(it + "_blocks.0._se_expand.bias", (32,), 0.1)
+    add(it + "_blocks.0._project_conv.weight", (1, 1, 32, 16)); bn(it + "_blocks.0._bn2", 16)
+    add(it + "_blocks.1._expand_conv.weight", (1, 1, 16, 96)); bn(it + "_blocks.1._bn0", 96)
+    add(it + "_blocks.1._depthwise_conv.weight", (5, 5, 96)); bn(it + "_blocks.1._bn1", 96)
+    add(it + "_blocks.1._se_reduce.weight", (4, 96)); add(it + "_blocks.1._se_reduce.bias", (4,), 0.1)
+    add(it + "_blocks.1._se_expand.weight", (96, 4)); add(it + "_blocks.1._se_expand.bias", (96,), 0.1)
+    add(it + "_blocks.1._project_conv.weight", (1, 1, 96, 24)); bn(it + "_blocks.1._bn2", 24)
+
+    torch.manual_seed(3)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    bert = BertModel(cfg, add_pooling_layer=False)
+    for n, p in bert.named_parameters():
+        P["text_tower.bert." + n] = p.detach().numpy().copy()
+    add("text_tower.text_projection.weight", (24, 16), 0.3); add("text_tower.text_projection.bias", (24,), 0.1)
+    P["log_temperature"] = np.array(0.0, dtype=np.float32)
+    T = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in P.items()}
+    bert = bert.double()
+    images = g.standard_normal((4, 32, 32, 3)).astype(np.float32)
+    ids = g.integers(5, 50, size=(4, 6)).astype(np.int64)
+    ids[:, 0] = 2
+    mask = np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 6, [1] * 3 + [0] * 3], dtype=np.int64)
+
+    def conv(x, w_hwio, stride):
+        w = w_hwio.permute(3, 2, 0, 1)
+        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride)
+
+    def dwconv(x, w_hwc, stride):
+        w = w_hwc.permute(2, 0, 1)[:, None]
+        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride, groups=w.shape[0])
+
+    def bnf(x, p):
+        return F.batch_norm(x, None, None, T[p + ".weight"], T[p + ".bias"], training=True, eps=1e-3)
+
+    def se(x, p):
+        s = x.mean(dim=(2, 3))
+        s = F.silu(s @ T[p + "._se_reduce.weight"].T + T[p + "._se_reduce.bias"])
+        s = torch.sigmoid(s @ T[p + "._se_expand.weight"].T + T[p + "._se_expand.bias"])
+        return x * s[:, :, None, None]
+
+    def image_embed():
+        x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
+        x = F.silu(bnf(conv(x, T[it + "_conv_stem.weight"], 2), it + "_bn0"))
+        h = F.silu(bnf(dwconv(x, T[it + "_blocks.0._depthwise_conv.weight"], 1), it + "_blocks.0._bn1"))
+        x = bnf(conv(se(h, it + "_blocks.0"), T[it + "_blocks.0._project_conv.weight"], 1), it + "_blocks.0._bn2")
+        h = F.silu(bnf(conv(x, T[it + "_blocks.1._expand_conv.weight"], 1), it + "_blocks.1._bn0"))
+        h = F.silu(bnf(dwconv(h, T[it + "_blocks.1._depthwise_conv.weight"], 2), it + "_blocks.1._bn1"))
+        x = bnf(conv(se(h, it + "_blocks.1"), T[it + "_blocks.1._project_conv.weight"], 1), it + "_blocks.1._bn2")
+        return F.normalize(x.mean(dim=(2, 3)), dim=-1)
+
+    def text_embed():
+        params = {n[len("text_tower.bert."):]: T[n] for n in T if n.startswith("text_tower.bert.")}
+        out = torch.func.functional_call(bert, params, (torch.tensor(ids),), {"attention_mask": torch.tensor(mask)})
+        cls = out.last_hidden_state[:, 0]
+        return F.normalize(cls @ T["text_tower.text_projection.weight"].T + T["text_tower.text_projection.bias"], dim=-1)
+
+    def loss_fn():
+        x, y = image_embed(), text_embed()
+        logits = x @ y.T / torch.exp(T["log_temperature"])
+        labels = torch.arange(4)
+        return F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.T, labels, label_smoothing=0.1)
+
+    m = {k: torch.zeros_like(v) for k, v in T.items()}
+    v = {k: torch.zeros_like(v) for k, v in T.items()}
+    lr, wd, b1, b2, eps = 1e-2, 1e-5, 0.9, 0.999, 1e-6
+    out = {"images": images, "ids": ids, "mask": mask}
+    out.update({"param." + k: val for k, val in P.items()})
+    for step in range(1, 4):
+        for p in T.values():
+            p.grad = None
+        loss = loss_fn()
+        loss.backward()
+        out[f"loss{step - 1}"] = np.array([loss.item()], dtype=np.float32)
+        with torch.no_grad():
+            for k, w in T.items():
+                gr = w.grad if w.grad is not None else torch.zeros_like(w)
+                excluded = w.dim() < 2
+                m[k] = b1 * m[k] + (1 - b1) * gr
+                v[k] = b2 * v[k] + (1 - b2) * gr * gr
+                u = (m[k] / (1 - b1 ** step)) / ((v[k] / (1 - b2 ** step)).sqrt() + eps) + (0.0 if excluded else wd) * w
+                r = 1.0
+                if not excluded:
+                    wn, un = w.norm().item(), u.norm().item()
+                    r = wn / un if wn > 0 and un > 0 else 1.0
+                w.sub_(lr * r * u)
+    save_fixture("dual_encoder_lamb.safetensors", out)
+    print("losses", [out[f"loss{i}"][0] for i in range(3)])
+
+
+GROUPS = {"dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)
