@@ -182,9 +182,10 @@ pub fn train(
         }
         other => return Err(format!("unknown config '{other}' (tiny, paper)")),
     };
-    if data != "builtin" {
-        return Err(format!("--data {data}: only the built-in corpus is supported so far"));
+    if data != "builtin" && !Path::new(data).is_file() {
+        return Err(format!("--data {data}: not `builtin` and not a manifest file (.tsv / .csv / .jsonl)"));
     }
+    cfg.data = data.to_string();
     cfg.seed = seed;
     if let Some(s) = steps {
         cfg.steps = s;

@@ -172,11 +172,92 @@ fn inside(shape: usize, dx: f32, dy: f32) -> bool {
     }
 }
 
-/// One training pair after filtering: the scene index and its alt-text.
+/// One training pair after filtering: where its image comes from, and its alt-text.
 #[derive(Clone, Debug)]
 pub struct Pair {
+    /// Built-in scene index (when `file` is None).
     pub index: u64,
+    /// Image file of a manifest record.
+    pub file: Option<std::path::PathBuf>,
     pub text: String,
+}
+
+/// Records skipped while reading a manifest or decoding its images, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SkipReport {
+    pub malformed_line: usize,
+    pub non_utf8_caption: usize,
+    pub empty_caption: usize,
+    pub missing_image: usize,
+    pub empty_file: usize,
+    pub corrupt_image: usize,
+}
+
+impl SkipReport {
+    pub fn total(&self) -> usize {
+        self.malformed_line + self.non_utf8_caption + self.empty_caption + self.missing_image + self.empty_file + self.corrupt_image
+    }
+}
+
+/// One readable manifest record: image width, height, alt-text, image file.
+pub type ManifestRecord = (u32, u32, String, std::path::PathBuf);
+
+/// Reads a manifest of (image path, alt-text) records, the layout of Conceptual Captions:
+/// `.tsv` (path TAB caption), `.csv` (path,caption; the caption may be double-quoted) or
+/// `.jsonl` ({"image": path, "caption": text}; "url"/"text" are accepted too). Relative paths
+/// are resolved against the manifest's folder. Bad records are counted, never fatal; image
+/// headers are read for the size filter (a file whose header cannot be read is corrupt).
+/// Returns (records as (width, height, caption, path), skips).
+pub fn read_manifest(path: &std::path::Path) -> Result<(Vec<ManifestRecord>, SkipReport)> {
+    let bytes = std::fs::read(path).map_err(|source| tensor::TensorError::Io { path: path.to_path_buf(), source })?;
+    let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let mut skips = SkipReport::default();
+    let mut records = vec![];
+    for raw in bytes.split(|&b| b == b'\n') {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(raw) else {
+            skips.non_utf8_caption += 1;
+            continue;
+        };
+        let parsed: Option<(String, String)> = match ext.as_str() {
+            "jsonl" | "json" => serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
+                let img = v.get("image").or_else(|| v.get("url")).and_then(|x| x.as_str())?.to_string();
+                let cap = v.get("caption").or_else(|| v.get("text")).and_then(|x| x.as_str()).unwrap_or("").to_string();
+                Some((img, cap))
+            }),
+            "csv" => line.split_once(',').map(|(a, b)| (a.trim().to_string(), b.trim().trim_matches('"').to_string())),
+            _ => line.split_once('\t').map(|(a, b)| (a.trim().to_string(), b.trim().to_string())),
+        };
+        let Some((img, caption)) = parsed else {
+            skips.malformed_line += 1;
+            continue;
+        };
+        if caption.trim().is_empty() {
+            skips.empty_caption += 1;
+            continue;
+        }
+        let file = if std::path::Path::new(&img).is_absolute() { std::path::PathBuf::from(&img) } else { base.join(&img) };
+        match std::fs::metadata(&file) {
+            Err(_) => {
+                skips.missing_image += 1;
+                continue;
+            }
+            Ok(m) if m.len() == 0 => {
+                skips.empty_file += 1;
+                continue;
+            }
+            Ok(_) => {}
+        }
+        match image::image_dimensions(&file) {
+            Ok((w, h)) => records.push((w, h, caption, file)),
+            Err(_) => skips.corrupt_image += 1,
+        }
+    }
+    Ok((records, skips))
 }
 
 /// What each filter removed.
@@ -194,8 +275,8 @@ pub struct FilterReport {
 /// ALIGN's filters over (width, height, alt-text) records; returns the kept indices.
 /// Image: shorter side > 200 px and aspect (long / short) < 3. Text: drop alt-texts shared by
 /// more than 10 images; keep 3..=20 unigrams; drop texts with a token outside the
-/// `vocab_keep` most frequent unigrams (or seen fewer than 5 times).
-pub fn apply_filters(records: &[(u32, u32, String)], vocab_keep: usize) -> (Vec<usize>, FilterReport) {
+/// `vocab_keep` most frequent unigrams (or seen fewer than `min_count` times).
+pub fn apply_filters(records: &[(u32, u32, String)], vocab_keep: usize, min_count: usize) -> (Vec<usize>, FilterReport) {
     let mut report = FilterReport { input: records.len(), ..Default::default() };
     let mut text_count: HashMap<&str, usize> = HashMap::new();
     let mut unigram: HashMap<String, usize> = HashMap::new();
@@ -207,10 +288,10 @@ pub fn apply_filters(records: &[(u32, u32, String)], vocab_keep: usize) -> (Vec<
     }
     let mut by_freq: Vec<(&String, &usize)> = unigram.iter().collect();
     by_freq.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    // "Most frequent" also means frequent at all: a word seen fewer than 5 times is rare even
-    // when the corpus has fewer than `vocab_keep` distinct words.
+    // "Most frequent" also means frequent at all: a word seen fewer than `min_count` times is
+    // rare even when the corpus has fewer than `vocab_keep` distinct words.
     let frequent: std::collections::HashSet<&str> =
-        by_freq.iter().take(vocab_keep).filter(|(_, &c)| c >= 5).map(|(w, _)| w.as_str()).collect();
+        by_freq.iter().take(vocab_keep).filter(|(_, &c)| c >= min_count).map(|(w, _)| w.as_str()).collect();
     let mut kept = vec![];
     for (i, (w, h, t)) in records.iter().enumerate() {
         let (short, long) = ((*w).min(*h), (*w).max(*h));
@@ -243,31 +324,38 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
             (s.width, s.height, s.alt_text(&mut rng))
         })
         .collect();
-    let (kept, report) = apply_filters(&records, 200);
-    let train_pairs = kept.into_iter().map(|i| Pair { index: i as u64, text: records[i].2.clone() }).collect();
+    let (kept, report) = apply_filters(&records, 200, 5);
+    let train_pairs = kept.into_iter().map(|i| Pair { index: i as u64, file: None, text: records[i].2.clone() }).collect();
     let base = 1u64 << 40;
     let held: Vec<Pair> = (0..held_out as u64)
         .map(|i| {
             let s = Scene::generate(seed, base + i);
-            Pair { index: base + i, text: s.clean_caption(i as usize) }
+            Pair { index: base + i, file: None, text: s.clean_caption(i as usize) }
         })
         .collect();
     (train_pairs, held, report)
 }
 
-/// Renders and preprocesses a batch of scenes: (N, res, res, 3) in [-1, 1]. Training crops
-/// randomly from an image resized to res * 346 / 289 and flips half the images (never when
-/// the caption names left or right); evaluation takes the centre crop.
-pub fn image_batch(seed: u64, pairs: &[&Pair], res: usize, train: bool, rng_seed: u64) -> Result<Tensor> {
+/// Renders or decodes and preprocesses a batch: (N', res, res, 3) in [-1, 1], where N' counts
+/// the images that decoded (the kept pair indices are returned; decode failures are counted in
+/// `corrupt`). Training crops randomly from an image resized to res * 346 / 289 and flips half
+/// the images (never when the caption names left or right); evaluation takes the centre crop.
+pub fn image_batch_checked(seed: u64, pairs: &[&Pair], res: usize, train: bool, rng_seed: u64) -> Result<(Tensor, Vec<usize>, usize)> {
     let resize = (res * 346).div_ceil(289) as u32;
-    let per: Vec<Vec<f32>> = pairs
+    let per: Vec<Option<Vec<f32>>> = pairs
         .par_iter()
         .enumerate()
         .map(|(k, p)| {
-            let img = Scene::generate(seed, p.index).render();
+            let img = match &p.file {
+                None => Scene::generate(seed, p.index).render(),
+                Some(path) => crate::images::load_rgb(path).ok()?,
+            };
             let mut rng = Rng::new(rng_seed.wrapping_add(k as u64 * 7919));
             let (w, h) = img.dimensions();
-            let (nw, nh) = if w <= h { (resize, (h as u64 * resize as u64 / w as u64) as u32) } else { ((w as u64 * resize as u64 / h as u64) as u32, resize) };
+            if w == 0 || h == 0 {
+                return None;
+            }
+            let (nw, nh) = if w <= h { (resize, ((h as u64 * resize as u64 / w as u64) as u32).max(resize)) } else { (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize) };
             let small = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle);
             let r = res as u32;
             let (x0, y0) = if train { (rng.below((nw - r + 1) as usize) as u32, rng.below((nh - r + 1) as usize) as u32) } else { ((nw - r) / 2, (nh - r) / 2) };
@@ -280,10 +368,18 @@ pub fn image_batch(seed: u64, pairs: &[&Pair], res: usize, train: bool, rng_seed
                     out.extend(px.0.iter().map(|&v| v as f32 / 127.5 - 1.0));
                 }
             }
-            out
+            Some(out)
         })
         .collect();
-    Tensor::from_vec(per.concat(), &[pairs.len(), res, res, 3])
+    let kept: Vec<usize> = per.iter().enumerate().filter(|(_, v)| v.is_some()).map(|(i, _)| i).collect();
+    let corrupt = pairs.len() - kept.len();
+    let data: Vec<f32> = per.into_iter().flatten().flatten().collect();
+    Ok((Tensor::from_vec(data, &[kept.len(), res, res, 3])?, kept, corrupt))
+}
+
+/// [`image_batch_checked`] for sources that always decode (the built-in corpus).
+pub fn image_batch(seed: u64, pairs: &[&Pair], res: usize, train: bool, rng_seed: u64) -> Result<Tensor> {
+    Ok(image_batch_checked(seed, pairs, res, train, rng_seed)?.0)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use tokenizer::trainer::{train as train_vocab, write_vocab, TrainerOptions};
 use tokenizer::{BertOptions, EncodeOptions, Padding, WordPiece};
 
 use crate::bert::{BertConfig, TextTower, TokenBatch};
-use crate::data::{builtin_corpus, image_batch, FilterReport, Pair};
+use crate::data::{apply_filters, builtin_corpus, image_batch_checked, read_manifest, FilterReport, Pair, SkipReport};
 use crate::efficientnet::{EfficientNet, EfficientNetConfig};
 use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
 
@@ -56,6 +56,8 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Batch-norm momentum of the image tower (PyTorch convention; TF's 0.99 is 0.01).
     pub bn_momentum: f32,
+    /// `builtin`, or a manifest file (.tsv / .csv / .jsonl of image path and alt-text).
+    pub data: String,
 }
 
 impl TrainConfig {
@@ -81,6 +83,7 @@ impl TrainConfig {
             eval_every: 0,
             // a few hundred steps: running statistics must catch up quickly
             bn_momentum: 0.1,
+            data: "builtin".into(),
         }
     }
 
@@ -172,15 +175,21 @@ pub fn evaluate(model: &DualEncoder, tok: &WordPiece, cfg: &TrainConfig, held: &
     no_grad(|| -> Result<()> {
         for chunk in held.chunks(100) {
             let refs: Vec<&Pair> = chunk.iter().collect();
-            let images = image_batch(cfg.seed, &refs, cfg.resolution, false, 0)?;
+            let (images, decoded, _) = image_batch_checked(cfg.seed, &refs, cfg.resolution, false, 0)?;
+            if decoded.is_empty() {
+                continue;
+            }
             img_emb.extend(model.embed_images(&images, &mut Ctx::eval())?.value().to_vec());
-            let texts: Vec<&str> = chunk.iter().map(|p| p.text.as_str()).collect();
+            let texts: Vec<&str> = decoded.iter().map(|&i| chunk[i].text.as_str()).collect();
             txt_emb.extend(model.embed_texts(&token_batch(tok, &texts, cfg.max_tokens)?, &mut Ctx::eval())?.value().to_vec());
         }
         Ok(())
     })?;
-    let n = held.len();
-    let d = img_emb.len() / n.max(1);
+    let d = model.image.config.feature_dim();
+    let n = img_emb.len() / d.max(1);
+    if n == 0 {
+        return Ok(RetrievalMetrics::default());
+    }
     let a = Tensor::from_vec(img_emb, &[n, d])?;
     let b = Tensor::from_vec(txt_emb, &[n, d])?;
     let sim = a.matmul(&b.t()?)?;
@@ -212,6 +221,8 @@ pub struct TrainSummary {
     /// True when Ctrl-C stopped the run early (a checkpoint was written; `--resume` continues).
     pub interrupted: bool,
     pub filters: FilterReport,
+    /// Records skipped by reason (manifest data: bad lines, missing / empty / corrupt images).
+    pub skipped: SkipReport,
     pub held_out: RetrievalMetrics,
 }
 
@@ -224,8 +235,23 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     let started = Instant::now();
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     // 1. data
-    let (train_pairs, held, filters) = builtin_corpus(cfg.seed, cfg.train_pairs, cfg.held_out);
-    if train_pairs.len() < cfg.batch_size {
+    let mut skipped = SkipReport::default();
+    let (train_pairs, held, filters) = if cfg.data == "builtin" {
+        builtin_corpus(cfg.seed, cfg.train_pairs, cfg.held_out)
+    } else {
+        let (records, skips) = read_manifest(Path::new(&cfg.data))?;
+        skipped = skips;
+        let meta: Vec<(u32, u32, String)> = records.iter().map(|(w, h, t, _)| (*w, *h, t.clone())).collect();
+        // small manifests (tests, toy sets) cannot demand 5 sightings of every word
+        let min_count = if meta.len() < 1000 { 1 } else { 5 };
+        let (kept, report) = apply_filters(&meta, 200_000, min_count);
+        let mut pairs: Vec<Pair> = kept.into_iter().map(|i| Pair { index: i as u64, file: Some(records[i].3.clone()), text: records[i].2.clone() }).collect();
+        // hold out the last tenth (at most `held_out`) for retrieval
+        let n_held = (pairs.len() / 10).min(cfg.held_out);
+        let held = pairs.split_off(pairs.len() - n_held);
+        (pairs, held, report)
+    };
+    if train_pairs.len() < 2 {
         return Err(TensorError::Shape { op: "train", msg: format!("only {} pairs survive the filters", train_pairs.len()) });
     }
     let vocab_path = out_dir.join("vocab.txt");
@@ -237,7 +263,11 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         v
     };
     let tok = WordPiece::from_tokens(vocab, BertOptions::default()).map_err(|e| TensorError::Shape { op: "vocabulary", msg: e.to_string() })?;
-    std::fs::write(out_dir.join("filters.json"), serde_json::to_string_pretty(&filters).expect("json")).map_err(io_err(out_dir))?;
+    let report = serde_json::json!({"filters": &filters, "skipped": &skipped});
+    std::fs::write(out_dir.join("filters.json"), serde_json::to_string_pretty(&report).expect("json")).map_err(io_err(out_dir))?;
+    if !quiet && skipped.total() > 0 {
+        eprintln!("skipped records: {}", serde_json::to_string(&skipped).expect("json"));
+    }
     if !quiet {
         eprintln!(
             "data: {} alt-texts in, {} kept (small image {}, aspect {}, shared text {}, length {}, rare token {}); vocabulary {}",
@@ -288,7 +318,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         }
         // batch of pairs, epochs reshuffled
         let mut batch: Vec<&Pair> = Vec::with_capacity(cfg.batch_size);
-        while batch.len() < cfg.batch_size {
+        while batch.len() < cfg.batch_size.min(train_pairs.len()) {
             if cursor == order.len() {
                 data_rng.shuffle(&mut order);
                 cursor = 0;
@@ -296,8 +326,12 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             batch.push(&train_pairs[order[cursor]]);
             cursor += 1;
         }
-        let images = image_batch(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
-        let texts: Vec<&str> = batch.iter().map(|p| p.text.as_str()).collect();
+        let (images, decoded, corrupt) = image_batch_checked(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
+        skipped.corrupt_image += corrupt;
+        if decoded.len() < 2 {
+            continue; // nothing to contrast in this batch
+        }
+        let texts: Vec<&str> = decoded.iter().map(|&i| batch[i].text.as_str()).collect();
         let tokens = token_batch(&tok, &texts, cfg.max_tokens)?;
         // 3. forward, loss, backward
         let mut ctx = Ctx { training: true, rng: Rng::new(data_rng.next_u64()) };
@@ -324,7 +358,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         // 5. logging and checkpoints
         let done = step + 1 - start;
         let elapsed = loop_start.elapsed().as_secs_f64();
-        let pairs_per_s = (done as usize * cfg.batch_size) as f64 / elapsed;
+        let pairs_per_s = (done as usize * texts.len()) as f64 / elapsed;
         let eta = elapsed / done as f64 * (cfg.steps - step - 1) as f64;
         let line = serde_json::json!({"step": step + 1, "loss": loss_value, "temperature": model.temperature(), "lr": lr, "pairs_per_s": pairs_per_s, "elapsed_s": started.elapsed().as_secs_f64()});
         writeln!(log, "{line}").map_err(io_err(&log_path))?;
@@ -353,6 +387,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         temperature: model.temperature(),
         wall_seconds: started.elapsed().as_secs_f64(),
         filters,
+        skipped,
         held_out: metrics,
     };
     let p: PathBuf = out_dir.join("summary.json");
@@ -400,6 +435,43 @@ mod tests {
         let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
         let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_manifest_with_bad_records_trains_and_counts_every_skip() {
+        let dir = std::env::temp_dir().join(format!("align-manifest-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let img_dir = dir.join("images");
+        std::fs::create_dir_all(&img_dir).unwrap();
+        let mut lines: Vec<Vec<u8>> = vec![];
+        for i in 0..24u64 {
+            let mut scene = crate::data::Scene::generate(3, i);
+            scene.width = 240;
+            scene.height = 260;
+            scene.render().save(img_dir.join(format!("{i}.png"))).unwrap();
+            lines.push(format!("images/{i}.png\t{} number {i}", scene.clean_caption(i as usize)).into_bytes());
+        }
+        // a PNG whose header is intact but whose data is cut: passes the size read, fails decoding
+        let good = std::fs::read(img_dir.join("0.png")).unwrap();
+        std::fs::write(img_dir.join("cut.png"), &good[..good.len() / 3]).unwrap();
+        lines.push(b"images/cut.png\ta red circle cut short".to_vec());
+        std::fs::write(img_dir.join("bad.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+        lines.push(b"images/bad.jpg\ta blue square that is corrupt".to_vec());
+        std::fs::write(img_dir.join("zero.png"), b"").unwrap();
+        lines.push(b"images/zero.png\ta green star with no bytes".to_vec());
+        lines.push(b"images/missing.png\ta yellow ring that is missing".to_vec());
+        lines.push(b"images/1.png\t".to_vec());
+        lines.push(b"images/2.png\tcaf\xe9 in latin-1, not utf-8".to_vec());
+        lines.push(b"no tab on this line".to_vec());
+        let manifest = dir.join("pairs.tsv");
+        std::fs::write(&manifest, lines.join(&b'\n')).unwrap();
+        let cfg = TrainConfig { data: manifest.display().to_string(), held_out: 2, ..small() };
+        let s = train(&cfg, &dir.join("run"), false, true).unwrap();
+        let k = &s.skipped;
+        assert_eq!((k.missing_image, k.empty_file, k.empty_caption, k.non_utf8_caption, k.malformed_line), (1, 1, 1, 1, 1), "{k:?}");
+        assert!(k.corrupt_image >= 1, "the unreadable JPEG is counted: {k:?}");
+        assert!(s.final_loss.is_finite());
+        assert_eq!(s.steps, cfg.steps);
     }
 
     #[test]
