@@ -182,8 +182,8 @@ pub fn train(
         }
         other => return Err(format!("unknown config '{other}' (tiny, paper)")),
     };
-    if data != "builtin" && !Path::new(data).is_file() {
-        return Err(format!("--data {data}: not `builtin` and not a manifest file (.tsv / .csv / .jsonl)"));
+    if data != "builtin" && !Path::new(data).exists() {
+        return Err(format!("--data {data}: not `builtin`, a manifest (.tsv / .csv / .jsonl), a .tar shard or a folder of shards"));
     }
     cfg.data = data.to_string();
     cfg.seed = seed;

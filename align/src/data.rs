@@ -179,6 +179,8 @@ pub struct Pair {
     pub index: u64,
     /// Image file of a manifest record.
     pub file: Option<std::path::PathBuf>,
+    /// Encoded image bytes of a WebDataset shard member.
+    pub bytes: Option<std::sync::Arc<Vec<u8>>>,
     pub text: String,
 }
 
@@ -191,12 +193,96 @@ pub struct SkipReport {
     pub missing_image: usize,
     pub empty_file: usize,
     pub corrupt_image: usize,
+    /// Shard members cut off by a truncated tar file (the rest of that shard is unreadable).
+    pub truncated_member: usize,
 }
 
 impl SkipReport {
     pub fn total(&self) -> usize {
-        self.malformed_line + self.non_utf8_caption + self.empty_caption + self.missing_image + self.empty_file + self.corrupt_image
+        self.malformed_line + self.non_utf8_caption + self.empty_caption + self.missing_image + self.empty_file + self.corrupt_image + self.truncated_member
     }
+}
+
+/// The image and caption bytes found for one key of a shard.
+type ShardMember = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// One readable WebDataset record: image width, height, alt-text, encoded image.
+pub type ShardRecord = (u32, u32, String, std::sync::Arc<Vec<u8>>);
+
+/// Reads WebDataset tar shards as img2dataset writes them (`key.jpg` / `key.png` + `key.txt`
+/// [+ `key.json`]), sequentially, without unpacking to disk. `path` is a `.tar` file or a folder
+/// of them (read in name order). Records with no image, no caption, a non-UTF-8 or empty caption,
+/// an undecodable image header, or cut off by a truncated shard are counted, never fatal.
+pub fn read_shards(path: &std::path::Path) -> Result<(Vec<ShardRecord>, SkipReport)> {
+    use std::io::Read;
+    let io = |source| tensor::TensorError::Io { path: path.to_path_buf(), source };
+    let shards: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(path).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "tar")).collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut skips = SkipReport::default();
+    let mut records = vec![];
+    for shard in shards {
+        let file = std::fs::File::open(&shard).map_err(|source| tensor::TensorError::Io { path: shard.clone(), source })?;
+        let mut archive = tar::Archive::new(file);
+        // key -> (image bytes, caption bytes)
+        let mut members: std::collections::BTreeMap<String, ShardMember> = Default::default();
+        let Ok(entries) = archive.entries() else {
+            skips.truncated_member += 1;
+            continue;
+        };
+        for entry in entries {
+            let Ok(mut entry) = entry else {
+                skips.truncated_member += 1;
+                break;
+            };
+            let Ok(name) = entry.path().map(|p| p.to_string_lossy().into_owned()) else { continue };
+            let Some((key, ext)) = name.rsplit_once('.') else { continue };
+            let mut data = Vec::new();
+            if entry.read_to_end(&mut data).is_err() {
+                skips.truncated_member += 1;
+                break;
+            }
+            let slot = members.entry(key.to_string()).or_default();
+            match ext.to_lowercase().as_str() {
+                "jpg" | "jpeg" | "png" | "webp" => slot.0 = Some(data),
+                "txt" => slot.1 = Some(data),
+                _ => {}
+            }
+        }
+        for (_, (img, cap)) in members {
+            let Some(img) = img else {
+                skips.missing_image += 1;
+                continue;
+            };
+            let Some(cap) = cap else {
+                skips.empty_caption += 1;
+                continue;
+            };
+            let Ok(cap) = String::from_utf8(cap) else {
+                skips.non_utf8_caption += 1;
+                continue;
+            };
+            let cap = cap.trim().to_string();
+            if cap.is_empty() {
+                skips.empty_caption += 1;
+                continue;
+            }
+            if img.is_empty() {
+                skips.empty_file += 1;
+                continue;
+            }
+            let dims = image::ImageReader::new(std::io::Cursor::new(&img)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok());
+            match dims {
+                Some((w, h)) => records.push((w, h, cap, std::sync::Arc::new(img))),
+                None => skips.corrupt_image += 1,
+            }
+        }
+    }
+    Ok((records, skips))
 }
 
 /// One readable manifest record: image width, height, alt-text, image file.
@@ -325,12 +411,12 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
         })
         .collect();
     let (kept, report) = apply_filters(&records, 200, 5);
-    let train_pairs = kept.into_iter().map(|i| Pair { index: i as u64, file: None, text: records[i].2.clone() }).collect();
+    let train_pairs = kept.into_iter().map(|i| Pair { index: i as u64, file: None, bytes: None, text: records[i].2.clone() }).collect();
     let base = 1u64 << 40;
     let held: Vec<Pair> = (0..held_out as u64)
         .map(|i| {
             let s = Scene::generate(seed, base + i);
-            Pair { index: base + i, file: None, text: s.clean_caption(i as usize) }
+            Pair { index: base + i, file: None, bytes: None, text: s.clean_caption(i as usize) }
         })
         .collect();
     (train_pairs, held, report)
@@ -346,9 +432,10 @@ pub fn image_batch_checked(seed: u64, pairs: &[&Pair], res: usize, train: bool, 
         .par_iter()
         .enumerate()
         .map(|(k, p)| {
-            let img = match &p.file {
-                None => Scene::generate(seed, p.index).render(),
-                Some(path) => crate::images::load_rgb(path).ok()?,
+            let img = match (&p.file, &p.bytes) {
+                (Some(path), _) => crate::images::load_rgb(path).ok()?,
+                (None, Some(bytes)) => image::load_from_memory(bytes).ok()?.to_rgb8(),
+                (None, None) => Scene::generate(seed, p.index).render(),
             };
             let mut rng = Rng::new(rng_seed.wrapping_add(k as u64 * 7919));
             let (w, h) = img.dimensions();

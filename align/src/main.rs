@@ -19,7 +19,8 @@ enum Command {
         /// tiny (EfficientNet-B0 @64 + BERT-mini @32 tokens) or paper (L2 + BERT-Large: prints its size only)
         #[arg(long, default_value = "tiny")]
         config: String,
-        /// Training data: `builtin` (generated on the fly, no download)
+        /// Training data: `builtin` (generated, no download), a manifest (.tsv/.csv/.jsonl of
+        /// image path and alt-text), a WebDataset .tar shard, or a folder of shards
         #[arg(long, default_value = "builtin")]
         data: String,
         #[arg(long)]

@@ -30,7 +30,7 @@ use tokenizer::trainer::{train as train_vocab, write_vocab, TrainerOptions};
 use tokenizer::{BertOptions, EncodeOptions, Padding, WordPiece};
 
 use crate::bert::{BertConfig, TextTower, TokenBatch};
-use crate::data::{apply_filters, builtin_corpus, image_batch_checked, read_manifest, FilterReport, Pair, SkipReport};
+use crate::data::{apply_filters, builtin_corpus, image_batch_checked, read_manifest, read_shards, FilterReport, Pair, SkipReport};
 use crate::efficientnet::{EfficientNet, EfficientNetConfig};
 use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
 
@@ -239,13 +239,26 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     let (train_pairs, held, filters) = if cfg.data == "builtin" {
         builtin_corpus(cfg.seed, cfg.train_pairs, cfg.held_out)
     } else {
-        let (records, skips) = read_manifest(Path::new(&cfg.data))?;
-        skipped = skips;
-        let meta: Vec<(u32, u32, String)> = records.iter().map(|(w, h, t, _)| (*w, *h, t.clone())).collect();
-        // small manifests (tests, toy sets) cannot demand 5 sightings of every word
+        let source = Path::new(&cfg.data);
+        let shards = source.is_dir() || source.extension().is_some_and(|e| e == "tar");
+        // (width, height, caption) for the filters, and how to fetch each image
+        type ImageRef = (Option<PathBuf>, Option<std::sync::Arc<Vec<u8>>>);
+        let (meta, images): (Vec<(u32, u32, String)>, Vec<ImageRef>) = if shards {
+            let (records, skips) = read_shards(source)?;
+            skipped = skips;
+            records.into_iter().map(|(w, h, t, b)| ((w, h, t), (None, Some(b)))).unzip()
+        } else {
+            let (records, skips) = read_manifest(source)?;
+            skipped = skips;
+            records.into_iter().map(|(w, h, t, f)| ((w, h, t), (Some(f), None))).unzip()
+        };
+        // small sets (tests, toy data) cannot demand 5 sightings of every word
         let min_count = if meta.len() < 1000 { 1 } else { 5 };
         let (kept, report) = apply_filters(&meta, 200_000, min_count);
-        let mut pairs: Vec<Pair> = kept.into_iter().map(|i| Pair { index: i as u64, file: Some(records[i].3.clone()), text: records[i].2.clone() }).collect();
+        let mut pairs: Vec<Pair> = kept
+            .into_iter()
+            .map(|i| Pair { index: i as u64, file: images[i].0.clone(), bytes: images[i].1.clone(), text: meta[i].2.clone() })
+            .collect();
         // hold out the last tenth (at most `held_out`) for retrieval
         let n_held = (pairs.len() / 10).min(cfg.held_out);
         let held = pairs.split_off(pairs.len() - n_held);
@@ -472,6 +485,59 @@ mod tests {
         assert!(k.corrupt_image >= 1, "the unreadable JPEG is counted: {k:?}");
         assert!(s.final_loss.is_finite());
         assert_eq!(s.steps, cfg.steps);
+    }
+
+    #[test]
+    fn webdataset_shards_including_a_truncated_one_train_and_report_skips() {
+        let dir = std::env::temp_dir().join(format!("align-shards-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write_shard = |name: &str, range: std::ops::Range<u64>, extra: bool| -> Vec<u8> {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut add = |path: String, data: &[u8]| {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                builder.append_data(&mut h, path, data).unwrap();
+            };
+            for i in range {
+                let mut scene = crate::data::Scene::generate(4, i);
+                scene.width = 230;
+                scene.height = 250;
+                let mut png = Vec::new();
+                scene.render().write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+                add(format!("{i:05}.png"), &png);
+                add(format!("{i:05}.txt"), format!("{} item {i}", scene.clean_caption(i as usize)).as_bytes());
+                add(format!("{i:05}.json"), b"{}");
+            }
+            if extra {
+                add("90000.txt".into(), b"a caption without an image");
+                add("90001.png".into(), b"\x89PNG not really");
+                add("90001.txt".into(), b"a corrupt png");
+                add("90002.txt".into(), b"\xff\xfe not utf-8");
+                let mut scene = crate::data::Scene::generate(4, 1);
+                scene.width = 230;
+                scene.height = 250;
+                let mut png = Vec::new();
+                scene.render().write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+                add("90002.png".into(), &png);
+            }
+            let bytes = builder.into_inner().unwrap();
+            std::fs::write(dir.join(name), &bytes).unwrap();
+            bytes
+        };
+        write_shard("shard-000.tar", 0..14, true);
+        let full = write_shard("shard-001.tar", 14..28, false);
+        // truncate the second shard in the middle of a member
+        std::fs::write(dir.join("shard-001.tar"), &full[..full.len() / 2 + 100]).unwrap();
+        let cfg = TrainConfig { data: dir.display().to_string(), held_out: 2, ..small() };
+        let s = train(&cfg, &dir.join("run"), false, true).unwrap();
+        let k = &s.skipped;
+        assert!(k.truncated_member >= 1, "{k:?}");
+        assert_eq!((k.empty_caption, k.corrupt_image, k.non_utf8_caption), (1, 1, 1), "{k:?}");
+        assert!(s.filters.input >= 14 + 5, "{:?}", s.filters);
+        assert!(s.final_loss.is_finite());
     }
 
     #[test]
