@@ -44,7 +44,8 @@ fn three_lamb_steps_of_a_micro_dual_encoder_match_pytorch() {
         text: TextTower { bert: Bert::new(tcfg, &mut rng), projection: Linear::new(16, 24, true, &mut rng) },
         log_temperature: Var::parameter(Tensor::scalar(0.0)),
     };
-    let sd: BTreeMap<String, Tensor> = fx.names().filter_map(|n| n.strip_prefix("param.").map(|k| (k.to_string(), fx.tensor(n).unwrap()))).collect();
+    let sd: BTreeMap<String, Tensor> =
+        fx.names().filter_map(|n| n.strip_prefix("param.").map(|k| (k.to_string(), fx.tensor(n).unwrap()))).collect();
     let report = model.load_state_dict(&sd, false).unwrap();
     assert!(report.unexpected.is_empty(), "{report}");
     let trained: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
@@ -65,7 +66,11 @@ fn three_lamb_steps_of_a_micro_dual_encoder_match_pytorch() {
         let x = model.embed_images(&images, &mut ctx).unwrap();
         let y = model.embed_texts(&tokens, &mut ctx).unwrap();
         let loss = contrastive_loss(&x, &y, &model.log_temperature, 0.1).unwrap();
-        Tolerance::new(1e-4, 0.0).assert(&format!("loss {step}"), &[loss.value().item().unwrap()], &fx.tensor(&format!("loss{step}")).unwrap().to_vec());
+        Tolerance::new(1e-4, 0.0).assert(
+            &format!("loss {step}"),
+            &[loss.value().item().unwrap()],
+            &fx.tensor(&format!("loss{step}")).unwrap().to_vec(),
+        );
         loss.backward().unwrap();
         opt.step().unwrap();
     }

@@ -90,12 +90,14 @@ fn small_efficientnet_training_loss_and_gradients_match_pytorch() {
     cfg.drop_connect = 0.0;
     cfg.dropout = 0.0;
     let model = EfficientNet::new(cfg, &mut Rng::new(0));
-    let sd: BTreeMap<String, tensor::Tensor> = fx
-        .names()
-        .filter_map(|n| n.strip_prefix("param.").map(|p| (p.to_string(), fx.tensor(n).unwrap())))
-        .collect();
+    let sd: BTreeMap<String, tensor::Tensor> =
+        fx.names().filter_map(|n| n.strip_prefix("param.").map(|p| (p.to_string(), fx.tensor(n).unwrap()))).collect();
     let report = model.load_state_dict(&sd, false).unwrap();
-    assert!(report.unexpected.is_empty() && report.missing.iter().all(|n| n.contains("running_") || n.contains("num_batches")), "{report}");
+    assert!(
+        report.unexpected.is_empty()
+            && report.missing.iter().all(|n| n.contains("running_") || n.contains("num_batches")),
+        "{report}"
+    );
     let (_, targets) = fx.tensor_i64("targets").unwrap();
     let targets: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
     let images = Var::constant(fx.tensor("images").unwrap());

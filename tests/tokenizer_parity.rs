@@ -29,7 +29,13 @@ fn check_parity(tok: &WordPiece, fixture: &str) {
             mismatches.push(format!("line {i} {line:?}:\n  got  {got:?}\n  want {ids:?}"));
         }
     }
-    assert!(mismatches.is_empty(), "{} of {} lines differ, first:\n{}", mismatches.len(), lines.len(), mismatches[..mismatches.len().min(5)].join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} lines differ, first:\n{}",
+        mismatches.len(),
+        lines.len(),
+        mismatches[..mismatches.len().min(5)].join("\n")
+    );
 }
 
 #[test]
@@ -78,9 +84,13 @@ fn random_strings_never_panic_and_decode_is_stable() {
 #[test]
 fn trained_vocabulary_beats_characters_and_is_deterministic() {
     // Training text: the corpus' Latin-script lines repeated with variations.
-    let words = ["the", "cat", "sat", "on", "mat", "red", "square", "circle", "blue", "green", "triangle", "photo", "of", "a", "small", "large"];
+    let words = [
+        "the", "cat", "sat", "on", "mat", "red", "square", "circle", "blue", "green", "triangle", "photo", "of", "a",
+        "small", "large",
+    ];
     let mut rng = Rng::new(5);
-    let lines: Vec<String> = (0..3000).map(|_| (0..8).map(|_| words[rng.below(words.len())]).collect::<Vec<_>>().join(" ")).collect();
+    let lines: Vec<String> =
+        (0..3000).map(|_| (0..8).map(|_| words[rng.below(words.len())]).collect::<Vec<_>>().join(" ")).collect();
     let opts = TrainerOptions { vocab_size: 120, min_frequency: 2, ..Default::default() };
     let vocab = train(lines.iter().map(String::as_str), &opts);
     let again = train(lines.iter().map(String::as_str), &opts);
@@ -88,9 +98,14 @@ fn trained_vocabulary_beats_characters_and_is_deterministic() {
     assert!(vocab.len() <= 120 && vocab.len() > 40);
     let trained = WordPiece::from_tokens(vocab.clone(), BertOptions::default()).unwrap();
     // character-level vocabulary of the same alphabet
-    let chars: Vec<String> = vocab.iter().filter(|t| t.starts_with('[') || t.trim_start_matches("##").chars().count() == 1).cloned().collect();
+    let chars: Vec<String> = vocab
+        .iter()
+        .filter(|t| t.starts_with('[') || t.trim_start_matches("##").chars().count() == 1)
+        .cloned()
+        .collect();
     let char_level = WordPiece::from_tokens(chars, BertOptions::default()).unwrap();
-    let held_out: Vec<String> = (0..200).map(|_| (0..8).map(|_| words[rng.below(words.len())]).collect::<Vec<_>>().join(" ")).collect();
+    let held_out: Vec<String> =
+        (0..200).map(|_| (0..8).map(|_| words[rng.below(words.len())]).collect::<Vec<_>>().join(" ")).collect();
     let (mut n_trained, mut n_chars, mut n_words) = (0, 0, 0);
     for line in &held_out {
         let t = trained.tokenize(line);
@@ -99,7 +114,10 @@ fn trained_vocabulary_beats_characters_and_is_deterministic() {
         n_chars += char_level.tokenize(line).len();
         n_words += line.split(' ').count();
     }
-    assert!((n_trained as f64 / n_words as f64) < (n_chars as f64 / n_words as f64) / 2.0, "{n_trained} vs {n_chars} tokens");
+    assert!(
+        (n_trained as f64 / n_words as f64) < (n_chars as f64 / n_words as f64) / 2.0,
+        "{n_trained} vs {n_chars} tokens"
+    );
     // the file round trip loads
     let path = std::env::temp_dir().join(format!("align-vocab-{}.txt", std::process::id()));
     tokenizer::trainer::write_vocab(&path, &vocab).unwrap();

@@ -7,6 +7,13 @@ fn main() {
         let mut rng = tensor::Rng::new(i);
         let path = out.join(format!("scene{i}.png"));
         s.render().save(&path).unwrap();
-        println!("{} {}x{}: {} | clean: {}", path.display(), s.width, s.height, s.alt_text(&mut rng), s.clean_caption(i as usize));
+        println!(
+            "{} {}x{}: {} | clean: {}",
+            path.display(),
+            s.width,
+            s.height,
+            s.alt_text(&mut rng),
+            s.clean_caption(i as usize)
+        );
     }
 }

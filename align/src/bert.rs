@@ -84,9 +84,12 @@ impl BertConfig {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<BertConfig> {
         let path = path.as_ref();
         let err = |msg: String| TensorError::Format { file: path.display().to_string(), tensor: None, msg };
-        let text = std::fs::read_to_string(path).map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-        let num = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| err(format!("missing integer '{k}'")));
+        let num = |k: &str| {
+            v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| err(format!("missing integer '{k}'")))
+        };
         let act = v.get("hidden_act").and_then(|a| a.as_str()).unwrap_or("gelu");
         let cfg = BertConfig {
             vocab_size: num("vocab_size")?,
@@ -115,7 +118,10 @@ impl BertConfig {
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;
         let emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
-        let layer = 4 * (h * h + h) + 2 * (2 * h) + (h * self.intermediate_size + self.intermediate_size) + (self.intermediate_size * h + h);
+        let layer = 4 * (h * h + h)
+            + 2 * (2 * h)
+            + (h * self.intermediate_size + self.intermediate_size)
+            + (self.intermediate_size * h + h);
         emb + self.num_layers * layer
     }
 }
@@ -202,7 +208,10 @@ impl Bert {
     pub fn forward(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
         let (b, t, h) = (tokens.batch, tokens.seq, self.config.hidden_size);
         if t > self.config.max_position_embeddings {
-            return Err(TensorError::Shape { op: "bert", msg: format!("{t} tokens exceed {} positions", self.config.max_position_embeddings) });
+            return Err(TensorError::Shape {
+                op: "bert",
+                msg: format!("{t} tokens exceed {} positions", self.config.max_position_embeddings),
+            });
         }
         if let Some(&bad) = tokens.ids.iter().find(|&&i| i >= self.config.vocab_size) {
             return Err(TensorError::Index { op: "bert token id", index: bad, size: self.config.vocab_size });
@@ -220,7 +229,8 @@ impl Bert {
         let attn_dropout = Dropout { p: self.config.attention_dropout };
         for layer in &self.layers {
             // (B, T, H) -> (B, heads, T, dh)
-            let split = |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, heads, dh])?, &[0, 2, 1, 3]) };
+            let split =
+                |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, heads, dh])?, &[0, 2, 1, 3]) };
             let q = split(layer.query.forward(&x)?)?;
             let k = split(layer.key.forward(&x)?)?;
             let v = split(layer.value.forward(&x)?)?;
@@ -327,10 +337,6 @@ impl Module for TextTower {
         self.projection.parameters(&join(prefix, "text_projection"), out);
     }
 }
-
-
-
-
 
 #[cfg(test)]
 mod tests {

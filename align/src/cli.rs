@@ -9,8 +9,12 @@ use crate::bert::{cls_state, masked_mean, Bert, BertConfig, TokenBatch};
 
 /// `align tokenize`: stdin lines -> JSON arrays of ids on stdout.
 pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<(), String> {
-    let mut tok = if vocab.is_dir() { WordPiece::from_dir(vocab) } else { WordPiece::from_vocab_file(vocab, BertOptions::default()) }
-        .map_err(|e| e.to_string())?;
+    let mut tok = if vocab.is_dir() {
+        WordPiece::from_dir(vocab)
+    } else {
+        WordPiece::from_vocab_file(vocab, BertOptions::default())
+    }
+    .map_err(|e| e.to_string())?;
     if cased {
         tok.options.do_lower_case = false;
         tok.options.strip_accents = Some(false);
@@ -83,7 +87,8 @@ pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Res
         let h = cls.shape()[1];
         let (cls, mean) = (cls.to_vec(), mean.to_vec());
         for (i, e) in encs.iter().enumerate() {
-            let obj = serde_json::json!({"ids": e.ids, "cls": &cls[i * h..(i + 1) * h], "mean": &mean[i * h..(i + 1) * h]});
+            let obj =
+                serde_json::json!({"ids": e.ids, "cls": &cls[i * h..(i + 1) * h], "mean": &mean[i * h..(i + 1) * h]});
             writeln!(out, "{obj}").map_err(|e| format!("stdout: {e}"))?;
         }
     }
@@ -98,10 +103,16 @@ pub type ImageResult = Result<Vec<(usize, f32)>, String>;
 
 /// Top-`k` (class index, probability) of each image under an EfficientNet checkpoint.
 /// Unreadable images give an `Err` in their slot; the rest are still classified.
-pub fn classify_images(weights: &Path, arch: &str, images: &[std::path::PathBuf], k: usize) -> Result<Vec<ImageResult>, String> {
+pub fn classify_images(
+    weights: &Path,
+    arch: &str,
+    images: &[std::path::PathBuf],
+    k: usize,
+) -> Result<Vec<ImageResult>, String> {
     use crate::efficientnet::{EfficientNet, EfficientNetConfig};
     use crate::images::{load_image_tensor, Normalisation};
-    let cfg = EfficientNetConfig::by_name(arch).ok_or_else(|| format!("unknown architecture '{arch}' (b0..b7, l2, lite0..lite4)"))?;
+    let cfg = EfficientNetConfig::by_name(arch)
+        .ok_or_else(|| format!("unknown architecture '{arch}' (b0..b7, l2, lite0..lite4)"))?;
     let norm = if cfg.lite { Normalisation::Lite } else { Normalisation::ImageNet };
     let crop = cfg.resolution as u32;
     let resize = (crop as f32 / 0.875).round() as u32; // the usual 224 / 256 ratio
@@ -183,7 +194,9 @@ pub fn train(
         other => return Err(format!("unknown config '{other}' (tiny, paper)")),
     };
     if data != "builtin" && !Path::new(data).exists() {
-        return Err(format!("--data {data}: not `builtin`, a manifest (.tsv / .csv / .jsonl), a .tar shard or a folder of shards"));
+        return Err(format!(
+            "--data {data}: not `builtin`, a manifest (.tsv / .csv / .jsonl), a .tar shard or a folder of shards"
+        ));
     }
     cfg.data = data.to_string();
     cfg.seed = seed;
@@ -206,7 +219,12 @@ pub fn train(
     crate::train::install_interrupt_handler();
     let summary = crate::train::train(&cfg, out, resume, false).map_err(|e| e.to_string())?;
     if summary.interrupted {
-        println!("stopped at step {} of {}; resume with: align train --resume --out {}", summary.steps, cfg.steps, out.display());
+        println!(
+            "stopped at step {} of {}; resume with: align train --resume --out {}",
+            summary.steps,
+            cfg.steps,
+            out.display()
+        );
         return Ok(());
     }
     let m = &summary.held_out;
@@ -214,6 +232,9 @@ pub fn train(
         "held-out retrieval ({} pairs): image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} | text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} | temperature {:.4} | {:.0} s",
         cfg.held_out, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10, summary.temperature, summary.wall_seconds
     );
-    println!("run directory: {} (log.jsonl, checkpoint.safetensors, vocab.txt, filters.json, summary.json)", out.display());
+    println!(
+        "run directory: {} (log.jsonl, checkpoint.safetensors, vocab.txt, filters.json, summary.json)",
+        out.display()
+    );
     Ok(())
 }

@@ -108,7 +108,7 @@ impl Scene {
             1 => SHAPES[self.objects[0].shape].to_string(), // too short
             2 => std::iter::repeat_n(clean.as_str(), 4).collect::<Vec<_>>().join(" and "), // too long
             3 => format!("{clean} {}", ["wow", "nice", "cool", "lol"][rng.below(4)]),
-            4 => clean.replacen('e', "ee", 1), // misspelling
+            4 => clean.replacen('e', "ee", 1),                  // misspelling
             5 => format!("{clean} qzxv{}", rng.below(100_000)), // a rare token
             _ => clean,
         }
@@ -157,18 +157,18 @@ impl Scene {
 fn inside(shape: usize, dx: f32, dy: f32) -> bool {
     let r2 = dx * dx + dy * dy;
     match shape {
-        0 => r2 <= 1.0,                                                   // circle
-        1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,                          // square
-        2 => (-0.9..=0.8).contains(&dy) && dx.abs() <= (dy + 0.9) * 0.55, // triangle
-        3 => dx.abs() + dy.abs() <= 1.0,                                  // diamond
+        0 => r2 <= 1.0,                                                                      // circle
+        1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,                                             // square
+        2 => (-0.9..=0.8).contains(&dy) && dx.abs() <= (dy + 0.9) * 0.55,                    // triangle
+        3 => dx.abs() + dy.abs() <= 1.0,                                                     // diamond
         4 => (dx.abs() <= 0.25 && dy.abs() <= 0.9) || (dy.abs() <= 0.25 && dx.abs() <= 0.9), // cross
-        5 => (0.45..=1.0).contains(&r2),                                  // ring
+        5 => (0.45..=1.0).contains(&r2),                                                     // ring
         6 => {
             // star: radius modulated by angle
             let a = dy.atan2(dx);
             r2.sqrt() <= 0.55 + 0.4 * (5.0 * a).cos().max(0.0)
         }
-        _ => dx.abs() <= 1.0 && dy.abs() <= 0.3,                          // bar
+        _ => dx.abs() <= 1.0 && dy.abs() <= 0.3, // bar
     }
 }
 
@@ -199,7 +199,13 @@ pub struct SkipReport {
 
 impl SkipReport {
     pub fn total(&self) -> usize {
-        self.malformed_line + self.non_utf8_caption + self.empty_caption + self.missing_image + self.empty_file + self.corrupt_image + self.truncated_member
+        self.malformed_line
+            + self.non_utf8_caption
+            + self.empty_caption
+            + self.missing_image
+            + self.empty_file
+            + self.corrupt_image
+            + self.truncated_member
     }
 }
 
@@ -217,7 +223,11 @@ pub fn read_shards(path: &std::path::Path) -> Result<(Vec<ShardRecord>, SkipRepo
     use std::io::Read;
     let io = |source| tensor::TensorError::Io { path: path.to_path_buf(), source };
     let shards: Vec<std::path::PathBuf> = if path.is_dir() {
-        let mut v: Vec<_> = std::fs::read_dir(path).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "tar")).collect();
+        let mut v: Vec<_> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+            .collect();
         v.sort();
         v
     } else {
@@ -226,7 +236,8 @@ pub fn read_shards(path: &std::path::Path) -> Result<(Vec<ShardRecord>, SkipRepo
     let mut skips = SkipReport::default();
     let mut records = vec![];
     for shard in shards {
-        let file = std::fs::File::open(&shard).map_err(|source| tensor::TensorError::Io { path: shard.clone(), source })?;
+        let file =
+            std::fs::File::open(&shard).map_err(|source| tensor::TensorError::Io { path: shard.clone(), source })?;
         let mut archive = tar::Archive::new(file);
         // key -> (image bytes, caption bytes)
         let mut members: std::collections::BTreeMap<String, ShardMember> = Default::default();
@@ -275,7 +286,10 @@ pub fn read_shards(path: &std::path::Path) -> Result<(Vec<ShardRecord>, SkipRepo
                 skips.empty_file += 1;
                 continue;
             }
-            let dims = image::ImageReader::new(std::io::Cursor::new(&img)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok());
+            let dims = image::ImageReader::new(std::io::Cursor::new(&img))
+                .with_guessed_format()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok());
             match dims {
                 Some((w, h)) => records.push((w, h, cap, std::sync::Arc::new(img))),
                 None => skips.corrupt_image += 1,
@@ -326,7 +340,8 @@ pub fn read_manifest(path: &std::path::Path) -> Result<(Vec<ManifestRecord>, Ski
             skips.empty_caption += 1;
             continue;
         }
-        let file = if std::path::Path::new(&img).is_absolute() { std::path::PathBuf::from(&img) } else { base.join(&img) };
+        let file =
+            if std::path::Path::new(&img).is_absolute() { std::path::PathBuf::from(&img) } else { base.join(&img) };
         match std::fs::metadata(&file) {
             Err(_) => {
                 skips.missing_image += 1;
@@ -362,7 +377,11 @@ pub struct FilterReport {
 /// Image: shorter side > 200 px and aspect (long / short) < 3. Text: drop alt-texts shared by
 /// more than 10 images; keep 3..=20 unigrams; drop texts with a token outside the
 /// `vocab_keep` most frequent unigrams (or seen fewer than `min_count` times).
-pub fn apply_filters(records: &[(u32, u32, String)], vocab_keep: usize, min_count: usize) -> (Vec<usize>, FilterReport) {
+pub fn apply_filters(
+    records: &[(u32, u32, String)],
+    vocab_keep: usize,
+    min_count: usize,
+) -> (Vec<usize>, FilterReport) {
     let mut report = FilterReport { input: records.len(), ..Default::default() };
     let mut text_count: HashMap<&str, usize> = HashMap::new();
     let mut unigram: HashMap<String, usize> = HashMap::new();
@@ -411,7 +430,10 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
         })
         .collect();
     let (kept, report) = apply_filters(&records, 200, 5);
-    let train_pairs = kept.into_iter().map(|i| Pair { index: i as u64, file: None, bytes: None, text: records[i].2.clone() }).collect();
+    let train_pairs = kept
+        .into_iter()
+        .map(|i| Pair { index: i as u64, file: None, bytes: None, text: records[i].2.clone() })
+        .collect();
     let base = 1u64 << 40;
     let held: Vec<Pair> = (0..held_out as u64)
         .map(|i| {
@@ -426,7 +448,13 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
 /// the images that decoded (the kept pair indices are returned; decode failures are counted in
 /// `corrupt`). Training crops randomly from an image resized to res * 346 / 289 and flips half
 /// the images (never when the caption names left or right); evaluation takes the centre crop.
-pub fn image_batch_checked(seed: u64, pairs: &[&Pair], res: usize, train: bool, rng_seed: u64) -> Result<(Tensor, Vec<usize>, usize)> {
+pub fn image_batch_checked(
+    seed: u64,
+    pairs: &[&Pair],
+    res: usize,
+    train: bool,
+    rng_seed: u64,
+) -> Result<(Tensor, Vec<usize>, usize)> {
     let resize = (res * 346).div_ceil(289) as u32;
     let per: Vec<Option<Vec<f32>>> = pairs
         .par_iter()
@@ -442,10 +470,18 @@ pub fn image_batch_checked(seed: u64, pairs: &[&Pair], res: usize, train: bool, 
             if w == 0 || h == 0 {
                 return None;
             }
-            let (nw, nh) = if w <= h { (resize, ((h as u64 * resize as u64 / w as u64) as u32).max(resize)) } else { (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize) };
+            let (nw, nh) = if w <= h {
+                (resize, ((h as u64 * resize as u64 / w as u64) as u32).max(resize))
+            } else {
+                (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize)
+            };
             let small = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle);
             let r = res as u32;
-            let (x0, y0) = if train { (rng.below((nw - r + 1) as usize) as u32, rng.below((nh - r + 1) as usize) as u32) } else { ((nw - r) / 2, (nh - r) / 2) };
+            let (x0, y0) = if train {
+                (rng.below((nw - r + 1) as usize) as u32, rng.below((nh - r + 1) as usize) as u32)
+            } else {
+                ((nw - r) / 2, (nh - r) / 2)
+            };
             let flip = train && rng.below(2) == 0 && !p.text.contains("left") && !p.text.contains("right");
             let mut out = Vec::with_capacity(res * res * 3);
             for y in 0..r {
@@ -480,8 +516,19 @@ mod tests {
         assert_eq!(a.iter().map(|p| &p.text).collect::<Vec<_>>(), b.iter().map(|p| &p.text).collect::<Vec<_>>());
         assert_eq!(held.len(), 50);
         assert!(report.image_too_small > 0 && report.image_aspect > 0, "{report:?}");
-        assert!(report.text_shared_by_many > 0 && report.text_unigrams_out_of_range > 0 && report.text_rare_token > 0, "{report:?}");
-        assert_eq!(report.kept + report.image_too_small + report.image_aspect + report.text_shared_by_many + report.text_unigrams_out_of_range + report.text_rare_token, report.input);
+        assert!(
+            report.text_shared_by_many > 0 && report.text_unigrams_out_of_range > 0 && report.text_rare_token > 0,
+            "{report:?}"
+        );
+        assert_eq!(
+            report.kept
+                + report.image_too_small
+                + report.image_aspect
+                + report.text_shared_by_many
+                + report.text_unigrams_out_of_range
+                + report.text_rare_token,
+            report.input
+        );
         assert!(a.iter().all(|p| !p.text.contains("IMG_0412") && !p.text.contains("qzxv")));
         let img = Scene::generate(1, 5).render();
         assert_eq!(img.dimensions(), (Scene::generate(1, 5).width, Scene::generate(1, 5).height));

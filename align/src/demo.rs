@@ -29,11 +29,7 @@ pub fn run(out_dir: &Path) -> Result<()> {
     let path = out_dir.join("demo.safetensors");
     let mut meta = BTreeMap::new();
     meta.insert("created_by".to_string(), "align demo".to_string());
-    save(
-        &path,
-        &[("x", SaveData::Float(&x, Dtype::F32)), ("w.bf16", SaveData::Float(&w, Dtype::BF16))],
-        &meta,
-    )?;
+    save(&path, &[("x", SaveData::Float(&x, Dtype::F32)), ("w.bf16", SaveData::Float(&w, Dtype::BF16))], &meta)?;
     let st = SafeTensors::open(&path)?;
     println!("wrote {} ({} tensors, metadata {:?})", path.display(), st.len(), st.metadata());
     for name in st.names() {

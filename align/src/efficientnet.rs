@@ -237,10 +237,16 @@ impl EfficientNet {
             .map(|(i, &(k, s, e, cin, cout))| {
                 let mid = cin * e;
                 MBConv {
-                    expand: (e != 1).then(|| (Conv2d::new(cin, mid, 1, 1, Padding::Same, false, rng), BatchNorm2d::new(mid, config.bn_momentum, BN_EPS))),
+                    expand: (e != 1).then(|| {
+                        (
+                            Conv2d::new(cin, mid, 1, 1, Padding::Same, false, rng),
+                            BatchNorm2d::new(mid, config.bn_momentum, BN_EPS),
+                        )
+                    }),
                     depthwise: DepthwiseConv2d::new(mid, k, s, Padding::Same, rng),
                     bn_depthwise: BatchNorm2d::new(mid, config.bn_momentum, BN_EPS),
-                    se: (!config.lite).then(|| SqueezeExcite::new(mid, ((cin as f32 * 0.25) as usize).max(1), act, rng)),
+                    se: (!config.lite)
+                        .then(|| SqueezeExcite::new(mid, ((cin as f32 * 0.25) as usize).max(1), act, rng)),
                     project: Conv2d::new(mid, cout, 1, 1, Padding::Same, false, rng),
                     bn_project: BatchNorm2d::new(cout, config.bn_momentum, BN_EPS),
                     act,
@@ -269,7 +275,10 @@ impl EfficientNet {
     pub fn forward_blocks(&self, images: &Var, ctx: &mut Ctx) -> Result<Var> {
         let s = images.shape();
         if s.len() != 4 || s[3] != 3 {
-            return Err(TensorError::Shape { op: "efficientnet", msg: format!("images must be (N, H, W, 3), got {s:?}") });
+            return Err(TensorError::Shape {
+                op: "efficientnet",
+                msg: format!("images must be (N, H, W, 3), got {s:?}"),
+            });
         }
         let mut x = self.act.forward(&self.bn_stem.forward(&self.stem.forward(images)?, ctx)?);
         for b in &self.blocks {
@@ -320,7 +329,11 @@ impl EfficientNet {
         }
         let report = self.load_state_dict(&sd, false)?;
         if !report.missing.is_empty() {
-            return Err(TensorError::Format { file: "state dict".into(), tensor: None, msg: format!("missing: {}", report.missing.join(", ")) });
+            return Err(TensorError::Format {
+                file: "state dict".into(),
+                tensor: None,
+                msg: format!("missing: {}", report.missing.join(", ")),
+            });
         }
         Ok(report)
     }

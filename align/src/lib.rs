@@ -9,6 +9,6 @@ pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod efficientnet;
+pub mod images;
 pub mod retrieval;
 pub mod train;
-pub mod images;

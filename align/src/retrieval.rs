@@ -19,7 +19,8 @@ pub struct RetrievalMetrics {
 
 /// 1-based rank of the best correct item in `scores` (ties pessimistic).
 fn rank_of(scores: &[f32], correct: impl Fn(usize) -> bool) -> usize {
-    let best = scores.iter().enumerate().filter(|(i, _)| correct(*i)).map(|(_, &s)| s).fold(f32::NEG_INFINITY, f32::max);
+    let best =
+        scores.iter().enumerate().filter(|(i, _)| correct(*i)).map(|(_, &s)| s).fold(f32::NEG_INFINITY, f32::max);
     1 + scores.iter().enumerate().filter(|&(i, &s)| !correct(i) && s >= best).count()
 }
 
@@ -40,14 +41,16 @@ fn median(mut v: Vec<usize>) -> f32 {
 pub fn retrieval_metrics(similarity: &[f32], images: usize, texts: usize, text_owner: &[usize]) -> RetrievalMetrics {
     assert_eq!(similarity.len(), images * texts);
     assert_eq!(text_owner.len(), texts);
-    let i2t: Vec<usize> = (0..images).map(|i| rank_of(&similarity[i * texts..(i + 1) * texts], |t| text_owner[t] == i)).collect();
+    let i2t: Vec<usize> =
+        (0..images).map(|i| rank_of(&similarity[i * texts..(i + 1) * texts], |t| text_owner[t] == i)).collect();
     let t2i: Vec<usize> = (0..texts)
         .map(|t| {
             let col: Vec<f32> = (0..images).map(|i| similarity[i * texts + t]).collect();
             rank_of(&col, |i| i == text_owner[t])
         })
         .collect();
-    let recall = |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r <= k).count() as f32 / ranks.len().max(1) as f32;
+    let recall =
+        |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r <= k).count() as f32 / ranks.len().max(1) as f32;
     RetrievalMetrics {
         i2t_r1: recall(&i2t, 1),
         i2t_r5: recall(&i2t, 5),
@@ -73,7 +76,7 @@ mod tests {
         ];
         let m = retrieval_metrics(&sim, 2, 3, &[0, 0, 1]);
         assert_eq!((m.i2t_r1, m.i2t_r5), (0.5, 1.0)); // K larger than the gallery: everything found
-        // text 0 -> image 0 (0.9 vs 0.2) hit; text 1 -> image 1 wins (0.3 > 0.1) rank 2; text 2 -> image 0 wins, rank 2
+                                                      // text 0 -> image 0 (0.9 vs 0.2) hit; text 1 -> image 1 wins (0.3 > 0.1) rank 2; text 2 -> image 0 wins, rank 2
         assert!((m.t2i_r1 - 1.0 / 3.0).abs() < 1e-6);
         assert_eq!(m.t2i_median_rank, 2.0);
         assert_eq!(m.i2t_median_rank, 2.0);

@@ -30,7 +30,9 @@ use tokenizer::trainer::{train as train_vocab, write_vocab, TrainerOptions};
 use tokenizer::{BertOptions, EncodeOptions, Padding, WordPiece};
 
 use crate::bert::{BertConfig, TextTower, TokenBatch};
-use crate::data::{apply_filters, builtin_corpus, image_batch_checked, read_manifest, read_shards, FilterReport, Pair, SkipReport};
+use crate::data::{
+    apply_filters, builtin_corpus, image_batch_checked, read_manifest, read_shards, FilterReport, Pair, SkipReport,
+};
 use crate::efficientnet::{EfficientNet, EfficientNetConfig};
 use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
 
@@ -119,7 +121,8 @@ pub struct DualEncoder {
 impl DualEncoder {
     pub fn new(cfg: &TrainConfig, vocab_size: usize, rng: &mut Rng) -> Result<DualEncoder> {
         let bad = |what: &str, name: &str| TensorError::Shape { op: "config", msg: format!("unknown {what} '{name}'") };
-        let mut icfg = EfficientNetConfig::by_name(&cfg.image_arch).ok_or_else(|| bad("image tower", &cfg.image_arch))?;
+        let mut icfg =
+            EfficientNetConfig::by_name(&cfg.image_arch).ok_or_else(|| bad("image tower", &cfg.image_arch))?;
         icfg.num_classes = 1; // the classifier is not used by ALIGN
         icfg.bn_momentum = cfg.bn_momentum;
         let mut tcfg = BertConfig::by_name(&cfg.text_arch).ok_or_else(|| bad("text tower", &cfg.text_arch))?;
@@ -150,7 +153,10 @@ impl Module for DualEncoder {
     fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
         // The image head conv / classifier get no gradient in ALIGN; they are left out.
         let tower = nn::module::join(prefix, "image_tower");
-        let head: Vec<String> = ["_conv_head.weight", "_bn1.weight", "_bn1.bias", "_fc.weight", "_fc.bias"].iter().map(|n| nn::module::join(&tower, n)).collect();
+        let head: Vec<String> = ["_conv_head.weight", "_bn1.weight", "_bn1.bias", "_fc.weight", "_fc.bias"]
+            .iter()
+            .map(|n| nn::module::join(&tower, n))
+            .collect();
         let mut img = vec![];
         self.image.parameters(&tower, &mut img);
         out.extend(img.into_iter().filter(|(n, _)| !head.contains(n)));
@@ -164,7 +170,10 @@ impl Module for DualEncoder {
 
 /// Tokenises captions to a padded batch.
 pub fn token_batch(tok: &WordPiece, texts: &[&str], max_tokens: usize) -> Result<TokenBatch> {
-    let encs = tok.encode_batch(texts, &EncodeOptions { max_len: Some(max_tokens), padding: Padding::Longest, ..Default::default() });
+    let encs = tok.encode_batch(
+        texts,
+        &EncodeOptions { max_len: Some(max_tokens), padding: Padding::Longest, ..Default::default() },
+    );
     TokenBatch::from_encodings(&encs)
 }
 
@@ -181,7 +190,9 @@ pub fn evaluate(model: &DualEncoder, tok: &WordPiece, cfg: &TrainConfig, held: &
             }
             img_emb.extend(model.embed_images(&images, &mut Ctx::eval())?.value().to_vec());
             let texts: Vec<&str> = decoded.iter().map(|&i| chunk[i].text.as_str()).collect();
-            txt_emb.extend(model.embed_texts(&token_batch(tok, &texts, cfg.max_tokens)?, &mut Ctx::eval())?.value().to_vec());
+            txt_emb.extend(
+                model.embed_texts(&token_batch(tok, &texts, cfg.max_tokens)?, &mut Ctx::eval())?.value().to_vec(),
+            );
         }
         Ok(())
     })?;
@@ -257,7 +268,12 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         let (kept, report) = apply_filters(&meta, 200_000, min_count);
         let mut pairs: Vec<Pair> = kept
             .into_iter()
-            .map(|i| Pair { index: i as u64, file: images[i].0.clone(), bytes: images[i].1.clone(), text: meta[i].2.clone() })
+            .map(|i| Pair {
+                index: i as u64,
+                file: images[i].0.clone(),
+                bytes: images[i].1.clone(),
+                text: meta[i].2.clone(),
+            })
             .collect();
         // hold out the last tenth (at most `held_out`) for retrieval
         let n_held = (pairs.len() / 10).min(cfg.held_out);
@@ -265,19 +281,27 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         (pairs, held, report)
     };
     if train_pairs.len() < 2 {
-        return Err(TensorError::Shape { op: "train", msg: format!("only {} pairs survive the filters", train_pairs.len()) });
+        return Err(TensorError::Shape {
+            op: "train",
+            msg: format!("only {} pairs survive the filters", train_pairs.len()),
+        });
     }
     let vocab_path = out_dir.join("vocab.txt");
     let vocab = if resume && vocab_path.exists() {
         std::fs::read_to_string(&vocab_path).map_err(io_err(&vocab_path))?.lines().map(String::from).collect()
     } else {
-        let v = train_vocab(train_pairs.iter().map(|p| p.text.as_str()), &TrainerOptions { vocab_size: cfg.vocab_size, ..Default::default() });
+        let v = train_vocab(
+            train_pairs.iter().map(|p| p.text.as_str()),
+            &TrainerOptions { vocab_size: cfg.vocab_size, ..Default::default() },
+        );
         write_vocab(&vocab_path, &v).map_err(io_err(&vocab_path))?;
         v
     };
-    let tok = WordPiece::from_tokens(vocab, BertOptions::default()).map_err(|e| TensorError::Shape { op: "vocabulary", msg: e.to_string() })?;
+    let tok = WordPiece::from_tokens(vocab, BertOptions::default())
+        .map_err(|e| TensorError::Shape { op: "vocabulary", msg: e.to_string() })?;
     let report = serde_json::json!({"filters": &filters, "skipped": &skipped});
-    std::fs::write(out_dir.join("filters.json"), serde_json::to_string_pretty(&report).expect("json")).map_err(io_err(out_dir))?;
+    std::fs::write(out_dir.join("filters.json"), serde_json::to_string_pretty(&report).expect("json"))
+        .map_err(io_err(out_dir))?;
     if !quiet && skipped.total() > 0 {
         eprintln!("skipped records: {}", serde_json::to_string(&skipped).expect("json"));
     }
@@ -291,9 +315,15 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     // 2. model and 4. optimiser
     let mut rng = Rng::new(cfg.seed);
     let model = DualEncoder::new(cfg, tok.vocab_size(), &mut rng)?;
-    let params: Vec<(String, Var)> = model.named_parameters().into_iter().filter(|(n, _)| n != "log_temperature").collect();
+    let params: Vec<(String, Var)> =
+        model.named_parameters().into_iter().filter(|(n, _)| n != "log_temperature").collect();
     let mut groups = decay_groups(params, cfg.lr, cfg.weight_decay);
-    groups.push(ParamGroup { params: vec![("log_temperature".into(), model.log_temperature.clone())], lr: cfg.lr * cfg.temperature_lr_scale, weight_decay: 0.0, no_trust_ratio: true });
+    groups.push(ParamGroup {
+        params: vec![("log_temperature".into(), model.log_temperature.clone())],
+        lr: cfg.lr * cfg.temperature_lr_scale,
+        weight_decay: 0.0,
+        no_trust_ratio: true,
+    });
     let mut opt = Lamb::new(groups);
     let schedule = LrSchedule::WarmupLinear { peak: cfg.lr, warmup: cfg.warmup, total: cfg.steps, end: 0.0 };
     let ckpt = out_dir.join("checkpoint.safetensors");
@@ -311,7 +341,14 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
     let n_params: usize = model.named_parameters().iter().map(|(_, p)| p.value().numel()).sum();
     if !quiet {
-        eprintln!("model: {} + {} ({:.1}M trained parameters), batch {}, {} steps", cfg.image_arch, cfg.text_arch, n_params as f64 / 1e6, cfg.batch_size, cfg.steps);
+        eprintln!(
+            "model: {} + {} ({:.1}M trained parameters), batch {}, {} steps",
+            cfg.image_arch,
+            cfg.text_arch,
+            n_params as f64 / 1e6,
+            cfg.batch_size,
+            cfg.steps
+        );
     }
     let mut order: Vec<usize> = (0..train_pairs.len()).collect();
     let mut cursor = order.len(); // forces a shuffle on the first batch
@@ -324,7 +361,10 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
             save_checkpoint(&ckpt, &model, &opt, step, &data_rng, &meta)?;
             if !quiet {
-                eprintln!("\ninterrupted: checkpoint at step {step} written to {}; continue with --resume", ckpt.display());
+                eprintln!(
+                    "\ninterrupted: checkpoint at step {step} written to {}; continue with --resume",
+                    ckpt.display()
+                );
             }
             interrupted = true;
             break;
@@ -339,7 +379,8 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             batch.push(&train_pairs[order[cursor]]);
             cursor += 1;
         }
-        let (images, decoded, corrupt) = image_batch_checked(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
+        let (images, decoded, corrupt) =
+            image_batch_checked(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
         skipped.corrupt_image += corrupt;
         if decoded.len() < 2 {
             continue; // nothing to contrast in this batch
@@ -353,7 +394,10 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         let loss = contrastive_loss(&x, &y, &model.log_temperature, 0.1)?;
         let loss_value = loss.value().item()?;
         if !loss_value.is_finite() {
-            return Err(TensorError::Shape { op: "train", msg: format!("non-finite loss at step {step}; the last good checkpoint is {}", ckpt.display()) });
+            return Err(TensorError::Shape {
+                op: "train",
+                msg: format!("non-finite loss at step {step}; the last good checkpoint is {}", ckpt.display()),
+            });
         }
         loss.backward()?;
         if let Some(c) = cfg.clip_norm {
@@ -376,7 +420,13 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         let line = serde_json::json!({"step": step + 1, "loss": loss_value, "temperature": model.temperature(), "lr": lr, "pairs_per_s": pairs_per_s, "elapsed_s": started.elapsed().as_secs_f64()});
         writeln!(log, "{line}").map_err(io_err(&log_path))?;
         if !quiet {
-            eprint!("\rstep {:>6}/{} loss {loss_value:.4} temp {:.4} lr {lr:.2e} {pairs_per_s:.1} pairs/s ETA {:.0}s   ", step + 1, cfg.steps, model.temperature(), eta);
+            eprint!(
+                "\rstep {:>6}/{} loss {loss_value:.4} temp {:.4} lr {lr:.2e} {pairs_per_s:.1} pairs/s ETA {:.0}s   ",
+                step + 1,
+                cfg.steps,
+                model.temperature(),
+                eta
+            );
         }
         if (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == cfg.steps {
             save_checkpoint(&ckpt, &model, &opt, step + 1, &data_rng, &meta)?;
@@ -384,7 +434,10 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != cfg.steps {
             let m = evaluate(&model, &tok, cfg, &held)?;
             if !quiet {
-                eprintln!("\n  held-out: i2t R@1/5/10 {:.3}/{:.3}/{:.3}  t2i {:.3}/{:.3}/{:.3}", m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10);
+                eprintln!(
+                    "\n  held-out: i2t R@1/5/10 {:.3}/{:.3}/{:.3}  t2i {:.3}/{:.3}/{:.3}",
+                    m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10
+                );
             }
         }
     }
@@ -446,7 +499,10 @@ mod tests {
         let more = TrainConfig { steps: 6, ..cfg };
         train(&more, &dir, true, true).unwrap();
         let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
-        let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        let steps: Vec<u64> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+            .collect();
         assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     }
 
@@ -481,7 +537,11 @@ mod tests {
         let cfg = TrainConfig { data: manifest.display().to_string(), held_out: 2, ..small() };
         let s = train(&cfg, &dir.join("run"), false, true).unwrap();
         let k = &s.skipped;
-        assert_eq!((k.missing_image, k.empty_file, k.empty_caption, k.non_utf8_caption, k.malformed_line), (1, 1, 1, 1, 1), "{k:?}");
+        assert_eq!(
+            (k.missing_image, k.empty_file, k.empty_caption, k.non_utf8_caption, k.malformed_line),
+            (1, 1, 1, 1, 1),
+            "{k:?}"
+        );
         assert!(k.corrupt_image >= 1, "the unreadable JPEG is counted: {k:?}");
         assert!(s.final_loss.is_finite());
         assert_eq!(s.steps, cfg.steps);

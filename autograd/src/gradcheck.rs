@@ -118,7 +118,8 @@ mod tests {
     #[test]
     fn checker_rejects_a_wrong_backward_and_accepts_a_right_one() {
         let x = Tensor::rand_uniform(&[3, 2], 0.5, 1.5, 1);
-        let err = check_gradients(&[x.clone()], |v| Ok(broken_square(&v[0])), &GradcheckOptions::default()).unwrap_err();
+        let err =
+            check_gradients(&[x.clone()], |v| Ok(broken_square(&v[0])), &GradcheckOptions::default()).unwrap_err();
         assert!(err.contains("analytic"), "{err}");
         let ok = check_gradients(&[x], |v| mul(&v[0], &v[0]), &GradcheckOptions::default()).unwrap();
         assert_eq!(ok.elements_checked, 6);
@@ -128,10 +129,14 @@ mod tests {
     fn checker_notices_a_missing_gradient() {
         // An op that claims its input has no gradient although the output depends on it.
         let x = Tensor::rand_uniform(&[4], 0.5, 1.5, 2);
-        let err = check_gradients(&[x], |v| {
-            let xv = v[0].value();
-            Ok(Var::from_fn(xv.mul_scalar(3.0), &[&v[0]], "no_grad_op", |_, _| Ok(vec![None])))
-        }, &GradcheckOptions::default())
+        let err = check_gradients(
+            &[x],
+            |v| {
+                let xv = v[0].value();
+                Ok(Var::from_fn(xv.mul_scalar(3.0), &[&v[0]], "no_grad_op", |_, _| Ok(vec![None])))
+            },
+            &GradcheckOptions::default(),
+        )
         .unwrap_err();
         assert!(err.contains("analytic 0"), "{err}");
     }

@@ -156,7 +156,11 @@ impl Var {
         }
         let mut guard = self.0.value.write().unwrap_or_else(|e| e.into_inner());
         if guard.shape() != value.shape() {
-            return Err(TensorError::Graph(format!("set_value: shape {:?} replaces {:?}", value.shape(), guard.shape())));
+            return Err(TensorError::Graph(format!(
+                "set_value: shape {:?} replaces {:?}",
+                value.shape(),
+                guard.shape()
+            )));
         }
         *guard = value;
         Ok(())

@@ -19,5 +19,9 @@ fn contrastive_loss_and_gradients_match_pytorch() {
     let scaled = Tolerance::scaled(1e-5, 1e-8);
     scaled.assert("grad.image", &x.grad().unwrap().to_vec(), &fx.tensor("grad.image").unwrap().to_vec());
     scaled.assert("grad.text", &y.grad().unwrap().to_vec(), &fx.tensor("grad.text").unwrap().to_vec());
-    tol.assert("grad.log_temperature", &t.grad().unwrap().to_vec(), &fx.tensor("grad.log_temperature").unwrap().to_vec());
+    tol.assert(
+        "grad.log_temperature",
+        &t.grad().unwrap().to_vec(),
+        &fx.tensor("grad.log_temperature").unwrap().to_vec(),
+    );
 }

@@ -95,7 +95,8 @@ fn composite_graph_matches_pytorch_loss_and_gradients() {
         let want = fx.tensor(&format!("grad.{name}")).unwrap();
         let got = var.grad().unwrap_or_else(|| panic!("no gradient for {name}"));
         assert_eq!(got.shape(), want.shape(), "{name}");
-        worst = worst.max(tol.check(&format!("grad.{name}"), &got.to_vec(), &want.to_vec()).unwrap_or_else(|e| panic!("{e}")));
+        worst = worst
+            .max(tol.check(&format!("grad.{name}"), &got.to_vec(), &want.to_vec()).unwrap_or_else(|e| panic!("{e}")));
     }
     println!("max |grad error| = {worst:.3e}");
 }

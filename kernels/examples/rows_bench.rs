@@ -63,5 +63,8 @@ fn main() {
 
     let x = data(2048 * 3072);
     let mut y = vec![0.0; x.len()];
-    println!("gelu 2048x3072 fwd {:.3} ms", median_ms(runs, || rows::activation_forward(Activation::GeluErf, &x, &mut y)));
+    println!(
+        "gelu 2048x3072 fwd {:.3} ms",
+        median_ms(runs, || rows::activation_forward(Activation::GeluErf, &x, &mut y))
+    );
 }

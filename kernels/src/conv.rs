@@ -42,7 +42,14 @@ pub struct ConvGeometry {
 }
 
 /// (output size, padding before) along one axis.
-fn axis_geometry(input: usize, k: usize, stride: usize, before: usize, after: usize, same: bool) -> Result<(usize, usize), String> {
+fn axis_geometry(
+    input: usize,
+    k: usize,
+    stride: usize,
+    before: usize,
+    after: usize,
+    same: bool,
+) -> Result<(usize, usize), String> {
     if same {
         let out = input.div_ceil(stride);
         let total = ((out.max(1) - 1) * stride + k).saturating_sub(input);
@@ -78,7 +85,21 @@ impl ConvGeometry {
         };
         let (out_h, pad_top) = axis_geometry(in_h, k_h, stride_h, t, b, same)?;
         let (out_w, pad_left) = axis_geometry(in_w, k_w, stride_w, l, r, same)?;
-        Ok(ConvGeometry { batch, in_h, in_w, c_in, c_out, k_h, k_w, stride_h, stride_w, pad_top, pad_left, out_h, out_w })
+        Ok(ConvGeometry {
+            batch,
+            in_h,
+            in_w,
+            c_in,
+            c_out,
+            k_h,
+            k_w,
+            stride_h,
+            stride_w,
+            pad_top,
+            pad_left,
+            out_h,
+            out_w,
+        })
     }
 
     pub fn input_len(&self) -> usize {
@@ -250,7 +271,17 @@ mod tests {
         // in 8, k 5, s 1: out 8, total 4 -> 2 before
         let g = ConvGeometry::new(1, 8, 8, 1, 1, (5, 5), (1, 1), Padding::Same).unwrap();
         assert_eq!((g.out_h, g.pad_top), (8, 2));
-        let g = ConvGeometry::new(1, 5, 5, 1, 1, (3, 3), (1, 1), Padding::Explicit { top: 1, bottom: 1, left: 0, right: 0 }).unwrap();
+        let g = ConvGeometry::new(
+            1,
+            5,
+            5,
+            1,
+            1,
+            (3, 3),
+            (1, 1),
+            Padding::Explicit { top: 1, bottom: 1, left: 0, right: 0 },
+        )
+        .unwrap();
         assert_eq!((g.out_h, g.out_w), (5, 3));
         assert!(ConvGeometry::new(1, 2, 2, 1, 1, (3, 3), (1, 1), Padding::Valid).is_err());
     }
@@ -281,7 +312,12 @@ use rayon::prelude::*;
 
 impl ConvGeometry {
     fn is_pointwise(&self) -> bool {
-        self.k_h == 1 && self.k_w == 1 && self.stride_h == 1 && self.stride_w == 1 && self.pad_top == 0 && self.pad_left == 0
+        self.k_h == 1
+            && self.k_w == 1
+            && self.stride_h == 1
+            && self.stride_w == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
     }
     /// Rows of the im2col matrix per image, and its width.
     fn patch_dims(&self) -> (usize, usize) {
@@ -304,7 +340,9 @@ fn im2col_rows(x_img: &[f32], g: &ConvGeometry, p0: usize, rows: usize, col: &mu
             for kw in 0..g.k_w {
                 let dst = &mut row[(kh * g.k_w + kw) * c..(kh * g.k_w + kw + 1) * c];
                 match (g.input_row(oh, kh), g.input_col(ow, kw)) {
-                    (Some(ih), Some(iw)) => dst.copy_from_slice(&x_img[(ih * g.in_w + iw) * c..(ih * g.in_w + iw + 1) * c]),
+                    (Some(ih), Some(iw)) => {
+                        dst.copy_from_slice(&x_img[(ih * g.in_w + iw) * c..(ih * g.in_w + iw + 1) * c])
+                    }
                     _ => dst.fill(0.0),
                 }
             }
@@ -358,8 +396,21 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
             |col, &(n, p0, rows)| {
                 im2col_rows(&x[n * img..(n + 1) * img], g, p0, rows, col);
                 // SAFETY: each block writes its own rows of y.
-                let out = unsafe { std::slice::from_raw_parts_mut(yp.ptr().add((n * p + p0) * g.c_out), rows * g.c_out) };
-                crate::gemm::sgemm_with(isa, 1, rows, kdim, g.c_out, 1.0, col, w, 0.0, out, GemmStrides::row_major(kdim, g.c_out));
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(yp.ptr().add((n * p + p0) * g.c_out), rows * g.c_out) };
+                crate::gemm::sgemm_with(
+                    isa,
+                    1,
+                    rows,
+                    kdim,
+                    g.c_out,
+                    1.0,
+                    col,
+                    w,
+                    0.0,
+                    out,
+                    GemmStrides::row_major(kdim, g.c_out),
+                );
             },
         );
     });
@@ -396,7 +447,19 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom
             |col, (n, dx_img)| {
                 for p0 in (0..p).step_by(IM2COL_BLOCK) {
                     let rows = IM2COL_BLOCK.min(p - p0);
-                    crate::gemm::sgemm_with(isa, 1, rows, g.c_out, kdim, 1.0, &dy[(n * p + p0) * g.c_out..], w, 0.0, col, s);
+                    crate::gemm::sgemm_with(
+                        isa,
+                        1,
+                        rows,
+                        g.c_out,
+                        kdim,
+                        1.0,
+                        &dy[(n * p + p0) * g.c_out..],
+                        w,
+                        0.0,
+                        col,
+                        s,
+                    );
                     col2im_rows_add(col, g, p0, rows, dx_img);
                 }
             },
@@ -428,7 +491,19 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeo
                 let mut col = vec![0.0f32; IM2COL_BLOCK * kdim];
                 for &(n, p0, rows) in chunk {
                     im2col_rows(&x[n * img..(n + 1) * img], g, p0, rows, &mut col);
-                    crate::gemm::sgemm_with(isa, 1, kdim, rows, g.c_out, 1.0, &col, &dy[(n * p + p0) * g.c_out..], 1.0, &mut acc, s);
+                    crate::gemm::sgemm_with(
+                        isa,
+                        1,
+                        kdim,
+                        rows,
+                        g.c_out,
+                        1.0,
+                        &col,
+                        &dy[(n * p + p0) * g.c_out..],
+                        1.0,
+                        &mut acc,
+                        s,
+                    );
                 }
                 acc
             })
@@ -598,7 +673,8 @@ mod dw_generic {
                         for kw in 0..g.k_w {
                             let Some(iw) = g.input_col(ow, kw) else { continue };
                             for ch in start..c {
-                                *dp.add((kh * g.k_w + kw) * c + ch) += *xp.add((ih * g.in_w + iw) * c + ch) * *gp.add((oh * g.out_w + ow) * c + ch);
+                                *dp.add((kh * g.k_w + kw) * c + ch) +=
+                                    *xp.add((ih * g.in_w + iw) * c + ch) * *gp.add((oh * g.out_w + ow) * c + ch);
                             }
                         }
                     }
@@ -722,18 +798,42 @@ impl F32Vec for Scalar {
 
 /// Runs `op` for every image, images spread over the kernel threads.
 #[allow(clippy::too_many_arguments)]
-fn dw_over_images(isa: Isa, op: DwOp, a: &[f32], a_img: usize, b: &[f32], b_img: usize, out: &mut [f32], out_img: usize, g: &ConvGeometry) {
+fn dw_over_images(
+    isa: Isa,
+    op: DwOp,
+    a: &[f32],
+    a_img: usize,
+    b: &[f32],
+    b_img: usize,
+    out: &mut [f32],
+    out_img: usize,
+    g: &ConvGeometry,
+) {
     let isa = isa.supported();
     let threads = parallel::num_threads();
     if threads <= 1 || g.batch == 1 {
         for n in 0..g.batch {
-            dw_image(isa, op, &a[n * a_img..(n + 1) * a_img], &b[n * b_img..n * b_img + b_img.max(g.k_h * g.k_w * g.c_in)], &mut out[n * out_img..(n + 1) * out_img], g);
+            dw_image(
+                isa,
+                op,
+                &a[n * a_img..(n + 1) * a_img],
+                &b[n * b_img..n * b_img + b_img.max(g.k_h * g.k_w * g.c_in)],
+                &mut out[n * out_img..(n + 1) * out_img],
+                g,
+            );
         }
         return;
     }
     parallel::install(|| {
         out[..g.batch * out_img].par_chunks_mut(out_img).enumerate().for_each(|(n, o)| {
-            dw_image(isa, op, &a[n * a_img..(n + 1) * a_img], &b[n * b_img..n * b_img + b_img.max(g.k_h * g.k_w * g.c_in)], o, g);
+            dw_image(
+                isa,
+                op,
+                &a[n * a_img..(n + 1) * a_img],
+                &b[n * b_img..n * b_img + b_img.max(g.k_h * g.k_w * g.c_in)],
+                o,
+                g,
+            );
         });
     });
 }
@@ -763,7 +863,14 @@ pub fn depthwise_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &Conv
             .map(|t| {
                 let mut acc = vec![0.0f32; wl];
                 for n in t * chunk..((t + 1) * chunk).min(g.batch) {
-                    dw_image(isa, DwOp::BackwardWeight, &x[n * xi..(n + 1) * xi], &dy[n * yi..(n + 1) * yi], &mut acc, g);
+                    dw_image(
+                        isa,
+                        DwOp::BackwardWeight,
+                        &x[n * xi..(n + 1) * xi],
+                        &dy[n * yi..(n + 1) * yi],
+                        &mut acc,
+                        g,
+                    );
                 }
                 acc
             })
@@ -782,7 +889,9 @@ mod fast_tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5)
+            .collect()
     }
 
     fn close(what: &str, a: &[f32], b: &[f32]) {
@@ -794,7 +903,8 @@ mod fast_tests {
     #[test]
     fn fast_convs_match_references_on_odd_sizes_strides_and_paddings() {
         let pads = [Padding::Same, Padding::Valid, Padding::Explicit { top: 1, bottom: 2, left: 0, right: 1 }];
-        for &(n, h, w, ci, co, k) in &[(2, 7, 5, 3, 4, 3), (1, 9, 8, 17, 33, 5), (3, 6, 6, 8, 5, 1), (2, 5, 7, 1, 2, 3)] {
+        for &(n, h, w, ci, co, k) in &[(2, 7, 5, 3, 4, 3), (1, 9, 8, 17, 33, 5), (3, 6, 6, 8, 5, 1), (2, 5, 7, 1, 2, 3)]
+        {
             for stride in [1, 2] {
                 for pad in pads {
                     let Ok(g) = ConvGeometry::new(n, h, w, ci, co, (k, k), (stride, stride), pad) else { continue };
@@ -821,7 +931,17 @@ mod fast_tests {
                     for isa in Isa::available() {
                         let (mut a, mut b) = (vec![0.0; gd.output_len()], vec![0.0; gd.output_len()]);
                         depthwise_forward_reference(&x, &wd, &mut a, &gd);
-                        dw_over_images(isa, DwOp::Forward, &x, gd.in_h * gd.in_w * ci, &wd, 0, &mut b, gd.out_h * gd.out_w * ci, &gd);
+                        dw_over_images(
+                            isa,
+                            DwOp::Forward,
+                            &x,
+                            gd.in_h * gd.in_w * ci,
+                            &wd,
+                            0,
+                            &mut b,
+                            gd.out_h * gd.out_w * ci,
+                            &gd,
+                        );
                         close(&format!("dw fwd {isa:?} {what}"), &b, &a);
                     }
                     let (mut a, mut b) = (vec![0.0; gd.input_len()], vec![7.0; gd.input_len()]);

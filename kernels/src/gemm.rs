@@ -154,7 +154,19 @@ pub fn sgemm_batched(
                     // SAFETY: products write disjoint C regions (callers give non-overlapping
                     // batch strides), all inside the extents checked above.
                     unsafe {
-                        sgemm_raw(isa, 1, m, k, n, alpha, ap.0.add(i * a_batch_stride), bp.0.add(i * b_batch_stride), beta, cp.0.add(i * c_batch_stride), s)
+                        sgemm_raw(
+                            isa,
+                            1,
+                            m,
+                            k,
+                            n,
+                            alpha,
+                            ap.0.add(i * a_batch_stride),
+                            bp.0.add(i * b_batch_stride),
+                            beta,
+                            cp.0.add(i * c_batch_stride),
+                            s,
+                        )
                     }
                 }
             });
@@ -163,7 +175,19 @@ pub fn sgemm_batched(
         for i in 0..batch {
             // SAFETY: as above.
             unsafe {
-                sgemm_raw(isa, threads, m, k, n, alpha, ap.0.add(i * a_batch_stride), bp.0.add(i * b_batch_stride), beta, cp.0.add(i * c_batch_stride), s)
+                sgemm_raw(
+                    isa,
+                    threads,
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    ap.0.add(i * a_batch_stride),
+                    bp.0.add(i * b_batch_stride),
+                    beta,
+                    cp.0.add(i * c_batch_stride),
+                    s,
+                )
             }
         }
     }
@@ -205,13 +229,19 @@ pub fn sgemm_offsets(
     c_offsets: &[usize],
     s: GemmStrides,
 ) {
-    assert!(a_offsets.len() == b_offsets.len() && a_offsets.len() == c_offsets.len(), "sgemm_offsets: offset lists differ");
+    assert!(
+        a_offsets.len() == b_offsets.len() && a_offsets.len() == c_offsets.len(),
+        "sgemm_offsets: offset lists differ"
+    );
     if m == 0 || n == 0 {
         return;
     }
     let (ea, eb, ec) = (extent(m, k, s.a_row, s.a_col), extent(k, n, s.b_row, s.b_col), extent(m, n, s.c_row, s.c_col));
     for i in 0..a_offsets.len() {
-        assert!(a_offsets[i] + ea <= a.len() && b_offsets[i] + eb <= b.len() && c_offsets[i] + ec <= c.len(), "sgemm_offsets: product {i} out of bounds");
+        assert!(
+            a_offsets[i] + ea <= a.len() && b_offsets[i] + eb <= b.len() && c_offsets[i] + ec <= c.len(),
+            "sgemm_offsets: product {i} out of bounds"
+        );
     }
     let threads = parallel::num_threads();
     let isa = Isa::best();
@@ -220,7 +250,21 @@ pub fn sgemm_offsets(
     let run = |i: usize, t: usize| {
         let (ap, bp, cp) = (ap, bp, cp);
         // SAFETY: bounds checked above; callers guarantee disjoint C regions.
-        unsafe { sgemm_raw(isa, t, m, k, n, alpha, ap.0.add(a_offsets[i]), bp.0.add(b_offsets[i]), beta, cp.0.add(c_offsets[i]), s) }
+        unsafe {
+            sgemm_raw(
+                isa,
+                t,
+                m,
+                k,
+                n,
+                alpha,
+                ap.0.add(a_offsets[i]),
+                bp.0.add(b_offsets[i]),
+                beta,
+                cp.0.add(c_offsets[i]),
+                s,
+            )
+        }
     };
     if threads > 1 && batch >= threads && 2 * m * n * k < (1 << 24) {
         parallel::install(|| {
@@ -343,9 +387,33 @@ unsafe fn sgemm_raw(
             // SAFETY: each part writes a disjoint block of C.
             unsafe {
                 if split_n {
-                    gemm_serial(isa, bl, m, k, end - start, alpha, ap.0, bp.0.add(start * s.b_col), beta, cp.0.add(start * s.c_col), s);
+                    gemm_serial(
+                        isa,
+                        bl,
+                        m,
+                        k,
+                        end - start,
+                        alpha,
+                        ap.0,
+                        bp.0.add(start * s.b_col),
+                        beta,
+                        cp.0.add(start * s.c_col),
+                        s,
+                    );
                 } else {
-                    gemm_serial(isa, bl, end - start, k, n, alpha, ap.0.add(start * s.a_row), bp.0, beta, cp.0.add(start * s.c_row), s);
+                    gemm_serial(
+                        isa,
+                        bl,
+                        end - start,
+                        k,
+                        n,
+                        alpha,
+                        ap.0.add(start * s.a_row),
+                        bp.0,
+                        beta,
+                        cp.0.add(start * s.c_row),
+                        s,
+                    );
                 }
             }
         });
@@ -396,7 +464,14 @@ unsafe fn gemm_serial(
                 pb.resize(b_need, 0.0);
             }
             let mut tile = [0.0f32; 12 * 32];
-            let mut run_tile = |a_panel: *const f32, b_panel: *const f32, row: usize, col: usize, kc: usize, mr_eff: usize, nr_eff: usize, beta_block: f32| {
+            let mut run_tile = |a_panel: *const f32,
+                                b_panel: *const f32,
+                                row: usize,
+                                col: usize,
+                                kc: usize,
+                                mr_eff: usize,
+                                nr_eff: usize,
+                                beta_block: f32| {
                 let c_tile = c.add(row * s.c_row + col * s.c_col);
                 if mr_eff == mr && nr_eff == nr && s.c_col == 1 {
                     kernel(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block);
@@ -431,7 +506,16 @@ unsafe fn gemm_serial(
                             for jr in (0..nc).step_by(nr) {
                                 // Loop 1: ... while the MR-tall micro-panels of A stream from L2).
                                 for ir in (0..mc).step_by(mr) {
-                                    run_tile(pa.as_ptr().add(ir * kc), pb.as_ptr().add(jr * kc), ic + ir, jc + jr, kc, mr.min(mc - ir), nr.min(nc - jr), beta_block);
+                                    run_tile(
+                                        pa.as_ptr().add(ir * kc),
+                                        pb.as_ptr().add(jr * kc),
+                                        ic + ir,
+                                        jc + jr,
+                                        kc,
+                                        mr.min(mc - ir),
+                                        nr.min(nc - jr),
+                                        beta_block,
+                                    );
                                 }
                             }
                         }
@@ -458,7 +542,16 @@ unsafe fn gemm_serial(
                         for ir in (0..mc).step_by(mr) {
                             // Loop 1: ... while the NR-wide micro-panels of B stream from L2).
                             for jr in (0..nc).step_by(nr) {
-                                run_tile(pa.as_ptr().add(ir * kc), pb.as_ptr().add(jr * kc), ic + ir, jc + jr, kc, mr.min(mc - ir), nr.min(nc - jr), beta_block);
+                                run_tile(
+                                    pa.as_ptr().add(ir * kc),
+                                    pb.as_ptr().add(jr * kc),
+                                    ic + ir,
+                                    jc + jr,
+                                    kc,
+                                    mr.min(mc - ir),
+                                    nr.min(nc - jr),
+                                    beta_block,
+                                );
                             }
                         }
                     }
@@ -555,7 +648,17 @@ unsafe fn kernel_portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f
 /// Matrix-vector products (M = 1 or N = 1): no packing, the matrix is streamed once.
 /// Computes y = alpha * Mat x + beta * y with Mat = A (when N = 1) or B^T (when M = 1).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemv_path(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, b: *const f32, beta: f32, c: *mut f32, s: GemmStrides) {
+unsafe fn gemv_path(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+) {
     let (rows, mat, m_rs, m_cs, x, x_s, y, y_s) = if n == 1 {
         (m, a, s.a_row, s.a_col, b, s.b_row, c, s.c_row)
     } else {
@@ -600,7 +703,15 @@ mod x86 {
 
     /// AVX2+FMA 6x16 micro-kernel: 12 ymm accumulators, 2 B loads and 6 broadcasts per k step.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32) {
+    pub unsafe fn kernel_avx2_6x16(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
@@ -630,7 +741,15 @@ mod x86 {
 
     /// AVX-512F 12x32 micro-kernel: 24 zmm accumulators, 2 B loads and 12 broadcasts per k step.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn kernel_avx512_12x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32) {
+    pub unsafe fn kernel_avx512_12x32(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; 12];
         // The C tile is read (beta != 0) and written at the end: start fetching it now.
         for r in 0..12 {

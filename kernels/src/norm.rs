@@ -55,7 +55,9 @@ pub fn layer_norm_backward(
     if cols == 0 {
         return;
     }
-    for (r, ((xr, dyr), dxr)) in x.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)).enumerate() {
+    for (r, ((xr, dyr), dxr)) in
+        x.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)).enumerate()
+    {
         let (m, s) = (mean[r], rstd[r]);
         let mut mean_g = 0.0f64;
         let mut mean_gn = 0.0f64;
@@ -103,7 +105,15 @@ pub fn batch_norm_stats(x: &[f32], channels: usize, mean: &mut [f32], var: &mut 
 }
 
 /// y = (x - mean[c]) * rstd[c] * gamma[c] + beta[c] over (rows, channels).
-pub fn batch_norm_apply(x: &[f32], mean: &[f32], rstd: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], channels: usize) {
+pub fn batch_norm_apply(
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    y: &mut [f32],
+    channels: usize,
+) {
     for (xr, yr) in x.chunks_exact(channels.max(1)).zip(y.chunks_exact_mut(channels.max(1))) {
         for c in 0..channels {
             yr[c] = (xr[c] - mean[c]) * rstd[c] * gamma[c] + beta[c];

@@ -31,8 +31,7 @@ pub fn set_num_threads(n: usize) {
     REQUESTED_THREADS.store(n, Ordering::Relaxed);
 }
 
-fn pool() -> std::sync::Arc<rayon::ThreadPool> {
-    let n = num_threads();
+fn pool(n: usize) -> std::sync::Arc<rayon::ThreadPool> {
     let cell = POOL.get_or_init(|| Mutex::new(None));
     let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((size, pool)) = guard.as_ref() {
@@ -54,10 +53,15 @@ fn pool() -> std::sync::Arc<rayon::ThreadPool> {
 /// Runs `f` inside the kernel thread pool (sized by [`num_threads`]). With one thread the
 /// closure runs on the caller's thread and no pool is touched.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if num_threads() == 1 {
+    install_with(num_threads(), f)
+}
+
+/// Runs `f` inside a pool of exactly `threads` threads (1: on the caller's thread).
+pub fn install_with<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    if threads <= 1 {
         return f();
     }
-    pool().install(f)
+    pool(threads).install(f)
 }
 
 #[cfg(test)]
@@ -66,11 +70,9 @@ mod tests {
 
     #[test]
     fn install_runs_on_a_pool_of_the_requested_size() {
-        set_num_threads(2);
-        let seen = install(rayon::current_num_threads);
-        assert_eq!(seen, 2);
-        set_num_threads(1);
-        assert_eq!(install(|| 7), 7);
-        set_num_threads(0);
+        // explicit sizes: other tests in this binary change the global setting concurrently
+        assert_eq!(install_with(2, rayon::current_num_threads), 2);
+        assert_eq!(install_with(3, rayon::current_num_threads), 3);
+        assert_eq!(install_with(1, || 7), 7);
     }
 }

@@ -69,7 +69,15 @@ pub fn log_softmax_forward(x: &[f32], y: &mut [f32], cols: usize, scale: f32, ma
 }
 
 /// Shared implementation; `log` selects log-softmax.
-pub fn softmax_forward_with(isa: Isa, x: &[f32], y: &mut [f32], cols: usize, scale: f32, mask: Option<RowMask>, log: bool) {
+pub fn softmax_forward_with(
+    isa: Isa,
+    x: &[f32],
+    y: &mut [f32],
+    cols: usize,
+    scale: f32,
+    mask: Option<RowMask>,
+    log: bool,
+) {
     assert_eq!(x.len(), y.len(), "softmax: x and y lengths differ");
     let isa = isa.supported();
     for_row_blocks(y, cols, |first, out| {
@@ -155,7 +163,16 @@ pub fn softmax_backward_with(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32], co
 
 /// Layer norm over rows of `cols`: writes y, and mean / rstd per row for the backward.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: &mut [f32], rstd: &mut [f32], cols: usize, eps: f32) {
+pub fn layer_norm_forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    cols: usize,
+    eps: f32,
+) {
     layer_norm_forward_with(Isa::best(), x, gamma, beta, y, mean, rstd, cols, eps)
 }
 
@@ -175,7 +192,9 @@ pub fn layer_norm_forward_with(
         return;
     }
     let rows = x.len() / cols;
-    assert!(y.len() == x.len() && mean.len() >= rows && rstd.len() >= rows && gamma.len() == cols && beta.len() == cols);
+    assert!(
+        y.len() == x.len() && mean.len() >= rows && rstd.len() >= rows && gamma.len() == cols && beta.len() == cols
+    );
     let isa = isa.supported();
     let stats = |xr: &[f32]| -> (f32, f32) {
         match isa {
@@ -382,7 +401,13 @@ mod generic {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let sv = V::splat(scale);
         // pass 1: max of z = scale * x + mask (reads x only)
-        let z_at = |i: usize| -> V { if let Some(m) = mask { V::load(xp.add(i)).mul(sv).add(V::load(m.as_ptr().add(i))) } else { V::load(xp.add(i)).mul(sv) } };
+        let z_at = |i: usize| -> V {
+            if let Some(m) = mask {
+                V::load(xp.add(i)).mul(sv).add(V::load(m.as_ptr().add(i)))
+            } else {
+                V::load(xp.add(i)).mul(sv)
+            }
+        };
         let z_scalar = |i: usize| -> f32 { *xp.add(i) * scale + mask.map_or(0.0, |m| m[i]) };
         let mut maxv = V::splat(f32::NEG_INFINITY);
         let mut i = 0;
@@ -550,7 +575,14 @@ mod generic {
 
     /// y = (x - mean) * rstd * gamma + beta for one row.
     #[inline(always)]
-    pub unsafe fn normalise_row<V: F32Vec>(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: f32, rstd: f32) {
+    pub unsafe fn normalise_row<V: F32Vec>(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        y: &mut [f32],
+        mean: f32,
+        rstd: f32,
+    ) {
         let n = x.len();
         let w = V::LANES;
         let (mv, sv) = (V::splat(mean), V::splat(rstd));
@@ -604,7 +636,13 @@ mod tests {
     const SIZES: [usize; 12] = [1, 3, 7, 15, 17, 31, 33, 63, 65, 127, 257, 1000];
 
     fn data(n: usize, seed: u32, range: f32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 * range).collect()
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+                    * 2.0
+                    * range
+            })
+            .collect()
     }
 
     fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
@@ -631,8 +669,17 @@ mod tests {
                         crate::softmax::softmax_rows(&z, &mut want, cols);
                     }
                     let mut got = vec![0.0; z.len()];
-                    softmax_forward_with(isa, &x, &mut got, cols, scale, Some(RowMask { values: &mask, rows_per_mask: rows }), log);
-                    let finite: Vec<(f32, f32)> = got.iter().zip(&want).filter(|(_, w)| w.abs() < 1e8).map(|(a, b)| (*a, *b)).collect();
+                    softmax_forward_with(
+                        isa,
+                        &x,
+                        &mut got,
+                        cols,
+                        scale,
+                        Some(RowMask { values: &mask, rows_per_mask: rows }),
+                        log,
+                    );
+                    let finite: Vec<(f32, f32)> =
+                        got.iter().zip(&want).filter(|(_, w)| w.abs() < 1e8).map(|(a, b)| (*a, *b)).collect();
                     let (g, w): (Vec<f32>, Vec<f32>) = finite.into_iter().unzip();
                     close(&format!("{isa:?} log={log} cols={cols}"), &g, &w, 2e-6);
                     // backward
@@ -671,8 +718,19 @@ mod tests {
             }
             let dy = data(x.len(), 6, 1.0);
             let (mut dx1, mut dx2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-            let (mut dg1, mut db1, mut dg2, mut db2) = (vec![0.0; cols], vec![0.0; cols], vec![0.0; cols], vec![0.0; cols]);
-            crate::norm::layer_norm_backward(&x, Some(&gamma), &m1, &s1, &dy, &mut dx1, Some(&mut dg1), Some(&mut db1), cols);
+            let (mut dg1, mut db1, mut dg2, mut db2) =
+                (vec![0.0; cols], vec![0.0; cols], vec![0.0; cols], vec![0.0; cols]);
+            crate::norm::layer_norm_backward(
+                &x,
+                Some(&gamma),
+                &m1,
+                &s1,
+                &dy,
+                &mut dx1,
+                Some(&mut dg1),
+                Some(&mut db1),
+                cols,
+            );
             layer_norm_backward(&x, &gamma, &m2, &s2, &dy, &mut dx2, &mut dg2, &mut db2, cols);
             close("ln dx", &dx2, &dx1, 5e-5);
             close("ln dgamma", &dg2, &dg1, 5e-5);

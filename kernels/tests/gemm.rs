@@ -53,14 +53,25 @@ fn fast_gemm_matches_reference_on_awkward_shapes_all_paths() {
             // vary k and n with m so the sweep stays affordable but covers edges
             let k = SIZES[(i + 3) % SIZES.len()];
             let n = SIZES[(i + 7) % SIZES.len()];
-            for &(ta, tb, cc) in &[(false, false, false), (true, false, false), (false, true, false), (true, true, true)] {
+            for &(ta, tb, cc) in
+                &[(false, false, false), (true, false, false), (false, true, false), (true, true, true)]
+            {
                 check(isa, 1, m, k, n, ta, tb, cc, 1.0, 0.0);
             }
             check(isa, 2, m, k, n, false, false, false, 0.5, 2.0);
             check(isa, 2, n, m, k, true, false, false, -1.0, 1.0);
         }
         // skinny shapes, K spanning several kc blocks, and zero-size edges
-        for &(m, k, n) in &[(1, 700, 300), (300, 700, 1), (16, 520, 65), (5, 1, 40), (200, 1, 200), (64, 64, 64), (0, 5, 5), (5, 0, 5)] {
+        for &(m, k, n) in &[
+            (1, 700, 300),
+            (300, 700, 1),
+            (16, 520, 65),
+            (5, 1, 40),
+            (200, 1, 200),
+            (64, 64, 64),
+            (0, 5, 5),
+            (5, 0, 5),
+        ] {
             check(isa, 1, m, k, n, false, false, false, 1.0, 0.5);
             check(isa, 2, m, k, n, true, true, false, 1.0, 0.0);
         }

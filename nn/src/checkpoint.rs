@@ -34,7 +34,8 @@ pub fn save_checkpoint(
     rng: &Rng,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let model_state: Vec<(String, Tensor)> = model.state_dict().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    let model_state: Vec<(String, Tensor)> =
+        model.state_dict().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
     let (optim_step, optim_state) = optimizer.state();
     let optim_state: Vec<(String, Tensor)> = optim_state.into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
     let scalars: [i64; 2] = [optim_step as i64, step as i64];
@@ -55,7 +56,11 @@ pub fn load_checkpoint(path: impl AsRef<Path>, model: &dyn Module, optimizer: &m
     let path = path.as_ref();
     let st = SafeTensors::open(path)?;
     let file = path.display().to_string();
-    let err = |tensor: &str, msg: &str| TensorError::Format { file: file.clone(), tensor: Some(tensor.into()), msg: msg.into() };
+    let err = |tensor: &str, msg: &str| TensorError::Format {
+        file: file.clone(),
+        tensor: Some(tensor.into()),
+        msg: msg.into(),
+    };
     let scalar = |name: &str| -> Result<i64> {
         let (shape, v) = st.tensor_i64(name).map_err(|_| err(name, "missing or not an integer"))?;
         if !shape.is_empty() || v.len() != 1 {

@@ -42,7 +42,8 @@ impl Linear {
         // Flatten leading axes so the whole batch is one GEMM (and the weight gradient one GEMM
         // too, instead of a batch of small products summed afterwards).
         let s = x.shape();
-        let in_features = *s.last().ok_or_else(|| TensorError::Shape { op: "linear", msg: "input has no axes".into() })?;
+        let in_features =
+            *s.last().ok_or_else(|| TensorError::Shape { op: "linear", msg: "input has no axes".into() })?;
         let rows: usize = s[..s.len() - 1].iter().product();
         let flat = if s.len() == 2 { x.clone() } else { shape::reshape(x, &[rows, in_features])? };
         let y = matmul(&flat, &shape::transpose(&self.weight, 0, 1)?)?;
@@ -161,7 +162,15 @@ pub struct Conv2d {
 impl Conv2d {
     /// Kaiming-normal init with fan-out (EfficientNet's conv init).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, padding: Padding, bias: bool, rng: &mut Rng) -> Conv2d {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: Padding,
+        bias: bool,
+        rng: &mut Rng,
+    ) -> Conv2d {
         Conv2d {
             weight: Var::parameter(init::kaiming_normal(&[k, k, c_in, c_out], k * k * c_out, rng)),
             bias: bias.then(|| Var::parameter(Tensor::zeros(&[c_out]))),
@@ -240,13 +249,20 @@ impl BatchNorm2d {
 
     pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
         if !ctx.training {
-            let mode = norm::BatchNormMode::Eval { running_mean: self.running_mean.get(), running_var: self.running_var.get(), eps: self.eps };
+            let mode = norm::BatchNormMode::Eval {
+                running_mean: self.running_mean.get(),
+                running_var: self.running_var.get(),
+                eps: self.eps,
+            };
             return Ok(norm::batch_norm(x, &self.weight, &self.bias, &mode)?.y);
         }
         let out = norm::batch_norm(x, &self.weight, &self.bias, &norm::BatchNormMode::Train { eps: self.eps })?;
         let count = x.shape().iter().rev().skip(1).product::<usize>();
         if count < 2 {
-            return Err(TensorError::Shape { op: "batch_norm", msg: "training needs more than one value per channel".into() });
+            return Err(TensorError::Shape {
+                op: "batch_norm",
+                msg: "training needs more than one value per channel".into(),
+            });
         }
         no_grad(|| -> Result<()> {
             let m = self.momentum;
@@ -312,7 +328,11 @@ pub struct SqueezeExcite {
 
 impl SqueezeExcite {
     pub fn new(channels: usize, reduced: usize, act: Activation, rng: &mut Rng) -> SqueezeExcite {
-        SqueezeExcite { reduce: Linear::new(channels, reduced, true, rng), expand: Linear::new(reduced, channels, true, rng), act }
+        SqueezeExcite {
+            reduce: Linear::new(channels, reduced, true, rng),
+            expand: Linear::new(reduced, channels, true, rng),
+            act,
+        }
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let s = cv::global_avg_pool(x)?;
@@ -342,7 +362,10 @@ pub struct MultiHeadSelfAttention {
 impl MultiHeadSelfAttention {
     pub fn new(dim: usize, heads: usize, dropout_p: f32, rng: &mut Rng) -> Result<MultiHeadSelfAttention> {
         if heads == 0 || !dim.is_multiple_of(heads) {
-            return Err(TensorError::Shape { op: "attention", msg: format!("width {dim} is not divisible by {heads} heads") });
+            return Err(TensorError::Shape {
+                op: "attention",
+                msg: format!("width {dim} is not divisible by {heads} heads"),
+            });
         }
         Ok(MultiHeadSelfAttention {
             query: Linear::new_normal(dim, dim, 0.02, rng),
@@ -359,14 +382,18 @@ impl MultiHeadSelfAttention {
         let s = x.shape();
         let (b, t, d) = (s[0], s[1], s[2]);
         let dh = d / self.heads;
-        let heads = |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, self.heads, dh])?, &[0, 2, 1, 3]) };
+        let heads =
+            |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, self.heads, dh])?, &[0, 2, 1, 3]) };
         let q = heads(self.query.forward(x)?)?;
         let k = heads(self.key.forward(x)?)?;
         let v = heads(self.value.forward(x)?)?;
         let mut scores = ew::mul_scalar(&matmul(&q, &shape::transpose(&k, 2, 3)?)?, 1.0 / (dh as f32).sqrt());
         if let Some(m) = mask {
             if m.shape() != [b, t] {
-                return Err(TensorError::Shape { op: "attention", msg: format!("mask {:?} must be [{b}, {t}]", m.shape()) });
+                return Err(TensorError::Shape {
+                    op: "attention",
+                    msg: format!("mask {:?} must be [{b}, {t}]", m.shape()),
+                });
             }
             let add = Var::constant(m.map(|v| if v > 0.0 { 0.0 } else { -1e9 }).reshape(&[b, 1, 1, t])?);
             scores = ew::add(&scores, &add)?;
@@ -415,8 +442,11 @@ mod tests {
         }
         let xin = Tensor::randn(&[2, 3, 8], 0.0, 1.0, 3);
         let m2 = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]).unwrap();
-        check_gradients(&[xin], |v| mha.forward(&v[0], Some(&m2), &mut Ctx::eval()), &GradcheckOptions::default()).unwrap();
-        assert!(mha.forward(&Var::constant(Tensor::zeros(&[1, 5, 8])), Some(&Tensor::ones(&[1, 4])), &mut ctx).is_err());
+        check_gradients(&[xin], |v| mha.forward(&v[0], Some(&m2), &mut Ctx::eval()), &GradcheckOptions::default())
+            .unwrap();
+        assert!(mha
+            .forward(&Var::constant(Tensor::zeros(&[1, 5, 8])), Some(&Tensor::ones(&[1, 4])), &mut ctx)
+            .is_err());
         assert!(MultiHeadSelfAttention::new(10, 3, 0.0, &mut rng).is_err());
     }
 
@@ -443,7 +473,10 @@ mod tests {
         assert_eq!(names, ["conv_reduce.weight", "conv_reduce.bias", "conv_expand.weight", "conv_expand.bias"]);
         assert_eq!(se.num_parameters(), 8 * 2 + 2 + 2 * 8 + 8);
         let bn = BatchNorm2d::new(4, 0.01, 1e-3);
-        assert_eq!(bn.state_dict().keys().cloned().collect::<Vec<_>>(), ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"]);
+        assert_eq!(
+            bn.state_dict().keys().cloned().collect::<Vec<_>>(),
+            ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"]
+        );
         // frozen parameters get no gradient and no update
         assert_eq!(se.set_frozen("conv_reduce", true), 2);
         let before = se.reduce.weight.value().to_vec();

@@ -149,7 +149,9 @@ pub trait Module {
             known.insert(name.clone());
             match sd.get(name) {
                 None => report.missing.push(name.clone()),
-                Some(t) if t.shape() != shape.as_slice() => report.mismatched.push((name.clone(), shape.clone(), t.shape().to_vec())),
+                Some(t) if t.shape() != shape.as_slice() => {
+                    report.mismatched.push((name.clone(), shape.clone(), t.shape().to_vec()))
+                }
                 Some(_) => {}
             }
         }

@@ -88,7 +88,10 @@ impl Slots {
             for (n, p) in &g.params {
                 if let Some(slots) = self.by_param.get(n) {
                     for (slot, data) in names.iter().zip(slots) {
-                        out.push((format!("{n}.{slot}"), Tensor::from_vec(data.clone(), &p.shape()).expect("slot shape")));
+                        out.push((
+                            format!("{n}.{slot}"),
+                            Tensor::from_vec(data.clone(), &p.shape()).expect("slot shape"),
+                        ));
                     }
                 }
             }
@@ -106,7 +109,10 @@ impl Slots {
                 for s in names {
                     if let Some(t) = state.get(&format!("{n}.{s}")) {
                         if t.shape() != p.shape().as_slice() {
-                            return Err(state_err(&format!("{n}.{s}"), &format!("shape {:?}, parameter has {:?}", t.shape(), p.shape())));
+                            return Err(state_err(
+                                &format!("{n}.{s}"),
+                                &format!("shape {:?}, parameter has {:?}", t.shape(), p.shape()),
+                            ));
                         }
                     }
                 }
@@ -119,7 +125,8 @@ impl Slots {
         let mut slots = Slots::default();
         for g in groups {
             for (n, _) in &g.params {
-                let vals: Option<Vec<Vec<f32>>> = names.iter().map(|s| state.get(&format!("{n}.{s}")).map(|t| t.to_vec())).collect();
+                let vals: Option<Vec<Vec<f32>>> =
+                    names.iter().map(|s| state.get(&format!("{n}.{s}")).map(|t| t.to_vec())).collect();
                 if let Some(v) = vals {
                     slots.by_param.insert(n.clone(), v);
                 }
@@ -335,7 +342,9 @@ impl Optimizer for Lamb {
 /// before clipping.
 pub fn clip_grad_norm(params: &[(String, Var)], max_norm: f32) -> f32 {
     let grads: Vec<(&Var, Tensor)> = params.iter().filter_map(|(_, p)| p.grad().map(|g| (p, g))).collect();
-    let total = grads.iter().map(|(_, g)| g.to_vec().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum::<f64>().sqrt() as f32;
+    let total =
+        grads.iter().map(|(_, g)| g.to_vec().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum::<f64>().sqrt()
+            as f32;
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
         for (p, g) in grads {

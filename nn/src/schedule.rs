@@ -3,11 +3,23 @@
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LrSchedule {
-    Constant { lr: f32 },
+    Constant {
+        lr: f32,
+    },
     /// 0 -> peak linearly over `warmup` steps, then linearly to `end` at `total`.
-    WarmupLinear { peak: f32, warmup: u64, total: u64, end: f32 },
+    WarmupLinear {
+        peak: f32,
+        warmup: u64,
+        total: u64,
+        end: f32,
+    },
     /// 0 -> peak linearly over `warmup` steps, then half a cosine down to `end` at `total`.
-    WarmupCosine { peak: f32, warmup: u64, total: u64, end: f32 },
+    WarmupCosine {
+        peak: f32,
+        warmup: u64,
+        total: u64,
+        end: f32,
+    },
 }
 
 impl LrSchedule {
@@ -15,7 +27,8 @@ impl LrSchedule {
     pub fn lr_at(&self, step: u64) -> f32 {
         match *self {
             LrSchedule::Constant { lr } => lr,
-            LrSchedule::WarmupLinear { peak, warmup, total, end } | LrSchedule::WarmupCosine { peak, warmup, total, end } => {
+            LrSchedule::WarmupLinear { peak, warmup, total, end }
+            | LrSchedule::WarmupCosine { peak, warmup, total, end } => {
                 if step < warmup {
                     return peak * (step + 1) as f32 / warmup as f32;
                 }

@@ -28,7 +28,11 @@ struct Small {
 impl Small {
     fn new(seed: u64) -> Small {
         let mut rng = Rng::new(seed);
-        Small { fc1: Linear::new(6, 8, true, &mut rng), ln: LayerNorm::new(8, 1e-5), fc2: Linear::new(8, 3, false, &mut rng) }
+        Small {
+            fc1: Linear::new(6, 8, true, &mut rng),
+            ln: LayerNorm::new(8, 1e-5),
+            fc2: Linear::new(8, 3, false, &mut rng),
+        }
     }
     fn loss(&self, x: &Tensor, targets: &[usize]) -> Result<Var> {
         let h = self.ln.forward(&self.fc1.forward(&Var::constant(x.clone()))?)?;
@@ -46,10 +50,8 @@ impl Module for Small {
 }
 
 fn load_init(model: &Small, fx: &SafeTensors) {
-    let sd: BTreeMap<String, Tensor> = fx
-        .names()
-        .filter_map(|n| n.strip_prefix("init.").map(|k| (k.to_string(), fx.tensor(n).unwrap())))
-        .collect();
+    let sd: BTreeMap<String, Tensor> =
+        fx.names().filter_map(|n| n.strip_prefix("init.").map(|k| (k.to_string(), fx.tensor(n).unwrap()))).collect();
     let report = model.load_state_dict(&sd, true).unwrap();
     assert!(report.is_clean());
 }

@@ -10,12 +10,15 @@ impl Tensor {
         first.check_axis("concat", axis)?;
         for (i, t) in tensors.iter().enumerate() {
             let same_rank = t.rank() == first.rank();
-            let others_agree =
-                same_rank && (0..t.rank()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
+            let others_agree = same_rank && (0..t.rank()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
             if !others_agree {
                 return Err(TensorError::shape(
                     "concat",
-                    format!("tensor {i} has shape {:?}, incompatible with {:?} along axis {axis}", t.shape(), first.shape()),
+                    format!(
+                        "tensor {i} has shape {:?}, incompatible with {:?} along axis {axis}",
+                        t.shape(),
+                        first.shape()
+                    ),
                 ));
             }
         }
@@ -40,7 +43,10 @@ impl Tensor {
     pub fn stack(tensors: &[Tensor], axis: usize) -> Result<Tensor> {
         let first = tensors.first().ok_or_else(|| TensorError::shape("stack", "no tensors given"))?;
         if let Some((i, t)) = tensors.iter().enumerate().find(|(_, t)| t.shape() != first.shape()) {
-            return Err(TensorError::shape("stack", format!("tensor {i} has shape {:?}, expected {:?}", t.shape(), first.shape())));
+            return Err(TensorError::shape(
+                "stack",
+                format!("tensor {i} has shape {:?}, expected {:?}", t.shape(), first.shape()),
+            ));
         }
         let expanded = tensors.iter().map(|t| t.unsqueeze(axis)).collect::<Result<Vec<_>>>()?;
         Tensor::concat(&expanded, axis)
@@ -73,9 +79,7 @@ impl Tensor {
     /// `index` holds whole numbers, has the same rank, and is no larger on the other axes.
     pub fn gather(&self, axis: usize, index: &Tensor) -> Result<Tensor> {
         self.check_axis("gather", axis)?;
-        if index.rank() != self.rank()
-            || (0..self.rank()).any(|d| d != axis && index.shape()[d] > self.shape()[d])
-        {
+        if index.rank() != self.rank() || (0..self.rank()).any(|d| d != axis && index.shape()[d] > self.shape()[d]) {
             return Err(TensorError::shape(
                 "gather",
                 format!("index shape {:?} does not fit input shape {:?} on axis {axis}", index.shape(), self.shape()),
@@ -90,7 +94,10 @@ impl Tensor {
         let mut data = Vec::with_capacity(idx.len());
         for (flat, &v) in idx.iter().enumerate() {
             if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < n) {
-                return Err(TensorError::shape("gather", format!("index value {v} invalid for axis {axis} of size {n}")));
+                return Err(TensorError::shape(
+                    "gather",
+                    format!("index value {v} invalid for axis {axis} of size {n}"),
+                ));
             }
             let mut r = flat;
             for d in (0..rank).rev() {
@@ -144,7 +151,12 @@ impl Tensor {
         {
             return Err(TensorError::shape(
                 "scatter_add",
-                format!("index {:?} / source {:?} do not fit {:?} on axis {axis}", index.shape(), src.shape(), self.shape()),
+                format!(
+                    "index {:?} / source {:?} do not fit {:?} on axis {axis}",
+                    index.shape(),
+                    src.shape(),
+                    self.shape()
+                ),
             ));
         }
         let idx = index.to_vec();
@@ -156,7 +168,10 @@ impl Tensor {
         let d = out.data_mut();
         for (flat, (&v, &x)) in idx.iter().zip(&vals).enumerate() {
             if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < n) {
-                return Err(TensorError::shape("scatter_add", format!("index value {v} invalid for axis {axis} of size {n}")));
+                return Err(TensorError::shape(
+                    "scatter_add",
+                    format!("index value {v} invalid for axis {axis} of size {n}"),
+                ));
             }
             let mut r = flat;
             let mut off = 0;

@@ -87,12 +87,8 @@ impl Layout {
 
     /// The layout seen through `broadcast_to(shape)`: new leading axes and size-1 axes get stride 0.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Layout> {
-        let fail = || {
-            TensorError::shape(
-                "broadcast_to",
-                format!("cannot broadcast shape {:?} to {:?}", self.shape, shape),
-            )
-        };
+        let fail =
+            || TensorError::shape("broadcast_to", format!("cannot broadcast shape {:?} to {:?}", self.shape, shape));
         if shape.len() < self.rank() {
             return Err(fail());
         }
@@ -126,8 +122,7 @@ impl Layout {
         for tensor_d in (0..self.rank()).rev() {
             tensor_numel *= self.shape[tensor_d];
             let chunk_ends = tensor_d == 0
-                || (self.shape[tensor_d - 1] != 1
-                    && self.strides[tensor_d - 1] != tensor_numel * chunk_base_stride);
+                || (self.shape[tensor_d - 1] != 1 && self.strides[tensor_d - 1] != tensor_numel * chunk_base_stride);
             if chunk_ends {
                 while view_d >= 0 && (view_numel < tensor_numel || new_shape[view_d as usize] == 1) {
                     new_strides[view_d as usize] = view_numel * chunk_base_stride;

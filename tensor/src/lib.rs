@@ -31,9 +31,9 @@ mod ops;
 pub mod random;
 mod reduce;
 pub mod storage;
-pub mod tolerance;
 #[allow(clippy::module_inception)]
 mod tensor;
+pub mod tolerance;
 
 pub use error::{Result, TensorError};
 pub use layout::{broadcast_shapes, Layout};

@@ -50,12 +50,30 @@ impl Tensor {
                 out.fill(0.0);
             } else {
                 let (mut a_offs, mut b_offs) = (Vec::with_capacity(batch_count), Vec::with_capacity(batch_count));
-                for_each_offset_pair(&batch, (&la.strides[..nb], la.offset), (&lb.strides[..nb], lb.offset), |oa, ob| {
-                    a_offs.push(oa);
-                    b_offs.push(ob);
-                });
+                for_each_offset_pair(
+                    &batch,
+                    (&la.strides[..nb], la.offset),
+                    (&lb.strides[..nb], lb.offset),
+                    |oa, ob| {
+                        a_offs.push(oa);
+                        b_offs.push(ob);
+                    },
+                );
                 let c_offs: Vec<usize> = (0..batch_count).map(|i| i * m * n).collect();
-                sgemm_offsets(m, k, n, 1.0, self.storage_slice(), &a_offs, other.storage_slice(), &b_offs, 0.0, &mut out, &c_offs, strides);
+                sgemm_offsets(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    self.storage_slice(),
+                    &a_offs,
+                    other.storage_slice(),
+                    &b_offs,
+                    0.0,
+                    &mut out,
+                    &c_offs,
+                    strides,
+                );
             }
         }
         let mut shape = batch;
@@ -73,7 +91,8 @@ mod tests {
         let mut out = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = (0..k).map(|p| a.get(&[i, p]).unwrap() as f64 * b.get(&[p, j]).unwrap() as f64).sum::<f64>() as f32;
+                out[i * n + j] =
+                    (0..k).map(|p| a.get(&[i, p]).unwrap() as f64 * b.get(&[p, j]).unwrap() as f64).sum::<f64>() as f32;
             }
         }
         out

@@ -35,7 +35,11 @@ impl Tensor {
             let lead = o.iter().take_while(|&&d| d == 1).count();
             &o[lead..]
         };
-        if trimmed.len() <= self.rank() && self.shape().ends_with(trimmed) && other.numel() > 0 && other.rank() <= self.rank() {
+        if trimmed.len() <= self.rank()
+            && self.shape().ends_with(trimmed)
+            && other.numel() > 0
+            && other.rank() <= self.rank()
+        {
             if let (Some(a), Some(b)) = (self.as_contiguous_slice(), other.as_contiguous_slice()) {
                 let n = b.len();
                 let mut data = Vec::with_capacity(a.len());

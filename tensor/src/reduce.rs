@@ -55,7 +55,11 @@ impl Tensor {
     pub fn sum(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
         // Fast path: leading axes of a contiguous tensor (bias gradients): add rows together.
         let sorted = self.normalise_axes("sum", axes)?;
-        if !sorted.is_empty() && self.is_contiguous() && sorted.iter().enumerate().all(|(i, &a)| i == a) && sorted.len() < self.rank() {
+        if !sorted.is_empty()
+            && self.is_contiguous()
+            && sorted.iter().enumerate().all(|(i, &a)| i == a)
+            && sorted.len() < self.rank()
+        {
             let lead: usize = sorted.iter().map(|&a| self.shape()[a]).product();
             let row: usize = self.shape()[sorted.len()..].iter().product();
             let src = self.as_contiguous_slice().expect("contiguous");

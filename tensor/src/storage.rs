@@ -27,7 +27,11 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 enum Buffer {
     Owned(Vec<f32>),
     /// `len` f32 values starting at byte `start` of `bytes`; `start` is 4-byte aligned in memory.
-    Mapped { bytes: SharedBytes, start: usize, len: usize },
+    Mapped {
+        bytes: SharedBytes,
+        start: usize,
+        len: usize,
+    },
 }
 
 pub struct Storage {

@@ -201,7 +201,10 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(TensorError::shape("item", format!("tensor of shape {:?} is not a single value", self.shape())));
+            return Err(TensorError::shape(
+                "item",
+                format!("tensor of shape {:?} is not a single value", self.shape()),
+            ));
         }
         Ok(self.storage.as_slice()[self.layout.offset])
     }
@@ -258,11 +261,17 @@ impl Tensor {
         if numel != self.numel() {
             return Err(TensorError::shape(
                 "reshape",
-                format!("cannot reshape {:?} ({} elements) to {shape:?} ({numel} elements)", self.shape(), self.numel()),
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?} ({numel} elements)",
+                    self.shape(),
+                    self.numel()
+                ),
             ));
         }
         match self.layout.reshape_strides(shape) {
-            Some(strides) => Ok(self.with_layout(Layout { shape: shape.to_vec(), strides, offset: self.layout.offset })),
+            Some(strides) => {
+                Ok(self.with_layout(Layout { shape: shape.to_vec(), strides, offset: self.layout.offset }))
+            }
             None => Ok(Tensor::from_contiguous(self.to_vec(), shape)),
         }
     }
@@ -311,7 +320,10 @@ impl Tensor {
         if step == 0 || start > end || end > n {
             return Err(TensorError::shape(
                 "slice",
-                format!("range {start}..{end} step {step} invalid for axis {axis} of size {n} (shape {:?})", self.shape()),
+                format!(
+                    "range {start}..{end} step {step} invalid for axis {axis} of size {n} (shape {:?})",
+                    self.shape()
+                ),
             ));
         }
         let mut layout = self.layout.clone();
@@ -356,7 +368,10 @@ impl Tensor {
     /// Inserts an axis of size 1 at position `axis` (0..=rank).
     pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
         if axis > self.rank() {
-            return Err(TensorError::shape("unsqueeze", format!("axis {axis} out of range for shape {:?}", self.shape())));
+            return Err(TensorError::shape(
+                "unsqueeze",
+                format!("axis {axis} out of range for shape {:?}", self.shape()),
+            ));
         }
         let mut layout = self.layout.clone();
         let stride = if axis < self.rank() { layout.strides[axis] * layout.shape[axis] } else { 1 };
@@ -407,7 +422,13 @@ const DISPLAY_VALUES: usize = 8;
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor(shape={:?}, strides={:?}, offset={}, values=", self.shape(), self.strides(), self.layout.offset)?;
+        write!(
+            f,
+            "Tensor(shape={:?}, strides={:?}, offset={}, values=",
+            self.shape(),
+            self.strides(),
+            self.layout.offset
+        )?;
         write_values(f, self)?;
         write!(f, ")")
     }

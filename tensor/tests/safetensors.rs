@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use tensor::io::safetensors::{save, serialize, Dtype, SafeTensors, SaveData};
 use tensor::{Rng, Tensor, TensorError};
 
+/// A path in a folder of its own per test file name, so tests running in parallel never see
+/// each other's temporary files.
 fn tmp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("align-st-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("align-st-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
@@ -68,11 +70,17 @@ fn saving_rejects_bad_entries_and_leaves_old_file() {
     let path = tmp_path("keep.safetensors");
     let t = Tensor::ones(&[2]);
     save(&path, &[("x", SaveData::Float(&t, Dtype::F32))], &BTreeMap::new()).unwrap();
-    let dup = save(&path, &[("x", SaveData::Float(&t, Dtype::F32)), ("x", SaveData::Float(&t, Dtype::F32))], &BTreeMap::new());
+    let dup = save(
+        &path,
+        &[("x", SaveData::Float(&t, Dtype::F32)), ("x", SaveData::Float(&t, Dtype::F32))],
+        &BTreeMap::new(),
+    );
     assert!(dup.is_err());
     assert!(save(&path, &[("y", SaveData::I64 { shape: &[3], values: &[1, 2] })], &BTreeMap::new()).is_err());
     assert!(save(&path, &[("z", SaveData::Float(&t, Dtype::I64))], &BTreeMap::new()).is_err());
-    assert!(save("/nonexistent-dir/x.safetensors", &[("x", SaveData::Float(&t, Dtype::F32))], &BTreeMap::new()).is_err());
+    assert!(
+        save("/nonexistent-dir/x.safetensors", &[("x", SaveData::Float(&t, Dtype::F32))], &BTreeMap::new()).is_err()
+    );
     let st = SafeTensors::open(&path).unwrap();
     assert_eq!(st.tensor("x").unwrap().to_vec(), vec![1.0, 1.0]);
 }
@@ -90,21 +98,48 @@ fn malformed_files_are_named_errors() {
     let data = [0u8; 16];
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("too short", vec![1, 2, 3], "too short"),
-        ("header past end", {
-            let mut v = 1000u64.to_le_bytes().to_vec();
-            v.extend_from_slice(b"{}");
-            v
-        }, "runs past the end"),
+        (
+            "header past end",
+            {
+                let mut v = 1000u64.to_le_bytes().to_vec();
+                v.extend_from_slice(b"{}");
+                v
+            },
+            "runs past the end",
+        ),
         ("non-utf8", file_with("{\"aa\":1}", &[]), "not valid UTF-8"),
         ("invalid json", file_with("{not json", &data), "not valid JSON"),
         ("not object", file_with("[1,2]", &data), "not a JSON object"),
-        ("unknown dtype", file_with(r#"{"w":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#, &data), "unknown dtype 'Q7'"),
-        ("byte mismatch", file_with(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &data), "needs 12 bytes"),
+        (
+            "unknown dtype",
+            file_with(r#"{"w":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#, &data),
+            "unknown dtype 'Q7'",
+        ),
+        (
+            "byte mismatch",
+            file_with(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &data),
+            "needs 12 bytes",
+        ),
         ("past data", file_with(r#"{"w":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}}"#, &data), "run past"),
         ("backwards", file_with(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#, &data), "backwards"),
-        ("overlap", file_with(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, &data), "overlap"),
-        ("negative shape", file_with(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, &data), "non-negative"),
-        ("overflowing shape", file_with(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, &data), "overflows"),
+        (
+            "overlap",
+            file_with(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                &data,
+            ),
+            "overlap",
+        ),
+        (
+            "negative shape",
+            file_with(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, &data),
+            "non-negative",
+        ),
+        (
+            "overflowing shape",
+            file_with(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, &data),
+            "overflows",
+        ),
         ("missing offsets", file_with(r#"{"w":{"dtype":"F32","shape":[1]}}"#, &data), "data_offsets"),
         ("bad metadata", file_with(r#"{"__metadata__":{"k":1}}"#, &data), "not a string"),
     ];
@@ -118,9 +153,12 @@ fn malformed_files_are_named_errors() {
         assert!(err.starts_with(what), "{what}: error must name the file: {err}");
     }
     // errors about one entry name that entry
-    let err = SafeTensors::from_bytes(file_with(r#"{"w.bias":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &data), "f")
-        .unwrap_err()
-        .to_string();
+    let err = SafeTensors::from_bytes(
+        file_with(r#"{"w.bias":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &data),
+        "f",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("'w.bias'"), "{err}");
 }
 

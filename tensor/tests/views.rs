@@ -58,7 +58,9 @@ impl Dense {
     }
     fn broadcast_to(&self, shape: &[usize]) -> Dense {
         let lead = shape.len() - self.shape.len();
-        self.build(shape.to_vec(), |o| (0..self.shape.len()).map(|d| if self.shape[d] == 1 { 0 } else { o[lead + d] }).collect())
+        self.build(shape.to_vec(), |o| {
+            (0..self.shape.len()).map(|d| if self.shape[d] == 1 { 0 } else { o[lead + d] }).collect()
+        })
     }
     fn squeeze(&self, axis: usize) -> Dense {
         let mut shape = self.shape.clone();
@@ -168,7 +170,8 @@ fn random_chains_of_views_match_index_arithmetic() {
                 }
                 2 => {
                     // broadcast: add up to one leading axis and expand size-1 axes
-                    let mut target: Vec<usize> = d.shape.iter().map(|&s| if s == 1 { 1 + rng.below(3) } else { s }).collect();
+                    let mut target: Vec<usize> =
+                        d.shape.iter().map(|&s| if s == 1 { 1 + rng.below(3) } else { s }).collect();
                     if rng.below(2) == 0 {
                         target.insert(0, rng.below(3));
                     }

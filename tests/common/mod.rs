@@ -19,7 +19,8 @@ pub fn python_package_dir(module: &str, pip_name: &str, env_var: &str) -> PathBu
     if let Ok(dir) = std::env::var(env_var) {
         return PathBuf::from(dir);
     }
-    let code = format!("import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('{module}').origin))");
+    let code =
+        format!("import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('{module}').origin))");
     let out = std::process::Command::new("python3").args(["-c", &code]).output();
     match out {
         Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),

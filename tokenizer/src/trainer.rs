@@ -33,13 +33,15 @@ impl Default for TrainerOptions {
 
 /// Words of a line as the basic tokenizer splits them (no vocabulary needed).
 pub fn basic_words(text: &str, bert: &BertOptions) -> Vec<String> {
-    let splitter = WordPiece::from_tokens(SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(), bert.clone()).expect("special tokens");
+    let splitter = WordPiece::from_tokens(SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(), bert.clone())
+        .expect("special tokens");
     splitter.basic_tokenize(text)
 }
 
 /// Trains a vocabulary from lines of text. Returns the tokens in id order.
 pub fn train<'a>(lines: impl IntoIterator<Item = &'a str>, opts: &TrainerOptions) -> Vec<String> {
-    let splitter = WordPiece::from_tokens(SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(), opts.bert.clone()).expect("special tokens");
+    let splitter = WordPiece::from_tokens(SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(), opts.bert.clone())
+        .expect("special tokens");
     let mut word_counts: HashMap<String, u64> = HashMap::new();
     for line in lines {
         for w in splitter.basic_tokenize(line) {

@@ -37,7 +37,12 @@ pub struct BertOptions {
 
 impl Default for BertOptions {
     fn default() -> Self {
-        BertOptions { do_lower_case: true, strip_accents: None, tokenize_chinese_chars: true, max_input_chars_per_word: 100 }
+        BertOptions {
+            do_lower_case: true,
+            strip_accents: None,
+            tokenize_chinese_chars: true,
+            max_input_chars_per_word: 100,
+        }
     }
 }
 
@@ -93,13 +98,26 @@ impl WordPiece {
                 }
             }
         }
-        let find = |name: &str| initial.get(name).copied().ok_or_else(|| TokenizerError::Vocab(format!("vocabulary has no {name} token")));
+        let find = |name: &str| {
+            initial.get(name).copied().ok_or_else(|| TokenizerError::Vocab(format!("vocabulary has no {name} token")))
+        };
         let unk_id = find("[UNK]")?;
         let cls_id = find("[CLS]")?;
         let sep_id = find("[SEP]")?;
         let pad_id = find("[PAD]")?;
         let special = SPECIAL_TOKENS.iter().filter_map(|s| initial.get(*s).map(|&id| (s.to_string(), id))).collect();
-        Ok(WordPiece { options, tokens, initial, continuation, max_piece_chars, unk_id, cls_id, sep_id, pad_id, special })
+        Ok(WordPiece {
+            options,
+            tokens,
+            initial,
+            continuation,
+            max_piece_chars,
+            unk_id,
+            cls_id,
+            sep_id,
+            pad_id,
+            special,
+        })
     }
 
     /// Loads a `vocab.txt`.
@@ -108,7 +126,8 @@ impl WordPiece {
         let text = std::fs::read_to_string(path).map_err(|e| TokenizerError::Io(path.display().to_string(), e))?;
         let tokens: Vec<String> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).collect();
         // a trailing newline leaves one empty entry; an empty token is never a real piece
-        let tokens = if tokens.last().is_some_and(|t| t.is_empty()) { tokens[..tokens.len() - 1].to_vec() } else { tokens };
+        let tokens =
+            if tokens.last().is_some_and(|t| t.is_empty()) { tokens[..tokens.len() - 1].to_vec() } else { tokens };
         WordPiece::from_tokens(tokens, options).map_err(|e| match e {
             TokenizerError::Vocab(m) => TokenizerError::Vocab(format!("{}: {m}", path.display())),
             other => other,
@@ -122,8 +141,8 @@ impl WordPiece {
         let mut options = BertOptions::default();
         let cfg_path = dir.join("tokenizer_config.json");
         if let Ok(text) = std::fs::read_to_string(&cfg_path) {
-            let cfg: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| TokenizerError::Vocab(format!("{}: {e}", cfg_path.display())))?;
+            let cfg: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| TokenizerError::Vocab(format!("{}: {e}", cfg_path.display())))?;
             if let Some(v) = cfg.get("do_lower_case").and_then(|v| v.as_bool()) {
                 options.do_lower_case = v;
             }
@@ -164,7 +183,11 @@ impl WordPiece {
         let mut rest = text;
         let mut char_base = 0;
         loop {
-            let next = self.special.iter().filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, s, *id))).min_by_key(|(p, _, _)| *p);
+            let next = self
+                .special
+                .iter()
+                .filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, s, *id)))
+                .min_by_key(|(p, _, _)| *p);
             match next {
                 Some((pos, s, id)) => {
                     let before = &rest[..pos];

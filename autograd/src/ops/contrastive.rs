@@ -24,14 +24,24 @@ pub fn contrastive_loss(x: &Var, y: &Var, log_temperature: &Var, smoothing: f32)
     if xv.rank() != 2 || xv.shape() != yv.shape() || xv.shape()[0] == 0 {
         return Err(TensorError::Shape {
             op: "contrastive_loss",
-            msg: format!("embeddings must be two non-empty (N, D) tensors of one shape, got {:?} and {:?}", xv.shape(), yv.shape()),
+            msg: format!(
+                "embeddings must be two non-empty (N, D) tensors of one shape, got {:?} and {:?}",
+                xv.shape(),
+                yv.shape()
+            ),
         });
     }
     if tv.numel() != 1 {
-        return Err(TensorError::Shape { op: "contrastive_loss", msg: format!("temperature must be one value, got {:?}", tv.shape()) });
+        return Err(TensorError::Shape {
+            op: "contrastive_loss",
+            msg: format!("temperature must be one value, got {:?}", tv.shape()),
+        });
     }
     if !(0.0..=1.0).contains(&smoothing) {
-        return Err(TensorError::Shape { op: "contrastive_loss", msg: format!("label smoothing {smoothing} outside [0, 1]") });
+        return Err(TensorError::Shape {
+            op: "contrastive_loss",
+            msg: format!("label smoothing {smoothing} outside [0, 1]"),
+        });
     }
     let (n, d) = (xv.shape()[0], xv.shape()[1]);
     let t = tv.item()?;
@@ -39,7 +49,17 @@ pub fn contrastive_loss(x: &Var, y: &Var, log_temperature: &Var, smoothing: f32)
     // Z = x y^T / sigma  (N, N)
     let mut z = vec![0.0f32; n * n];
     let s = GemmStrides { a_row: d, a_col: 1, b_row: 1, b_col: d, c_row: n, c_col: 1 };
-    sgemm(n, d, n, inv_sigma, xv.as_contiguous_slice().expect("contiguous"), yv.as_contiguous_slice().expect("contiguous"), 0.0, &mut z, s);
+    sgemm(
+        n,
+        d,
+        n,
+        inv_sigma,
+        xv.as_contiguous_slice().expect("contiguous"),
+        yv.as_contiguous_slice().expect("contiguous"),
+        0.0,
+        &mut z,
+        s,
+    );
     // row and column log-softmax
     let mut lr = vec![0.0f32; n * n];
     rows::log_softmax_forward(&z, &mut lr, n, 1.0, None);
@@ -93,7 +113,11 @@ pub fn contrastive_loss(x: &Var, y: &Var, log_temperature: &Var, smoothing: f32)
 /// Rows scaled to unit L2 norm: x / sqrt(sum(x^2) + eps), composed from differentiable ops.
 pub fn l2_normalize(x: &Var, eps: f32) -> Result<Var> {
     use super::{elementwise as ew, reduce};
-    let last = x.shape().len().checked_sub(1).ok_or_else(|| TensorError::Shape { op: "l2_normalize", msg: "input has no axes".into() })?;
+    let last = x
+        .shape()
+        .len()
+        .checked_sub(1)
+        .ok_or_else(|| TensorError::Shape { op: "l2_normalize", msg: "input has no axes".into() })?;
     let norm = ew::sqrt(&ew::add_scalar(&reduce::sum(&ew::mul(x, x)?, &[last], true)?, eps));
     ew::div(x, &norm)
 }
@@ -109,10 +133,14 @@ mod tests {
         let x = Tensor::randn(&[5, 4], 0.0, 1.0, 1);
         let y = Tensor::randn(&[5, 4], 0.0, 1.0, 2);
         let t = Tensor::from_vec(vec![-0.3], &[]).unwrap();
-        check_gradients(&[x.clone(), y.clone(), t.clone()], |v| {
-            let (a, b) = (l2_normalize(&v[0], 1e-12)?, l2_normalize(&v[1], 1e-12)?);
-            contrastive_loss(&a, &b, &v[2], 0.1)
-        }, &o)
+        check_gradients(
+            &[x.clone(), y.clone(), t.clone()],
+            |v| {
+                let (a, b) = (l2_normalize(&v[0], 1e-12)?, l2_normalize(&v[1], 1e-12)?);
+                contrastive_loss(&a, &b, &v[2], 0.1)
+            },
+            &o,
+        )
         .unwrap();
         // identical, orthogonal embeddings at a low temperature: near-zero loss without smoothing
         let eye = Tensor::from_vec((0..16).map(|k| if k % 5 == 0 { 1.0 } else { 0.0 }).collect(), &[4, 4]).unwrap();

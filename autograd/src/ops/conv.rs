@@ -10,7 +10,15 @@ use super::maybe;
 use crate::ops::{elementwise, shape};
 use crate::Var;
 
-fn geometry(op: &'static str, x: &Tensor, k_h: usize, k_w: usize, c_out: usize, stride: usize, padding: Padding) -> Result<ConvGeometry> {
+fn geometry(
+    op: &'static str,
+    x: &Tensor,
+    k_h: usize,
+    k_w: usize,
+    c_out: usize,
+    stride: usize,
+    padding: Padding,
+) -> Result<ConvGeometry> {
     if x.rank() != 4 {
         return Err(TensorError::Shape { op, msg: format!("input must be NHWC (rank 4), got {:?}", x.shape()) });
     }
@@ -89,7 +97,10 @@ pub fn depthwise_conv2d(x: &Var, w: &Var, stride: usize, padding: Padding) -> Re
 pub fn global_avg_pool(x: &Var) -> Result<Var> {
     let xv = x.value().contiguous();
     if xv.rank() != 4 {
-        return Err(TensorError::Shape { op: "global_avg_pool", msg: format!("input must be NHWC, got {:?}", xv.shape()) });
+        return Err(TensorError::Shape {
+            op: "global_avg_pool",
+            msg: format!("input must be NHWC, got {:?}", xv.shape()),
+        });
     }
     let s = xv.shape().to_vec();
     let (n, pixels, c) = (s[0], s[1] * s[2], s[3]);
@@ -108,7 +119,10 @@ pub fn global_avg_pool(x: &Var) -> Result<Var> {
 pub fn channel_scale(x: &Var, s: &Var) -> Result<Var> {
     let (xs, ss) = (x.shape(), s.shape());
     if xs.len() != 4 || ss != [xs[0], xs[3]] {
-        return Err(TensorError::Shape { op: "channel_scale", msg: format!("scale {ss:?} must be (N, C) for input {xs:?}") });
+        return Err(TensorError::Shape {
+            op: "channel_scale",
+            msg: format!("scale {ss:?} must be (N, C) for input {xs:?}"),
+        });
     }
     let s4 = shape::reshape(s, &[xs[0], 1, 1, xs[3]])?;
     elementwise::mul(x, &s4)
@@ -141,7 +155,8 @@ mod tests {
         // Non-contiguous input: an NCHW tensor permuted to NHWC.
         let nchw = Tensor::rand_uniform(&[1, 3, 5, 4], -1.0, 1.0, 9);
         let wt = Tensor::rand_uniform(&[3, 3, 3, 2], -0.5, 0.5, 10);
-        check_gradients(&[nchw, wt], |v| conv2d(&shape::permute(&v[0], &[0, 2, 3, 1])?, &v[1], 2, Padding::Same), &o).unwrap();
+        check_gradients(&[nchw, wt], |v| conv2d(&shape::permute(&v[0], &[0, 2, 3, 1])?, &v[1], 2, Padding::Same), &o)
+            .unwrap();
     }
 
     #[test]
@@ -159,7 +174,13 @@ mod tests {
         assert!(conv2d(&x, &Var::constant(Tensor::zeros(&[3, 3, 2, 1])), 1, Padding::Same).is_err());
         assert!(conv2d(&x, &Var::constant(Tensor::zeros(&[3, 3, 3, 1])), 0, Padding::Same).is_err());
         assert!(conv2d(&x, &Var::constant(Tensor::zeros(&[5, 5, 3, 1])), 1, Padding::Valid).is_err());
-        assert!(depthwise_conv2d(&Var::constant(Tensor::zeros(&[4, 4, 3])), &Var::constant(Tensor::zeros(&[3, 3, 3])), 1, Padding::Same).is_err());
+        assert!(depthwise_conv2d(
+            &Var::constant(Tensor::zeros(&[4, 4, 3])),
+            &Var::constant(Tensor::zeros(&[3, 3, 3])),
+            1,
+            Padding::Same
+        )
+        .is_err());
         assert!(channel_scale(&x, &Var::constant(Tensor::zeros(&[1, 2]))).is_err());
     }
 }

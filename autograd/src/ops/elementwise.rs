@@ -138,7 +138,12 @@ fn activation(x: &Var, name: &'static str, act: Activation) -> Var {
     Var::from_fn(out, &[x], name, move |g, _| {
         let gc = g.contiguous();
         let mut dx = vec![0.0f32; xv.numel()];
-        rows::activation_backward(act, xv.as_contiguous_slice().expect("contiguous"), gc.as_contiguous_slice().expect("contiguous"), &mut dx);
+        rows::activation_backward(
+            act,
+            xv.as_contiguous_slice().expect("contiguous"),
+            gc.as_contiguous_slice().expect("contiguous"),
+            &mut dx,
+        );
         Ok(vec![Some(Tensor::from_vec(dx, xv.shape())?)])
     })
 }
@@ -182,16 +187,12 @@ mod tests {
 
     #[test]
     fn binary_ops_with_broadcasting_pass_gradcheck() {
-        let shapes: &[(&[usize], &[usize])] = &[(&[3, 4], &[3, 4]), (&[3, 4], &[4]), (&[2, 1, 4], &[3, 1]), (&[], &[2, 3])];
+        let shapes: &[(&[usize], &[usize])] =
+            &[(&[3, 4], &[3, 4]), (&[3, 4], &[4]), (&[2, 1, 4], &[3, 1]), (&[], &[2, 3])];
         for (i, (sa, sb)) in shapes.iter().enumerate() {
             let a = Tensor::rand_uniform(sa, -1.0, 1.0, i as u64);
             let b = Tensor::rand_uniform(sb, 0.5, 1.5, 10 + i as u64); // away from 0 for div
-            for (name, f) in [
-                ("add", add as fn(&Var, &Var) -> Result<Var>),
-                ("sub", sub),
-                ("mul", mul),
-                ("div", div),
-            ] {
+            for (name, f) in [("add", add as fn(&Var, &Var) -> Result<Var>), ("sub", sub), ("mul", mul), ("div", div)] {
                 check_gradients(&[a.clone(), b.clone()], |v| f(&v[0], &v[1]), &opts())
                     .unwrap_or_else(|e| panic!("{name} {sa:?} {sb:?}: {e}"));
             }
@@ -204,7 +205,8 @@ mod tests {
         let base = Tensor::rand_uniform(&[4, 6], 0.3, 2.0, 7);
         let signed = Tensor::rand_uniform(&[4, 6], -3.0, 3.0, 8);
         type Op = fn(&Var) -> Var;
-        let positive: &[(&str, Op)] = &[("log", log), ("sqrt", sqrt), ("rsqrt", rsqrt), ("pow", |x| pow_scalar(x, 1.7))];
+        let positive: &[(&str, Op)] =
+            &[("log", log), ("sqrt", sqrt), ("rsqrt", rsqrt), ("pow", |x| pow_scalar(x, 1.7))];
         let any: &[(&str, Op)] = &[
             ("exp", exp),
             ("neg", neg),
@@ -219,10 +221,15 @@ mod tests {
         ];
         for (input, ops) in [(&base, positive), (&signed, any)] {
             for (name, op) in ops {
-                check_gradients(&[input.clone()], |v| {
-                    let strided = crate::ops::shape::slice(&crate::ops::shape::transpose(&v[0], 0, 1)?, 0, 1, 6, 2)?;
-                    Ok(op(&strided))
-                }, &opts())
+                check_gradients(
+                    &[input.clone()],
+                    |v| {
+                        let strided =
+                            crate::ops::shape::slice(&crate::ops::shape::transpose(&v[0], 0, 1)?, 0, 1, 6, 2)?;
+                        Ok(op(&strided))
+                    },
+                    &opts(),
+                )
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }

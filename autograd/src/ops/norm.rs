@@ -15,7 +15,8 @@ use crate::Var;
 /// y = (x - mean) / sqrt(var + eps) * gamma + beta over the last axis of x; gamma, beta: (C,).
 pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
     let xv = x.value().contiguous();
-    let c = *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "layer_norm", msg: "input has no axes".into() })?;
+    let c =
+        *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "layer_norm", msg: "input has no axes".into() })?;
     let (gv, bv) = (gamma.value().contiguous(), beta.value().contiguous());
     if gv.shape() != [c] || bv.shape() != [c] {
         return Err(TensorError::Shape {
@@ -75,7 +76,8 @@ pub struct BatchNormOutput {
 /// Batch norm over channels-last input (..., C) with per-channel gamma and beta (C,).
 pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Result<BatchNormOutput> {
     let xv = x.value().contiguous();
-    let c = *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "batch_norm", msg: "input has no axes".into() })?;
+    let c =
+        *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "batch_norm", msg: "input has no axes".into() })?;
     let (gv, bv) = (gamma.value().contiguous(), beta.value().contiguous());
     if gv.shape() != [c] || bv.shape() != [c] {
         return Err(TensorError::Shape {
@@ -88,7 +90,10 @@ pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Res
     let (training, eps) = match mode {
         BatchNormMode::Train { eps } => {
             if xv.numel() == 0 {
-                return Err(TensorError::Shape { op: "batch_norm", msg: "training mode needs a non-empty batch".into() });
+                return Err(TensorError::Shape {
+                    op: "batch_norm",
+                    msg: "training mode needs a non-empty batch".into(),
+                });
             }
             k::batch_norm_stats(xs, c, &mut mean, &mut var);
             (true, *eps)
@@ -152,9 +157,11 @@ mod tests {
         // strided input: the transposed view of a (6, 3) matrix
         let xt = Tensor::rand_uniform(&[6, 3], -2.0, 2.0, 4);
         let g6 = Tensor::rand_uniform(&[6], 0.5, 1.5, 5);
-        check_gradients(&[xt, g6.clone(), g6], |v| {
-            layer_norm(&crate::ops::shape::transpose(&v[0], 0, 1)?, &v[1], &v[2], 1e-5)
-        }, &o)
+        check_gradients(
+            &[xt, g6.clone(), g6],
+            |v| layer_norm(&crate::ops::shape::transpose(&v[0], 0, 1)?, &v[1], &v[2], 1e-5),
+            &o,
+        )
         .unwrap();
     }
 
@@ -165,7 +172,8 @@ mod tests {
         let g = Tensor::rand_uniform(&[4], 0.5, 1.5, 2);
         let b = Tensor::rand_uniform(&[4], -0.5, 0.5, 3);
         let train = BatchNormMode::Train { eps: 1e-3 };
-        check_gradients(&[x.clone(), g.clone(), b.clone()], |v| Ok(batch_norm(&v[0], &v[1], &v[2], &train)?.y), &o).unwrap();
+        check_gradients(&[x.clone(), g.clone(), b.clone()], |v| Ok(batch_norm(&v[0], &v[1], &v[2], &train)?.y), &o)
+            .unwrap();
         let eval = BatchNormMode::Eval {
             running_mean: Tensor::rand_uniform(&[4], -0.5, 0.5, 4),
             running_var: Tensor::rand_uniform(&[4], 0.5, 1.5, 5),

@@ -130,11 +130,15 @@ mod tests {
         let x = Tensor::rand_uniform(&[2, 3, 4], -1.0, 1.0, 1);
         // multiply by a fixed tensor after the view so position errors show up
         let check = |f: &dyn Fn(&Var) -> Result<Var>| {
-            check_gradients(&[x.clone()], |v| {
-                let y = f(&v[0])?;
-                let w = Var::constant(Tensor::rand_uniform(&y.shape(), 0.5, 1.5, 3));
-                mul(&y, &w)
-            }, &o)
+            check_gradients(
+                &[x.clone()],
+                |v| {
+                    let y = f(&v[0])?;
+                    let w = Var::constant(Tensor::rand_uniform(&y.shape(), 0.5, 1.5, 3));
+                    mul(&y, &w)
+                },
+                &o,
+            )
             .unwrap()
         };
         check(&|v| reshape(v, &[4, 6]));

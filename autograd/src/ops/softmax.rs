@@ -38,7 +38,9 @@ pub fn softmax(x: &Var) -> Result<Var> {
     check_rank("softmax", &xv)?;
     let y = rowwise(&xv, |x, y, c| rows::softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
-    Ok(Var::from_fn(y, &[x], "softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::softmax_backward(y, dy, dx, c, 1.0)))])))
+    Ok(Var::from_fn(y, &[x], "softmax", move |g, _| {
+        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::softmax_backward(y, dy, dx, c, 1.0)))])
+    }))
 }
 
 /// log(softmax) over the last axis, computed stably.
@@ -47,7 +49,9 @@ pub fn log_softmax(x: &Var) -> Result<Var> {
     check_rank("log_softmax", &xv)?;
     let y = rowwise(&xv, |x, y, c| rows::log_softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
-    Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::log_softmax_backward(y, dy, dx, c, 1.0)))])))
+    Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| {
+        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::log_softmax_backward(y, dy, dx, c, 1.0)))])
+    }))
 }
 
 /// Attention's fused softmax: softmax(scale * scores + mask) over the last axis of scores
@@ -57,12 +61,18 @@ pub fn attention_softmax(scores: &Var, scale: f32, key_mask: Option<&Tensor>) ->
     let sv = scores.value();
     let sh = sv.shape().to_vec();
     if sh.len() != 4 {
-        return Err(TensorError::Shape { op: "attention_softmax", msg: format!("scores must be (B, H, Tq, Tk), got {sh:?}") });
+        return Err(TensorError::Shape {
+            op: "attention_softmax",
+            msg: format!("scores must be (B, H, Tq, Tk), got {sh:?}"),
+        });
     }
     let (b, h, tq, tk) = (sh[0], sh[1], sh[2], sh[3]);
     let additive: Option<Vec<f32>> = match key_mask {
         Some(m) if m.shape() != [b, tk] => {
-            return Err(TensorError::Shape { op: "attention_softmax", msg: format!("mask {:?} must be [{b}, {tk}]", m.shape()) })
+            return Err(TensorError::Shape {
+                op: "attention_softmax",
+                msg: format!("mask {:?} must be [{b}, {tk}]", m.shape()),
+            })
         }
         Some(m) => Some(m.to_vec().iter().map(|&v| if v > 0.0 { 0.0 } else { -1e9 }).collect()),
         None => None,
@@ -86,7 +96,10 @@ pub fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> Result<
         });
     }
     if !(0.0..=1.0).contains(&smoothing) {
-        return Err(TensorError::Shape { op: "cross_entropy", msg: format!("label smoothing {smoothing} outside [0, 1]") });
+        return Err(TensorError::Shape {
+            op: "cross_entropy",
+            msg: format!("label smoothing {smoothing} outside [0, 1]"),
+        });
     }
     let (n, c) = (lv.shape()[0], lv.shape()[1]);
     if let Some(&bad) = targets.iter().find(|&&t| t >= c) {

@@ -23,9 +23,10 @@ pub fn write_atomically(path: &Path, bytes_writer: impl FnOnce(&mut dyn Write) -
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| TensorError::Io { path: path.to_path_buf(), source: std::io::Error::other("not a file path") })?;
+    let file_name = path.file_name().ok_or_else(|| TensorError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("not a file path"),
+    })?;
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{}.tmp-{}-{unique}", file_name.to_string_lossy(), std::process::id()));

@@ -115,7 +115,11 @@ impl SafeTensors {
         let len = file.metadata().map_err(io)?.len();
         let source = path.display().to_string();
         if len < 8 {
-            return Err(format_err(&source, None, format!("file is {len} bytes, too short for the 8-byte header length")));
+            return Err(format_err(
+                &source,
+                None,
+                format!("file is {len} bytes, too short for the 8-byte header length"),
+            ));
         }
         // SAFETY: the map is read-only; like every mmap reader we assume the file is not
         // truncated by another process while it is open.
@@ -137,14 +141,17 @@ impl SafeTensors {
         let header_len = u64::from_le_bytes(all[..8].try_into().expect("8 bytes"));
         let available = (all.len() - 8) as u64;
         if header_len > available {
-            return Err(err(format!("header length {header_len} runs past the end of the file ({available} bytes follow it)")));
+            return Err(err(format!(
+                "header length {header_len} runs past the end of the file ({available} bytes follow it)"
+            )));
         }
         if header_len > MAX_HEADER_BYTES {
             return Err(err(format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
         }
         let data_start = 8 + header_len as usize;
         let data_len = all.len() - data_start;
-        let header_text = std::str::from_utf8(&all[8..data_start]).map_err(|e| err(format!("header is not valid UTF-8: {e}")))?;
+        let header_text =
+            std::str::from_utf8(&all[8..data_start]).map_err(|e| err(format!("header is not valid UTF-8: {e}")))?;
         let header: serde_json::Value =
             serde_json::from_str(header_text).map_err(|e| err(format!("header is not valid JSON: {e}")))?;
         let object = header.as_object().ok_or_else(|| err("header is not a JSON object".into()))?;
@@ -165,7 +172,8 @@ impl SafeTensors {
         }
 
         // No two tensors may share bytes.
-        let mut spans: Vec<(&String, &TensorInfo)> = entries.iter().filter(|(_, i)| i.data_offsets.0 < i.data_offsets.1).collect();
+        let mut spans: Vec<(&String, &TensorInfo)> =
+            entries.iter().filter(|(_, i)| i.data_offsets.0 < i.data_offsets.1).collect();
         spans.sort_by_key(|(_, i)| i.data_offsets);
         for pair in spans.windows(2) {
             let ((a, ia), (b, ib)) = (pair[0], pair[1]);
@@ -249,7 +257,11 @@ impl SafeTensors {
             Dtype::I32 => raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
             Dtype::U8 | Dtype::Bool => raw.iter().map(|&b| b as i64).collect(),
             other => {
-                return Err(format_err(&self.source, Some(name), format!("dtype {} is not an integer type", other.name())))
+                return Err(format_err(
+                    &self.source,
+                    Some(name),
+                    format!("dtype {} is not an integer type", other.name()),
+                ))
             }
         };
         Ok((info.shape.clone(), values))
@@ -267,13 +279,21 @@ fn parse_entry(value: &serde_json::Value, data_len: usize) -> std::result::Resul
     let shape_json = obj.get("shape").and_then(|v| v.as_array()).ok_or("missing or non-array 'shape'")?;
     let shape = shape_json
         .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(|| format!("shape entry {d} is not a non-negative integer")))
+        .map(|d| {
+            d.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| format!("shape entry {d} is not a non-negative integer"))
+        })
         .collect::<std::result::Result<Vec<usize>, String>>()?;
     let offsets = obj.get("data_offsets").and_then(|v| v.as_array()).ok_or("missing or non-array 'data_offsets'")?;
     if offsets.len() != 2 {
         return Err(format!("data_offsets has {} entries, expected 2", offsets.len()));
     }
-    let as_usize = |v: &serde_json::Value| v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| format!("data offset {v} is not a non-negative integer"));
+    let as_usize = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| format!("data offset {v} is not a non-negative integer"))
+    };
     let (begin, end) = (as_usize(&offsets[0])?, as_usize(&offsets[1])?);
     if begin > end {
         return Err(format!("data_offsets [{begin}, {end}] run backwards"));
@@ -281,7 +301,8 @@ fn parse_entry(value: &serde_json::Value, data_len: usize) -> std::result::Resul
     if end > data_len {
         return Err(format!("data_offsets [{begin}, {end}] run past the {data_len}-byte data section"));
     }
-    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    let numel =
+        shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| format!("shape {shape:?} overflows"))?;
     let nbytes = numel.checked_mul(dtype.size()).ok_or_else(|| format!("shape {shape:?} overflows"))?;
     if nbytes != end - begin {
         return Err(format!(
@@ -333,7 +354,11 @@ fn validate_entries(entries: &[(&str, SaveData<'_>)]) -> Result<()> {
     Ok(())
 }
 
-fn write_to(out: &mut dyn Write, entries: &[(&str, SaveData<'_>)], metadata: &BTreeMap<String, String>) -> std::io::Result<()> {
+fn write_to(
+    out: &mut dyn Write,
+    entries: &[(&str, SaveData<'_>)],
+    metadata: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
     // Order by descending element size, then name: keeps each tensor naturally aligned.
     let mut order: Vec<usize> = (0..entries.len()).collect();
     let elem = |d: &SaveData| match d {
@@ -371,7 +396,9 @@ fn write_to(out: &mut dyn Write, entries: &[(&str, SaveData<'_>)], metadata: &BT
         chunk.clear();
         match &entries[i].1 {
             SaveData::Float(t, Dtype::F32) => t.to_vec().iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
-            SaveData::Float(t, Dtype::F16) => t.to_f16_vec().iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
+            SaveData::Float(t, Dtype::F16) => {
+                t.to_f16_vec().iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes()))
+            }
             SaveData::Float(t, _) => t.to_bf16_vec().iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
             SaveData::I64 { values, .. } => values.iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
         }
@@ -381,17 +408,27 @@ fn write_to(out: &mut dyn Write, entries: &[(&str, SaveData<'_>)], metadata: &BT
 }
 
 /// Writes a safetensors file atomically (temporary file, fsync, rename).
-pub fn save(path: impl AsRef<Path>, entries: &[(&str, SaveData<'_>)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save(
+    path: impl AsRef<Path>,
+    entries: &[(&str, SaveData<'_>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     validate_entries(entries).map_err(|e| match e {
-        TensorError::Format { tensor, msg, .. } => TensorError::Format { file: path.display().to_string(), tensor, msg },
+        TensorError::Format { tensor, msg, .. } => {
+            TensorError::Format { file: path.display().to_string(), tensor, msg }
+        }
         other => other,
     })?;
     super::write_atomically(path, |w| write_to(w, entries, metadata))
 }
 
 /// Convenience: saves named f32 tensors as F32 with metadata.
-pub fn save_f32(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save_f32(
+    path: impl AsRef<Path>,
+    tensors: &[(&str, &Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let entries: Vec<(&str, SaveData)> = tensors.iter().map(|(n, t)| (*n, SaveData::Float(t, Dtype::F32))).collect();
     save(path, &entries, metadata)
 }

@@ -38,7 +38,12 @@ enum Value {
     Global(String, String),
     /// A storage reference from a persistent id: (dtype name, key, element count).
     Storage(String, String, usize),
-    Tensor { storage: Box<Value>, offset: usize, size: Vec<usize>, stride: Vec<usize> },
+    Tensor {
+        storage: Box<Value>,
+        offset: usize,
+        size: Vec<usize>,
+        stride: Vec<usize>,
+    },
     Mark,
 }
 
@@ -59,9 +64,14 @@ pub fn load_state_dict(path: impl AsRef<Path>) -> Result<NamedTensors> {
 }
 
 fn load_zip(bytes: &[u8], file: &str) -> Result<NamedTensors> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| err(file, format!("bad zip archive: {e}")))?;
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| err(file, format!("bad zip archive: {e}")))?;
     let names: Vec<String> = archive.file_names().map(String::from).collect();
-    let pkl = names.iter().find(|n| n.ends_with("/data.pkl") || *n == "data.pkl").ok_or_else(|| err(file, "zip archive has no data.pkl"))?.clone();
+    let pkl = names
+        .iter()
+        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .ok_or_else(|| err(file, "zip archive has no data.pkl"))?
+        .clone();
     let root = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
     let mut read_entry = |name: &str| -> Result<Vec<u8>> {
         let mut e = archive.by_name(name).map_err(|e| err(file, format!("zip entry {name}: {e}")))?;
@@ -104,11 +114,17 @@ fn load_legacy(bytes: &[u8], file: &str) -> Result<NamedTensors> {
     for k in keys {
         let Value::Str(key) = k else { return Err(err(file, "storage key is not a string")) };
         let elem = *sizes.get(&key).ok_or_else(|| err(file, format!("storage {key} is never used")))?;
-        let count_bytes = bytes.get(pos..pos + 8).ok_or_else(|| err(file, format!("truncated before storage {key}")))?;
+        let count_bytes =
+            bytes.get(pos..pos + 8).ok_or_else(|| err(file, format!("truncated before storage {key}")))?;
         let count = i64::from_le_bytes(count_bytes.try_into().expect("8 bytes"));
         pos += 8;
-        let len = usize::try_from(count).ok().and_then(|c| c.checked_mul(elem)).ok_or_else(|| err(file, format!("storage {key}: bad size {count}")))?;
-        let data = bytes.get(pos..pos + len).ok_or_else(|| err(file, format!("storage {key}: {len} bytes run past the end")))?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(elem))
+            .ok_or_else(|| err(file, format!("storage {key}: bad size {count}")))?;
+        let data = bytes
+            .get(pos..pos + len)
+            .ok_or_else(|| err(file, format!("storage {key}: {len} bytes run past the end")))?;
         storages.insert(key, data.to_vec());
         pos += len;
     }
@@ -173,7 +189,8 @@ fn build_state_dict(obj: Value, storages: &HashMap<String, Vec<u8>>, file: &str)
             return Err(tensor_err("size and stride differ in length".into()));
         }
         let numel: usize = size.iter().product();
-        let reach = if numel == 0 { 0 } else { offset + size.iter().zip(&stride).map(|(n, s)| (n - 1) * s).sum::<usize>() + 1 };
+        let reach =
+            if numel == 0 { 0 } else { offset + size.iter().zip(&stride).map(|(n, s)| (n - 1) * s).sum::<usize>() + 1 };
         if reach > numel_storage {
             return Err(tensor_err(format!("view reaches element {reach} of a storage of {numel_storage}")));
         }
@@ -419,7 +436,9 @@ impl<'a> Unpickler<'a> {
                 b'u' => {
                     let items = self.pop_mark()?;
                     match self.stack.last_mut() {
-                        Some(Value::Dict(d)) => d.extend(items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone()))),
+                        Some(Value::Dict(d)) => {
+                            d.extend(items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())))
+                        }
                         _ => return Err(self.e("SETITEMS on a non-dict")),
                     }
                 }
@@ -428,7 +447,9 @@ impl<'a> Unpickler<'a> {
                     let pid = self.pop()?;
                     let Value::Tuple(t) = pid else { return Err(self.e("persistent id is not a tuple")) };
                     match t.as_slice() {
-                        [Value::Str(kind), Value::Global(_, dtype), Value::Str(key), _, numel, ..] if kind == "storage" => {
+                        [Value::Str(kind), Value::Global(_, dtype), Value::Str(key), _, numel, ..]
+                            if kind == "storage" =>
+                        {
                             let n = if let Value::Int(n) = numel { *n as usize } else { 0 };
                             self.stack.push(Value::Storage(dtype.clone(), key.clone(), n));
                         }
@@ -460,7 +481,13 @@ impl<'a> Unpickler<'a> {
             match v {
                 Value::Tuple(xs) | Value::List(xs) => xs
                     .iter()
-                    .map(|x| if let Value::Int(i) = x { usize::try_from(*i).map_err(|_| self.e("negative size")) } else { Err(self.e("size is not an int")) })
+                    .map(|x| {
+                        if let Value::Int(i) = x {
+                            usize::try_from(*i).map_err(|_| self.e("negative size"))
+                        } else {
+                            Err(self.e("size is not an int"))
+                        }
+                    })
                     .collect(),
                 _ => Err(self.e("size is not a tuple")),
             }
