@@ -5,25 +5,12 @@
 //!
 //! Prints `bert-mini fwd+bwd MS` and `bert-base fwd MS` (median of several runs).
 
-use std::time::Instant;
-
 use align::bert::{Bert, BertConfig, TokenBatch};
 use autograd::ops::reduce;
 use nn::Ctx;
 use tensor::{Rng, Tensor};
 
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
-}
+use kernels::timing::median_ms;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -6,22 +6,9 @@
 //! Prints `name fwd_ms fwd+bwd_ms` (median of several runs); fwd+bwd = forward, input gradient
 //! and weight gradient, as one training step needs.
 
-use std::time::Instant;
-
 use kernels::conv::{self, ConvGeometry, Padding};
 
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
-}
+use kernels::timing::median_ms;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

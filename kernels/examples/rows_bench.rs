@@ -6,22 +6,9 @@
 //! Prints the median time of several runs for softmax (256, 16384), layer norm (2048, 768) and
 //! GELU (2048, 3072), forward.
 
-use std::time::Instant;
-
 use kernels::rows::{self, Activation};
 
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
-}
+use kernels::timing::median_ms;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

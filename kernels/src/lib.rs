@@ -21,6 +21,7 @@ pub mod reduce;
 pub mod rows;
 pub mod simd;
 pub mod softmax;
+pub mod timing;
 pub mod vec;
 pub mod vmath;
 
