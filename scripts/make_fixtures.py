@@ -415,6 +415,55 @@ def efficientnet():
     save_fixture("small_zip_state_dict_values.safetensors", ref)
 
 
+def conv_hwio(x, w_hwio, stride):
+    """NCHW conv with a weight stored in our HWIO layout, TF SAME padding."""
+    import torch.nn.functional as F
+
+    w = w_hwio.permute(3, 2, 0, 1)
+    return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride)
+
+
+def depthwise_hwc(x, w_hwc, stride):
+    """NCHW depthwise conv with a weight stored in our (KH, KW, C) layout, TF SAME padding."""
+    import torch.nn.functional as F
+
+    w = w_hwc.permute(2, 0, 1)[:, None]
+    return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride, groups=w.shape[0])
+
+
+def bn_train(x, T, p):
+    """Training-mode batch norm (batch statistics, eps 1e-3) with parameters T[p.weight/bias]."""
+    import torch.nn.functional as F
+
+    return F.batch_norm(x, None, None, T[p + ".weight"], T[p + ".bias"], training=True, eps=1e-3)
+
+
+def squeeze_excite(x, T, p):
+    import torch
+    import torch.nn.functional as F
+
+    s = x.mean(dim=(2, 3))
+    s = F.silu(s @ T[p + "._se_reduce.weight"].T + T[p + "._se_reduce.bias"])
+    s = torch.sigmoid(s @ T[p + "._se_expand.weight"].T + T[p + "._se_expand.bias"])
+    return x * s[:, :, None, None]
+
+
+def stem_and_two_blocks(images, T, pre):
+    """Stem (3x3 s2, 32) + MBConv(k3 s1 e1 32->16, SE) + MBConv(k5 s2 e6 16->24, SE), NCHW out."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
+    x = F.silu(bn_train(conv_hwio(x, T[pre + "_conv_stem.weight"], 2), T, pre + "_bn0"))
+    h = F.silu(bn_train(depthwise_hwc(x, T[pre + "_blocks.0._depthwise_conv.weight"], 1), T, pre + "_blocks.0._bn1"))
+    h = squeeze_excite(h, T, pre + "_blocks.0")
+    x = bn_train(conv_hwio(h, T[pre + "_blocks.0._project_conv.weight"], 1), T, pre + "_blocks.0._bn2")  # no residual
+    h = F.silu(bn_train(conv_hwio(x, T[pre + "_blocks.1._expand_conv.weight"], 1), T, pre + "_blocks.1._bn0"))
+    h = F.silu(bn_train(depthwise_hwc(h, T[pre + "_blocks.1._depthwise_conv.weight"], 2), T, pre + "_blocks.1._bn1"))
+    h = squeeze_excite(h, T, pre + "_blocks.1")
+    return bn_train(conv_hwio(h, T[pre + "_blocks.1._project_conv.weight"], 1), T, pre + "_blocks.1._bn2")
+
+
 def efficientnet_train():
     """Loss and every gradient of a small random EfficientNet in training mode: stem 3x3 s2
     (3->32) + BN + SiLU, MBConv(k3 s1 e1 32->16, SE), MBConv(k5 s2 e6 16->24, SE), head 1x1
@@ -459,33 +508,8 @@ def efficientnet_train():
     images = g.standard_normal((4, 32, 32, 3)).astype(np.float32)
     targets = np.array([1, 7, 3, 3], dtype=np.int64)
 
-    def conv(x, w_hwio, stride):
-        w = w_hwio.permute(3, 2, 0, 1)
-        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride)
-
-    def dwconv(x, w_hwc, stride):
-        w = w_hwc.permute(2, 0, 1)[:, None]
-        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride, groups=w.shape[0])
-
-    def bnf(x, p):
-        return F.batch_norm(x, None, None, T[p + ".weight"], T[p + ".bias"], training=True, eps=1e-3)
-
-    def se(x, p):
-        s = x.mean(dim=(2, 3))
-        s = F.silu(s @ T[p + "._se_reduce.weight"].T + T[p + "._se_reduce.bias"])
-        s = torch.sigmoid(s @ T[p + "._se_expand.weight"].T + T[p + "._se_expand.bias"])
-        return x * s[:, :, None, None]
-
-    x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
-    x = F.silu(bnf(conv(x, T["_conv_stem.weight"], 2), "_bn0"))
-    h = F.silu(bnf(dwconv(x, T["_blocks.0._depthwise_conv.weight"], 1), "_blocks.0._bn1"))
-    h = se(h, "_blocks.0")
-    x = bnf(conv(h, T["_blocks.0._project_conv.weight"], 1), "_blocks.0._bn2")  # 32 -> 16: no residual
-    h = F.silu(bnf(conv(x, T["_blocks.1._expand_conv.weight"], 1), "_blocks.1._bn0"))
-    h = F.silu(bnf(dwconv(h, T["_blocks.1._depthwise_conv.weight"], 2), "_blocks.1._bn1"))
-    h = se(h, "_blocks.1")
-    x = bnf(conv(h, T["_blocks.1._project_conv.weight"], 1), "_blocks.1._bn2")
-    x = F.silu(bnf(conv(x, T["_conv_head.weight"], 1), "_bn1"))
+    x = stem_and_two_blocks(images, T, "")
+    x = F.silu(bn_train(conv_hwio(x, T["_conv_head.weight"], 1), T, "_bn1"))
     logits = x.mean(dim=(2, 3)) @ T["_fc.weight"].T + T["_fc.bias"]
     loss = F.cross_entropy(logits, torch.tensor(targets), label_smoothing=0.1)
     loss.backward()
@@ -569,32 +593,8 @@ def dual_encoder_lamb():
     ids[:, 0] = 2
     mask = np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 6, [1] * 3 + [0] * 3], dtype=np.int64)
 
-    def conv(x, w_hwio, stride):
-        w = w_hwio.permute(3, 2, 0, 1)
-        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride)
-
-    def dwconv(x, w_hwc, stride):
-        w = w_hwc.permute(2, 0, 1)[:, None]
-        return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w, stride=stride, groups=w.shape[0])
-
-    def bnf(x, p):
-        return F.batch_norm(x, None, None, T[p + ".weight"], T[p + ".bias"], training=True, eps=1e-3)
-
-    def se(x, p):
-        s = x.mean(dim=(2, 3))
-        s = F.silu(s @ T[p + "._se_reduce.weight"].T + T[p + "._se_reduce.bias"])
-        s = torch.sigmoid(s @ T[p + "._se_expand.weight"].T + T[p + "._se_expand.bias"])
-        return x * s[:, :, None, None]
-
     def image_embed():
-        x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
-        x = F.silu(bnf(conv(x, T[it + "_conv_stem.weight"], 2), it + "_bn0"))
-        h = F.silu(bnf(dwconv(x, T[it + "_blocks.0._depthwise_conv.weight"], 1), it + "_blocks.0._bn1"))
-        x = bnf(conv(se(h, it + "_blocks.0"), T[it + "_blocks.0._project_conv.weight"], 1), it + "_blocks.0._bn2")
-        h = F.silu(bnf(conv(x, T[it + "_blocks.1._expand_conv.weight"], 1), it + "_blocks.1._bn0"))
-        h = F.silu(bnf(dwconv(h, T[it + "_blocks.1._depthwise_conv.weight"], 2), it + "_blocks.1._bn1"))
-        x = bnf(conv(se(h, it + "_blocks.1"), T[it + "_blocks.1._project_conv.weight"], 1), it + "_blocks.1._bn2")
-        return F.normalize(x.mean(dim=(2, 3)), dim=-1)
+        return F.normalize(stem_and_two_blocks(images, T, it).mean(dim=(2, 3)), dim=-1)
 
     def text_embed():
         params = {n[len("text_tower.bert."):]: T[n] for n in T if n.startswith("text_tower.bert.")}
