@@ -172,9 +172,9 @@ impl MBConv {
     pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         let mut h = x.clone();
         if let Some((conv, bn)) = &self.expand {
-            h = self.act.forward(&bn.forward(&conv.forward(&h)?, ctx)?);
+            h = bn.forward_with(&conv.forward(&h)?, ctx, self.act)?;
         }
-        h = self.act.forward(&self.bn_depthwise.forward(&self.depthwise.forward(&h)?, ctx)?);
+        h = self.bn_depthwise.forward_with(&self.depthwise.forward(&h)?, ctx, self.act)?;
         if let Some(se) = &self.se {
             h = se.forward(&h)?;
         }
@@ -280,7 +280,7 @@ impl EfficientNet {
                 msg: format!("images must be (N, H, W, 3), got {s:?}"),
             });
         }
-        let mut x = self.act.forward(&self.bn_stem.forward(&self.stem.forward(images)?, ctx)?);
+        let mut x = self.bn_stem.forward_with(&self.stem.forward(images)?, ctx, self.act)?;
         for b in &self.blocks {
             x = b.forward(&x, ctx)?;
         }
@@ -295,7 +295,7 @@ impl EfficientNet {
     /// ImageNet logits: head conv -> BN -> act -> pool -> dropout -> classifier. (N, classes)
     pub fn logits(&self, images: &Var, ctx: &mut Ctx) -> Result<Var> {
         let x = self.forward_blocks(images, ctx)?;
-        let x = self.act.forward(&self.bn_head.forward(&self.head.forward(&x)?, ctx)?);
+        let x = self.bn_head.forward_with(&self.head.forward(&x)?, ctx, self.act)?;
         let pooled = self.dropout.forward(&cv::global_avg_pool(&x)?, ctx)?;
         self.classifier.forward(&pooled)
     }

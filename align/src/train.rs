@@ -357,6 +357,8 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     let meta = BTreeMap::from([("config".to_string(), serde_json::to_string(cfg).expect("json"))]);
     let mut interrupted = false;
     let mut steps_done = start;
+    // seconds spent in: data, image forward, text forward + loss, backward, optimiser
+    let mut phase = [0.0f64; 5];
     for step in start..cfg.steps {
         if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
             save_checkpoint(&ckpt, &model, &opt, step, &data_rng, &meta)?;
@@ -379,8 +381,10 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             batch.push(&train_pairs[order[cursor]]);
             cursor += 1;
         }
+        let t_data = Instant::now();
         let (images, decoded, corrupt) =
             image_batch_checked(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
+        phase[0] += t_data.elapsed().as_secs_f64();
         skipped.corrupt_image += corrupt;
         if decoded.len() < 2 {
             continue; // nothing to contrast in this batch
@@ -388,10 +392,14 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         let texts: Vec<&str> = decoded.iter().map(|&i| batch[i].text.as_str()).collect();
         let tokens = token_batch(&tok, &texts, cfg.max_tokens)?;
         // 3. forward, loss, backward
+        let t_fwd = Instant::now();
         let mut ctx = Ctx { training: true, rng: Rng::new(data_rng.next_u64()) };
         let x = model.embed_images(&images, &mut ctx)?;
+        let t_txt = Instant::now();
         let y = model.embed_texts(&tokens, &mut ctx)?;
         let loss = contrastive_loss(&x, &y, &model.log_temperature, 0.1)?;
+        phase[1] += t_txt.duration_since(t_fwd).as_secs_f64();
+        phase[2] += t_txt.elapsed().as_secs_f64();
         let loss_value = loss.value().item()?;
         if !loss_value.is_finite() {
             return Err(TensorError::Shape {
@@ -399,7 +407,10 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
                 msg: format!("non-finite loss at step {step}; the last good checkpoint is {}", ckpt.display()),
             });
         }
+        let t_bwd = Instant::now();
         loss.backward()?;
+        phase[3] += t_bwd.elapsed().as_secs_f64();
+        let t_opt = Instant::now();
         if let Some(c) = cfg.clip_norm {
             clip_grad_norm(&model.named_parameters(), c);
         }
@@ -410,6 +421,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         }
         opt.step()?;
         opt.zero_grad();
+        phase[4] += t_opt.elapsed().as_secs_f64();
         last_loss = loss_value;
         steps_done = step + 1;
         // 5. logging and checkpoints
@@ -442,7 +454,15 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         }
     }
     if !quiet {
-        eprintln!();
+        let total: f64 = phase.iter().sum::<f64>().max(1e-9);
+        let pct = |i: usize| 100.0 * phase[i] / total;
+        eprintln!(
+            "\ntime per step: data {:.0}%, image forward {:.0}%, text forward + loss {:.0}%, backward {:.0}%, optimiser {:.0}%",
+            pct(0), pct(1), pct(2), pct(3), pct(4)
+        );
+        if autograd::profile::enabled() {
+            eprintln!("backward time by op (ALIGN_PROFILE_BACKWARD):\n{}", autograd::profile::report());
+        }
     }
     // 6. held-out retrieval (skipped when interrupted: the user asked to stop)
     let metrics = if interrupted { RetrievalMetrics::default() } else { evaluate(&model, &tok, cfg, &held)? };

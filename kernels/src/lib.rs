@@ -13,6 +13,7 @@
 //! `tensor`.
 
 pub mod activation;
+pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
 pub mod norm;

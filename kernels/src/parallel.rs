@@ -18,12 +18,13 @@ pub fn num_threads() -> usize {
     if n > 0 {
         return n;
     }
-    if let Some(n) = std::env::var("ALIGN_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()) {
-        if n > 0 {
-            return n;
-        }
-    }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    // Read once: `available_parallelism` parses cgroup quota files on Linux (tens of
+    // microseconds), and kernels ask for every call, many of them on small inputs.
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(|| match std::env::var("ALIGN_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()) {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    })
 }
 
 /// Sets the number of threads every kernel may use from now on (0 restores the default).

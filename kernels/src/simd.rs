@@ -52,7 +52,10 @@ impl Isa {
 
     /// The best path at or below `self` that the CPU supports.
     pub fn supported(self) -> Isa {
-        Isa::available().into_iter().filter(|&i| i <= self).max().unwrap_or(Isa::Portable)
+        // cached: kernels call this on every invocation, many of them small
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        let detected = *DETECTED.get_or_init(|| *Isa::available().last().expect("portable is always available"));
+        self.min(detected)
     }
 
     pub fn name(self) -> &'static str {

@@ -142,12 +142,33 @@ impl DropPath {
         if !ctx.training || self.p == 0.0 {
             return Ok(x.clone());
         }
-        let s = x.shape();
+        let mask = self.sample_scales(x.shape()[0], ctx);
+        scale_samples(x, mask)
+    }
+}
+
+/// out[n, ...] = x[n, ...] * scale[n], forward and backward in one pass over each sample's
+/// contiguous block (a broadcast multiply by an (N, 1, 1, 1) tensor would index per element).
+fn scale_samples(x: &Var, scale: Vec<f32>) -> Result<Var> {
+    let xv = x.value().contiguous();
+    let per = xv.numel() / scale.len().max(1);
+    let apply = move |t: &Tensor, scale: &[f32]| -> Result<Tensor> {
+        let t = t.contiguous();
+        let mut out = t.to_vec();
+        for (chunk, &k) in out.chunks_mut(per.max(1)).zip(scale) {
+            chunk.iter_mut().for_each(|v| *v *= k);
+        }
+        Tensor::from_vec(out, t.shape())
+    };
+    let out = apply(&xv, &scale)?;
+    Ok(Var::from_fn(out, &[x], "drop_path", move |g, _| Ok(vec![Some(apply(g, &scale)?)])))
+}
+
+impl DropPath {
+    /// The scale each sample of a batch of `n` gets in training (0 or 1 / (1 - p)).
+    pub fn sample_scales(&self, n: usize, ctx: &mut Ctx) -> Vec<f32> {
         let keep = 1.0 - self.p;
-        let mask: Vec<f32> = (0..s[0]).map(|_| if ctx.rng.next_f32() < keep { 1.0 / keep } else { 0.0 }).collect();
-        let mut mshape = vec![1; s.len()];
-        mshape[0] = s[0];
-        ew::mul(x, &Var::constant(Tensor::from_vec(mask, &mshape)?))
+        (0..n).map(|_| if ctx.rng.next_f32() < keep { 1.0 / keep } else { 0.0 }).collect()
     }
 }
 
@@ -248,15 +269,29 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        self.forward_act(x, ctx, None)
+    }
+
+    /// act(batch_norm(x)) through the fused kernel when the activation has one (SiLU, sigmoid,
+    /// GELU); otherwise batch norm followed by the separate activation.
+    pub fn forward_with(&self, x: &Var, ctx: &Ctx, act: Activation) -> Result<Var> {
+        match act.fused_kernel() {
+            Some(k) => self.forward_act(x, ctx, Some(k)),
+            None => Ok(act.forward(&self.forward_act(x, ctx, None)?)),
+        }
+    }
+
+    fn forward_act(&self, x: &Var, ctx: &Ctx, act: Option<kernels::rows::Activation>) -> Result<Var> {
         if !ctx.training {
             let mode = norm::BatchNormMode::Eval {
                 running_mean: self.running_mean.get(),
                 running_var: self.running_var.get(),
                 eps: self.eps,
             };
-            return Ok(norm::batch_norm(x, &self.weight, &self.bias, &mode)?.y);
+            return Ok(norm::batch_norm_act(x, &self.weight, &self.bias, &mode, act)?.y);
         }
-        let out = norm::batch_norm(x, &self.weight, &self.bias, &norm::BatchNormMode::Train { eps: self.eps })?;
+        let out =
+            norm::batch_norm_act(x, &self.weight, &self.bias, &norm::BatchNormMode::Train { eps: self.eps }, act)?;
         let count = x.shape().iter().rev().skip(1).product::<usize>();
         if count < 2 {
             return Err(TensorError::Shape {
@@ -313,6 +348,17 @@ impl Activation {
             Activation::Sigmoid => ew::sigmoid(x),
             Activation::Tanh => ew::tanh(x),
             Activation::Identity => x.clone(),
+        }
+    }
+
+    /// The vectorised kernel a fused op (batch norm + activation) can apply, if there is one.
+    pub fn fused_kernel(self) -> Option<kernels::rows::Activation> {
+        match self {
+            Activation::Silu => Some(kernels::rows::Activation::Silu),
+            Activation::Gelu => Some(kernels::rows::Activation::GeluErf),
+            Activation::GeluTanh => Some(kernels::rows::Activation::GeluTanh),
+            Activation::Sigmoid => Some(kernels::rows::Activation::Sigmoid),
+            _ => None,
         }
     }
 }

@@ -7,7 +7,8 @@ use kernels::conv::{self as k, ConvGeometry, Padding};
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
-use crate::ops::{elementwise, shape};
+#[cfg(test)]
+use crate::ops::shape;
 use crate::Var;
 
 fn geometry(
@@ -124,8 +125,20 @@ pub fn channel_scale(x: &Var, s: &Var) -> Result<Var> {
             msg: format!("scale {ss:?} must be (N, C) for input {xs:?}"),
         });
     }
-    let s4 = shape::reshape(s, &[xs[0], 1, 1, xs[3]])?;
-    elementwise::mul(x, &s4)
+    let (n, pixels, c) = (xs[0], xs[1] * xs[2], xs[3]);
+    let (xv, sv) = (x.value().contiguous(), s.value().contiguous());
+    let mut y = vec![0.0f32; xv.numel()];
+    k::channel_scale_forward(slice_of(&xv), slice_of(&sv), &mut y, n, pixels, c);
+    let out = Tensor::from_vec(y, xv.shape())?;
+    Ok(Var::from_fn(out, &[x, s], "channel_scale", move |g, needs| {
+        let g = g.contiguous();
+        let (mut dx, mut ds) = (vec![0.0f32; xv.numel()], vec![0.0f32; n * c]);
+        k::channel_scale_backward(slice_of(&xv), slice_of(&sv), slice_of(&g), &mut dx, &mut ds, n, pixels, c);
+        Ok(vec![
+            maybe(needs[0], || Tensor::from_vec(dx, xv.shape()))?,
+            maybe(needs[1], || Tensor::from_vec(ds, &[n, c]))?,
+        ])
+    }))
 }
 
 #[cfg(test)]

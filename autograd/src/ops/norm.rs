@@ -5,7 +5,7 @@
 //! and differentiates through them; in eval mode it uses fixed running statistics and is an
 //! affine map per channel.
 
-use kernels::norm as k;
+use kernels::batchnorm as bn;
 use kernels::rows;
 use tensor::{Result, Tensor, TensorError};
 
@@ -75,6 +75,19 @@ pub struct BatchNormOutput {
 
 /// Batch norm over channels-last input (..., C) with per-channel gamma and beta (C,).
 pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Result<BatchNormOutput> {
+    batch_norm_act(x, gamma, beta, mode, None)
+}
+
+/// act(batch_norm(x)) as one op: the fused kernel writes only the activation's output, and the
+/// backward recomputes the pre-activation from x instead of storing it (one tensor less held
+/// per layer, two passes over memory fewer). `act` None is plain batch norm.
+pub fn batch_norm_act(
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    mode: &BatchNormMode,
+    act: Option<rows::Activation>,
+) -> Result<BatchNormOutput> {
     let xv = x.value().contiguous();
     let c =
         *xv.shape().last().ok_or_else(|| TensorError::Shape { op: "batch_norm", msg: "input has no axes".into() })?;
@@ -84,6 +97,9 @@ pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Res
             op: "batch_norm",
             msg: format!("gamma {:?} / beta {:?} must be [{c}] for input {:?}", gv.shape(), bv.shape(), xv.shape()),
         });
+    }
+    if c == 0 {
+        return Err(TensorError::Shape { op: "batch_norm", msg: "zero channels".into() });
     }
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
@@ -95,7 +111,7 @@ pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Res
                     msg: "training mode needs a non-empty batch".into(),
                 });
             }
-            k::batch_norm_stats(xs, c, &mut mean, &mut var);
+            bn::batch_norm_stats(xs, c, &mut mean, &mut var);
             (true, *eps)
         }
         BatchNormMode::Eval { running_mean, running_var, eps } => {
@@ -110,22 +126,29 @@ pub fn batch_norm(x: &Var, gamma: &Var, beta: &Var, mode: &BatchNormMode) -> Res
     let rstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
     let mut y = vec![0.0f32; xv.numel()];
     let (gs, bs) = (gv.as_contiguous_slice().expect("contiguous"), bv.as_contiguous_slice().expect("contiguous"));
-    k::batch_norm_apply(xs, &mean, &rstd, gs, bs, &mut y, c);
+    bn::batch_norm_forward(xs, &mean, &rstd, gs, bs, act, &mut y, c);
     let out = Tensor::from_vec(y, xv.shape())?;
     let (batch_mean, batch_var) = if training {
         (Some(Tensor::from_vec(mean.clone(), &[c])?), Some(Tensor::from_vec(var, &[c])?))
     } else {
         (None, None)
     };
-    let y = Var::from_fn(out, &[x, gamma, beta], "batch_norm", move |g, needs| {
+    let name = match act {
+        None => "batch_norm",
+        Some(rows::Activation::Silu) => "batch_norm_silu",
+        Some(_) => "batch_norm_act",
+    };
+    let y = Var::from_fn(out, &[x, gamma, beta], name, move |g, needs| {
         let gc = g.contiguous();
         let mut dx = vec![0.0f32; xv.numel()];
         let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
-        k::batch_norm_backward(
+        bn::batch_norm_backward(
             xv.as_contiguous_slice().expect("contiguous"),
             &mean,
             &rstd,
             gv.as_contiguous_slice().expect("contiguous"),
+            bv.as_contiguous_slice().expect("contiguous"),
+            act,
             gc.as_contiguous_slice().expect("contiguous"),
             &mut dx,
             &mut dgamma,
@@ -179,6 +202,16 @@ mod tests {
             running_var: Tensor::rand_uniform(&[4], 0.5, 1.5, 5),
             eps: 1e-3,
         };
-        check_gradients(&[x, g, b], |v| Ok(batch_norm(&v[0], &v[1], &v[2], &eval)?.y), &o).unwrap();
+        check_gradients(&[x.clone(), g.clone(), b.clone()], |v| Ok(batch_norm(&v[0], &v[1], &v[2], &eval)?.y), &o)
+            .unwrap();
+        // fused batch norm + SiLU, both modes
+        for mode in [train, eval] {
+            check_gradients(
+                &[x.clone(), g.clone(), b.clone()],
+                |v| Ok(batch_norm_act(&v[0], &v[1], &v[2], &mode, Some(rows::Activation::Silu))?.y),
+                &o,
+            )
+            .unwrap();
+        }
     }
 }
