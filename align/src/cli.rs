@@ -238,3 +238,165 @@ pub fn train(
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation, embedding index and search
+// ---------------------------------------------------------------------------------------------
+
+fn open_model(checkpoint: &Path) -> Result<crate::eval::LoadedModel, String> {
+    crate::eval::LoadedModel::open(checkpoint).map_err(|e| format!("{}: {e}", checkpoint.display()))
+}
+
+fn print_skips(skipped: &crate::data::SkipReport) {
+    if skipped.total() > 0 {
+        eprintln!("skipped records: {}", serde_json::to_string(skipped).expect("json"));
+    }
+}
+
+/// `align eval retrieval`
+pub fn eval_retrieval(checkpoint: &Path, data: &Path, json: bool) -> Result<(), String> {
+    let lm = open_model(checkpoint)?;
+    let r = crate::eval::eval_retrieval(&lm, data).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&r).expect("json"));
+    } else {
+        print_skips(&r.skipped);
+        let m = &r.metrics;
+        println!("{} images, {} captions", r.images, r.captions);
+        println!(
+            "image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} median rank {}",
+            m.i2t_r1, m.i2t_r5, m.i2t_r10, m.i2t_median_rank
+        );
+        println!(
+            "text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} median rank {}",
+            m.t2i_r1, m.t2i_r5, m.t2i_r10, m.t2i_median_rank
+        );
+    }
+    Ok(())
+}
+
+/// `align eval zeroshot`
+pub fn eval_zeroshot(
+    checkpoint: &Path,
+    data: &Path,
+    classes: &Path,
+    templates: Option<&Path>,
+    json: bool,
+) -> Result<(), String> {
+    let lm = open_model(checkpoint)?;
+    let classes = crate::eval::read_lines(classes).map_err(|e| e.to_string())?;
+    let templates = match templates {
+        Some(p) => crate::eval::read_lines(p).map_err(|e| e.to_string())?,
+        None => crate::eval::parse_lines(crate::eval::CLIP_TEMPLATES),
+    };
+    let a = crate::eval::eval_zeroshot(&lm, data, &classes, &templates).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&a).expect("json"));
+    } else {
+        print_skips(&a.skipped);
+        println!(
+            "zero-shot ({} classes, {} templates): {} images, top-1 {:.3}, top-5 {:.3}",
+            classes.len(),
+            templates.len(),
+            a.images,
+            a.top1,
+            a.top5.unwrap_or(f32::NAN)
+        );
+    }
+    Ok(())
+}
+
+/// `align eval knn`
+pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bool) -> Result<(), String> {
+    let lm = open_model(checkpoint)?;
+    let a = crate::eval::eval_knn(&lm, train, test, k).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&a).expect("json"));
+    } else {
+        print_skips(&a.skipped);
+        println!("KNN (k = {k}, cosine, similarity-weighted votes): {} test images, top-1 {:.3}", a.images, a.top1);
+    }
+    Ok(())
+}
+
+/// `align eval arithmetic`
+pub fn eval_arithmetic(checkpoint: &Path, gallery: usize, queries: usize, k: usize, json: bool) -> Result<(), String> {
+    let lm = open_model(checkpoint)?;
+    let r = crate::eval::eval_arithmetic(&lm, gallery, queries, k).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&r).expect("json"));
+    } else {
+        println!(
+            "image + \"B\" - \"A\" over {} held-out built-in scenes: {} queries, an object of colour B in the top {}: {:.1}% (the image alone: {:.1}%)",
+            gallery,
+            r.queries,
+            r.k,
+            100.0 * r.hit_rate,
+            100.0 * r.baseline_hit_rate
+        );
+    }
+    Ok(())
+}
+
+/// `align embed`
+pub fn embed(checkpoint: &Path, images: &Path, out: &Path) -> Result<(), String> {
+    let lm = open_model(checkpoint)?;
+    let files = crate::eval::list_images(images).map_err(|e| e.to_string())?;
+    if files.is_empty() {
+        return Err(format!("{}: no images found", images.display()));
+    }
+    let index = crate::eval::EmbeddingIndex::build(&lm, &files).map_err(|e| e.to_string())?;
+    index.save(out).map_err(|e| e.to_string())?;
+    let bad = files.len() - index.paths.len();
+    println!(
+        "{} images embedded ({}-d) into {}{}",
+        index.paths.len(),
+        index.dim,
+        out.display(),
+        if bad > 0 { format!("; {bad} could not be decoded and were skipped") } else { String::new() }
+    );
+    Ok(())
+}
+
+/// `align search`
+#[allow(clippy::too_many_arguments)]
+pub fn search(
+    index: &Path,
+    checkpoint: Option<&Path>,
+    text: Option<&str>,
+    image: Option<&Path>,
+    plus: &[String],
+    minus: &[String],
+    top: usize,
+    html: Option<&Path>,
+) -> Result<(), String> {
+    use crate::eval::{EmbeddingIndex, Query};
+    let idx = EmbeddingIndex::load(index).map_err(|e| e.to_string())?;
+    let ck = checkpoint.map(Path::to_path_buf).unwrap_or_else(|| idx.checkpoint.clone());
+    let lm = open_model(&ck)?;
+    if lm.dim() != idx.dim {
+        return Err(format!("the index holds {}-d embeddings, the model makes {}-d", idx.dim, lm.dim()));
+    }
+    let (query, title) = match (text, image) {
+        (Some(t), None) => (Query::Text(t), format!("\"{t}\"")),
+        (None, Some(p)) => {
+            let mut title = p.display().to_string();
+            plus.iter().for_each(|t| title.push_str(&format!(" + \"{t}\"")));
+            minus.iter().for_each(|t| title.push_str(&format!(" - \"{t}\"")));
+            (Query::Image { path: p, plus, minus }, title)
+        }
+        _ => return Err("give exactly one of --text or --image".into()),
+    };
+    let q = crate::eval::query_vector(&lm, &query).map_err(|e| e.to_string())?;
+    let hits = idx.search(&q, top).map_err(|e| e.to_string())?;
+    for (i, s) in &hits {
+        println!("{s:.4}\t{}", idx.paths[*i].display());
+    }
+    if let Some(h) = html {
+        let rows: Vec<(std::path::PathBuf, f32)> = hits.iter().map(|&(i, s)| (idx.paths[i].clone(), s)).collect();
+        let page = crate::eval::results_html(&format!("search: {title}"), &rows);
+        std::fs::write(h, page).map_err(|e| format!("{}: {e}", h.display()))?;
+        eprintln!("wrote {}", h.display());
+    }
+    Ok(())
+}

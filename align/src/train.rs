@@ -36,8 +36,10 @@ use crate::data::{
 use crate::efficientnet::{EfficientNet, EfficientNetConfig};
 use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
 
-/// Everything that defines a run.
-#[derive(Clone, Debug, serde::Serialize)]
+/// Everything that defines a run (stored as JSON in every checkpoint's metadata, so evaluation
+/// rebuilds the same model; fields missing from older checkpoints take the `tiny` values).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TrainConfig {
     pub image_arch: String,
     pub resolution: usize,
@@ -60,6 +62,12 @@ pub struct TrainConfig {
     pub bn_momentum: f32,
     /// `builtin`, or a manifest file (.tsv / .csv / .jsonl of image path and alt-text).
     pub data: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig::tiny()
+    }
 }
 
 impl TrainConfig {

@@ -100,3 +100,25 @@ pub fn load_checkpoint(path: impl AsRef<Path>, model: &dyn Module, optimizer: &m
         metadata,
     })
 }
+
+/// Loads only the model weights of a training checkpoint (for evaluation and search: no
+/// optimiser needed). Returns the checkpoint's metadata (e.g. the run's configuration).
+/// The model is validated as a whole first, so a mismatched checkpoint changes nothing.
+pub fn load_model(path: impl AsRef<Path>, model: &dyn Module) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    let st = SafeTensors::open(path)?;
+    let file = path.display().to_string();
+    let mut model_sd = BTreeMap::new();
+    for name in st.names() {
+        if let Some(n) = name.strip_prefix("model.") {
+            model_sd.insert(n.to_string(), st.tensor(name)?);
+        }
+    }
+    model.load_state_dict(&model_sd, true).map_err(|e| match e {
+        TensorError::Format { msg, .. } => TensorError::Format { file, tensor: None, msg },
+        other => other,
+    })?;
+    let mut metadata = st.metadata().clone();
+    metadata.remove("format");
+    Ok(metadata)
+}

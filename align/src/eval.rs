@@ -1,0 +1,586 @@
+//! What people do with trained embeddings, measured the way the paper measures it (SPEC.md,
+//! "Evaluation protocols"): grouped image<->text retrieval, zero-shot classification with prompt
+//! ensembling, KNN on image embeddings, an embedding index with text / image / image+text
+//! search (the paper's Figure 5), and the colour-swap query benchmark on the built-in corpus.
+//!
+//! Every function here works from a trained run: [`LoadedModel::open`] takes a run directory
+//! (or its `checkpoint.safetensors`) and restores the model, its configuration and vocabulary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use autograd::no_grad;
+use nn::Ctx;
+use tensor::{Result, Rng, Tensor, TensorError};
+use tokenizer::{BertOptions, WordPiece};
+
+use crate::data::{image_batch_checked, read_manifest, Pair, Scene, SkipReport, COLOURS};
+use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
+use crate::train::{token_batch, DualEncoder, TrainConfig};
+
+/// CLIP's 80 ImageNet prompt templates (Radford et al. 2021), the default ensemble.
+pub const CLIP_TEMPLATES: &str = include_str!("../data/clip_imagenet_templates.txt");
+
+fn err(op: &'static str, msg: impl Into<String>) -> TensorError {
+    TensorError::Shape { op, msg: msg.into() }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TensorError + '_ {
+    move |source| TensorError::Io { path: path.to_path_buf(), source }
+}
+
+/// A trained dual encoder with everything needed to embed new inputs.
+pub struct LoadedModel {
+    pub model: DualEncoder,
+    pub tokenizer: WordPiece,
+    pub config: TrainConfig,
+    pub checkpoint: PathBuf,
+}
+
+impl LoadedModel {
+    /// Opens a run directory (or the checkpoint file inside one): the configuration comes from
+    /// the checkpoint's metadata, the vocabulary from `vocab.txt` beside it.
+    pub fn open(path: &Path) -> Result<LoadedModel> {
+        let checkpoint = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
+        let dir = checkpoint.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let meta = tensor::io::safetensors::SafeTensors::open(&checkpoint)?.metadata().clone();
+        let config: TrainConfig = meta
+            .get("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .ok_or_else(|| err("checkpoint", format!("{}: no training configuration", checkpoint.display())))?;
+        let vocab_path = dir.join("vocab.txt");
+        let vocab: Vec<String> =
+            std::fs::read_to_string(&vocab_path).map_err(io_err(&vocab_path))?.lines().map(String::from).collect();
+        let tokenizer =
+            WordPiece::from_tokens(vocab, BertOptions::default()).map_err(|e| err("vocabulary", e.to_string()))?;
+        let model = DualEncoder::new(&config, tokenizer.vocab_size(), &mut Rng::new(0))?;
+        nn::checkpoint::load_model(&checkpoint, &model)?;
+        Ok(LoadedModel { model, tokenizer, config, checkpoint })
+    }
+
+    /// Embedding width.
+    pub fn dim(&self) -> usize {
+        self.model.image.config.feature_dim()
+    }
+
+    /// L2-normalised text embeddings, (texts.len(), dim) row-major.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(texts.len() * self.dim());
+        no_grad(|| -> Result<()> {
+            for chunk in texts.chunks(256) {
+                let tokens = token_batch(&self.tokenizer, chunk, self.config.max_tokens)?;
+                out.extend(self.model.embed_texts(&tokens, &mut Ctx::eval())?.value().to_vec());
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// L2-normalised embeddings of image files or built-in scenes (centre crop). Returns the
+    /// embeddings of the images that decoded, (kept.len(), dim), and the kept indices.
+    pub fn embed_pairs(&self, pairs: &[Pair]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (mut emb, mut kept) = (vec![], vec![]);
+        no_grad(|| -> Result<()> {
+            for (c, chunk) in pairs.chunks(64).enumerate() {
+                let refs: Vec<&Pair> = chunk.iter().collect();
+                let (images, ok, _) = image_batch_checked(self.config.seed, &refs, self.config.resolution, false, 0)?;
+                if ok.is_empty() {
+                    continue;
+                }
+                emb.extend(self.model.embed_images(&images, &mut Ctx::eval())?.value().to_vec());
+                kept.extend(ok.iter().map(|&i| c * 64 + i));
+            }
+            Ok(())
+        })?;
+        Ok((emb, kept))
+    }
+
+    /// Embeddings of image files (see [`LoadedModel::embed_pairs`]).
+    pub fn embed_files(&self, files: &[PathBuf]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let pairs: Vec<Pair> =
+            files.iter().map(|f| Pair { index: 0, file: Some(f.clone()), bytes: None, text: String::new() }).collect();
+        self.embed_pairs(&pairs)
+    }
+}
+
+/// Rows of `a` (n, d) times rows of `b` (m, d): (n, m) cosine similarities for unit rows.
+pub fn similarity(a: &[f32], b: &[f32], d: usize) -> Result<Vec<f32>> {
+    let (n, m) = (a.len() / d.max(1), b.len() / d.max(1));
+    if n == 0 || m == 0 {
+        return Ok(vec![]);
+    }
+    let ta = Tensor::from_vec(a.to_vec(), &[n, d])?;
+    let tb = Tensor::from_vec(b.to_vec(), &[m, d])?;
+    Ok(ta.matmul(&tb.t()?)?.to_vec())
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+/// Indices of the `k` largest scores, best first (ties by index).
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retrieval (Flickr30K / MSCOCO protocol)
+// ---------------------------------------------------------------------------------------------
+
+/// Retrieval report: the metrics plus what was evaluated.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RetrievalReport {
+    pub images: usize,
+    pub captions: usize,
+    #[serde(flatten)]
+    pub metrics: RetrievalMetrics,
+    pub skipped: SkipReport,
+}
+
+/// Image<->text retrieval over a manifest of (image, caption) records; records that share an
+/// image path are that image's several captions (an image query is a hit when any of them is in
+/// the top K; a caption query when its image is).
+pub fn eval_retrieval(lm: &LoadedModel, manifest: &Path) -> Result<RetrievalReport> {
+    let (records, mut skipped) = read_manifest(manifest)?;
+    let mut image_of: HashMap<PathBuf, usize> = HashMap::new();
+    let mut files: Vec<PathBuf> = vec![];
+    let mut captions: Vec<(usize, String)> = vec![];
+    for (_, _, caption, file) in records {
+        let next = files.len();
+        let i = *image_of.entry(file.clone()).or_insert_with(|| {
+            files.push(file);
+            next
+        });
+        captions.push((i, caption));
+    }
+    let (img, kept) = lm.embed_files(&files)?;
+    skipped.corrupt_image += files.len() - kept.len();
+    // renumber images to the decoded ones; captions of undecodable images are dropped
+    let mut new_index = vec![usize::MAX; files.len()];
+    for (k, &i) in kept.iter().enumerate() {
+        new_index[i] = k;
+    }
+    let captions: Vec<(usize, &str)> = captions
+        .iter()
+        .filter(|(i, _)| new_index[*i] != usize::MAX)
+        .map(|(i, t)| (new_index[*i], t.as_str()))
+        .collect();
+    let texts: Vec<&str> = captions.iter().map(|(_, t)| *t).collect();
+    let owners: Vec<usize> = captions.iter().map(|(i, _)| *i).collect();
+    let txt = lm.embed_texts(&texts)?;
+    let sim = similarity(&img, &txt, lm.dim())?;
+    let metrics = if kept.is_empty() || texts.is_empty() {
+        RetrievalMetrics::default()
+    } else {
+        retrieval_metrics(&sim, kept.len(), texts.len(), &owners)
+    };
+    Ok(RetrievalReport { images: kept.len(), captions: texts.len(), metrics, skipped })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zero-shot classification and KNN
+// ---------------------------------------------------------------------------------------------
+
+/// A labelled image set: a manifest whose second column is a class (its name, or its index in
+/// the class list).
+pub struct Labelled {
+    pub files: Vec<PathBuf>,
+    pub labels: Vec<usize>,
+    pub skipped: SkipReport,
+}
+
+/// Reads a labelled manifest against a class list (names compared case-insensitively).
+pub fn read_labelled(path: &Path, classes: &[String]) -> Result<Labelled> {
+    let (records, skipped) = read_manifest(path)?;
+    let by_name: HashMap<String, usize> = classes.iter().enumerate().map(|(i, c)| (c.to_lowercase(), i)).collect();
+    let (mut files, mut labels) = (vec![], vec![]);
+    for (_, _, label, file) in records {
+        let l = label.trim();
+        let class =
+            by_name.get(&l.to_lowercase()).copied().or_else(|| l.parse::<usize>().ok().filter(|&i| i < classes.len()));
+        match class {
+            Some(c) => {
+                files.push(file);
+                labels.push(c);
+            }
+            None => return Err(err("labels", format!("{}: label '{l}' is not one of the classes", path.display()))),
+        }
+    }
+    Ok(Labelled { files, labels, skipped })
+}
+
+/// Reads a class or template list: one per line, blank lines and `#` comments ignored.
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    Ok(parse_lines(&text))
+}
+
+pub fn parse_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+}
+
+/// Class embeddings by prompt ensembling: for each class, the mean of the L2-normalised text
+/// embeddings of every template filled with the class name, normalised again. (classes, dim)
+pub fn class_embeddings(lm: &LoadedModel, classes: &[String], templates: &[String]) -> Result<Vec<f32>> {
+    if templates.is_empty() {
+        return Err(err("zeroshot", "no prompt templates"));
+    }
+    let d = lm.dim();
+    let mut out = vec![0.0f32; classes.len() * d];
+    for (c, name) in classes.iter().enumerate() {
+        let prompts: Vec<String> = templates
+            .iter()
+            .map(|t| if t.contains("{}") { t.replace("{}", name) } else { format!("{t} {name}") })
+            .collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let e = lm.embed_texts(&refs)?;
+        let row = &mut out[c * d..(c + 1) * d];
+        for p in e.chunks_exact(d) {
+            row.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+        }
+        normalise(row);
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Accuracy {
+    pub images: usize,
+    pub top1: f32,
+    /// Top-5 accuracy (zero-shot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top5: Option<f32>,
+    pub skipped: SkipReport,
+}
+
+/// Top-1 / top-5 accuracy of score rows (n, classes) against labels.
+pub fn accuracy(scores: &[f32], classes: usize, labels: &[usize]) -> (f32, f32) {
+    let (mut t1, mut t5) = (0usize, 0usize);
+    for (row, &l) in scores.chunks_exact(classes.max(1)).zip(labels) {
+        let top = top_k(row, 5);
+        t1 += (top[0] == l) as usize;
+        t5 += top.contains(&l) as usize;
+    }
+    let n = labels.len().max(1) as f32;
+    (t1 as f32 / n, t5 as f32 / n)
+}
+
+/// Zero-shot classification of a labelled set.
+pub fn eval_zeroshot(lm: &LoadedModel, data: &Path, classes: &[String], templates: &[String]) -> Result<Accuracy> {
+    let set = read_labelled(data, classes)?;
+    let class_emb = class_embeddings(lm, classes, templates)?;
+    let (img, kept) = lm.embed_files(&set.files)?;
+    let labels: Vec<usize> = kept.iter().map(|&i| set.labels[i]).collect();
+    let scores = similarity(&img, &class_emb, lm.dim())?;
+    let (top1, top5) = accuracy(&scores, classes.len(), &labels);
+    let mut skipped = set.skipped;
+    skipped.corrupt_image += set.files.len() - kept.len();
+    Ok(Accuracy { images: labels.len(), top1, top5: Some(top5), skipped })
+}
+
+/// KNN predictions: for each query row, the class with the largest sum of similarities over its
+/// `k` nearest gallery rows (cosine; similarity-weighted votes; ties to the smaller class).
+pub fn knn_predict(query: &[f32], gallery: &[f32], gallery_labels: &[usize], d: usize, k: usize) -> Result<Vec<usize>> {
+    let sim = similarity(query, gallery, d)?;
+    let m = gallery_labels.len();
+    let classes = gallery_labels.iter().max().map_or(0, |&c| c + 1);
+    Ok(sim
+        .chunks_exact(m.max(1))
+        .map(|row| {
+            let mut votes = vec![0.0f32; classes];
+            for j in top_k(row, k) {
+                votes[gallery_labels[j]] += row[j];
+            }
+            (0..classes).max_by(|&a, &b| votes[a].total_cmp(&votes[b]).then(b.cmp(&a))).unwrap_or(0)
+        })
+        .collect())
+}
+
+/// KNN accuracy on image embeddings: the train set is the gallery, the test set the queries.
+/// Labels are the manifests' second column (any strings: the classes are their union).
+pub fn eval_knn(lm: &LoadedModel, train: &Path, test: &Path, k: usize) -> Result<Accuracy> {
+    let names = |p: &Path| -> Result<Vec<String>> { Ok(read_manifest(p)?.0.into_iter().map(|r| r.2).collect()) };
+    let mut classes: Vec<String> = names(train)?.into_iter().chain(names(test)?).collect();
+    classes.sort();
+    classes.dedup();
+    let (tr, te) = (read_labelled(train, &classes)?, read_labelled(test, &classes)?);
+    let (g, gk) = lm.embed_files(&tr.files)?;
+    let (q, qk) = lm.embed_files(&te.files)?;
+    let gl: Vec<usize> = gk.iter().map(|&i| tr.labels[i]).collect();
+    let ql: Vec<usize> = qk.iter().map(|&i| te.labels[i]).collect();
+    let pred = knn_predict(&q, &g, &gl, lm.dim(), k.max(1))?;
+    let top1 = pred.iter().zip(&ql).filter(|(p, l)| p == l).count() as f32 / ql.len().max(1) as f32;
+    let mut skipped = te.skipped;
+    skipped.corrupt_image += te.files.len() - qk.len() + tr.files.len() - gk.len();
+    Ok(Accuracy { images: ql.len(), top1, top5: None, skipped })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding index and search
+// ---------------------------------------------------------------------------------------------
+
+/// An embedding index: unit image embeddings (n, dim) and the image each row came from.
+pub struct EmbeddingIndex {
+    pub embeddings: Vec<f32>,
+    pub dim: usize,
+    pub paths: Vec<PathBuf>,
+    /// The checkpoint that made it (search embeds queries with the same model).
+    pub checkpoint: PathBuf,
+}
+
+/// Image files of a folder (jpg / jpeg / png, recursively, sorted) or of a manifest.
+pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
+    if source.is_dir() {
+        let mut out = vec![];
+        let mut stack = vec![source.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| matches!(x.to_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+                {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    } else {
+        let mut files: Vec<PathBuf> = read_manifest(source)?.0.into_iter().map(|r| r.3).collect();
+        let mut seen = std::collections::HashSet::new();
+        files.retain(|f| seen.insert(f.clone()));
+        Ok(files)
+    }
+}
+
+impl EmbeddingIndex {
+    pub fn build(lm: &LoadedModel, files: &[PathBuf]) -> Result<EmbeddingIndex> {
+        let (embeddings, kept) = lm.embed_files(files)?;
+        Ok(EmbeddingIndex {
+            embeddings,
+            dim: lm.dim(),
+            paths: kept.iter().map(|&i| files[i].clone()).collect(),
+            checkpoint: lm.checkpoint.clone(),
+        })
+    }
+
+    /// Writes the index as safetensors: tensor `embeddings`, metadata `paths` (JSON) and
+    /// `checkpoint`; written atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let t = Tensor::from_vec(self.embeddings.clone(), &[self.paths.len(), self.dim])?;
+        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let paths: Vec<String> = self.paths.iter().map(|p| abs(p).display().to_string()).collect();
+        let meta = BTreeMap::from([
+            ("paths".to_string(), serde_json::to_string(&paths).expect("json")),
+            ("checkpoint".to_string(), abs(&self.checkpoint).display().to_string()),
+        ]);
+        tensor::io::safetensors::save_f32(path, &[("embeddings", &t)], &meta)
+    }
+
+    pub fn load(path: &Path) -> Result<EmbeddingIndex> {
+        let st = tensor::io::safetensors::SafeTensors::open(path)?;
+        let bad = |msg: &str| TensorError::Format { file: path.display().to_string(), tensor: None, msg: msg.into() };
+        let t = st.tensor("embeddings")?;
+        let paths: Vec<String> = st
+            .metadata()
+            .get("paths")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .ok_or_else(|| bad("no 'paths' metadata"))?;
+        if t.rank() != 2 || t.shape()[0] != paths.len() {
+            return Err(bad("embeddings must be (paths, dim)"));
+        }
+        Ok(EmbeddingIndex {
+            dim: t.shape()[1],
+            embeddings: t.to_vec(),
+            paths: paths.into_iter().map(PathBuf::from).collect(),
+            checkpoint: st.metadata().get("checkpoint").map(PathBuf::from).unwrap_or_default(),
+        })
+    }
+
+    /// The `k` best rows for a unit query vector: (row, score), best first.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
+        let scores = similarity(query, &self.embeddings, self.dim)?;
+        Ok(top_k(&scores, k).into_iter().map(|i| (i, scores[i])).collect())
+    }
+}
+
+/// A search query: text, or an image plus and minus texts (Figure 5 of the paper).
+pub enum Query<'a> {
+    Text(&'a str),
+    Image { path: &'a Path, plus: &'a [String], minus: &'a [String] },
+}
+
+/// The unit query vector: a text embedding, or normalise(image + sum(plus) - sum(minus)).
+pub fn query_vector(lm: &LoadedModel, q: &Query) -> Result<Vec<f32>> {
+    let mut v = match q {
+        Query::Text(t) => lm.embed_texts(&[t])?,
+        Query::Image { path, plus, minus } => {
+            let (mut v, kept) = lm.embed_files(&[path.to_path_buf()])?;
+            if kept.is_empty() {
+                return Err(err("search", format!("{}: the image could not be decoded", path.display())));
+            }
+            add_texts(lm, &mut v, plus, 1.0)?;
+            add_texts(lm, &mut v, minus, -1.0)?;
+            v
+        }
+    };
+    normalise(&mut v);
+    Ok(v)
+}
+
+fn add_texts(lm: &LoadedModel, v: &mut [f32], texts: &[String], sign: f32) -> Result<()> {
+    if texts.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for e in lm.embed_texts(&refs)?.chunks_exact(v.len()) {
+        v.iter_mut().zip(e).for_each(|(a, &b)| *a += sign * b);
+    }
+    Ok(())
+}
+
+/// A thumbnail as a `data:` URI (PNG, longer side `size`), so pages need no other files.
+pub fn thumbnail_uri(img: &image::RgbImage, size: u32) -> String {
+    use base64::Engine as _;
+    let (w, h) = img.dimensions();
+    let scale = size as f32 / w.max(h).max(1) as f32;
+    let (tw, th) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
+    let small = image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle);
+    let mut png = Vec::new();
+    small.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("PNG encoding to memory");
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
+
+/// Escapes text for HTML.
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A self-contained HTML page of search results (thumbnails embedded).
+pub fn results_html(title: &str, results: &[(PathBuf, f32)]) -> String {
+    let mut cells = String::new();
+    for (p, s) in results {
+        let thumb = crate::images::load_rgb(p).map(|img| thumbnail_uri(&img, 160)).unwrap_or_default();
+        cells.push_str(&format!(
+            "<figure><img src=\"{thumb}\" alt=\"\"><figcaption>{:.3}<br>{}</figcaption></figure>\n",
+            s,
+            html_escape(&p.display().to_string())
+        ));
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>{css}</style></head>\
+         <body><h1>{t}</h1><div class=\"grid\">{cells}</div></body></html>\n",
+        t = html_escape(title),
+        css = PAGE_CSS
+    )
+}
+
+pub const PAGE_CSS: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
+    .grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:170px;font-size:12px;word-break:break-all}\
+    img{max-width:160px;max-height:160px;display:block;border:1px solid #ccc}\
+    table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}";
+
+// ---------------------------------------------------------------------------------------------
+// Image + text queries on the built-in corpus
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArithmeticReport {
+    /// Queries made (held-out single-object images, each with a different target colour).
+    pub queries: usize,
+    /// Fraction whose top `k` contains an image with an object of the target colour.
+    pub hit_rate: f32,
+    /// The same for the image alone (no text added): how often the target colour turns up
+    /// anyway, the baseline the arithmetic must beat.
+    pub baseline_hit_rate: f32,
+    pub k: usize,
+}
+
+/// The paper's Figure 5 on held-out built-in scenes: for a single-object image of colour A,
+/// the query image + "B" - "A" should retrieve an object of colour B among the top `k` of a
+/// gallery of held-out scenes. B is drawn at random per query (seeded).
+pub fn eval_arithmetic(lm: &LoadedModel, gallery_size: usize, queries: usize, k: usize) -> Result<ArithmeticReport> {
+    let seed = lm.config.seed;
+    // a range disjoint from training (0..) and from the training-time held-out set (2^40..)
+    let base = 3u64 << 40;
+    let scenes: Vec<Scene> = (0..gallery_size as u64).map(|i| Scene::generate(seed, base + i)).collect();
+    let pairs: Vec<Pair> = (0..gallery_size as u64)
+        .map(|i| Pair { index: base + i, file: None, bytes: None, text: String::new() })
+        .collect();
+    let (emb, kept) = lm.embed_pairs(&pairs)?;
+    let d = lm.dim();
+    let colour_words: Vec<&str> = COLOURS.iter().map(|c| c.0).collect();
+    let words = lm.embed_texts(&colour_words)?;
+    let mut rng = Rng::new(seed ^ 0xF165);
+    let (mut hits, mut base_hits, mut n) = (0usize, 0usize, 0usize);
+    for (row, &i) in kept.iter().enumerate() {
+        if n == queries {
+            break;
+        }
+        let scene = &scenes[i];
+        if scene.objects.len() != 1 {
+            continue;
+        }
+        let a = scene.objects[0].colour;
+        let b = (a + 1 + rng.below(COLOURS.len() - 1)) % COLOURS.len();
+        let img = &emb[row * d..(row + 1) * d];
+        let mut q: Vec<f32> = (0..d).map(|j| img[j] + words[b * d + j] - words[a * d + j]).collect();
+        normalise(&mut q);
+        let has_b = |r: usize| r != row && scenes[kept[r]].objects.iter().any(|o| o.colour == b);
+        let found = |v: &[f32]| -> Result<bool> {
+            let scores = similarity(v, &emb, d)?;
+            // the query image itself is excluded from its results
+            let mut order = top_k(&scores, k + 1);
+            order.retain(|&r| r != row);
+            order.truncate(k);
+            Ok(order.into_iter().any(has_b))
+        };
+        hits += found(&q)? as usize;
+        base_hits += found(img)? as usize;
+        n += 1;
+    }
+    let frac = |h: usize| h as f32 / n.max(1) as f32;
+    Ok(ArithmeticReport { queries: n, hit_rate: frac(hits), baseline_hit_rate: frac(base_hits), k })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_and_accuracy_hand_computed() {
+        assert_eq!(top_k(&[0.1, 0.9, 0.5, 0.9], 3), vec![1, 3, 2]); // ties keep index order
+        assert_eq!(top_k(&[0.3], 5), vec![0]); // k larger than the list
+                                               // 2 images x 6 classes: image 0 scores its class (2) second -> top-1 miss, top-5 hit
+        let scores = [0.1, 0.2, 0.8, 0.9, 0.0, 0.0, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1];
+        assert_eq!(accuracy(&scores, 6, &[2, 0]), (0.5, 1.0));
+    }
+
+    #[test]
+    fn knn_votes_are_similarity_weighted() {
+        // 2-d unit vectors; gallery: two weak class-0 neighbours, one strong class-1 neighbour
+        let g = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
+        let labels = [1, 0, 0];
+        let q = [0.8, 0.6]; // sims: 0.8 (class 1), 0.6, 0.96 (class 0) -> class 0 by sum 1.56
+        assert_eq!(knn_predict(&q, &g, &labels, 2, 3).unwrap(), vec![0]);
+        // k = 1: only the nearest (0.96, class 0)
+        assert_eq!(knn_predict(&q, &g, &labels, 2, 1).unwrap(), vec![0]);
+        let q2 = [1.0, 0.0]; // nearest is class 1 (1.0)
+        assert_eq!(knn_predict(&q2, &g, &labels, 2, 1).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn clip_templates_ship_eighty_prompts() {
+        let t = parse_lines(CLIP_TEMPLATES);
+        assert_eq!(t.len(), 80);
+        assert!(t.iter().all(|l| l.contains("{}")));
+    }
+}
