@@ -3,6 +3,7 @@
 
     python3 scripts/bench_reference.py gemm --threads 1     # numpy (OpenBLAS) sgemm
     python3 scripts/bench_reference.py rows                 # PyTorch CPU softmax / layer_norm / GELU
+    python3 scripts/bench_reference.py dual --threads 2     # the tiny ALIGN training step, pairs/s
 
 Run it in the same session as the Rust side (`cargo run --release -p kernels --example
 gemm_bench -- --threads 1`, `cargo bench --bench kernels`): the machines are shared and noisy,
@@ -113,6 +114,64 @@ def effnet(threads, runs):
     print(f"effnet-b0 {size} fwd+bwd {median_time(step, runs) * 1e3:.1f}")
 
 
+def dual(threads, runs):
+    """The tiny ALIGN training step in PyTorch: EfficientNet-B0 at 64x64 (stem + blocks, global
+    pooling, no head conv: 320-d) + BERT-mini ([CLS] -> Linear 256 -> 320), both L2-normalised,
+    symmetric contrastive loss with a learnable temperature and label smoothing 0.1, LAMB
+    (weight decay 1e-5; written out below, torch has none). Batch 64, TOKENS tokens per caption
+    (default 24, about what our padded-to-longest batches of built-in captions hold)."""
+    import torch
+    import torch.nn.functional as F
+    from efficientnet_lite_pytorch import EfficientNet
+    from transformers import BertConfig, BertModel
+
+    torch.set_num_threads(threads)
+    channels_last = "--channels-first" not in sys.argv
+    batch, tokens = 64, int(arg("--tokens", "24"))
+    image = EfficientNet.from_name("efficientnet-b0")
+    if channels_last:
+        image = image.to(memory_format=torch.channels_last)
+    text = BertModel(BertConfig(vocab_size=230, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                intermediate_size=1024, max_position_embeddings=64), add_pooling_layer=False)
+    proj = torch.nn.Linear(256, 320)
+    log_t = torch.nn.Parameter(torch.zeros(()))
+    params = [p for m in (image, text, proj) for p in m.parameters()] + [log_t]
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    image.train(), text.train()
+
+    def image_features(x):
+        x = image._swish(image._bn0(image._conv_stem(x)))
+        for idx, block in enumerate(image._blocks):
+            x = block(x, drop_connect_rate=0.2 * idx / len(image._blocks))
+        return x.mean(dim=(2, 3))
+
+    x = torch.randn(batch, 3, 64, 64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    ids = torch.randint(5, 230, (batch, tokens))
+    labels = torch.arange(batch)
+
+    def step():
+        a = F.normalize(image_features(x), dim=-1)
+        b = F.normalize(proj(text(input_ids=ids).last_hidden_state[:, 0]), dim=-1)
+        logits = a @ b.t() / log_t.exp()
+        loss = F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.t(), labels, label_smoothing=0.1)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            for p, (m, v) in zip(params, state):
+                m.mul_(0.9).add_(p.grad, alpha=0.1)
+                v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
+                u = m / (v.sqrt() + 1e-6) + 1e-5 * p
+                wn, un = p.norm(), u.norm()
+                trust = (wn / un) if wn > 0 and un > 0 else 1.0
+                p.sub_(1e-3 * trust * u)
+    t = median_time(step, runs)
+    layout = "channels-last" if channels_last else "channels-first"
+    print(f"pytorch tiny ALIGN step ({layout}, {tokens} tokens): {t * 1e3:.0f} ms, {batch / t:.1f} pairs/s")
+
+
 def tokenize(vocab_dir, path, runs=5):
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -133,4 +192,4 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))
-    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet}[what](threads, runs)
+    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet, "dual": dual}[what](threads, runs)

@@ -157,21 +157,67 @@ pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Re
     Ok(())
 }
 
+/// Flags of `align train` (every one optional: no flags trains the `tiny` default).
+#[derive(clap::Parser, Debug, Clone)]
+pub struct TrainArgs {
+    /// tiny (EfficientNet-B0 @64 + BERT-mini @32 tokens) or paper (L2 + BERT-Large: prints its size only)
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Training data: `builtin` (generated, no download), a manifest (.tsv/.csv/.jsonl of
+    /// image path and alt-text), a WebDataset .tar shard, or a folder of shards
+    #[arg(long, default_value = "builtin")]
+    pub data: String,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (LAMB, after linear warm-up; decays linearly to 0).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Warm-up steps.
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Image tower: b0..b7, l2, lite0..lite4, tiny.
+    #[arg(long)]
+    pub image_tower: Option<String>,
+    /// Image resolution (square crops).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// Text tower: tiny, mini, small, medium, base, large.
+    #[arg(long)]
+    pub text_tower: Option<String>,
+    /// Maximum caption length in tokens (including [CLS] and [SEP]).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Drop-connect rate of the last image block (earlier blocks scale linearly from 0).
+    #[arg(long)]
+    pub drop_connect: Option<f32>,
+    /// Dropout of the text tower (hidden and attention).
+    #[arg(long)]
+    pub text_dropout: Option<f32>,
+    /// Learning-rate multiplier of the temperature.
+    #[arg(long)]
+    pub temperature_lr_scale: Option<f32>,
+    /// Alt-text pairs generated before filtering.
+    #[arg(long)]
+    pub train_pairs: Option<usize>,
+    /// Evaluate held-out retrieval every N steps (0: only at the end).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    #[arg(long, default_value = "runs/align-tiny")]
+    pub out: std::path::PathBuf,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 /// `align train`.
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    config: &str,
-    data: &str,
-    steps: Option<u64>,
-    batch_size: Option<usize>,
-    lr: Option<f32>,
-    train_pairs: Option<usize>,
-    eval_every: Option<u64>,
-    out: &Path,
-    resume: bool,
-    seed: u64,
-) -> Result<(), String> {
+pub fn train(args: &TrainArgs) -> Result<(), String> {
     use crate::train::TrainConfig;
+    let (config, data, out, resume, seed) =
+        (args.config.as_str(), args.data.as_str(), &args.out, args.resume, args.seed);
     let mut cfg = match config {
         "tiny" => TrainConfig::tiny(),
         "paper" => {
@@ -200,21 +246,45 @@ pub fn train(
     }
     cfg.data = data.to_string();
     cfg.seed = seed;
-    if let Some(s) = steps {
+    if let Some(s) = args.steps {
         cfg.steps = s;
         cfg.warmup = cfg.warmup.min(s / 10 + 1);
     }
-    if let Some(b) = batch_size {
+    if let Some(w) = args.warmup {
+        cfg.warmup = w;
+    }
+    if let Some(b) = args.batch_size {
         cfg.batch_size = b.max(2);
     }
-    if let Some(l) = lr {
+    if let Some(l) = args.lr {
         cfg.lr = l;
     }
-    if let Some(n) = train_pairs {
+    if let Some(n) = args.train_pairs {
         cfg.train_pairs = n;
     }
-    if let Some(e) = eval_every {
+    if let Some(e) = args.eval_every {
         cfg.eval_every = e;
+    }
+    if let Some(t) = &args.image_tower {
+        cfg.image_arch = t.clone();
+    }
+    if let Some(r) = args.resolution {
+        cfg.resolution = r.max(8);
+    }
+    if let Some(t) = &args.text_tower {
+        cfg.text_arch = t.clone();
+    }
+    if let Some(t) = args.max_tokens {
+        cfg.max_tokens = t.max(3);
+    }
+    if let Some(d) = args.drop_connect {
+        cfg.drop_connect = d.clamp(0.0, 0.9);
+    }
+    if let Some(d) = args.text_dropout {
+        cfg.text_dropout = d.clamp(0.0, 0.9);
+    }
+    if let Some(t) = args.temperature_lr_scale {
+        cfg.temperature_lr_scale = t;
     }
     crate::train::install_interrupt_handler();
     let summary = crate::train::train(&cfg, out, resume, false).map_err(|e| e.to_string())?;

@@ -145,6 +145,9 @@ pub struct RetrievalReport {
 /// image path are that image's several captions (an image query is a hit when any of them is in
 /// the top K; a caption query when its image is).
 pub fn eval_retrieval(lm: &LoadedModel, manifest: &Path) -> Result<RetrievalReport> {
+    if manifest == Path::new("builtin") {
+        return eval_retrieval_builtin(lm, lm.config.held_out);
+    }
     let (records, mut skipped) = read_manifest(manifest)?;
     let mut image_of: HashMap<PathBuf, usize> = HashMap::new();
     let mut files: Vec<PathBuf> = vec![];
@@ -179,6 +182,18 @@ pub fn eval_retrieval(lm: &LoadedModel, manifest: &Path) -> Result<RetrievalRepo
         retrieval_metrics(&sim, kept.len(), texts.len(), &owners)
     };
     Ok(RetrievalReport { images: kept.len(), captions: texts.len(), metrics, skipped })
+}
+
+/// Retrieval on the built-in corpus's held-out pairs (the same `n` pairs training evaluates).
+pub fn eval_retrieval_builtin(lm: &LoadedModel, n: usize) -> Result<RetrievalReport> {
+    let (_, held, _) = crate::data::builtin_corpus(lm.config.seed, 0, n);
+    let (img, kept) = lm.embed_pairs(&held)?;
+    let texts: Vec<&str> = kept.iter().map(|&i| held[i].text.as_str()).collect();
+    let txt = lm.embed_texts(&texts)?;
+    let sim = similarity(&img, &txt, lm.dim())?;
+    let owners: Vec<usize> = (0..kept.len()).collect();
+    let metrics = retrieval_metrics(&sim, kept.len(), kept.len(), &owners);
+    Ok(RetrievalReport { images: kept.len(), captions: kept.len(), metrics, skipped: SkipReport::default() })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,34 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train ALIGN (the default job): `tiny` on the built-in corpus, then held-out retrieval.
-    Train {
-        /// tiny (EfficientNet-B0 @64 + BERT-mini @32 tokens) or paper (L2 + BERT-Large: prints its size only)
-        #[arg(long, default_value = "tiny")]
-        config: String,
-        /// Training data: `builtin` (generated, no download), a manifest (.tsv/.csv/.jsonl of
-        /// image path and alt-text), a WebDataset .tar shard, or a folder of shards
-        #[arg(long, default_value = "builtin")]
-        data: String,
-        #[arg(long)]
-        steps: Option<u64>,
-        #[arg(long)]
-        batch_size: Option<usize>,
-        #[arg(long)]
-        lr: Option<f32>,
-        /// Alt-text pairs generated before filtering.
-        #[arg(long)]
-        train_pairs: Option<usize>,
-        /// Evaluate held-out retrieval every N steps (0: only at the end).
-        #[arg(long)]
-        eval_every: Option<u64>,
-        #[arg(long, default_value = "runs/align-tiny")]
-        out: PathBuf,
-        /// Continue the run in --out from its checkpoint.
-        #[arg(long)]
-        resume: bool,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    Train(align::cli::TrainArgs),
     /// Sentence features from a BERT model directory: stdin lines -> one JSON object per line
     /// with the ids, the last layer's [CLS] state and the mean over real tokens.
     BertFeatures {
@@ -146,7 +119,8 @@ enum EvalCommand {
     Retrieval {
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Manifest (.tsv / .csv / .jsonl) of image path and caption
+        /// Manifest (.tsv / .csv / .jsonl) of image path and caption, or `builtin` (the
+        /// built-in corpus's held-out pairs)
         #[arg(long)]
         data: PathBuf,
         #[arg(long)]
@@ -211,22 +185,9 @@ enum DataCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default = Command::Train {
-        config: "tiny".into(),
-        data: "builtin".into(),
-        steps: None,
-        batch_size: None,
-        lr: None,
-        train_pairs: None,
-        eval_every: None,
-        out: PathBuf::from("runs/align-tiny"),
-        resume: false,
-        seed: 0,
-    };
+    let default = Command::Train(align::cli::TrainArgs::parse_from(["train"]));
     let result = match cli.command.unwrap_or(default) {
-        Command::Train { config, data, steps, batch_size, lr, train_pairs, eval_every, out, resume, seed } => {
-            align::cli::train(&config, &data, steps, batch_size, lr, train_pairs, eval_every, &out, resume, seed)
-        }
+        Command::Train(args) => align::cli::train(&args),
         Command::Eval { what } => match what {
             EvalCommand::Retrieval { checkpoint, data, json } => align::cli::eval_retrieval(&checkpoint, &data, json),
             EvalCommand::Zeroshot { checkpoint, data, classes, templates, json } => {

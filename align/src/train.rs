@@ -60,6 +60,10 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Batch-norm momentum of the image tower (PyTorch convention; TF's 0.99 is 0.01).
     pub bn_momentum: f32,
+    /// Drop-connect rate of the image tower's last block (EfficientNet's default 0.2).
+    pub drop_connect: f32,
+    /// Text tower dropout, hidden and attention (BERT's default 0.1).
+    pub text_dropout: f32,
     /// `builtin`, or a manifest file (.tsv / .csv / .jsonl of image path and alt-text).
     pub data: String,
 }
@@ -93,6 +97,8 @@ impl TrainConfig {
             eval_every: 0,
             // a few hundred steps: running statistics must catch up quickly
             bn_momentum: 0.1,
+            drop_connect: 0.2,
+            text_dropout: 0.1,
             data: "builtin".into(),
         }
     }
@@ -133,8 +139,11 @@ impl DualEncoder {
             EfficientNetConfig::by_name(&cfg.image_arch).ok_or_else(|| bad("image tower", &cfg.image_arch))?;
         icfg.num_classes = 1; // the classifier is not used by ALIGN
         icfg.bn_momentum = cfg.bn_momentum;
+        icfg.drop_connect = cfg.drop_connect;
         let mut tcfg = BertConfig::by_name(&cfg.text_arch).ok_or_else(|| bad("text tower", &cfg.text_arch))?;
         tcfg.vocab_size = vocab_size;
+        tcfg.hidden_dropout = cfg.text_dropout;
+        tcfg.attention_dropout = cfg.text_dropout;
         tcfg.max_position_embeddings = tcfg.max_position_embeddings.max(cfg.max_tokens);
         let embed = icfg.feature_dim();
         Ok(DualEncoder {
