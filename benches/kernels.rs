@@ -87,5 +87,53 @@ fn row_kernels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, attention, row_kernels);
+/// Batch norm + SiLU (fused) forward and backward on EfficientNet-B0 activation shapes
+/// (rows = N*H*W): B0 at 64x64 batch 64 (stem, expanded stage 2) and at 224x224 batch 16.
+fn batch_norm(c: &mut Criterion) {
+    use kernels::batchnorm::{batch_norm_backward, batch_norm_forward, batch_norm_stats};
+    let mut g = c.benchmark_group("batch_norm_silu");
+    g.sample_size(20);
+    for &(rows, ch) in &[(64 * 32 * 32, 32), (64 * 16 * 16, 96), (16 * 112 * 112, 32), (16 * 56 * 56, 144)] {
+        let x = data(rows * ch);
+        let dy = data(rows * ch);
+        let (gamma, beta) = (vec![1.1f32; ch], vec![0.1f32; ch]);
+        let (mut mean, mut var) = (vec![0.0f32; ch], vec![0.0f32; ch]);
+        batch_norm_stats(&x, ch, &mut mean, &mut var);
+        let rstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
+        let (mut y, mut dx) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+        let (mut dg, mut db) = (vec![0.0f32; ch], vec![0.0f32; ch]);
+        let name = format!("{rows}x{ch}");
+        // forward: stats pass + normalise pass (read x twice, write y)
+        g.throughput(Throughput::Bytes((x.len() * 12) as u64));
+        g.bench_with_input(BenchmarkId::new("train_forward", &name), &(), |b, _| {
+            b.iter(|| {
+                batch_norm_stats(&x, ch, &mut mean, &mut var);
+                batch_norm_forward(&x, &mean, &rstd, &gamma, &beta, Some(Activation::Silu), &mut y, ch)
+            })
+        });
+        // backward: pass 1 reads x, dy, writes dz; pass 2 reads x, dz, writes dx
+        g.throughput(Throughput::Bytes((x.len() * 24) as u64));
+        g.bench_with_input(BenchmarkId::new("train_backward", &name), &(), |b, _| {
+            b.iter(|| {
+                batch_norm_backward(
+                    &x,
+                    &mean,
+                    &rstd,
+                    &gamma,
+                    &beta,
+                    Some(Activation::Silu),
+                    &dy,
+                    &mut dx,
+                    &mut dg,
+                    &mut db,
+                    ch,
+                    true,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemm, attention, row_kernels, batch_norm);
 criterion_main!(benches);

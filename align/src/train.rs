@@ -83,13 +83,13 @@ impl TrainConfig {
             text_arch: "mini".into(),
             max_tokens: 32,
             batch_size: 64,
-            steps: 400,
+            steps: 800,
             warmup: 40,
-            lr: 2e-3,
+            lr: 3e-3,
             temperature_lr_scale: 20.0,
             weight_decay: 1e-5,
             clip_norm: Some(5.0),
-            train_pairs: 20_000,
+            train_pairs: 60_000,
             held_out: 1000,
             vocab_size: 400,
             seed: 0,
@@ -97,8 +97,10 @@ impl TrainConfig {
             eval_every: 0,
             // a few hundred steps: running statistics must catch up quickly
             bn_momentum: 0.1,
-            drop_connect: 0.2,
-            text_dropout: 0.1,
+            // a 15-minute CPU run underfits; regularisation only slows it down (measured: R@5
+            // after 250 steps 0.08 without drop-connect and dropout vs 0.04 with them)
+            drop_connect: 0.0,
+            text_dropout: 0.0,
             data: "builtin".into(),
         }
     }
@@ -106,6 +108,8 @@ impl TrainConfig {
     /// The paper's model: EfficientNet-L2 at 289 + BERT-Large at 64 tokens, batch 16384.
     pub fn paper() -> TrainConfig {
         TrainConfig {
+            drop_connect: 0.2,
+            text_dropout: 0.1,
             image_arch: "l2".into(),
             resolution: 289,
             text_arch: "large".into(),
@@ -369,6 +373,33 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     }
     let mut order: Vec<usize> = (0..train_pairs.len()).collect();
     let mut cursor = order.len(); // forces a shuffle on the first batch
+    // Draws the next batch (indices, crop seed, dropout seed) from the data RNG on this thread,
+    // so runs stay deterministic, and starts decoding it on a worker thread.
+    type Decoded = Result<(Tensor, Vec<usize>, usize)>;
+    type Pending = (Vec<Pair>, std::thread::JoinHandle<Decoded>, u64);
+    let (res, seed, batch_size) = (cfg.resolution, cfg.seed, cfg.batch_size.min(train_pairs.len()));
+    let prefetch = |rng: &mut Rng, order: &mut Vec<usize>, cursor: &mut usize| -> Pending {
+        let mut batch: Vec<Pair> = Vec::with_capacity(batch_size);
+        while batch.len() < batch_size {
+            if *cursor == order.len() {
+                rng.shuffle(order);
+                *cursor = 0;
+            }
+            batch.push(train_pairs[order[*cursor]].clone());
+            *cursor += 1;
+        }
+        let (crop_seed, ctx_seed) = (rng.next_u64(), rng.next_u64());
+        let work = batch.clone();
+        let handle = std::thread::spawn(move || {
+            let refs: Vec<&Pair> = work.iter().collect();
+            image_batch_checked(seed, &refs, res, true, crop_seed)
+        });
+        (batch, handle, ctx_seed)
+    };
+    let mut pending: Option<Pending> = None;
+    // the data RNG as it was before the prefetched batch was drawn: what a checkpoint saves, so
+    // a resumed run draws that batch again
+    let mut rng_at_next_draw = data_rng.clone();
     let mut last_loss = f32::NAN;
     let loop_start = Instant::now();
     let meta = BTreeMap::from([("config".to_string(), serde_json::to_string(cfg).expect("json"))]);
@@ -378,7 +409,8 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     let mut phase = [0.0f64; 5];
     for step in start..cfg.steps {
         if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
-            save_checkpoint(&ckpt, &model, &opt, step, &data_rng, &meta)?;
+            let rng = if pending.is_some() { &rng_at_next_draw } else { &data_rng };
+            save_checkpoint(&ckpt, &model, &opt, step, rng, &meta)?;
             if !quiet {
                 eprintln!(
                     "\ninterrupted: checkpoint at step {step} written to {}; continue with --resume",
@@ -388,19 +420,19 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             interrupted = true;
             break;
         }
-        // batch of pairs, epochs reshuffled
-        let mut batch: Vec<&Pair> = Vec::with_capacity(cfg.batch_size);
-        while batch.len() < cfg.batch_size.min(train_pairs.len()) {
-            if cursor == order.len() {
-                data_rng.shuffle(&mut order);
-                cursor = 0;
-            }
-            batch.push(&train_pairs[order[cursor]]);
-            cursor += 1;
+        // batch of pairs (epochs reshuffled), decoded and augmented on a worker thread one step
+        // ahead: this step's images were prepared while the previous step computed
+        let (batch, handle, ctx_seed) = match pending.take() {
+            Some(p) => p,
+            None => prefetch(&mut data_rng, &mut order, &mut cursor),
+        };
+        if step + 1 < cfg.steps {
+            rng_at_next_draw = data_rng.clone();
+            pending = Some(prefetch(&mut data_rng, &mut order, &mut cursor));
         }
         let t_data = Instant::now();
         let (images, decoded, corrupt) =
-            image_batch_checked(cfg.seed, &batch, cfg.resolution, true, data_rng.next_u64())?;
+            handle.join().map_err(|_| TensorError::Shape { op: "train", msg: "the data worker panicked".into() })??;
         phase[0] += t_data.elapsed().as_secs_f64();
         skipped.corrupt_image += corrupt;
         if decoded.len() < 2 {
@@ -410,7 +442,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         let tokens = token_batch(&tok, &texts, cfg.max_tokens)?;
         // 3. forward, loss, backward
         let t_fwd = Instant::now();
-        let mut ctx = Ctx { training: true, rng: Rng::new(data_rng.next_u64()) };
+        let mut ctx = Ctx { training: true, rng: Rng::new(ctx_seed) };
         let x = model.embed_images(&images, &mut ctx)?;
         let t_txt = Instant::now();
         let y = model.embed_texts(&tokens, &mut ctx)?;
@@ -458,7 +490,8 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             );
         }
         if (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == cfg.steps {
-            save_checkpoint(&ckpt, &model, &opt, step + 1, &data_rng, &meta)?;
+            let rng = if pending.is_some() { &rng_at_next_draw } else { &data_rng };
+            save_checkpoint(&ckpt, &model, &opt, step + 1, rng, &meta)?;
         }
         if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != cfg.steps {
             let m = evaluate(&model, &tok, cfg, &held)?;

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
+
 use autograd::Var;
 use tensor::{Result, Tensor, TensorError};
 
@@ -308,43 +310,74 @@ impl Optimizer for Lamb {
         let t = self.steps as i32;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let (inv_bc1, inv_bc2) = (1.0 / bc1, 1.0 / bc2);
         for_each_param(&self.groups, &mut self.slots, 2, |g, w, grad, s, _| {
             let (m, v) = s.split_at_mut(1);
             let (m, v) = (&mut m[0], &mut v[0]);
             let mut u = vec![0.0f32; w.len()];
-            for i in 0..w.len() {
-                m[i] = b1 * m[i] + (1.0 - b1) * grad[i];
-                v[i] = b2 * v[i] + (1.0 - b2) * grad[i] * grad[i];
-                let m_hat = m[i] / bc1;
-                let v_hat = v[i] / bc2;
-                u[i] = m_hat / (v_hat.sqrt() + eps) + g.weight_decay * w[i];
-            }
-            let ratio = if g.no_trust_ratio {
-                1.0
-            } else {
-                let w_norm = w.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-                let u_norm = u.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-                if w_norm > 0.0 && u_norm > 0.0 {
-                    (w_norm / u_norm) as f32
-                } else {
-                    1.0
+            let wd = g.weight_decay;
+            // Pass 1, in chunks (threaded for large tensors): the Adam moments, the update
+            // direction u = m_hat / (sqrt(v_hat) + eps) + wd * w, and per-chunk sums of w^2 and
+            // u^2 (added in chunk order afterwards, so the result does not depend on threads).
+            let moments = |(((m, v), u), (gr, w)): (((&mut [f32], &mut [f32]), &mut [f32]), (&[f32], &[f32]))| {
+                let (mut ws, mut us) = (0.0f64, 0.0f64);
+                for i in 0..w.len() {
+                    m[i] = b1 * m[i] + (1.0 - b1) * gr[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * gr[i] * gr[i];
+                    u[i] = (m[i] * inv_bc1) / ((v[i] * inv_bc2).sqrt() + eps) + wd * w[i];
+                    ws += w[i] as f64 * w[i] as f64;
+                    us += u[i] as f64 * u[i] as f64;
                 }
+                (ws, us)
             };
-            for i in 0..w.len() {
-                w[i] -= g.lr * ratio * u[i];
+            let sums: Vec<(f64, f64)> = if w.len() >= PARALLEL_MIN && kernels::parallel::num_threads() > 1 {
+                kernels::parallel::install(|| {
+                    m.par_chunks_mut(CHUNK)
+                        .zip(v.par_chunks_mut(CHUNK))
+                        .zip(u.par_chunks_mut(CHUNK))
+                        .zip(grad.par_chunks(CHUNK).zip(w.par_chunks(CHUNK)))
+                        .map(moments)
+                        .collect()
+                })
+            } else {
+                m.chunks_mut(CHUNK)
+                    .zip(v.chunks_mut(CHUNK))
+                    .zip(u.chunks_mut(CHUNK))
+                    .zip(grad.chunks(CHUNK).zip(w.chunks(CHUNK)))
+                    .map(moments)
+                    .collect()
+            };
+            let (w_norm, u_norm) = sums.iter().fold((0.0f64, 0.0f64), |a, b| (a.0 + b.0, a.1 + b.1));
+            let (w_norm, u_norm) = (w_norm.sqrt(), u_norm.sqrt());
+            // Pass 2: the trust ratio ||w|| / ||u|| scales the step of each tensor (1 when either
+            // norm is zero, and for groups that opt out: biases, norms, the temperature).
+            let ratio = if !g.no_trust_ratio && w_norm > 0.0 && u_norm > 0.0 { (w_norm / u_norm) as f32 } else { 1.0 };
+            let step = g.lr * ratio;
+            let apply = |(w, u): (&mut [f32], &[f32])| w.iter_mut().zip(u).for_each(|(w, &u)| *w -= step * u);
+            if w.len() >= PARALLEL_MIN && kernels::parallel::num_threads() > 1 {
+                kernels::parallel::install(|| w.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(apply));
+            } else {
+                w.chunks_mut(CHUNK).zip(u.chunks(CHUNK)).for_each(apply);
             }
         })
     }
 }
+
+/// Tensors at least this large are updated by several threads.
+const PARALLEL_MIN: usize = 1 << 15;
+/// Elements per chunk of a threaded update (fixed, so sums are grouped the same way always).
+const CHUNK: usize = 1 << 13;
 
 /// Scales all gradients so their global L2 norm is at most `max_norm` (PyTorch's
 /// `clip_grad_norm_`: coefficient max_norm / (norm + 1e-6) when below 1). Returns the norm
 /// before clipping.
 pub fn clip_grad_norm(params: &[(String, Var)], max_norm: f32) -> f32 {
     let grads: Vec<(&Var, Tensor)> = params.iter().filter_map(|(_, p)| p.grad().map(|g| (p, g))).collect();
-    let total =
-        grads.iter().map(|(_, g)| g.to_vec().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum::<f64>().sqrt()
-            as f32;
+    let sum_sq = |g: &Tensor| -> f64 {
+        let g = g.contiguous();
+        g.as_contiguous_slice().expect("contiguous").iter().map(|&x| x as f64 * x as f64).sum::<f64>()
+    };
+    let total = grads.iter().map(|(_, g)| sum_sq(g)).sum::<f64>().sqrt() as f32;
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
         for (p, g) in grads {
