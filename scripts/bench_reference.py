@@ -114,6 +114,32 @@ def effnet(threads, runs):
     print(f"effnet-b0 {size} fwd+bwd {median_time(step, runs) * 1e3:.1f}")
 
 
+def bn(threads, runs):
+    """Batch norm (training statistics) + SiLU, forward and backward, on the shapes of
+    `cargo run --release -p kernels --example bn_bench` (channels_last, as rows x channels)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    for n, hw, c in [(64, 32, 32), (64, 16, 96), (64, 4, 480), (16, 56, 144)]:
+        rows = n * hw * hw
+        x = torch.randn(n, hw, hw, c).permute(0, 3, 1, 2)  # NCHW view of NHWC (channels_last) data
+        x.requires_grad_(True)
+        w = torch.ones(c, requires_grad=True)
+        b = torch.zeros(c, requires_grad=True)
+        dy = torch.randn_like(x)
+
+        def fwd():
+            with torch.no_grad():
+                F.silu(F.batch_norm(x, None, None, w, b, training=True, eps=1e-3))
+
+        def fwd_bwd():
+            F.silu(F.batch_norm(x, None, None, w, b, training=True, eps=1e-3)).backward(dy)
+        f = median_time(fwd, runs)
+        fb = median_time(fwd_bwd, runs)
+        print(f"torch bn_silu rows {rows} c {c}: forward {f * 1e3:.2f} ms, backward {(fb - f) * 1e3:.2f} ms (fwd+bwd {fb * 1e3:.2f})")
+
+
 def dual(threads, runs):
     """The tiny ALIGN training step in PyTorch: EfficientNet-B0 at 64x64 (stem + blocks, global
     pooling, no head conv: 320-d) + BERT-mini ([CLS] -> Linear 256 -> 320), both L2-normalised,
@@ -192,4 +218,4 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))
-    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet, "dual": dual}[what](threads, runs)
+    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet, "dual": dual, "bn": bn}[what](threads, runs)

@@ -508,7 +508,11 @@ pub fn image_batch_checked(
                     // built-in scenes are drawn straight at the resized size (resizing is then a no-op)
                     let scene = Scene::generate(seed, p.index);
                     let (tw, th) = target(scene.width.max(1), scene.height.max(1));
-                    if tw < scene.width { scene.render_at(tw, th) } else { scene.render() }
+                    if tw < scene.width {
+                        scene.render_at(tw, th)
+                    } else {
+                        scene.render()
+                    }
                 }
             };
             let mut rng = Rng::new(rng_seed.wrapping_add(k as u64 * 7919));
@@ -564,8 +568,9 @@ mod tests {
             let direct = scene.render_at(tw, th);
             let shrunk = image::imageops::resize(&scene.render(), tw, th, image::imageops::FilterType::Triangle);
             assert_eq!(direct.dimensions(), shrunk.dimensions());
-            let diff: f64 = direct.as_raw().iter().zip(shrunk.as_raw()).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>()
-                / direct.as_raw().len() as f64;
+            let diff: f64 =
+                direct.as_raw().iter().zip(shrunk.as_raw()).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>()
+                    / direct.as_raw().len() as f64;
             // same picture up to edge antialiasing: a mean difference of a few grey levels
             assert!(diff < 8.0, "scene {i}: mean abs difference {diff:.2}");
         }

@@ -373,8 +373,8 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
     }
     let mut order: Vec<usize> = (0..train_pairs.len()).collect();
     let mut cursor = order.len(); // forces a shuffle on the first batch
-    // Draws the next batch (indices, crop seed, dropout seed) from the data RNG on this thread,
-    // so runs stay deterministic, and starts decoding it on a worker thread.
+                                  // Draws the next batch (indices, crop seed, dropout seed) from the data RNG on this thread,
+                                  // so runs stay deterministic, and starts decoding it on a worker thread.
     type Decoded = Result<(Tensor, Vec<usize>, usize)>;
     type Pending = (Vec<Pair>, std::thread::JoinHandle<Decoded>, u64);
     let (res, seed, batch_size) = (cfg.resolution, cfg.seed, cfg.batch_size.min(train_pairs.len()));

@@ -76,6 +76,19 @@ macro_rules! with_isa {
     }};
 }
 
+/// z = (x - mean) * scale + beta per channel over a block of rows, compiled for `isa`.
+/// (Subtracting first keeps small-variance channels accurate: x * scale + offset would cancel
+/// two large terms.)
+fn affine_rows(isa: Isa) -> impl Fn(&[f32], &mut [f32], &[f32], &[f32], &[f32]) + Copy + Sync {
+    with_isa!(isa, fn(xb: &[f32], zb: &mut [f32], mean: &[f32], scale: &[f32], beta: &[f32]) {
+        for (xr, zr) in xb.chunks_exact(scale.len()).zip(zb.chunks_exact_mut(scale.len())) {
+            for ((((o, &v), &m), &a), &b) in zr.iter_mut().zip(xr).zip(mean).zip(scale).zip(beta) {
+                *o = (v - m).mul_add(a, b);
+            }
+        }
+    })
+}
+
 /// Per-channel mean and biased variance of (rows, channels) data (training-mode statistics).
 pub fn batch_norm_stats(x: &[f32], channels: usize, mean: &mut [f32], var: &mut [f32]) {
     batch_norm_stats_with(Isa::best(), x, channels, mean, var)
@@ -151,17 +164,9 @@ pub fn batch_norm_forward_with(
 ) {
     let c = channels;
     assert!(c > 0 && x.len() == y.len() && x.len().is_multiple_of(c), "batch_norm_forward: shapes");
-    // z = (x - mean) * scale + beta per channel (subtracting first keeps small-variance
-    // channels accurate: x * scale + offset would cancel two large terms)
     let scale: Vec<f32> = (0..c).map(|j| gamma[j] * rstd[j]).collect();
     let isa = isa.supported();
-    let affine = with_isa!(isa, fn(xb: &[f32], yb: &mut [f32], mean: &[f32], scale: &[f32], beta: &[f32]) {
-        for (xr, yr) in xb.chunks_exact(scale.len()).zip(yb.chunks_exact_mut(scale.len())) {
-            for ((((o, &v), &m), &a), &b) in yr.iter_mut().zip(xr).zip(mean).zip(scale).zip(beta) {
-                *o = (v - m).mul_add(a, b);
-            }
-        }
-    });
+    let affine = affine_rows(isa);
     for_row_blocks_mut(y, c, |r0, yb| {
         let xb = &x[r0 * c..r0 * c + yb.len()];
         affine(xb, yb, mean, &scale, beta);
@@ -227,13 +232,7 @@ pub fn batch_norm_backward_with(
     let isa = isa.supported();
     let scale: Vec<f32> = (0..c).map(|j| gamma[j] * rstd[j]).collect();
     // Pass 1, per block: dz (into dx, as scratch) and the per-channel sums of dz and dz * n.
-    let affine = with_isa!(isa, fn(xb: &[f32], zb: &mut [f32], mean: &[f32], scale: &[f32], beta: &[f32]) {
-        for (xr, zr) in xb.chunks_exact(scale.len()).zip(zb.chunks_exact_mut(scale.len())) {
-            for ((((o, &v), &m), &a), &b) in zr.iter_mut().zip(xr).zip(mean).zip(scale).zip(beta) {
-                *o = (v - m).mul_add(a, b);
-            }
-        }
-    });
+    let affine = affine_rows(isa);
     let sums = with_isa!(isa, fn(xb: &[f32], dzb: &[f32], mean: &[f32], rstd: &[f32], s: &mut [f64], sn: &mut [f64]) {
         for (xr, dzr) in xb.chunks_exact(mean.len()).zip(dzb.chunks_exact(mean.len())) {
             for (((((s, sn), &v), &g), &m), &r) in
