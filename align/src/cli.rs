@@ -300,7 +300,7 @@ pub fn train(args: &TrainArgs) -> Result<(), String> {
     let m = &summary.held_out;
     println!(
         "held-out retrieval ({} pairs): image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} | text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} | temperature {:.4} | {:.0} s",
-        cfg.held_out, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10, summary.temperature, summary.wall_seconds
+        summary.held_out_pairs, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10, summary.temperature, summary.wall_seconds
     );
     println!(
         "run directory: {} (log.jsonl, checkpoint.safetensors, vocab.txt, filters.json, summary.json)",

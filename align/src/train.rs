@@ -256,6 +256,8 @@ pub struct TrainSummary {
     /// Records skipped by reason (manifest data: bad lines, missing / empty / corrupt images).
     pub skipped: SkipReport,
     pub held_out: RetrievalMetrics,
+    /// How many held-out pairs the retrieval metrics rank.
+    pub held_out_pairs: usize,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TensorError + '_ {
@@ -525,6 +527,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         filters,
         skipped,
         held_out: metrics,
+        held_out_pairs: held.len(),
     };
     let p: PathBuf = out_dir.join("summary.json");
     std::fs::write(&p, serde_json::to_string_pretty(&summary).expect("json")).map_err(io_err(&p))?;
