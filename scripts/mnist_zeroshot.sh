@@ -9,7 +9,7 @@
 # (data/mnist/templates.txt), and reports KNN accuracy on the same split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-300}
+steps=${1:-600}
 cargo build --release -p align
 align=target/release/align
 $align data mnist --out data/mnist
