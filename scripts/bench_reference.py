@@ -144,8 +144,10 @@ def dual(threads, runs):
     """The tiny ALIGN training step in PyTorch: EfficientNet-B0 at 64x64 (stem + blocks, global
     pooling, no head conv: 320-d) + BERT-mini ([CLS] -> Linear 256 -> 320), both L2-normalised,
     symmetric contrastive loss with a learnable temperature and label smoothing 0.1, LAMB
-    (weight decay 1e-5; written out below, torch has none). Batch 64, TOKENS tokens per caption
-    (default 24, about what our padded-to-longest batches of built-in captions hold)."""
+    (weight decay 1e-5; written out below, torch has none), no dropout or drop-connect (the tiny
+    recipe). Batch 64, TOKENS tokens per caption (default 24, about what our padded-to-longest
+    batches of built-in captions hold). Compare with the pairs/s that `align train --steps 40`
+    logs (log.jsonl), run in the same session."""
     import torch
     import torch.nn.functional as F
     from efficientnet_lite_pytorch import EfficientNet
@@ -157,18 +159,22 @@ def dual(threads, runs):
     image = EfficientNet.from_name("efficientnet-b0")
     if channels_last:
         image = image.to(memory_format=torch.channels_last)
+    # the tiny recipe trains without dropout and drop-connect (TrainConfig::tiny)
     text = BertModel(BertConfig(vocab_size=230, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                                intermediate_size=1024, max_position_embeddings=64), add_pooling_layer=False)
+                                intermediate_size=1024, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0), add_pooling_layer=False)
     proj = torch.nn.Linear(256, 320)
     log_t = torch.nn.Parameter(torch.zeros(()))
-    params = [p for m in (image, text, proj) for p in m.parameters()] + [log_t]
+    # the head conv and classifier are not part of the ALIGN image tower (as in ours)
+    head = {id(p) for m in (image._conv_head, image._bn1, image._fc) for p in m.parameters()}
+    params = [p for m in (image, text, proj) for p in m.parameters() if id(p) not in head] + [log_t]
     state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     image.train(), text.train()
 
     def image_features(x):
         x = image._swish(image._bn0(image._conv_stem(x)))
         for idx, block in enumerate(image._blocks):
-            x = block(x, drop_connect_rate=0.2 * idx / len(image._blocks))
+            x = block(x, drop_connect_rate=0.0)
         return x.mean(dim=(2, 3))
 
     x = torch.randn(batch, 3, 64, 64)
@@ -187,6 +193,8 @@ def dual(threads, runs):
         loss.backward()
         with torch.no_grad():
             for p, (m, v) in zip(params, state):
+                if p.grad is None:  # e.g. BERT's unused position rows get zeros, not None
+                    continue
                 m.mul_(0.9).add_(p.grad, alpha=0.1)
                 v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
                 u = m / (v.sqrt() + 1e-6) + 1e-5 * p

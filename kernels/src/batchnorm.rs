@@ -79,6 +79,8 @@ macro_rules! with_isa {
 /// z = (x - mean) * scale + beta per channel over a block of rows, compiled for `isa`.
 /// (Subtracting first keeps small-variance channels accurate: x * scale + offset would cancel
 /// two large terms.)
+/// Arguments: (x block, z block, mean, scale, beta).
+#[allow(clippy::type_complexity)]
 fn affine_rows(isa: Isa) -> impl Fn(&[f32], &mut [f32], &[f32], &[f32], &[f32]) + Copy + Sync {
     with_isa!(isa, fn(xb: &[f32], zb: &mut [f32], mean: &[f32], scale: &[f32], beta: &[f32]) {
         for (xr, zr) in xb.chunks_exact(scale.len()).zip(zb.chunks_exact_mut(scale.len())) {

@@ -319,7 +319,9 @@ impl Optimizer for Lamb {
             // Pass 1, in chunks (threaded for large tensors): the Adam moments, the update
             // direction u = m_hat / (sqrt(v_hat) + eps) + wd * w, and per-chunk sums of w^2 and
             // u^2 (added in chunk order afterwards, so the result does not depend on threads).
-            let moments = |(((m, v), u), (gr, w)): (((&mut [f32], &mut [f32]), &mut [f32]), (&[f32], &[f32]))| {
+            type Chunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), (&'a [f32], &'a [f32]));
+            // one chunk of (m, v, u) to write and (grad, w) to read
+            let moments = |(((m, v), u), (gr, w)): Chunk| {
                 let (mut ws, mut us) = (0.0f64, 0.0f64);
                 for i in 0..w.len() {
                     m[i] = b1 * m[i] + (1.0 - b1) * gr[i];
