@@ -211,6 +211,16 @@ pub struct Labelled {
 /// Reads a labelled manifest against a class list (names compared case-insensitively).
 pub fn read_labelled(path: &Path, classes: &[String]) -> Result<Labelled> {
     let (records, skipped) = read_manifest(path)?;
+    label_records(path, records, skipped, classes)
+}
+
+/// Maps read manifest records to class indices (see [`read_labelled`]).
+fn label_records(
+    path: &Path,
+    records: Vec<crate::data::ManifestRecord>,
+    skipped: SkipReport,
+    classes: &[String],
+) -> Result<Labelled> {
     let by_name: HashMap<String, usize> = classes.iter().enumerate().map(|(i, c)| (c.to_lowercase(), i)).collect();
     let (mut files, mut labels) = (vec![], vec![]);
     for (_, _, label, file) in records {
@@ -318,11 +328,13 @@ pub fn knn_predict(query: &[f32], gallery: &[f32], gallery_labels: &[usize], d: 
 /// KNN accuracy on image embeddings: the train set is the gallery, the test set the queries.
 /// Labels are the manifests' second column (any strings: the classes are their union).
 pub fn eval_knn(lm: &LoadedModel, train: &Path, test: &Path, k: usize) -> Result<Accuracy> {
-    let names = |p: &Path| -> Result<Vec<String>> { Ok(read_manifest(p)?.0.into_iter().map(|r| r.2).collect()) };
-    let mut classes: Vec<String> = names(train)?.into_iter().chain(names(test)?).collect();
+    // each manifest is read once (reading opens every image header)
+    let ((train_records, train_skips), (test_records, test_skips)) = (read_manifest(train)?, read_manifest(test)?);
+    let mut classes: Vec<String> = train_records.iter().chain(&test_records).map(|r| r.2.trim().to_string()).collect();
     classes.sort();
     classes.dedup();
-    let (tr, te) = (read_labelled(train, &classes)?, read_labelled(test, &classes)?);
+    let tr = label_records(train, train_records, train_skips, &classes)?;
+    let te = label_records(test, test_records, test_skips, &classes)?;
     let (g, gk) = lm.embed_files(&tr.files)?;
     let (q, qk) = lm.embed_files(&te.files)?;
     let gl: Vec<usize> = gk.iter().map(|&i| tr.labels[i]).collect();

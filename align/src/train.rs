@@ -378,7 +378,8 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
                                   // Draws the next batch (indices, crop seed, dropout seed) from the data RNG on this thread,
                                   // so runs stay deterministic, and starts decoding it on a worker thread.
     type Decoded = Result<(Tensor, Vec<usize>, usize)>;
-    type Pending = (Vec<Pair>, std::thread::JoinHandle<Decoded>, u64);
+    // the worker hands the batch back with its images (no second copy of the pairs)
+    type Pending = (std::thread::JoinHandle<(Vec<Pair>, Decoded)>, u64);
     let (res, seed, batch_size) = (cfg.resolution, cfg.seed, cfg.batch_size.min(train_pairs.len()));
     let prefetch = |rng: &mut Rng, order: &mut Vec<usize>, cursor: &mut usize| -> Pending {
         let mut batch: Vec<Pair> = Vec::with_capacity(batch_size);
@@ -391,12 +392,12 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             *cursor += 1;
         }
         let (crop_seed, ctx_seed) = (rng.next_u64(), rng.next_u64());
-        let work = batch.clone();
         let handle = std::thread::spawn(move || {
-            let refs: Vec<&Pair> = work.iter().collect();
-            image_batch_checked(seed, &refs, res, true, crop_seed)
+            let refs: Vec<&Pair> = batch.iter().collect();
+            let decoded = image_batch_checked(seed, &refs, res, true, crop_seed);
+            (batch, decoded)
         });
-        (batch, handle, ctx_seed)
+        (handle, ctx_seed)
     };
     let mut pending: Option<Pending> = None;
     // the data RNG as it was before the prefetched batch was drawn: what a checkpoint saves, so
@@ -424,7 +425,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
         }
         // batch of pairs (epochs reshuffled), decoded and augmented on a worker thread one step
         // ahead: this step's images were prepared while the previous step computed
-        let (batch, handle, ctx_seed) = match pending.take() {
+        let (handle, ctx_seed) = match pending.take() {
             Some(p) => p,
             None => prefetch(&mut data_rng, &mut order, &mut cursor),
         };
@@ -433,8 +434,9 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, resume: bool, quiet: bool) -> Re
             pending = Some(prefetch(&mut data_rng, &mut order, &mut cursor));
         }
         let t_data = Instant::now();
-        let (images, decoded, corrupt) =
-            handle.join().map_err(|_| TensorError::Shape { op: "train", msg: "the data worker panicked".into() })??;
+        let (batch, result) =
+            handle.join().map_err(|_| TensorError::Shape { op: "train", msg: "the data worker panicked".into() })?;
+        let (images, decoded, corrupt) = result?;
         phase[0] += t_data.elapsed().as_secs_f64();
         skipped.corrupt_image += corrupt;
         if decoded.len() < 2 {

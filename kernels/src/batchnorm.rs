@@ -173,18 +173,23 @@ pub fn batch_norm_forward_with(
         let xb = &x[r0 * c..r0 * c + yb.len()];
         affine(xb, yb, mean, &scale, beta);
         if let Some(act) = act {
-            activation_in_place(isa, act, yb);
+            activation_in_place(isa, act, yb, None);
         }
     });
 }
 
-/// y = act(y) through a small stack buffer (the activation kernels take separate in and out).
-fn activation_in_place(isa: Isa, act: Activation, y: &mut [f32]) {
-    let mut tmp = [0.0f32; 1024];
-    for chunk in y.chunks_mut(tmp.len()) {
+/// z = act(z), or with `dy` z = dy * act'(z), through a small stack buffer (the activation
+/// kernels take separate input and output slices).
+fn activation_in_place(isa: Isa, act: Activation, z: &mut [f32], dy: Option<&[f32]>) {
+    const CHUNK: usize = 1024;
+    let mut tmp = [0.0f32; CHUNK];
+    for (c, chunk) in z.chunks_mut(CHUNK).enumerate() {
         let t = &mut tmp[..chunk.len()];
         t.copy_from_slice(chunk);
-        activation_forward_with(isa, act, t, chunk);
+        match dy {
+            Some(dy) => activation_backward_with(isa, act, t, &dy[c * CHUNK..c * CHUNK + chunk.len()], chunk),
+            None => activation_forward_with(isa, act, t, chunk),
+        }
     }
 }
 
@@ -252,16 +257,9 @@ pub fn batch_norm_backward_with(
             let (xb, dyb) = (&x[start..start + dzb.len()], &dy[start..start + dzb.len()]);
             match act {
                 Some(act) => {
-                    // z recomputed into the dz buffer, then dz = dy * act'(z) through a stack copy
+                    // z recomputed into the dz buffer, then dz = dy * act'(z) in place
                     affine(xb, dzb, mean, &scale, beta);
-                    let mut tmp = [0.0f32; 1024];
-                    let mut off = 0;
-                    for chunk in dzb.chunks_mut(tmp.len()) {
-                        let t = &mut tmp[..chunk.len()];
-                        t.copy_from_slice(chunk);
-                        activation_backward_with(isa, act, t, &dyb[off..off + chunk.len()], chunk);
-                        off += chunk.len();
-                    }
+                    activation_in_place(isa, act, dzb, Some(dyb));
                 }
                 None => dzb.copy_from_slice(dyb),
             }

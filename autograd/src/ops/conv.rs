@@ -7,8 +7,6 @@ use kernels::conv::{self as k, ConvGeometry, Padding};
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
-#[cfg(test)]
-use crate::ops::shape;
 use crate::Var;
 
 fn geometry(
@@ -145,6 +143,7 @@ pub fn channel_scale(x: &Var, s: &Var) -> Result<Var> {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, GradcheckOptions};
+    use crate::ops::shape;
 
     #[test]
     fn conv2d_passes_gradcheck_for_strides_and_paddings() {
