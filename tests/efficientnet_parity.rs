@@ -1,6 +1,7 @@
 //! EfficientNet against PyTorch (fixtures from `scripts/make_fixtures.py efficientnet`): the real
 //! EfficientNet-lite0 weights, read from the legacy-format `.pth` without Python, reproduce
-//! PyTorch's logits within 1e-3; a zip-format `.pth` reads back exactly.
+//! PyTorch's logits within 1e-3; a zip-format `.pth` reads back exactly; a torchvision-built
+//! model (fixture group `efficientnet_torchvision`) loads under torchvision's names and matches.
 
 mod common;
 
@@ -25,6 +26,54 @@ fn lite0_real_weights_reproduce_pytorch_logits() {
     assert_eq!(logits.shape(), want.shape());
     Tolerance::new(0.0, 1e-3).assert("lite0 logits", &logits.to_vec(), &want.to_vec());
     assert_eq!(logits.argmax(1, false).unwrap().to_vec(), want.argmax(1, false).unwrap().to_vec());
+}
+
+#[test]
+fn torchvision_weights_load_by_name_and_reproduce_its_logits() {
+    use align::efficientnet::{is_torchvision_naming, torchvision_to_ours};
+    let tensors = load_state_dict(common::fixture("efficientnet_torchvision_tiny.pth")).unwrap();
+    assert!(is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str())));
+    let mut cfg = EfficientNetConfig::by_name("tiny").unwrap().torchvision();
+    cfg.num_classes = 10;
+    // spot checks of the mapping (tiny has stages of 1, 1, 1, 2, 2, 2, 1 blocks)
+    let map = |n: &str| torchvision_to_ours(&cfg, n);
+    assert_eq!(map("features.0.0.weight").as_deref(), Some("_conv_stem.weight"));
+    assert_eq!(map("features.1.0.block.0.0.weight").as_deref(), Some("_blocks.0._depthwise_conv.weight"));
+    assert_eq!(map("features.1.0.block.1.fc2.bias").as_deref(), Some("_blocks.0._se_expand.bias"));
+    assert_eq!(map("features.5.1.block.3.1.running_var").as_deref(), Some("_blocks.6._bn2.running_var"));
+    assert_eq!(map("features.8.1.weight").as_deref(), Some("_bn1.weight"));
+    assert_eq!(map("classifier.1.bias").as_deref(), Some("_fc.bias"));
+    assert_eq!(map("features.5.2.block.0.0.weight"), None, "stage 5 has two blocks");
+    assert_eq!(map("features.2.0.block.4.0.weight"), None);
+
+    let model = EfficientNet::new(cfg.clone(), &mut Rng::new(0));
+    let report = model.load_pytorch(&tensors).unwrap();
+    // the only leftovers are BN's step counters
+    assert!(report.unexpected.iter().all(|n| n.ends_with("num_batches_tracked")), "{report}");
+    let fx = SafeTensors::open(common::fixture("efficientnet_torchvision_tiny.safetensors")).unwrap();
+    let x = Var::constant(fx.tensor("input_nhwc").unwrap());
+    let (logits, pooled) = autograd::no_grad(|| -> tensor::Result<_> {
+        let ctx = &mut Ctx::eval();
+        let head = model.bn_head.forward_with(&model.head.forward(&model.forward_blocks(&x, ctx)?)?, ctx, model.act)?;
+        Ok((model.logits(&x, ctx)?.value(), autograd::ops::conv::global_avg_pool(&head)?.value()))
+    })
+    .unwrap();
+    let tol = Tolerance::new(1e-4, 1e-4);
+    tol.assert("torchvision pooled head features", &pooled.to_vec(), &fx.tensor("head_pooled").unwrap().to_vec());
+    tol.assert("torchvision logits", &logits.to_vec(), &fx.tensor("logits").unwrap().to_vec());
+
+    // the TF-style model (SAME padding, eps 1e-3) loads the same names but computes other numbers
+    let mut tf_cfg = EfficientNetConfig::by_name("tiny").unwrap();
+    tf_cfg.num_classes = 10;
+    let tf_model = EfficientNet::new(tf_cfg, &mut Rng::new(0));
+    tf_model.load_pytorch(&tensors).unwrap();
+    // (per position: global pooling would average a one-pixel shift away)
+    let features =
+        |m: &EfficientNet| autograd::no_grad(|| m.forward_blocks(&x, &mut Ctx::eval())).unwrap().value().to_vec();
+    let (ours, tf) = (features(&model), features(&tf_model));
+    let scale = ours.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = ours.iter().zip(&tf).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst > 0.05 * scale, "padding and eps should matter: max diff {worst}, scale {scale}");
 }
 
 #[test]

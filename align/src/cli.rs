@@ -111,13 +111,17 @@ pub fn classify_images(
 ) -> Result<Vec<ImageResult>, String> {
     use crate::efficientnet::{EfficientNet, EfficientNetConfig};
     use crate::images::{load_image_tensor, Normalisation};
-    let cfg = EfficientNetConfig::by_name(arch)
+    let mut cfg = EfficientNetConfig::by_name(arch)
         .ok_or_else(|| format!("unknown architecture '{arch}' (b0..b7, l2, lite0..lite4)"))?;
+    let tensors = tensor::io::torch::load_state_dict(weights).map_err(|e| e.to_string())?;
+    // torchvision's weights need its padding and eps, which its parameter names reveal
+    if crate::efficientnet::is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str())) {
+        cfg = cfg.torchvision();
+    }
     let norm = if cfg.lite { Normalisation::Lite } else { Normalisation::ImageNet };
     let crop = cfg.resolution as u32;
     let resize = (crop as f32 / 0.875).round() as u32; // the usual 224 / 256 ratio
     let model = EfficientNet::new(cfg, &mut tensor::Rng::new(0));
-    let tensors = tensor::io::torch::load_state_dict(weights).map_err(|e| e.to_string())?;
     model.load_pytorch(&tensors).map_err(|e| format!("{}: {e}", weights.display()))?;
     let classify_one = |path: &Path| -> Result<Vec<(usize, f32)>, String> {
         let x = load_image_tensor(path, resize, crop, norm).map_err(|e| e.to_string())?;

@@ -10,7 +10,11 @@
 //!
 //! Parameter names follow lukemelas' EfficientNet-PyTorch (`_blocks.3._depthwise_conv.weight`),
 //! the naming of the published Lite weights; [`EfficientNet::load_pytorch`] converts PyTorch's
-//! OIHW conv weights to our NHWC layouts once at load time.
+//! OIHW conv weights to our NHWC layouts once at load time, and also takes torchvision's naming
+//! (`features.2.1.block.1.0.weight`, see [`torchvision_to_ours`]). torchvision's models differ in
+//! two numeric details that a config must match: symmetric padding ((k-1)/2 on each side, so a
+//! stride-2 layer sees other pixels than under TF SAME) and, for B0-B4, BN eps 1e-5
+//! ([`EfficientNetConfig::torchvision`]).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +26,27 @@ use nn::layers::{Activation, BatchNorm2d, Conv2d, DepthwiseConv2d, DropPath, Dro
 use nn::module::{join, Buffer};
 use nn::{Ctx, LoadReport, Module};
 use tensor::{Result, Rng, Tensor, TensorError};
+
+/// How convolutions pad: TF's SAME (the TF reference, lukemelas' port, the Lite weights) or
+/// torchvision's symmetric (k-1)/2 on each side. They agree at stride 1 and differ at stride 2
+/// on even sizes (SAME pads 0 before and 1 after for k = 3; symmetric pads 1 and 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaddingStyle {
+    TfSame,
+    Symmetric,
+}
+
+impl PaddingStyle {
+    pub fn for_kernel(self, k: usize) -> Padding {
+        match self {
+            PaddingStyle::TfSame => Padding::Same,
+            PaddingStyle::Symmetric => {
+                let p = (k - 1) / 2;
+                Padding::Explicit { top: p, bottom: p, left: p, right: p }
+            }
+        }
+    }
+}
 
 /// One stage of the block table (before scaling).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -60,6 +85,9 @@ pub struct EfficientNetConfig {
     /// Batch-norm momentum in PyTorch's convention (TF's decay 0.99 = 0.01 here). Short runs
     /// use a larger value so the running statistics used at evaluation catch up.
     pub bn_momentum: f32,
+    /// Batch-norm eps: TF's 1e-3, except torchvision's B0-B4 (PyTorch's default 1e-5).
+    pub bn_eps: f32,
+    pub padding: PaddingStyle,
 }
 
 impl EfficientNetConfig {
@@ -75,7 +103,31 @@ impl EfficientNetConfig {
             num_classes: 1000,
             stages: B0_STAGES.to_vec(),
             bn_momentum: BN_MOMENTUM,
+            bn_eps: BN_EPS,
+            padding: PaddingStyle::TfSame,
         }
+    }
+
+    /// The same architecture as torchvision builds it (`torchvision.models.efficientnet_b0`...):
+    /// symmetric padding, and for B0-B4 PyTorch's default batch norm (eps 1e-5, momentum 0.1);
+    /// B5-B7 keep eps 1e-3, momentum 0.01 as torchvision sets them. Lite has no torchvision model.
+    pub fn torchvision(mut self) -> Self {
+        self.padding = PaddingStyle::Symmetric;
+        if matches!(self.name.as_str(), "b0" | "b1" | "b2" | "b3" | "b4" | "tiny") {
+            self.bn_eps = 1e-5;
+            self.bn_momentum = 0.1;
+        }
+        self
+    }
+
+    /// Blocks per stage after depth scaling (Lite keeps its first and last stages).
+    pub fn stage_repeats(&self) -> Vec<usize> {
+        let last = self.stages.len() - 1;
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if self.lite && (i == 0 || i == last) { s.repeats } else { self.round_repeats(s.repeats) })
+            .collect()
     }
 
     /// b0..b7, l2, lite0..lite4, tiny.
@@ -135,12 +187,9 @@ impl EfficientNetConfig {
     /// The concrete blocks: (kernel, stride, expand, in, out) per block.
     pub fn blocks(&self) -> Vec<(usize, usize, usize, usize, usize)> {
         let mut out = vec![];
-        let last = self.stages.len() - 1;
-        for (i, s) in self.stages.iter().enumerate() {
-            let fixed = self.lite && (i == 0 || i == last);
-            let mut inp = if fixed && i == 0 { 32 } else { self.round_channels(s.in_ch) };
+        for (i, (s, repeats)) in self.stages.iter().zip(self.stage_repeats()).enumerate() {
+            let mut inp = if self.lite && i == 0 { 32 } else { self.round_channels(s.in_ch) };
             let outp = self.round_channels(s.out_ch);
-            let repeats = if fixed { s.repeats } else { self.round_repeats(s.repeats) };
             for r in 0..repeats {
                 out.push((s.kernel, if r == 0 { s.stride } else { 1 }, s.expand, inp, outp));
                 inp = outp;
@@ -228,6 +277,8 @@ const BN_EPS: f32 = 1e-3;
 impl EfficientNet {
     pub fn new(config: EfficientNetConfig, rng: &mut Rng) -> EfficientNet {
         let act = if config.lite { Activation::Relu6 } else { Activation::Silu };
+        let (momentum, eps) = (config.bn_momentum, config.bn_eps);
+        let pad = |k: usize| config.padding.for_kernel(k);
         let stem_c = config.stem_channels();
         let blocks_cfg = config.blocks();
         let n_blocks = blocks_cfg.len();
@@ -238,17 +289,14 @@ impl EfficientNet {
                 let mid = cin * e;
                 MBConv {
                     expand: (e != 1).then(|| {
-                        (
-                            Conv2d::new(cin, mid, 1, 1, Padding::Same, false, rng),
-                            BatchNorm2d::new(mid, config.bn_momentum, BN_EPS),
-                        )
+                        (Conv2d::new(cin, mid, 1, 1, pad(1), false, rng), BatchNorm2d::new(mid, momentum, eps))
                     }),
-                    depthwise: DepthwiseConv2d::new(mid, k, s, Padding::Same, rng),
-                    bn_depthwise: BatchNorm2d::new(mid, config.bn_momentum, BN_EPS),
+                    depthwise: DepthwiseConv2d::new(mid, k, s, pad(k), rng),
+                    bn_depthwise: BatchNorm2d::new(mid, momentum, eps),
                     se: (!config.lite)
                         .then(|| SqueezeExcite::new(mid, ((cin as f32 * 0.25) as usize).max(1), act, rng)),
-                    project: Conv2d::new(mid, cout, 1, 1, Padding::Same, false, rng),
-                    bn_project: BatchNorm2d::new(cout, config.bn_momentum, BN_EPS),
+                    project: Conv2d::new(mid, cout, 1, 1, pad(1), false, rng),
+                    bn_project: BatchNorm2d::new(cout, momentum, eps),
                     act,
                     residual: s == 1 && cin == cout,
                     // linearly increasing rate: 0.2 * block_index / num_blocks
@@ -259,11 +307,11 @@ impl EfficientNet {
         let feat = config.feature_dim();
         let head_c = config.head_channels();
         EfficientNet {
-            stem: Conv2d::new(3, stem_c, 3, 2, Padding::Same, false, rng),
-            bn_stem: BatchNorm2d::new(stem_c, config.bn_momentum, BN_EPS),
+            stem: Conv2d::new(3, stem_c, 3, 2, pad(3), false, rng),
+            bn_stem: BatchNorm2d::new(stem_c, momentum, eps),
             blocks,
-            head: Conv2d::new(feat, head_c, 1, 1, Padding::Same, false, rng),
-            bn_head: BatchNorm2d::new(head_c, config.bn_momentum, BN_EPS),
+            head: Conv2d::new(feat, head_c, 1, 1, pad(1), false, rng),
+            bn_head: BatchNorm2d::new(head_c, momentum, eps),
             dropout: Dropout { p: config.dropout },
             classifier: Linear::new(head_c, config.num_classes, true, rng),
             act,
@@ -300,10 +348,21 @@ impl EfficientNet {
         self.classifier.forward(&pooled)
     }
 
-    /// Loads a PyTorch state dict in lukemelas' naming (as `tensor::io::torch` reads it),
-    /// converting conv weights from OIHW. Every tensor the model needs must be present with
-    /// the right shape; nothing changes otherwise.
+    /// Loads a PyTorch state dict in lukemelas' naming or torchvision's (as `tensor::io::torch`
+    /// reads it), converting conv weights from OIHW. Every tensor the model needs must be
+    /// present with the right shape; nothing changes otherwise. torchvision weights also need
+    /// the model built from [`EfficientNetConfig::torchvision`] (padding, eps).
     pub fn load_pytorch(&self, tensors: &[(String, Tensor)]) -> Result<LoadReport> {
+        let renamed: Vec<(String, Tensor)>;
+        let tensors = if is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str())) {
+            renamed = tensors
+                .iter()
+                .map(|(n, t)| (torchvision_to_ours(&self.config, n).unwrap_or_else(|| n.clone()), t.clone()))
+                .collect();
+            &renamed[..]
+        } else {
+            tensors
+        };
         let ours: BTreeMap<String, Vec<usize>> = self
             .named_parameters()
             .into_iter()
@@ -356,6 +415,83 @@ impl Module for EfficientNet {
             b.buffers(&join(prefix, &format!("_blocks.{i}")), out);
         }
         self.bn_head.buffers(&join(prefix, "_bn1"), out);
+    }
+}
+
+/// Whether a state dict uses torchvision's names (`features.0.0.weight`, `classifier.1.weight`).
+pub fn is_torchvision_naming<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    names.any(|n| n.starts_with("features.0.0.") || n.starts_with("classifier.1."))
+}
+
+/// Our name for one of torchvision's EfficientNet parameters or buffers, or None for a name
+/// that is not part of the model. torchvision nests the model as
+///
+/// ```text
+/// features.0.{0 conv, 1 bn}                                  stem       -> _conv_stem, _bn0
+/// features.S.J.block.K.{0 conv, 1 bn} | .block.K.{fc1, fc2}  stage S (1-based), block J
+///     K runs over [expand (if expand ratio != 1), depthwise, squeeze-excite, project]
+///                                                            -> _blocks.I._expand_conv/_bn0,
+///                                       _depthwise_conv/_bn1, _se_reduce/_se_expand, _project_conv/_bn2
+/// features.{stages+1}.{0 conv, 1 bn}                         head       -> _conv_head, _bn1
+/// classifier.1                                               (0 is dropout) -> _fc
+/// ```
+/// where I counts blocks across stages, so it needs the config's repeats per stage.
+pub fn torchvision_to_ours(cfg: &EfficientNetConfig, name: &str) -> Option<String> {
+    let conv_bn = |rest: &str, conv: &str, bn: &str| -> Option<String> {
+        let (idx, leaf) = rest.split_once('.')?;
+        match idx {
+            "0" => Some(format!("{conv}.{leaf}")),
+            "1" => Some(format!("{bn}.{leaf}")),
+            _ => None,
+        }
+    };
+    if let Some(leaf) = name.strip_prefix("classifier.1.") {
+        return Some(format!("_fc.{leaf}"));
+    }
+    let rest = name.strip_prefix("features.")?;
+    let (stage, rest) = rest.split_once('.')?;
+    let stage: usize = stage.parse().ok()?;
+    let repeats = cfg.stage_repeats();
+    if stage == 0 {
+        return conv_bn(rest, "_conv_stem", "_bn0");
+    }
+    if stage == repeats.len() + 1 {
+        return conv_bn(rest, "_conv_head", "_bn1");
+    }
+    let block_in_stage = stage - 1;
+    let (j, rest) = rest.split_once('.')?;
+    let j: usize = j.parse().ok()?;
+    if block_in_stage >= repeats.len() || j >= repeats[block_in_stage] {
+        return None;
+    }
+    let flat = repeats[..block_in_stage].iter().sum::<usize>() + j;
+    let rest = rest.strip_prefix("block.")?;
+    let (k, rest) = rest.split_once('.')?;
+    let k: usize = k.parse().ok()?;
+    let has_expand = cfg.stages[block_in_stage].expand != 1;
+    let mut parts: Vec<&str> = vec![];
+    if has_expand {
+        parts.push("expand");
+    }
+    parts.push("depthwise");
+    if !cfg.lite {
+        parts.push("se");
+    }
+    parts.push("project");
+    let prefix = format!("_blocks.{flat}");
+    match *parts.get(k)? {
+        "expand" => conv_bn(rest, &format!("{prefix}._expand_conv"), &format!("{prefix}._bn0")),
+        "depthwise" => conv_bn(rest, &format!("{prefix}._depthwise_conv"), &format!("{prefix}._bn1")),
+        "project" => conv_bn(rest, &format!("{prefix}._project_conv"), &format!("{prefix}._bn2")),
+        _ => {
+            let (fc, leaf) = rest.split_once('.')?;
+            let ours = match fc {
+                "fc1" => "_se_reduce",
+                "fc2" => "_se_expand",
+                _ => return None,
+            };
+            Some(format!("{prefix}.{ours}.{leaf}"))
+        }
     }
 }
 

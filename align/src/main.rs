@@ -31,7 +31,9 @@ enum Command {
     },
     /// Top-5 ImageNet classes of images with an EfficientNet checkpoint (PyTorch .pth).
     Classify {
-        /// PyTorch state dict (lukemelas naming), e.g. efficientnet-lite0-57934424.pth
+        /// PyTorch state dict, e.g. efficientnet-lite0-57934424.pth: lukemelas' naming, or
+        /// torchvision's (efficientnet_b0_rwightman-7f5810bc.pth; its symmetric padding and BN
+        /// eps are then used)
         #[arg(long)]
         weights: PathBuf,
         /// efficientnet-lite0..4, efficientnet-b0..b7
