@@ -3,7 +3,9 @@
 //!     cargo run --release -p align --example bert_bench -- --threads 2
 //!     python3 scripts/bench_reference.py bert --threads 2     # transformers BertModel, same shapes
 //!
-//! Prints `bert-mini fwd+bwd MS` and `bert-base fwd MS` (median of several runs).
+//! Prints `bert-mini fwd+bwd MS` and `bert-base fwd MS` (median of several runs). `--split`
+//! adds the forward alone (and, with ALIGN_PROFILE_BACKWARD=1, a backward table);
+//! `--mini-only` skips BERT-base (for profilers).
 
 use align::bert::{Bert, BertConfig, TokenBatch};
 use autograd::ops::reduce;
@@ -43,6 +45,9 @@ fn main() {
             reduce::mean_all(&h).unwrap().backward().unwrap();
             print!("{}", autograd::profile::report());
         }
+    }
+    if args.iter().any(|a| a == "--mini-only") {
+        return;
     }
     let base = Bert::new(BertConfig::base(), &mut rng);
     let ms = median_ms(runs.min(3), || {

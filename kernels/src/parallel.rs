@@ -65,6 +65,37 @@ pub fn install_with<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R 
     pool(threads).install(f)
 }
 
+/// Runs `f(start, chunk)` over consecutive chunks of `out` on the kernel threads, `chunk`
+/// starting at element `start`. Chunks hold at least `min_chunk` elements (smaller inputs run
+/// on the caller's thread in one piece), so elementwise loops only pay for threads when there
+/// is enough work.
+pub fn for_each_chunk<T: Send>(out: &mut [T], min_chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    for_each_row_block(out, 1, min_chunk, f)
+}
+
+/// [`for_each_chunk`] with every chunk a whole number of rows of `row_len` elements (so
+/// `start` is a multiple of `row_len`); `out.len()` must be a multiple of `row_len`.
+pub fn for_each_row_block<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    min_chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let threads = num_threads();
+    let len = out.len();
+    let row_len = row_len.max(1);
+    if threads <= 1 || len < 2 * min_chunk.max(1) || len <= row_len {
+        f(0, out);
+        return;
+    }
+    // a few chunks per thread so an unlucky core does not hold everyone up
+    let chunk = min_chunk.max(len.div_ceil(threads * 4)).next_multiple_of(row_len);
+    install(|| {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * chunk, c));
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +106,18 @@ mod tests {
         assert_eq!(install_with(2, rayon::current_num_threads), 2);
         assert_eq!(install_with(3, rayon::current_num_threads), 3);
         assert_eq!(install_with(1, || 7), 7);
+    }
+
+    #[test]
+    fn for_each_chunk_covers_every_element_once_with_its_offset() {
+        for len in [0, 1, 100, 65_537, 300_001] {
+            let mut v = vec![0usize; len];
+            for_each_chunk(&mut v, 1000, |start, c| {
+                for (j, x) in c.iter_mut().enumerate() {
+                    *x += start + j + 1;
+                }
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1), "len {len}");
+        }
     }
 }

@@ -38,6 +38,6 @@ pub mod tolerance;
 pub use error::{Result, TensorError};
 pub use layout::{broadcast_shapes, Layout};
 pub use random::Rng;
-pub use storage::{live_buffers, live_bytes};
+pub use storage::{live_buffers, live_bytes, recycled_vec};
 pub use tensor::{strides_for, Tensor};
 pub use tolerance::Tolerance;

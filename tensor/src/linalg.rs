@@ -44,7 +44,7 @@ impl Tensor {
             c_col: 1,
         };
         let batch_count: usize = batch.iter().product();
-        let mut out = vec![0.0f32; batch_count * m * n];
+        let mut out = crate::storage::recycled_vec(batch_count * m * n); // every element written (beta = 0)
         if m * n > 0 {
             if k == 0 {
                 out.fill(0.0);

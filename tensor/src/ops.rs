@@ -3,17 +3,32 @@
 //!
 //! Binary ops broadcast both operands to the common shape by stride-0 views and walk them with
 //! one odometer ([`for_each_offset_pair`]); the common case, two contiguous tensors of the same
-//! shape, is a straight zip over slices.
+//! shape, is a straight zip over slices, split across the kernel threads when large and
+//! written into a recycled buffer (see `storage::recycled_vec`).
 
 use crate::error::Result;
 use crate::layout::{broadcast_shapes, for_each_offset_pair};
+use crate::storage::recycled_vec;
 use crate::tensor::Tensor;
+use kernels::parallel::for_each_chunk;
+
+/// Elements per thread-chunk of an elementwise op: below about this, waking a second thread
+/// costs more than the loop.
+const ELEMENTWISE_CHUNK: usize = 32 * 1024;
 
 impl Tensor {
     /// Applies `f` to every element, returning a new contiguous tensor.
-    pub fn map(&self, f: impl Fn(f32) -> f32) -> Tensor {
+    pub fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
         let data: Vec<f32> = match self.as_contiguous_slice() {
-            Some(s) => s.iter().map(|&x| f(x)).collect(),
+            Some(s) => {
+                let mut out = recycled_vec(s.len());
+                for_each_chunk(&mut out, ELEMENTWISE_CHUNK, |start, o| {
+                    for (o, &x) in o.iter_mut().zip(&s[start..]) {
+                        *o = f(x);
+                    }
+                });
+                out
+            }
             None => self.to_vec().into_iter().map(f).collect(),
         };
         Tensor::from_contiguous(data, self.shape())
@@ -21,10 +36,15 @@ impl Tensor {
 
     /// Combines two tensors elementwise after broadcasting them to a common shape.
     /// `op` names the operation in the error when the shapes do not broadcast.
-    pub fn zip_map(&self, other: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> f32) -> Result<Tensor> {
+    pub fn zip_map(&self, other: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
         if self.shape() == other.shape() {
             if let (Some(a), Some(b)) = (self.as_contiguous_slice(), other.as_contiguous_slice()) {
-                let data = a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+                let mut data = recycled_vec(a.len());
+                for_each_chunk(&mut data, ELEMENTWISE_CHUNK, |start, o| {
+                    for ((o, &x), &y) in o.iter_mut().zip(&a[start..]).zip(&b[start..]) {
+                        *o = f(x, y);
+                    }
+                });
                 return Ok(Tensor::from_contiguous(data, self.shape()));
             }
         }
@@ -42,10 +62,17 @@ impl Tensor {
         {
             if let (Some(a), Some(b)) = (self.as_contiguous_slice(), other.as_contiguous_slice()) {
                 let n = b.len();
-                let mut data = Vec::with_capacity(a.len());
-                for row in a.chunks_exact(n) {
-                    data.extend(row.iter().zip(b).map(|(&x, &y)| f(x, y)));
-                }
+                let mut data = recycled_vec(a.len());
+                for_each_chunk(&mut data, ELEMENTWISE_CHUNK, |start, o| {
+                    let mut col = start % n;
+                    for (o, &x) in o.iter_mut().zip(&a[start..]) {
+                        *o = f(x, b[col]);
+                        col += 1;
+                        if col == n {
+                            col = 0;
+                        }
+                    }
+                });
                 return Ok(Tensor::from_contiguous(data, self.shape()));
             }
         }

@@ -65,11 +65,16 @@ impl Tensor {
             let src = self.as_contiguous_slice().expect("contiguous");
             let mut acc = vec![0.0f64; row];
             if lead > 0 && row > 0 {
-                for r in src.chunks_exact(row) {
-                    for (a, &v) in acc.iter_mut().zip(r) {
-                        *a += v as f64;
+                // Column blocks on the kernel threads when there is enough work; each column is
+                // summed top to bottom by one thread, so the result does not depend on threads.
+                let min_cols = if lead * row >= 1 << 16 { 64 } else { usize::MAX / 4 };
+                kernels::parallel::for_each_chunk(&mut acc, min_cols, |c0, block| {
+                    for r in src.chunks_exact(row) {
+                        for (a, &v) in block.iter_mut().zip(&r[c0..]) {
+                            *a += v as f64;
+                        }
                     }
-                }
+                });
             }
             let data: Vec<f32> = acc.into_iter().map(|v| v as f32).collect();
             let shape: Vec<usize> = if keepdim {

@@ -5,8 +5,9 @@
 //! Every live buffer is counted in two global atomics so tests can assert that a training loop
 //! does not leak (see [`live_buffers`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 static LIVE_BUFFERS: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -104,5 +105,81 @@ impl Drop for Storage {
     fn drop(&mut self) {
         LIVE_BUFFERS.fetch_sub(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(self.len() * 4, Ordering::Relaxed);
+        if let Buffer::Owned(v) = &mut self.buf {
+            recycle(std::mem::take(v));
+        }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recycled buffers.
+//
+// A training step allocates the same large buffers every step (activations, gradients, GEMM
+// outputs) and frees them at the end of the step. A fresh `vec![0.0; n]` of a few megabytes
+// costs a zeroing pass, and usually page faults too (glibc serves big blocks with mmap, and the
+// kernel clears every page on first touch): together about 9% of a BERT training step here,
+// all of it on the main thread while the kernel threads wait. Buffers of dropped tensors are
+// therefore kept in a pool keyed by length, up to a total size, and handed out again by
+// [`recycled_vec`] to producers that overwrite every element. Their old contents are ordinary
+// initialised floats, so this is safe Rust: a producer that forgot an element would read stale
+// values (which the kernels' reference tests would catch), never undefined memory.
+
+/// Buffers shorter than this go back to the allocator (its small-size bins are fast already).
+/// Debug builds (the test suite) pool nearly everything and poison what they hand out with NaN,
+/// so a producer that reads or keeps part of its "fresh" output fails the small-shape tests.
+const POOL_MIN_LEN: usize = if cfg!(debug_assertions) { 8 } else { 16 * 1024 };
+/// Upper bound on the bytes the pool holds; beyond it dropped buffers are freed.
+const POOL_MAX_BYTES: usize = 512 << 20;
+
+struct Pool {
+    by_len: HashMap<usize, Vec<Vec<f32>>>,
+    bytes: usize,
+}
+
+fn pool() -> &'static Mutex<Pool> {
+    static POOL: std::sync::OnceLock<Mutex<Pool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| Mutex::new(Pool { by_len: HashMap::new(), bytes: 0 }))
+}
+
+fn recycle(v: Vec<f32>) {
+    let len = v.len();
+    if len < POOL_MIN_LEN {
+        return;
+    }
+    let mut p = pool().lock().unwrap_or_else(|e| e.into_inner());
+    if p.bytes + len * 4 > POOL_MAX_BYTES {
+        return;
+    }
+    p.bytes += len * 4;
+    p.by_len.entry(len).or_default().push(v);
+}
+
+/// A vector of `len` floats whose contents are unspecified: a recycled buffer of a dropped
+/// tensor when one of that length is pooled, zeros otherwise. For outputs the caller
+/// overwrites completely (GEMM with beta = 0, elementwise maps, row kernels).
+pub fn recycled_vec(len: usize) -> Vec<f32> {
+    if len >= POOL_MIN_LEN {
+        let mut p = pool().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut v) = p.by_len.get_mut(&len).and_then(|list| list.pop()) {
+            p.bytes -= len * 4;
+            drop(p);
+            if cfg!(debug_assertions) {
+                v.fill(f32::NAN);
+            }
+            return v;
+        }
+    }
+    vec![0.0; len]
+}
+
+/// Frees every pooled buffer (for memory measurements, or before a phase with other shapes).
+pub fn clear_recycled() {
+    let mut p = pool().lock().unwrap_or_else(|e| e.into_inner());
+    p.by_len.clear();
+    p.bytes = 0;
+}
+
+/// Bytes currently held by the recycling pool.
+pub fn recycled_bytes() -> usize {
+    pool().lock().unwrap_or_else(|e| e.into_inner()).bytes
 }

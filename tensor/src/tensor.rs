@@ -181,20 +181,44 @@ impl Tensor {
             return s.to_vec();
         }
         let src = self.storage.as_slice();
-        let mut out = Vec::with_capacity(self.numel());
-        let rank = self.rank();
-        if rank >= 2 && self.layout.strides[rank - 1] == 1 && self.numel() > 0 {
-            // Innermost axis contiguous (e.g. a head split / merge permute): copy whole runs.
-            let run = self.layout.shape[rank - 1];
-            let outer = Layout {
-                shape: self.layout.shape[..rank - 1].to_vec(),
-                strides: self.layout.strides[..rank - 1].to_vec(),
-                offset: self.layout.offset,
-            };
-            for_each_offset(&outer, |o| out.extend_from_slice(&src[o..o + run]));
-            return out;
+        let (rank, numel) = (self.rank(), self.numel());
+        if numel == 0 {
+            return Vec::new();
         }
-        for_each_offset(&self.layout, |o| out.push(src[o]));
+        if rank == 0 {
+            return vec![src[self.layout.offset]];
+        }
+        // Rows along the innermost axis, gathered in parallel blocks of rows; a head split /
+        // merge permute has a contiguous innermost axis (whole runs copied), a transpose a
+        // strided one.
+        let (run, inner_stride) = (self.layout.shape[rank - 1], self.layout.strides[rank - 1]);
+        let (outer_shape, outer_strides) = (&self.layout.shape[..rank - 1], &self.layout.strides[..rank - 1]);
+        let mut out = crate::storage::recycled_vec(numel);
+        kernels::parallel::for_each_row_block(&mut out, run, 32 * 1024, |start, block| {
+            let mut index = vec![0usize; rank - 1]; // odometer over the outer axes
+            let mut rest = start / run;
+            for d in (0..rank - 1).rev() {
+                index[d] = rest % outer_shape[d];
+                rest /= outer_shape[d];
+            }
+            for row in block.chunks_exact_mut(run) {
+                let base = self.layout.offset + index.iter().zip(outer_strides).map(|(i, s)| i * s).sum::<usize>();
+                if inner_stride == 1 {
+                    row.copy_from_slice(&src[base..base + run]);
+                } else {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = src[base + j * inner_stride];
+                    }
+                }
+                for d in (0..rank - 1).rev() {
+                    index[d] += 1;
+                    if index[d] < outer_shape[d] {
+                        break;
+                    }
+                    index[d] = 0;
+                }
+            }
+        });
         out
     }
 

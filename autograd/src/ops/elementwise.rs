@@ -132,12 +132,12 @@ pub fn tanh(x: &Var) -> Var {
 fn activation(x: &Var, name: &'static str, act: Activation) -> Var {
     let xv = x.value().contiguous();
     let xs = xv.as_contiguous_slice().expect("contiguous");
-    let mut y = vec![0.0f32; xs.len()];
+    let mut y = tensor::recycled_vec(xs.len()); // written in full by the kernel
     rows::activation_forward(act, xs, &mut y);
     let out = Tensor::from_vec(y, xv.shape()).expect("same shape");
     Var::from_fn(out, &[x], name, move |g, _| {
         let gc = g.contiguous();
-        let mut dx = vec![0.0f32; xv.numel()];
+        let mut dx = tensor::recycled_vec(xv.numel());
         rows::activation_backward(
             act,
             xv.as_contiguous_slice().expect("contiguous"),

@@ -25,7 +25,7 @@ pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
         });
     }
     let rows = xv.numel().checked_div(c).unwrap_or(0);
-    let mut y = vec![0.0f32; xv.numel()];
+    let mut y = tensor::recycled_vec(xv.numel()); // written in full by the kernel
     let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let (gs, bs) = (gv.as_contiguous_slice().expect("contiguous"), bv.as_contiguous_slice().expect("contiguous"));
@@ -33,7 +33,7 @@ pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
     let out = Tensor::from_vec(y, xv.shape())?;
     Ok(Var::from_fn(out, &[x, gamma, beta], "layer_norm", move |g, needs| {
         let gc = g.contiguous();
-        let mut dx = vec![0.0f32; xv.numel()];
+        let mut dx = tensor::recycled_vec(xv.numel());
         let mut dgamma = vec![0.0f32; c];
         let mut dbeta = vec![0.0f32; c];
         rows::layer_norm_backward(

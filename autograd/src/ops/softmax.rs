@@ -12,7 +12,7 @@ use crate::Var;
 fn rowwise(x: &Tensor, f: impl Fn(&[f32], &mut [f32], usize)) -> Tensor {
     let xc = x.contiguous();
     let cols = *x.shape().last().unwrap_or(&1);
-    let mut out = vec![0.0f32; x.numel()];
+    let mut out = tensor::recycled_vec(x.numel()); // the row kernels write every element
     f(xc.as_contiguous_slice().expect("contiguous"), &mut out, cols);
     Tensor::from_vec(out, x.shape()).expect("same shape")
 }
@@ -20,7 +20,7 @@ fn rowwise(x: &Tensor, f: impl Fn(&[f32], &mut [f32], usize)) -> Tensor {
 fn rowwise2(a: &Tensor, b: &Tensor, f: impl Fn(&[f32], &[f32], &mut [f32], usize)) -> Tensor {
     let (ac, bc) = (a.contiguous(), b.contiguous());
     let cols = *a.shape().last().unwrap_or(&1);
-    let mut out = vec![0.0f32; a.numel()];
+    let mut out = tensor::recycled_vec(a.numel());
     f(ac.as_contiguous_slice().expect("contiguous"), bc.as_contiguous_slice().expect("contiguous"), &mut out, cols);
     Tensor::from_vec(out, a.shape()).expect("same shape")
 }
