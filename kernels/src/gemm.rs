@@ -562,6 +562,7 @@ unsafe fn gemm_serial(
 }
 
 /// Packs A[mc, kc] (strided) into micro-panels: panel q holds rows q*MR.. as [kc][MR], zero-padded.
+#[allow(clippy::too_many_arguments)]
 unsafe fn pack_a(isa: Isa, mc: usize, kc: usize, mr: usize, a: *const f32, rs: usize, cs: usize, out: &mut [f32]) {
     for (q, ir) in (0..mc).step_by(mr).enumerate() {
         let rows = mr.min(mc - ir);
@@ -590,6 +591,7 @@ unsafe fn pack_a(isa: Isa, mc: usize, kc: usize, mr: usize, a: *const f32, rs: u
 }
 
 /// Packs B[kc, nc] (strided) into micro-panels: panel q holds columns q*NR.. as [kc][NR].
+#[allow(clippy::too_many_arguments)]
 unsafe fn pack_b(isa: Isa, kc: usize, nc: usize, nr: usize, b: *const f32, rs: usize, cs: usize, out: &mut [f32]) {
     for (q, jr) in (0..nc).step_by(nr).enumerate() {
         let cols = nr.min(nc - jr);
