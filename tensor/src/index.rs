@@ -113,6 +113,15 @@ impl Tensor {
     /// Adds the rows of `src` into a copy of `self` at `indices` along `axis` (repeated indices
     /// accumulate). The adjoint of [`Tensor::index_select`]: an embedding's gradient.
     pub fn index_add(&self, axis: usize, indices: &[usize], src: &Tensor) -> Result<Tensor> {
+        let mut out = self.contiguous();
+        out.index_add_in_place(axis, indices, src)?;
+        Ok(out)
+    }
+
+    /// [`Tensor::index_add`] into `self` (copied first only if its buffer is shared, mapped or
+    /// not contiguous). An embedding's gradient is built this way: a fresh zero table, then
+    /// one scatter-add, instead of a zero table and a copy of it.
+    pub fn index_add_in_place(&mut self, axis: usize, indices: &[usize], src: &Tensor) -> Result<()> {
         self.check_axis("index_add", axis)?;
         let mut want = self.shape().to_vec();
         want[axis] = indices.len();
@@ -123,22 +132,21 @@ impl Tensor {
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
             return Err(TensorError::Index { op: "index_add", index: bad, size: n });
         }
-        let mut out = self.contiguous();
         let src = src.contiguous();
         let s = src.as_contiguous_slice().expect("contiguous");
         let outer: usize = self.shape()[..axis].iter().product();
         let inner: usize = self.shape()[axis + 1..].iter().product();
-        let d = out.data_mut();
+        let d = self.data_mut();
         for o in 0..outer {
             for (k, &i) in indices.iter().enumerate() {
                 let dst = (o * n + i) * inner;
                 let from = (o * indices.len() + k) * inner;
-                for j in 0..inner {
-                    d[dst + j] += s[from + j];
+                for (a, &b) in d[dst..dst + inner].iter_mut().zip(&s[from..from + inner]) {
+                    *a += b;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Adds `src` into a copy of `self` at the positions `index` names along `axis`

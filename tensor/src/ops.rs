@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::layout::{broadcast_shapes, for_each_offset_pair};
 use crate::storage::recycled_vec;
 use crate::tensor::Tensor;
-use kernels::parallel::for_each_chunk;
+use kernels::parallel::{for_each_chunk, for_each_row_block};
 
 /// Elements per thread-chunk of an elementwise op: below about this, waking a second thread
 /// costs more than the loop.
@@ -63,13 +63,11 @@ impl Tensor {
             if let (Some(a), Some(b)) = (self.as_contiguous_slice(), other.as_contiguous_slice()) {
                 let n = b.len();
                 let mut data = recycled_vec(a.len());
-                for_each_chunk(&mut data, ELEMENTWISE_CHUNK, |start, o| {
-                    let mut col = start % n;
-                    for (o, &x) in o.iter_mut().zip(&a[start..]) {
-                        *o = f(x, b[col]);
-                        col += 1;
-                        if col == n {
-                            col = 0;
+                // whole rows per chunk, so each row is one straight (vectorisable) zip with b
+                for_each_row_block(&mut data, n, ELEMENTWISE_CHUNK, |start, o| {
+                    for (orow, arow) in o.chunks_exact_mut(n).zip(a[start..].chunks_exact(n)) {
+                        for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b) {
+                            *o = f(x, y);
                         }
                     }
                 });

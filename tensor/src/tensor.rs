@@ -66,7 +66,9 @@ impl Tensor {
 
     pub fn full(shape: &[usize], value: f32) -> Tensor {
         let n = shape.iter().product();
-        Tensor::from_contiguous(vec![value; n], shape)
+        let mut data = crate::storage::recycled_vec(n);
+        kernels::parallel::for_each_chunk(&mut data, 64 * 1024, |_, o| o.fill(value));
+        Tensor::from_contiguous(data, shape)
     }
 
     pub fn zeros(shape: &[usize]) -> Tensor {
@@ -178,7 +180,11 @@ impl Tensor {
     /// All elements in row-major order (copied).
     pub fn to_vec(&self) -> Vec<f32> {
         if let Some(s) = self.as_contiguous_slice() {
-            return s.to_vec();
+            let mut out = crate::storage::recycled_vec(s.len());
+            kernels::parallel::for_each_chunk(&mut out, 64 * 1024, |start, o| {
+                o.copy_from_slice(&s[start..start + o.len()])
+            });
+            return out;
         }
         let src = self.storage.as_slice();
         let (rank, numel) = (self.rank(), self.numel());

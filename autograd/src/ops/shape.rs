@@ -103,7 +103,9 @@ pub fn index_select(table: &Var, axis: usize, indices: &[usize]) -> Result<Var> 
     let shape = tv.shape().to_vec();
     let indices = indices.to_vec();
     Ok(Var::from_fn(out, &[table], "index_select", move |g, _| {
-        Ok(vec![Some(Tensor::zeros(&shape).index_add(axis, &indices, g)?)])
+        let mut grad = Tensor::zeros(&shape); // uniquely owned: the scatter-add writes in place
+        grad.index_add_in_place(axis, &indices, g)?;
+        Ok(vec![Some(grad)])
     }))
 }
 
