@@ -154,11 +154,26 @@ fn small_efficientnet_training_loss_and_gradients_match_pytorch() {
     let loss = autograd::ops::softmax::cross_entropy(&logits, &targets, 0.1).unwrap();
     Tolerance::new(1e-5, 0.0).assert("loss", &[loss.value().item().unwrap()], &fx.tensor("loss").unwrap().to_vec());
     loss.backward().unwrap();
+    // Each gradient within 1e-4 of its own tensor's scale. Some are zero in exact arithmetic
+    // (the bias of a BN whose output feeds a 1x1 conv and another training-mode BN: a constant
+    // shift per channel is normalised away); the float64 reference holds ~1e-17 there and
+    // float32 a cancelling sum over batch x pixels, rounding noise of order 1e-8. Those are
+    // judged at 1e-4 of the largest gradient in the model instead of at 1e-4 of nothing.
     let tol = Tolerance::scaled(1e-4, 1e-8);
+    let wants: Vec<(String, Vec<f32>)> = model
+        .named_parameters()
+        .iter()
+        .map(|(n, _)| (n.clone(), fx.tensor(&format!("grad.{n}")).unwrap().to_vec()))
+        .collect();
+    let largest = wants.iter().flat_map(|(_, w)| w.iter()).fold(0.0f32, |m, v| m.max(v.abs())) as f64;
     let mut checked = 0;
-    for (name, p) in model.named_parameters() {
-        let want = fx.tensor(&format!("grad.{name}")).unwrap();
-        tol.assert(&format!("grad.{name}"), &p.grad().unwrap().to_vec(), &want.to_vec());
+    for ((name, p), (_, want)) in model.named_parameters().iter().zip(&wants) {
+        let got = p.grad().unwrap().to_vec();
+        if want.iter().all(|v| v.abs() < 1e-12) {
+            Tolerance::new(0.0, 1e-4 * largest).assert(&format!("grad.{name} (zero)"), &got, want);
+        } else {
+            tol.assert(&format!("grad.{name}"), &got, want);
+        }
         checked += 1;
     }
     assert_eq!(checked, sd.len());

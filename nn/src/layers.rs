@@ -6,7 +6,11 @@
 //! view (no copy), so Hugging Face checkpoints load as they are. Conv weights use our NHWC-friendly
 //! layouts, (KH, KW, C_in, C_out) and (KH, KW, C); loaders transpose PyTorch's OIHW once.
 
-use autograd::ops::{conv as cv, dropout, elementwise as ew, matmul::matmul, norm, shape, softmax};
+use autograd::ops::{
+    conv as cv, dropout, elementwise as ew,
+    matmul::{linear, matmul},
+    norm, shape, softmax,
+};
 use autograd::{no_grad, Var};
 use kernels::Padding;
 use tensor::{Result, Rng, Tensor, TensorError};
@@ -46,11 +50,7 @@ impl Linear {
             *s.last().ok_or_else(|| TensorError::Shape { op: "linear", msg: "input has no axes".into() })?;
         let rows: usize = s[..s.len() - 1].iter().product();
         let flat = if s.len() == 2 { x.clone() } else { shape::reshape(x, &[rows, in_features])? };
-        let y = matmul(&flat, &shape::transpose(&self.weight, 0, 1)?)?;
-        let y = match &self.bias {
-            Some(b) => ew::add(&y, b)?,
-            None => y,
-        };
+        let y = linear(&flat, &self.weight, self.bias.as_ref())?;
         if s.len() == 2 {
             return Ok(y);
         }

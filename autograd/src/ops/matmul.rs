@@ -1,8 +1,14 @@
 //! Matrix products (batched, batch axes broadcast) and their gradients:
 //! for C = A B, dA = dC B^T and dB = A^T dC, each summed back over broadcast batch axes.
 //! Transposes are views: the GEMM reads them through strides.
+//!
+//! [`linear`] is the fully-connected layer as one op, y = x W^T + b with W stored (out, in) as
+//! PyTorch stores it: the bias is the GEMM's initial C (beta = 1), so there is no separate add
+//! pass over the output, and dW = dy^T x comes out in W's own layout instead of as the
+//! transpose of x^T dy (which a later copy would have to gather with a stride).
 
-use tensor::Result;
+use kernels::gemm::{sgemm, GemmStrides};
+use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
 use crate::Var;
@@ -18,6 +24,72 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
             maybe(needs[0], || g.matmul(&keep_b.as_ref().expect("saved").t()?)?.sum_to_shape(&sa))?,
             maybe(needs[1], || keep_a.as_ref().expect("saved").t()?.matmul(g)?.sum_to_shape(&sb))?,
         ])
+    }))
+}
+
+/// y = x W^T + b for x (rows, in), W (out, in), b (out); y is (rows, out).
+pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    let (xv, wv) = (x.value().contiguous(), w.value().contiguous());
+    let (xs, ws) = (xv.shape(), wv.shape());
+    let bad = |msg: String| TensorError::Shape { op: "linear", msg };
+    if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
+        return Err(bad(format!("input {xs:?} and weight {ws:?} must be (rows, in) and (out, in)")));
+    }
+    let (rows, inp, out) = (xs[0], xs[1], ws[0]);
+    let bv = match b {
+        Some(b) if b.shape() != [out] => return Err(bad(format!("bias {:?} must be [{out}]", b.shape()))),
+        Some(b) => Some(b.value().contiguous()),
+        None => None,
+    };
+    let (xd, wd) = (xv.as_contiguous_slice().expect("contiguous"), wv.as_contiguous_slice().expect("contiguous"));
+    // (rows, out): every element is written by the GEMM (beta = 0) or starts as the bias
+    let mut y = tensor::recycled_vec(rows * out);
+    let beta = match &bv {
+        Some(bias) => {
+            let bias = bias.as_contiguous_slice().expect("contiguous");
+            kernels::parallel::for_each_row_block(&mut y, out.max(1), 64 * 1024, |_, block| {
+                for row in block.chunks_exact_mut(out.max(1)) {
+                    row.copy_from_slice(bias);
+                }
+            });
+            1.0
+        }
+        None => 0.0,
+    };
+    // B = W^T: element (k, j) is W[j, k]
+    let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
+    sgemm(rows, inp, out, 1.0, xd, wd, beta, &mut y, s);
+    let y = Tensor::from_vec(y, &[rows, out])?;
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    let keep_x = w.requires_grad().then(|| xv.clone());
+    let keep_w = x.requires_grad().then(|| wv.clone());
+    Ok(Var::from_fn(y, &inputs, "linear", move |g, needs| {
+        let g = g.contiguous();
+        let gd = g.as_contiguous_slice().expect("contiguous");
+        let mut grads = vec![
+            // dx = dy W: (rows, out) x (out, in)
+            maybe(needs[0], || {
+                let w = keep_w.as_ref().expect("saved");
+                let mut dx = tensor::recycled_vec(rows * inp);
+                let s = GemmStrides { a_row: out, a_col: 1, b_row: inp, b_col: 1, c_row: inp, c_col: 1 };
+                sgemm(rows, out, inp, 1.0, gd, w.as_contiguous_slice().expect("contiguous"), 0.0, &mut dx, s);
+                Tensor::from_vec(dx, &[rows, inp])
+            })?,
+            // dW = dy^T x: (out, rows) x (rows, in), in W's layout
+            maybe(needs[1], || {
+                let x = keep_x.as_ref().expect("saved");
+                let mut dw = tensor::recycled_vec(out * inp);
+                let s = GemmStrides { a_row: 1, a_col: out, b_row: inp, b_col: 1, c_row: inp, c_col: 1 };
+                sgemm(out, rows, inp, 1.0, gd, x.as_contiguous_slice().expect("contiguous"), 0.0, &mut dw, s);
+                Tensor::from_vec(dw, &[out, inp])
+            })?,
+        ];
+        if needs.len() > 2 {
+            // db = column sums of dy
+            grads.push(maybe(needs[2], || g.sum(&[0], false))?);
+        }
+        Ok(grads)
     }))
 }
 
@@ -40,5 +112,23 @@ mod tests {
         let a = Tensor::rand_uniform(&[2, 1, 3, 4], -1.0, 1.0, 4);
         let b = Tensor::rand_uniform(&[3, 4, 2], -1.0, 1.0, 5);
         check_gradients(&[a, b], |v| matmul(&v[0], &v[1]), &o).unwrap();
+    }
+
+    #[test]
+    fn linear_matches_matmul_plus_bias_and_passes_gradcheck() {
+        let o = GradcheckOptions::default();
+        let x = Tensor::rand_uniform(&[5, 3], -1.0, 1.0, 6);
+        let w = Tensor::rand_uniform(&[4, 3], -1.0, 1.0, 7);
+        let b = Tensor::rand_uniform(&[4], -1.0, 1.0, 8);
+        check_gradients(&[x.clone(), w.clone(), b.clone()], |v| linear(&v[0], &v[1], Some(&v[2])), &o).unwrap();
+        check_gradients(&[x.clone(), w.clone()], |v| linear(&v[0], &v[1], None), &o).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap().add(&b).unwrap();
+        let got =
+            linear(&Var::constant(x.clone()), &Var::constant(w.clone()), Some(&Var::constant(b))).unwrap().value();
+        tensor::Tolerance::new(1e-6, 1e-6).assert("linear", &got.to_vec(), &want.to_vec());
+        // shape errors, not panics
+        assert!(linear(&Var::constant(x.clone()), &Var::constant(Tensor::zeros(&[4, 2])), None).is_err());
+        let bad_bias = Var::constant(Tensor::zeros(&[3]));
+        assert!(linear(&Var::constant(x), &Var::constant(w), Some(&bad_bias)).is_err());
     }
 }
