@@ -820,48 +820,162 @@ mod dw_generic {
         (o < out).then_some(o)
     }
 
-    /// Input gradient for one image, gathered per input pixel (overwrites dx).
+    /// Input gradient for one image, gathered per input pixel (overwrites dx). At stride 1,
+    /// runs of PIXELS neighbouring input pixels whose taps all land inside dy are computed
+    /// together, as in the forward (same tap order per element, so the same results).
     #[inline(always)]
     pub unsafe fn backward_input_image<V: F32Vec>(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+        for ih in 0..g.in_h {
+            let mut iw = 0;
+            while iw < g.in_w {
+                let interior = g.stride_w == 1
+                    && iw + PIXELS <= g.in_w
+                    && out_index(iw, g.k_w - 1, g.pad_left, 1, g.out_w).is_some()
+                    && out_index(iw + PIXELS - 1, 0, g.pad_left, 1, g.out_w).is_some();
+                if !interior {
+                    backward_input_pixel::<V>(dy, w, dx, g, ih, iw, 0);
+                    iw += 1;
+                    continue;
+                }
+                let mut cb = 0;
+                while cb + 2 * V::LANES <= g.c_in {
+                    backward_input_run::<V, 2>(dy, w, dx, g, ih, iw, cb);
+                    cb += 2 * V::LANES;
+                }
+                if cb + V::LANES <= g.c_in {
+                    backward_input_run::<V, 1>(dy, w, dx, g, ih, iw, cb);
+                    cb += V::LANES;
+                }
+                if cb < g.c_in {
+                    for p in 0..PIXELS {
+                        backward_input_pixel::<V>(dy, w, dx, g, ih, iw + p, cb);
+                    }
+                }
+                iw += PIXELS;
+            }
+        }
+    }
+
+    /// PIXELS input pixels (ih, iw..iw + PIXELS) at stride 1, channels cb..cb + VECS * LANES.
+    #[inline(always)]
+    unsafe fn backward_input_run<V: F32Vec, const VECS: usize>(
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        g: &ConvGeometry,
+        ih: usize,
+        iw: usize,
+        cb: usize,
+    ) {
         let c = g.c_in;
         let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
-        for ih in 0..g.in_h {
-            for iw in 0..g.in_w {
-                let xo = (ih * g.in_w + iw) * c;
-                let mut cb = 0;
-                while cb < c {
-                    let width = (c - cb).min(4 * V::LANES);
-                    let vecs = width / V::LANES;
-                    if vecs == 0 {
-                        for ch in cb..c {
-                            let mut acc = 0.0f32;
-                            for kh in 0..g.k_h {
-                                let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
-                                for kw in 0..g.k_w {
-                                    let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
-                                    acc += *gp.add((oh * g.out_w + ow) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
-                                }
-                            }
-                            *dp.add(xo + ch) = acc;
-                        }
-                        break;
+        let mut acc = [[V::splat(0.0); VECS]; PIXELS];
+        for kh in 0..g.k_h {
+            let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+            let row = gp.add(oh * g.out_w * c + cb);
+            for kw in 0..g.k_w {
+                let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                let wv: [V; VECS] = std::array::from_fn(|j| V::load(wb.add(j * V::LANES)));
+                let ow0 = iw + g.pad_left - kw; // output column this tap reads for the first pixel
+                for (p, acc_p) in acc.iter_mut().enumerate() {
+                    let gb = row.add((ow0 + p) * c);
+                    for j in 0..VECS {
+                        acc_p[j] = V::load(gb.add(j * V::LANES)).mul_add(wv[j], acc_p[j]);
                     }
-                    let mut acc = [V::splat(0.0); 4];
+                }
+            }
+        }
+        for (p, acc_p) in acc.iter().enumerate() {
+            let xo = (ih * g.in_w + iw + p) * c + cb;
+            for (j, a) in acc_p.iter().enumerate() {
+                a.store(dp.add(xo + j * V::LANES));
+            }
+        }
+    }
+
+    /// One input pixel's gradient, channels from `c_start` on.
+    #[inline(always)]
+    unsafe fn backward_input_pixel<V: F32Vec>(
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        g: &ConvGeometry,
+        ih: usize,
+        iw: usize,
+        c_start: usize,
+    ) {
+        let c = g.c_in;
+        let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
+        let xo = (ih * g.in_w + iw) * c;
+        let mut cb = c_start;
+        while cb < c {
+            let width = (c - cb).min(4 * V::LANES);
+            let vecs = width / V::LANES;
+            if vecs == 0 {
+                for ch in cb..c {
+                    let mut acc = 0.0f32;
                     for kh in 0..g.k_h {
                         let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
                         for kw in 0..g.k_w {
                             let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
-                            let gb = gp.add((oh * g.out_w + ow) * c + cb);
-                            let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                            for (j, a) in acc.iter_mut().enumerate().take(vecs) {
-                                *a = V::load(gb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
-                            }
+                            acc += *gp.add((oh * g.out_w + ow) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
                         }
                     }
-                    for (j, a) in acc.iter().enumerate().take(vecs) {
-                        a.store(dp.add(xo + cb + j * V::LANES));
+                    *dp.add(xo + ch) = acc;
+                }
+                break;
+            }
+            let mut acc = [V::splat(0.0); 4];
+            for kh in 0..g.k_h {
+                let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+                for kw in 0..g.k_w {
+                    let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
+                    let gb = gp.add((oh * g.out_w + ow) * c + cb);
+                    let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                    for (j, a) in acc.iter_mut().enumerate().take(vecs) {
+                        *a = V::load(gb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
                     }
-                    cb += vecs * V::LANES;
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(vecs) {
+                a.store(dp.add(xo + cb + j * V::LANES));
+            }
+            cb += vecs * V::LANES;
+        }
+    }
+
+    /// One pass of the depthwise weight gradient over the image for channels
+    /// cb..cb + VECS * LANES: every kernel row's KW taps accumulate in registers.
+    #[inline(always)]
+    unsafe fn weight_pass<V: F32Vec, const VECS: usize>(
+        xp: *const f32,
+        gp: *const f32,
+        dp: *mut f32,
+        g: &ConvGeometry,
+        cb: usize,
+    ) {
+        const MAX_KW: usize = 8;
+        let c = g.c_in;
+        for kh in 0..g.k_h {
+            let mut acc = [[V::splat(0.0); VECS]; MAX_KW];
+            for oh in 0..g.out_h {
+                let Some(ih) = g.input_row(oh, kh) else { continue };
+                for ow in 0..g.out_w {
+                    let gb = gp.add((oh * g.out_w + ow) * c + cb);
+                    let gv: [V; VECS] = std::array::from_fn(|j| V::load(gb.add(j * V::LANES)));
+                    for (kw, a) in acc.iter_mut().enumerate().take(g.k_w) {
+                        let Some(iw) = g.input_col(ow, kw) else { continue };
+                        let xb = xp.add((ih * g.in_w + iw) * c + cb);
+                        for j in 0..VECS {
+                            a[j] = V::load(xb.add(j * V::LANES)).mul_add(gv[j], a[j]);
+                        }
+                    }
+                }
+            }
+            for (kw, a) in acc.iter().enumerate().take(g.k_w) {
+                let d = dp.add((kh * g.k_w + kw) * c + cb);
+                for (j, v) in a.iter().enumerate() {
+                    V::load(d.add(j * V::LANES)).add(*v).store(d.add(j * V::LANES));
                 }
             }
         }
@@ -876,26 +990,15 @@ mod dw_generic {
         let (xp, gp, dp) = (x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
         let full = c / V::LANES * V::LANES;
         if g.k_w <= MAX_KW {
+            // two vectors of channels per pass over the image where they fit: half the passes
+            // over x and dy (which live in L2), 2 x KW accumulators
             let mut cb = 0;
-            while cb < full {
-                for kh in 0..g.k_h {
-                    let mut acc = [V::splat(0.0); MAX_KW];
-                    for oh in 0..g.out_h {
-                        let Some(ih) = g.input_row(oh, kh) else { continue };
-                        for ow in 0..g.out_w {
-                            let gv = V::load(gp.add((oh * g.out_w + ow) * c + cb));
-                            for (kw, a) in acc.iter_mut().enumerate().take(g.k_w) {
-                                let Some(iw) = g.input_col(ow, kw) else { continue };
-                                *a = V::load(xp.add((ih * g.in_w + iw) * c + cb)).mul_add(gv, *a);
-                            }
-                        }
-                    }
-                    for (kw, a) in acc.iter().enumerate().take(g.k_w) {
-                        let d = dp.add((kh * g.k_w + kw) * c + cb);
-                        V::load(d).add(*a).store(d);
-                    }
-                }
-                cb += V::LANES;
+            while cb + 2 * V::LANES <= full {
+                weight_pass::<V, 2>(xp, gp, dp, g, cb);
+                cb += 2 * V::LANES;
+            }
+            if cb < full {
+                weight_pass::<V, 1>(xp, gp, dp, g, cb);
             }
         }
         let start = if g.k_w <= MAX_KW { full } else { 0 };
