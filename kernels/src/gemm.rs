@@ -339,6 +339,28 @@ fn micro_kernel(isa: Isa) -> MicroKernel {
     }
 }
 
+/// An edge-tile micro-kernel: like [`MicroKernel`] but touching only the first `rows` x `cols`
+/// of the C tile. Paths without one compute edge tiles into a scratch tile and merge.
+type EdgeKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    alpha: f32,
+    beta: f32,
+    rows: usize,
+    cols: usize,
+);
+
+fn edge_micro_kernel(isa: Isa) -> Option<EdgeKernel> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(x86::kernel_avx512_12x32_edge),
+        _ => None,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_raw(
     isa: Isa,
@@ -450,6 +472,7 @@ unsafe fn gemm_serial(
     s: GemmStrides,
 ) {
     let kernel = micro_kernel(isa);
+    let edge_kernel = edge_micro_kernel(isa);
     let (mr, nr) = (bl.mr, bl.nr);
     PACK_A.with(|pa| {
         PACK_B.with(|pb| {
@@ -475,6 +498,8 @@ unsafe fn gemm_serial(
                 let c_tile = c.add(row * s.c_row + col * s.c_col);
                 if mr_eff == mr && nr_eff == nr && s.c_col == 1 {
                     kernel(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block);
+                } else if let (Some(edge), 1) = (edge_kernel, s.c_col) {
+                    edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block, mr_eff, nr_eff);
                 } else {
                     // Edge or strided tile: compute into a scratch tile, then merge.
                     kernel(kc, a_panel, b_panel, tile.as_mut_ptr(), nr, 1.0, 0.0);
@@ -756,7 +781,6 @@ mod x86 {
     /// How many k-steps ahead the AVX-512 kernel prefetches its B stream.
     const PREFETCH_STEPS: usize = 8;
 
-    /// AVX2+FMA 6x16 micro-kernel: 12 ymm accumulators, 2 B loads and 6 broadcasts per k step.
     /// [`super::pack_transposed`] with register transposes: rows in groups of 8 (8 x 8 blocks
     /// of __m256) then 4 (4 x 8 as two 4 x 4 __m128 transposes), k in steps of 8; leftover rows
     /// and k steps element by element.
@@ -854,6 +878,7 @@ mod x86 {
         }
     }
 
+    /// AVX2+FMA 6x16 micro-kernel: 12 ymm accumulators, 2 B loads and 6 broadcasts per k step.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn kernel_avx2_6x16(
         kc: usize,
@@ -902,9 +927,45 @@ mod x86 {
         alpha: f32,
         beta: f32,
     ) {
+        kernel_avx512(kc, a, b, c, rsc, alpha, beta, 12, 32)
+    }
+
+    /// The 12x32 kernel for an edge tile: only rows < `rows` and columns < `cols` of C are
+    /// read or written (masked loads and stores), so edge tiles need no scratch tile and no
+    /// scalar merge. (A 1x1 convolution to 24 channels is all edge tiles: the merge used to
+    /// cost about three times the tile's arithmetic.)
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_avx512_12x32_edge(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        alpha: f32,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        kernel_avx512(kc, a, b, c, rsc, alpha, beta, rows, cols)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_avx512(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        alpha: f32,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; 12];
         // The C tile is read (beta != 0) and written at the end: start fetching it now.
-        for r in 0..12 {
+        for r in 0..rows {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc + 16) as *const i8);
         }
@@ -937,14 +998,26 @@ mod x86 {
         }
         let alpha_v = _mm512_set1_ps(alpha);
         let beta_v = _mm512_set1_ps(beta);
-        for (r, row) in acc.iter().enumerate() {
+        // lanes of each 16-wide half that belong to C
+        let masks: [__mmask16; 2] = [
+            if cols >= 16 { 0xFFFF } else { ((1u32 << cols) - 1) as __mmask16 },
+            if cols >= 32 { 0xFFFF } else { ((1u32 << cols.saturating_sub(16)) - 1) as __mmask16 },
+        ];
+        for (r, row) in acc.iter().enumerate().take(rows) {
             let cp = c.add(r * rsc);
             for (h, &v) in row.iter().enumerate() {
                 let mut out = _mm512_mul_ps(v, alpha_v);
-                if beta != 0.0 {
-                    out = _mm512_fmadd_ps(_mm512_loadu_ps(cp.add(16 * h)), beta_v, out);
+                if cols == 32 {
+                    if beta != 0.0 {
+                        out = _mm512_fmadd_ps(_mm512_loadu_ps(cp.add(16 * h)), beta_v, out);
+                    }
+                    _mm512_storeu_ps(cp.add(16 * h), out);
+                } else if masks[h] != 0 {
+                    if beta != 0.0 {
+                        out = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(masks[h], cp.add(16 * h)), beta_v, out);
+                    }
+                    _mm512_mask_storeu_ps(cp.add(16 * h), masks[h], out);
                 }
-                _mm512_storeu_ps(cp.add(16 * h), out);
             }
         }
     }
