@@ -13,6 +13,12 @@ pub trait F32Vec: Copy {
     unsafe fn splat(v: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
     unsafe fn store(self, p: *mut f32);
+    /// A store that bypasses the caches (non-temporal) when `p` is aligned to the vector
+    /// width, a plain store otherwise. For outputs much larger than the caches it saves the
+    /// read-for-ownership of every line written.
+    unsafe fn store_stream(self, p: *mut f32) {
+        self.store(p)
+    }
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
@@ -61,6 +67,14 @@ pub mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_stream(self, p: *mut f32) {
+            if (p as usize).is_multiple_of(32) {
+                _mm256_stream_ps(p, self.0)
+            } else {
+                _mm256_storeu_ps(p, self.0)
+            }
         }
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
@@ -149,6 +163,14 @@ pub mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_stream(self, p: *mut f32) {
+            if (p as usize).is_multiple_of(64) {
+                _mm512_stream_ps(p, self.0)
+            } else {
+                _mm512_storeu_ps(p, self.0)
+            }
         }
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
