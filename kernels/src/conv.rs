@@ -740,7 +740,10 @@ mod dw_generic {
             let row = xp.add(ih * g.in_w * c + cb);
             for kw in 0..g.k_w {
                 let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                let wv: [V; VECS] = std::array::from_fn(|j| V::load(wb.add(j * V::LANES)));
+                let mut wv = [V::splat(0.0); VECS];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = V::load(wb.add(j * V::LANES));
+                }
                 for (p, acc_p) in acc.iter_mut().enumerate() {
                     let xb = row.add((iw0 + p * g.stride_w + kw) * c);
                     for j in 0..VECS {
@@ -875,7 +878,10 @@ mod dw_generic {
             let row = gp.add(oh * g.out_w * c + cb);
             for kw in 0..g.k_w {
                 let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                let wv: [V; VECS] = std::array::from_fn(|j| V::load(wb.add(j * V::LANES)));
+                let mut wv = [V::splat(0.0); VECS];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = V::load(wb.add(j * V::LANES));
+                }
                 let ow0 = iw + g.pad_left - kw; // output column this tap reads for the first pixel
                 for (p, acc_p) in acc.iter_mut().enumerate() {
                     let gb = row.add((ow0 + p) * c);
@@ -962,7 +968,10 @@ mod dw_generic {
                 let Some(ih) = g.input_row(oh, kh) else { continue };
                 for ow in 0..g.out_w {
                     let gb = gp.add((oh * g.out_w + ow) * c + cb);
-                    let gv: [V; VECS] = std::array::from_fn(|j| V::load(gb.add(j * V::LANES)));
+                    let mut gv = [V::splat(0.0); VECS];
+                    for (j, v) in gv.iter_mut().enumerate() {
+                        *v = V::load(gb.add(j * V::LANES));
+                    }
                     for (kw, a) in acc.iter_mut().enumerate().take(g.k_w) {
                         let Some(iw) = g.input_col(ow, kw) else { continue };
                         let xb = xp.add((ih * g.in_w + iw) * c + cb);

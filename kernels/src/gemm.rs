@@ -799,7 +799,10 @@ mod x86 {
         while r0 + 8 <= rows {
             let row = |i: usize| src.add((r0 + i) * stride);
             for p in (0..k8).step_by(8) {
-                let x: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(row(i).add(p)));
+                let mut x = [_mm256_setzero_ps(); 8];
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(row(i).add(p));
+                }
                 let t0 = _mm256_unpacklo_ps(x[0], x[1]);
                 let t1 = _mm256_unpackhi_ps(x[0], x[1]);
                 let t2 = _mm256_unpacklo_ps(x[2], x[3]);
@@ -836,15 +839,15 @@ mod x86 {
         while r0 + 4 <= rows {
             let row = |i: usize| src.add((r0 + i) * stride);
             for p in (0..k8).step_by(8) {
-                let x: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(row(i).add(p)));
+                let mut x = [_mm256_setzero_ps(); 4];
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(row(i).add(p));
+                }
                 for half in 0..2 {
-                    let h: [__m128; 4] = std::array::from_fn(|i| {
-                        if half == 0 {
-                            _mm256_castps256_ps128(x[i])
-                        } else {
-                            _mm256_extractf128_ps::<1>(x[i])
-                        }
-                    });
+                    let mut h = [_mm_setzero_ps(); 4];
+                    for (hv, &xv) in h.iter_mut().zip(&x) {
+                        *hv = if half == 0 { _mm256_castps256_ps128(xv) } else { _mm256_extractf128_ps::<1>(xv) };
+                    }
                     let t0 = _mm_unpacklo_ps(h[0], h[1]);
                     let t1 = _mm_unpacklo_ps(h[2], h[3]);
                     let t2 = _mm_unpackhi_ps(h[0], h[1]);

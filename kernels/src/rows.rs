@@ -602,7 +602,14 @@ mod generic {
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
         let mut i = 0;
         while i + 4 * w <= n {
-            let r: [V; 4] = std::array::from_fn(|j| activation_vec::<V>(act, GRAD, V::load(xp.add(i + j * w))));
+            // (spelled out, not std::array::from_fn: its closure would be compiled without
+            // the caller's target features and call every intrinsic out of line)
+            let r = [
+                activation_vec::<V>(act, GRAD, V::load(xp.add(i))),
+                activation_vec::<V>(act, GRAD, V::load(xp.add(i + w))),
+                activation_vec::<V>(act, GRAD, V::load(xp.add(i + 2 * w))),
+                activation_vec::<V>(act, GRAD, V::load(xp.add(i + 3 * w))),
+            ];
             for (j, mut v) in r.into_iter().enumerate() {
                 if let Some(g) = dy {
                     v = v.mul(V::load(g.as_ptr().add(i + j * w)));
