@@ -2,14 +2,16 @@
 //! `model.safetensors` files load as they are (with or without the `bert.` prefix).
 //!
 //! Post-LN encoder layers: x = LN(x + Attn(x)); x = LN(x + FFN(x)), FFN = Linear -> GELU ->
-//! Linear. Attention uses the fused scaled, masked softmax. The ALIGN text tower takes the final
+//! Linear. Q, K and V come from one fused projection GEMM and attention is one op
+//! (`autograd::ops::attention`: scores, masked softmax, dropout and the weighted sum per head,
+//! with no head-split copies). The ALIGN text tower takes the final
 //! hidden state of [CLS] (not the tanh pooler) through one Linear layer to the embedding width.
 //! Compare candle-transformers' `bert.rs` for another compact take with the same names.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use autograd::ops::{elementwise as ew, matmul::matmul, reduce, shape, softmax};
+use autograd::ops::{attention, elementwise as ew, matmul::linear, reduce, shape};
 use autograd::Var;
 use nn::layers::{Dropout, Embedding, LayerNorm, Linear};
 use nn::module::join;
@@ -171,6 +173,22 @@ pub struct BertLayer {
     pub output_norm: LayerNorm,
 }
 
+impl BertLayer {
+    /// x (rows, H) -> [x Wq^T + bq | x Wk^T + bk | x Wv^T + bv] (rows, 3H) in one GEMM.
+    pub fn qkv_projection(&self, x: &Var) -> Result<Var> {
+        let weight = shape::concat(&[&self.query.weight, &self.key.weight, &self.value.weight], 0)?;
+        match (&self.query.bias, &self.key.bias, &self.value.bias) {
+            (Some(q), Some(k), Some(v)) => linear(x, &weight, Some(&shape::concat(&[q, k, v], 0)?)),
+            (None, None, None) => linear(x, &weight, None),
+            // mixed biases (no checkpoint we know has them): three projections side by side
+            _ => {
+                let parts = [self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?];
+                shape::concat(&[&parts[0], &parts[1], &parts[2]], 1)
+            }
+        }
+    }
+}
+
 pub struct Bert {
     pub config: BertConfig,
     pub embeddings: BertEmbeddings,
@@ -224,20 +242,17 @@ impl Bert {
         let x = ew::add(&ew::add(&words, &pos)?, &types)?;
         let mut x = e.dropout.forward(&e.layer_norm.forward(&x)?, ctx)?;
         let heads = self.config.num_heads;
-        let dh = h / heads;
         let dropout = Dropout { p: self.config.hidden_dropout };
-        let attn_dropout = Dropout { p: self.config.attention_dropout };
         for layer in &self.layers {
-            // (B, T, H) -> (B, heads, T, dh)
-            let split =
-                |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, heads, dh])?, &[0, 2, 1, 3]) };
-            let q = split(layer.query.forward(&x)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
-            let scores = matmul(&q, &shape::transpose(&k, 2, 3)?)?; // (B, heads, T, T)
-            let probs = softmax::attention_softmax(&scores, 1.0 / (dh as f32).sqrt(), Some(&tokens.mask))?;
-            let probs = attn_dropout.forward(&probs, ctx)?;
-            let context = shape::reshape(&shape::permute(&matmul(&probs, &v)?, &[0, 2, 1, 3])?, &[b, t, h])?;
+            // One projection GEMM for Q, K and V: x (B*T, H) times [Wq; Wk; Wv]^T (3H, H).
+            // Concatenating the weights costs 3H*H copies per step and saves two passes over
+            // x, two GEMM launches and, in the backward, two (B*T, H) gradient sums.
+            let qkv = layer.qkv_projection(&shape::reshape(&x, &[b * t, h])?)?;
+            let qkv = shape::reshape(&qkv, &[b, t, 3 * h])?;
+            // (B, T, 3H) -> (B, T, H): every head's softmax(Q K^T / sqrt(dh) + mask) V
+            let attn_drop = (ctx.training && self.config.attention_dropout > 0.0)
+                .then_some((self.config.attention_dropout, &mut ctx.rng));
+            let context = attention::self_attention(&qkv, heads, Some(&tokens.mask), attn_drop)?;
             let attn = dropout.forward(&layer.attention_output.forward(&context)?, ctx)?;
             x = layer.attention_norm.forward(&ew::add(&x, &attn)?)?;
             let inter = layer.intermediate.forward(&x)?;

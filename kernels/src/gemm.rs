@@ -89,6 +89,25 @@ pub fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], b: &[f32], bet
     sgemm_with(Isa::best(), parallel::num_threads(), m, k, n, alpha, a, b, beta, c, s)
 }
 
+/// [`sgemm`] plus a bias row: C = alpha * op(A) op(B) + beta * C + bias, `bias[j]` added to every
+/// row of column j, in the GEMM's own store (a linear layer's output needs no separate pass to
+/// lay down the bias first).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_bias(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+    bias: &[f32],
+) {
+    sgemm_bias_with(Isa::best(), parallel::num_threads(), m, k, n, alpha, a, b, beta, c, s, Some(bias))
+}
+
 /// [`sgemm`] on a chosen instruction set (capped to what the CPU has) and thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_with(
@@ -104,15 +123,38 @@ pub fn sgemm_with(
     c: &mut [f32],
     s: GemmStrides,
 ) {
+    sgemm_bias_with(isa, threads, m, k, n, alpha, a, b, beta, c, s, None)
+}
+
+/// [`sgemm_bias`] (or, with `bias: None`, [`sgemm`]) on a chosen instruction set and thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_bias_with(
+    isa: Isa,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+    bias: Option<&[f32]>,
+) {
     assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
     assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
     assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+    assert!(bias.is_none_or(|v| v.len() >= n), "sgemm: bias shorter than N");
     if m == 0 || n == 0 {
         return;
     }
     let isa = isa.supported();
+    let bias = bias.map_or(std::ptr::null(), |v| v.as_ptr());
     // SAFETY: bounds were checked above; the raw-pointer routines stay inside those extents.
-    unsafe { sgemm_raw(isa, threads.max(1), m, k, n, alpha, a.as_ptr(), b.as_ptr(), beta, c.as_mut_ptr(), s) }
+    unsafe {
+        sgemm_raw_bias(isa, threads.max(1), m, k, n, alpha, a.as_ptr(), b.as_ptr(), beta, c.as_mut_ptr(), s, bias)
+    }
 }
 
 /// Strided-batched GEMM: `batch` independent products, operand p of product i starting at
@@ -205,7 +247,7 @@ pub fn micro_kernel_peak(isa: Isa, kc: usize, calls: usize) -> f64 {
     let t = std::time::Instant::now();
     for _ in 0..calls {
         // SAFETY: panels and tile are sized for this kernel.
-        unsafe { kernel(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), bl.nr, 1.0, 1.0) };
+        unsafe { kernel(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), bl.nr, 1.0, 1.0, std::ptr::null()) };
     }
     std::hint::black_box(&c);
     (2 * bl.mr * bl.nr * kc * calls) as f64 / t.elapsed().as_secs_f64() / 1e9
@@ -279,7 +321,7 @@ pub fn sgemm_offsets(
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: used only to hand disjoint regions of one buffer to worker threads.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -327,7 +369,17 @@ fn default_blocking(isa: Isa) -> Blocking {
 
 /// One micro-kernel call: C[tile] = alpha * Apanel * Bpanel + beta * C[tile], where the tile is
 /// MR x NR with row stride `rsc` and unit column stride. `beta == 0` never reads C.
-type MicroKernel = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32);
+/// `bias` is null or points at NR floats added to every row of the tile.
+type MicroKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    alpha: f32,
+    beta: f32,
+    bias: *const f32,
+);
 
 fn micro_kernel(isa: Isa) -> MicroKernel {
     match isa {
@@ -349,6 +401,7 @@ type EdgeKernel = unsafe fn(
     rsc: usize,
     alpha: f32,
     beta: f32,
+    bias: *const f32,
     rows: usize,
     cols: usize,
 );
@@ -362,7 +415,7 @@ fn edge_micro_kernel(isa: Isa) -> Option<EdgeKernel> {
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_raw(
+pub(crate) unsafe fn sgemm_raw(
     isa: Isa,
     threads: usize,
     m: usize,
@@ -375,12 +428,31 @@ unsafe fn sgemm_raw(
     c: *mut f32,
     s: GemmStrides,
 ) {
+    sgemm_raw_bias(isa, threads, m, k, n, alpha, a, b, beta, c, s, std::ptr::null())
+}
+
+/// The GEMM driver on raw pointers; `bias` is null or points at N floats added to every row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_raw_bias(
+    isa: Isa,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+    bias: *const f32,
+) {
     if k == 0 || alpha == 0.0 {
-        scale_c(m, n, beta, c, s);
+        scale_c(m, n, beta, c, s, bias);
         return;
     }
     if n == 1 || m == 1 {
-        gemv_path(m, k, n, alpha, a, b, beta, c, s);
+        gemv_path(m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
     let bl = blocking(isa);
@@ -388,7 +460,7 @@ unsafe fn sgemm_raw(
     // Below ~1 MFLOP threading costs more than it saves.
     let threads = if work < (1 << 20) { 1 } else { threads };
     if threads <= 1 {
-        gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s);
+        gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
     // Split C into `threads` tiles along its longer side, on micro-tile boundaries.
@@ -397,10 +469,12 @@ unsafe fn sgemm_raw(
     let units = len.div_ceil(unit);
     let parts = threads.min(units);
     let (ap, bp, cp) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c));
+    let bias = SendPtr(bias as *mut f32);
     parallel::install(|| {
         use rayon::prelude::*;
         (0..parts).into_par_iter().for_each(|t| {
-            let (ap, bp, cp) = (ap, bp, cp);
+            let (ap, bp, cp, bias) = (ap, bp, cp, bias);
+            let bias = bias.0 as *const f32;
             let start = (units * t / parts) * unit;
             let end = ((units * (t + 1) / parts) * unit).min(len);
             if start >= end {
@@ -421,6 +495,7 @@ unsafe fn sgemm_raw(
                         beta,
                         cp.0.add(start * s.c_col),
                         s,
+                        if bias.is_null() { bias } else { bias.add(start) },
                     );
                 } else {
                     gemm_serial(
@@ -435,6 +510,7 @@ unsafe fn sgemm_raw(
                         beta,
                         cp.0.add(start * s.c_row),
                         s,
+                        bias,
                     );
                 }
             }
@@ -442,11 +518,12 @@ unsafe fn sgemm_raw(
     });
 }
 
-unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides) {
+unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bias: *const f32) {
     for i in 0..m {
         for j in 0..n {
             let p = c.add(i * s.c_row + j * s.c_col);
-            *p = if beta == 0.0 { 0.0 } else { beta * *p };
+            let add = if bias.is_null() { 0.0 } else { *bias.add(j) };
+            *p = if beta == 0.0 { add } else { beta * *p + add };
         }
     }
 }
@@ -470,6 +547,7 @@ unsafe fn gemm_serial(
     beta: f32,
     c: *mut f32,
     s: GemmStrides,
+    bias: *const f32,
 ) {
     let kernel = micro_kernel(isa);
     let edge_kernel = edge_micro_kernel(isa);
@@ -494,19 +572,25 @@ unsafe fn gemm_serial(
                                 kc: usize,
                                 mr_eff: usize,
                                 nr_eff: usize,
-                                beta_block: f32| {
+                                beta_block: f32,
+                                first_block: bool| {
                 let c_tile = c.add(row * s.c_row + col * s.c_col);
+                // the bias goes in once, with the first block of K
+                let bias_tile = if first_block && !bias.is_null() { bias.add(col) } else { std::ptr::null() };
                 if mr_eff == mr && nr_eff == nr && s.c_col == 1 {
-                    kernel(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block);
+                    kernel(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block, bias_tile);
                 } else if let (Some(edge), 1) = (edge_kernel, s.c_col) {
-                    edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block, mr_eff, nr_eff);
+                    edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block, bias_tile, mr_eff, nr_eff);
                 } else {
                     // Edge or strided tile: compute into a scratch tile, then merge.
-                    kernel(kc, a_panel, b_panel, tile.as_mut_ptr(), nr, 1.0, 0.0);
+                    kernel(kc, a_panel, b_panel, tile.as_mut_ptr(), nr, 1.0, 0.0, std::ptr::null());
                     for i in 0..mr_eff {
                         for j in 0..nr_eff {
                             let dst = c_tile.add(i * s.c_row + j * s.c_col);
-                            let v = alpha * tile[i * nr + j];
+                            let mut v = alpha * tile[i * nr + j];
+                            if !bias_tile.is_null() {
+                                v += *bias_tile.add(j);
+                            }
                             *dst = if beta_block == 0.0 { v } else { v + beta_block * *dst };
                         }
                     }
@@ -540,6 +624,7 @@ unsafe fn gemm_serial(
                                         mr.min(mc - ir),
                                         nr.min(nc - jr),
                                         beta_block,
+                                        pc == 0,
                                     );
                                 }
                             }
@@ -576,6 +661,7 @@ unsafe fn gemm_serial(
                                     mr.min(mc - ir),
                                     nr.min(nc - jr),
                                     beta_block,
+                                    pc == 0,
                                 );
                             }
                         }
@@ -704,7 +790,17 @@ unsafe fn pack_transposed_reference(
     }
 }
 
-unsafe fn kernel_portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, alpha: f32, beta: f32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_portable_4x8(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    alpha: f32,
+    beta: f32,
+    bias: *const f32,
+) {
     const MR: usize = 4;
     const NR: usize = 8;
     let mut acc = [[0.0f32; NR]; MR];
@@ -720,7 +816,8 @@ unsafe fn kernel_portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f
     for (i, row) in acc.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
             let dst = c.add(i * rsc + j);
-            *dst = if beta == 0.0 { alpha * v } else { alpha * v + beta * *dst };
+            let v = if bias.is_null() { alpha * v } else { alpha * v + *bias.add(j) };
+            *dst = if beta == 0.0 { v } else { v + beta * *dst };
         }
     }
 }
@@ -738,6 +835,7 @@ unsafe fn gemv_path(
     beta: f32,
     c: *mut f32,
     s: GemmStrides,
+    bias: *const f32,
 ) {
     let (rows, mat, m_rs, m_cs, x, x_s, y, y_s) = if n == 1 {
         (m, a, s.a_row, s.a_col, b, s.b_row, c, s.c_row)
@@ -747,7 +845,13 @@ unsafe fn gemv_path(
     let xv: Vec<f32> = (0..k).map(|p| *x.add(p * x_s)).collect();
     let store = |i: usize, v: f32| {
         let dst = y.add(i * y_s);
-        *dst = if beta == 0.0 { alpha * v } else { alpha * v + beta * *dst };
+        // output i lies in column 0 (N = 1) or column i (M = 1)
+        let v = match (bias.is_null(), n == 1) {
+            (true, _) => alpha * v,
+            (false, true) => alpha * v + *bias,
+            (false, false) => alpha * v + *bias.add(i),
+        };
+        *dst = if beta == 0.0 { v } else { v + beta * *dst };
     };
     if m_cs == 1 {
         // dot form: each output is a contiguous matrix row dotted with x
@@ -883,6 +987,7 @@ mod x86 {
 
     /// AVX2+FMA 6x16 micro-kernel: 12 ymm accumulators, 2 B loads and 6 broadcasts per k step.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_avx2_6x16(
         kc: usize,
         a: *const f32,
@@ -891,6 +996,7 @@ mod x86 {
         rsc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         let (mut a, mut b) = (a, b);
@@ -911,6 +1017,9 @@ mod x86 {
             let cp = c.add(r * rsc);
             for (h, &v) in row.iter().enumerate() {
                 let mut out = _mm256_mul_ps(v, alpha_v);
+                if !bias.is_null() {
+                    out = _mm256_add_ps(out, _mm256_loadu_ps(bias.add(8 * h)));
+                }
                 if beta != 0.0 {
                     out = _mm256_fmadd_ps(_mm256_loadu_ps(cp.add(8 * h)), beta_v, out);
                 }
@@ -921,6 +1030,7 @@ mod x86 {
 
     /// AVX-512F 12x32 micro-kernel: 24 zmm accumulators, 2 B loads and 12 broadcasts per k step.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_avx512_12x32(
         kc: usize,
         a: *const f32,
@@ -929,8 +1039,9 @@ mod x86 {
         rsc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
     ) {
-        kernel_avx512(kc, a, b, c, rsc, alpha, beta, 12, 32)
+        kernel_avx512(kc, a, b, c, rsc, alpha, beta, bias, 12, 32)
     }
 
     /// The 12x32 kernel for an edge tile: only rows < `rows` and columns < `cols` of C are
@@ -947,10 +1058,11 @@ mod x86 {
         rsc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
         rows: usize,
         cols: usize,
     ) {
-        kernel_avx512(kc, a, b, c, rsc, alpha, beta, rows, cols)
+        kernel_avx512(kc, a, b, c, rsc, alpha, beta, bias, rows, cols)
     }
 
     #[inline(always)]
@@ -963,6 +1075,7 @@ mod x86 {
         rsc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
         rows: usize,
         cols: usize,
     ) {
@@ -1006,10 +1119,20 @@ mod x86 {
             if cols >= 16 { 0xFFFF } else { ((1u32 << cols) - 1) as __mmask16 },
             if cols >= 32 { 0xFFFF } else { ((1u32 << cols.saturating_sub(16)) - 1) as __mmask16 },
         ];
+        // the bias halves (zero when there is none), read once for all rows
+        let mut bias_v = [_mm512_setzero_ps(); 2];
+        if !bias.is_null() {
+            for (h, bv) in bias_v.iter_mut().enumerate() {
+                *bv = _mm512_maskz_loadu_ps(masks[h], bias.add(16 * h));
+            }
+        }
         for (r, row) in acc.iter().enumerate().take(rows) {
             let cp = c.add(r * rsc);
             for (h, &v) in row.iter().enumerate() {
                 let mut out = _mm512_mul_ps(v, alpha_v);
+                if !bias.is_null() {
+                    out = _mm512_add_ps(out, bias_v[h]);
+                }
                 if cols == 32 {
                     if beta != 0.0 {
                         out = _mm512_fmadd_ps(_mm512_loadu_ps(cp.add(16 * h)), beta_v, out);

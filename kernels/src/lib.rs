@@ -13,6 +13,7 @@
 //! `tensor`.
 
 pub mod activation;
+pub mod attention;
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
@@ -27,5 +28,5 @@ pub mod vec;
 pub mod vmath;
 
 pub use conv::{ConvGeometry, Padding};
-pub use gemm::{gemm_reference, sgemm, sgemm_batched, sgemm_with, GemmStrides};
+pub use gemm::{gemm_reference, sgemm, sgemm_batched, sgemm_bias, sgemm_bias_with, sgemm_with, GemmStrides};
 pub use simd::Isa;

@@ -99,6 +99,37 @@ pub fn softmax_forward_with(
     });
 }
 
+/// Softmax of every row of `x` (rows of `cols`) on the calling thread, all rows sharing one
+/// additive `mask` row: y = softmax(scale * x + mask). Attention calls this from inside its own
+/// parallel loop over (batch, head) pairs, where a nested thread split would only add overhead.
+pub fn softmax_rows_serial(isa: Isa, x: &[f32], y: &mut [f32], cols: usize, scale: f32, mask: Option<&[f32]>) {
+    assert_eq!(x.len(), y.len(), "softmax: x and y lengths differ");
+    assert!(mask.is_none_or(|m| m.len() == cols), "softmax: mask row length differs from cols");
+    let isa = isa.supported();
+    for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::softmax_row_avx512(xr, mask, yr, scale, false) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::softmax_row_avx2(xr, mask, yr, scale, false) },
+            _ => softmax_row_portable(xr, mask, yr, scale, false),
+        }
+    }
+}
+
+/// Softmax backward from the output on the calling thread: dx = scale * y * (dy - sum(dy * y))
+/// per row (the serial partner of [`softmax_rows_serial`]).
+pub fn softmax_backward_rows_serial(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
+    assert!(y.len() == dy.len() && y.len() == dx.len(), "softmax_backward: lengths differ");
+    let isa = isa.supported();
+    for ((yr, dyr), dxr) in y.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)) {
+        let d = crate::reduce::dot_with(isa, yr, dyr);
+        for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
+            *o = scale * yv * (g - d);
+        }
+    }
+}
+
 fn softmax_row_portable(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
     let mut max = f32::NEG_INFINITY;
     for (j, (o, &v)) in y.iter_mut().zip(x).enumerate() {

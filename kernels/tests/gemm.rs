@@ -2,7 +2,7 @@
 //! alpha / beta, every instruction set the machine has and 1 or 2 threads; and bitwise equality
 //! between thread counts.
 
-use kernels::gemm::{gemm_reference, sgemm_batched, sgemm_with, GemmStrides};
+use kernels::gemm::{gemm_reference, sgemm_batched, sgemm_bias_with, sgemm_with, GemmStrides};
 use kernels::Isa;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -118,6 +118,47 @@ fn batched_gemm_matches_per_product_reference() {
         gemm_reference(m, k, n, 0.25, &a[i * m * k..], &b[i * n * k..], 0.0, &mut want, s);
         for (g, w) in c[i * m * n..(i + 1) * m * n].iter().zip(&want) {
             assert!((g - w).abs() < 1e-5, "product {i}");
+        }
+    }
+}
+
+#[test]
+fn bias_epilogue_adds_one_bias_row_on_every_path() {
+    // C = alpha A B + beta C + bias[j]: the reference product plus the bias added afterwards.
+    // Shapes cover full and edge tiles, K over several kc blocks (the bias must go in once),
+    // both thread splits (along N when N >= M, along M otherwise), strided C, and the GEMV paths.
+    for isa in Isa::available() {
+        for &(m, k, n) in
+            &[(1, 9, 33), (37, 1, 1), (13, 17, 29), (65, 800, 70), (300, 40, 31), (24, 100, 300), (5, 0, 7)]
+        {
+            for &(threads, ta, tb, cc, alpha, beta) in &[
+                (1, false, true, false, 1.0, 0.0),
+                (2, true, false, false, 0.5, 1.0),
+                (2, false, false, true, -1.0, 0.5),
+            ] {
+                let s = strides(m, k, n, ta, tb, cc);
+                let a = data(m * k, 3);
+                let b = data(k * n, 4);
+                let bias = data(n, 5);
+                let c_len = if cc { (m + 3) * n } else { (n + 2) * m };
+                let c0 = data(c_len, 6);
+                let mut want = c0.clone();
+                gemm_reference(m, k, n, alpha, &a, &b, beta, &mut want, s);
+                for i in 0..m {
+                    for (j, &bj) in bias.iter().enumerate() {
+                        want[i * s.c_row + j * s.c_col] += bj;
+                    }
+                }
+                let mut got = c0.clone();
+                sgemm_bias_with(isa, threads, m, k, n, alpha, &a, &b, beta, &mut got, s, Some(&bias));
+                let tol = 1e-5 * (k as f32).sqrt().max(1.0);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= tol * (1.0 + w.abs()),
+                        "{isa:?} t{threads} m{m} k{k} n{n} ta{ta} tb{tb} cc{cc}: C[{i}] = {g}, want {w}"
+                    );
+                }
+            }
         }
     }
 }

@@ -26,12 +26,15 @@ impl Tensor {
         let inner: usize = first.shape()[axis + 1..].iter().product();
         let total_axis: usize = tensors.iter().map(|t| t.shape()[axis]).sum();
         let parts: Vec<Tensor> = tensors.iter().map(|t| t.contiguous()).collect();
-        let mut data = Vec::with_capacity(outer * total_axis * inner);
+        // every element is written below; a pooled buffer saves page faults on big concats
+        let mut data = crate::storage::recycled_vec(outer * total_axis * inner);
+        let mut at = 0;
         for o in 0..outer {
             for p in &parts {
                 let run = p.shape()[axis] * inner;
                 let src = p.as_contiguous_slice().expect("contiguous");
-                data.extend_from_slice(&src[o * run..(o + 1) * run]);
+                data[at..at + run].copy_from_slice(&src[o * run..(o + 1) * run]);
+                at += run;
             }
         }
         let mut shape = first.shape().to_vec();

@@ -7,7 +7,7 @@
 //! pass over the output, and dW = dy^T x comes out in W's own layout instead of as the
 //! transpose of x^T dy (which a later copy would have to gather with a stride).
 
-use kernels::gemm::{sgemm, GemmStrides};
+use kernels::gemm::{sgemm, sgemm_bias, GemmStrides};
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
@@ -42,23 +42,16 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         None => None,
     };
     let (xd, wd) = (xv.as_contiguous_slice().expect("contiguous"), wv.as_contiguous_slice().expect("contiguous"));
-    // (rows, out): every element is written by the GEMM (beta = 0) or starts as the bias
+    // (rows, out): every element is written by the GEMM (beta = 0), the bias added in its store
     let mut y = tensor::recycled_vec(rows * out);
-    let beta = match &bv {
-        Some(bias) => {
-            let bias = bias.as_contiguous_slice().expect("contiguous");
-            kernels::parallel::for_each_row_block(&mut y, out.max(1), 64 * 1024, |_, block| {
-                for row in block.chunks_exact_mut(out.max(1)) {
-                    row.copy_from_slice(bias);
-                }
-            });
-            1.0
-        }
-        None => 0.0,
-    };
     // B = W^T: element (k, j) is W[j, k]
     let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
-    sgemm(rows, inp, out, 1.0, xd, wd, beta, &mut y, s);
+    match &bv {
+        Some(bias) => {
+            sgemm_bias(rows, inp, out, 1.0, xd, wd, 0.0, &mut y, s, bias.as_contiguous_slice().expect("contiguous"))
+        }
+        None => sgemm(rows, inp, out, 1.0, xd, wd, 0.0, &mut y, s),
+    }
     let y = Tensor::from_vec(y, &[rows, out])?;
     let mut inputs = vec![x, w];
     inputs.extend(b);

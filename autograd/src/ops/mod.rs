@@ -1,6 +1,7 @@
 //! Differentiable ops. Each file holds a family of ops: forward, backward (as the closure or
 //! struct handed to [`Var::from_op`](crate::Var::from_op)) and tests, side by side.
 
+pub mod attention;
 pub mod contrastive;
 pub mod conv;
 pub mod dropout;
