@@ -24,7 +24,13 @@ fn main() {
         ("dw5x5_c96_56", 16, 56, 96, 96, 5, true),
         ("conv1x1_96to24_56", 16, 56, 96, 24, 1, false),
     ];
+    // `--only NAME`: one case (for profilers); `--forward-only`: skip the training step
+    let only = get("--only");
+    let forward_only = args.iter().any(|a| a == "--forward-only");
     for (name, n, h, ci, co, k, depthwise) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let g = ConvGeometry::new(n, h, h, ci, co, (k, k), (1, 1), Padding::Same).unwrap();
         let x = data(g.input_len());
         let w = data(if depthwise { k * k * ci } else { k * k * ci * co });
@@ -39,6 +45,10 @@ fn main() {
                 conv::conv2d_forward(&x, &w, &mut y, &g)
             }
         });
+        if forward_only {
+            println!("{name} {fwd:.2}");
+            continue;
+        }
         let step = median_ms(runs, || {
             if depthwise {
                 conv::depthwise_forward(&x, &w, &mut y, &g);

@@ -456,7 +456,7 @@ mod tests {
 // Fast paths. Same contracts as the references above; tests compare the two.
 // =============================================================================================
 
-use crate::gemm::{sgemm, GemmStrides};
+use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm};
 use crate::parallel;
 use crate::simd::Isa;
 use crate::vec::F32Vec;
@@ -529,40 +529,101 @@ fn pixel_blocks(g: &ConvGeometry) -> Vec<(usize, usize, usize)> {
     (0..g.batch).flat_map(|n| (0..p).step_by(IM2COL_BLOCK).map(move |p0| (n, p0, IM2COL_BLOCK.min(p - p0)))).collect()
 }
 
-/// y (N, OH, OW, C_out) = conv(x, w HWIO). A 1x1 stride-1 conv is one GEMM over all pixels;
-/// other kernels build patch rows in L2-sized blocks and multiply each block by the weight
-/// (blocks spread over the threads, each GEMM single-threaded).
+/// Packs columns [pc, pc + kcb) of the (implicit) im2col matrix, for output pixels
+/// q0..q0 + rows of one image, into an MR-wide A panel: panel[k * MR + r] is input element
+/// (tap, channel) = divmod(pc + k, C_in) under output pixel q0 + r, or 0 in the padding.
+/// Each tap contributes a run of channels that is contiguous in NHWC, so a panel is a handful
+/// of small transposes from up to MR row pointers; no patch matrix is ever written.
+#[allow(clippy::too_many_arguments)]
+fn pack_patch_panel(
+    gemm: &PanelGemm,
+    g: &ConvGeometry,
+    x_img: &[f32],
+    zeros: &[f32],
+    q0: usize,
+    rows: usize,
+    pc: usize,
+    kcb: usize,
+    panel: &mut [f32],
+) {
+    let c = g.c_in;
+    let mut row_ptrs = [std::ptr::null(); 32];
+    for tap in pc / c..(pc + kcb).div_ceil(c) {
+        let (kh, kw) = (tap / g.k_w, tap % g.k_w);
+        // the channels of this tap that fall in [pc, pc + kcb)
+        let lo = pc.max(tap * c) - tap * c;
+        let hi = (pc + kcb).min((tap + 1) * c) - tap * c;
+        for (r, ptr) in row_ptrs.iter_mut().enumerate().take(rows) {
+            let (oh, ow) = ((q0 + r) / g.out_w, (q0 + r) % g.out_w);
+            *ptr = match (g.input_row(oh, kh), g.input_col(ow, kw)) {
+                (Some(ih), Some(iw)) => x_img[(ih * g.in_w + iw) * c + lo..].as_ptr(),
+                _ => zeros[lo..].as_ptr(), // `zeros` holds C_in zeros
+            };
+        }
+        // SAFETY: every row pointer has hi - lo readable floats (a pixel's channels lo..hi, or
+        // the zero row); the panel segment holds (hi - lo) * MR floats.
+        unsafe {
+            pack_rows_transposed(
+                gemm.isa,
+                &row_ptrs[..rows],
+                hi - lo,
+                gemm.mr,
+                &mut panel[(tap * c + lo - pc) * gemm.mr..],
+            )
+        };
+    }
+}
+
+/// y (N, OH, OW, C_out) = conv(x, w HWIO). A 1x1 stride-1 conv is one GEMM over all pixels.
+/// Other kernels are an implicit GEMM: the weight, seen as a (KH*KW*C_in, C_out) matrix, is
+/// packed once; each MR-pixel A panel is packed straight from the image (`pack_patch_panel`)
+/// and multiplied at once while it sits in L1. Pixel blocks spread over the threads.
 pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
     let (p, kdim) = g.patch_dims();
     if g.is_pointwise() {
         sgemm(g.batch * p, g.c_in, g.c_out, 1.0, x, w, 0.0, y, GemmStrides::row_major(g.c_in, g.c_out));
         return;
     }
+    assert!(x.len() >= g.input_len() && y.len() >= g.output_len() && w.len() >= kdim * g.c_out);
     let img = g.in_h * g.in_w * g.c_in;
-    let isa = Isa::best();
+    let gemm = PanelGemm::new(Isa::best());
+    let (mr, nr, kc) = (gemm.mr, gemm.nr, gemm.kc);
+    // (kdim, C_out) weight in NR-wide panels per block of K, shared by all threads
+    let packed_w = gemm.pack_b(kdim, g.c_out, w, g.c_out);
+    let padded = gemm.padded_cols(g.c_out);
     let yp = SyncSlice(y.as_mut_ptr());
     let blocks = pixel_blocks(g);
     parallel::install(|| {
         blocks.par_iter().for_each_init(
-            || vec![0.0f32; IM2COL_BLOCK * kdim],
-            |col, &(n, p0, rows)| {
-                im2col_rows(&x[n * img..(n + 1) * img], g, p0, rows, col);
-                // SAFETY: each block writes its own rows of y.
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(yp.ptr().add((n * p + p0) * g.c_out), rows * g.c_out) };
-                crate::gemm::sgemm_with(
-                    isa,
-                    1,
-                    rows,
-                    kdim,
-                    g.c_out,
-                    1.0,
-                    col,
-                    w,
-                    0.0,
-                    out,
-                    GemmStrides::row_major(kdim, g.c_out),
-                );
+            || (vec![0.0f32; mr * kc], vec![0.0f32; g.c_in]),
+            |(panel, zeros), &(n, p0, rows)| {
+                let x_img = &x[n * img..(n + 1) * img];
+                for i0 in (0..rows).step_by(mr) {
+                    let panel_rows = mr.min(rows - i0);
+                    for pc in (0..kdim).step_by(kc) {
+                        let kcb = kc.min(kdim - pc);
+                        pack_patch_panel(&gemm, g, x_img, zeros, p0 + i0, panel_rows, pc, kcb, panel);
+                        for jr in (0..g.c_out).step_by(nr) {
+                            let b_panel = packed_w[pc * padded + jr * kcb..].as_ptr();
+                            // SAFETY: this block alone writes output pixels p0.. of image n;
+                            // the tile lies inside y (asserted above).
+                            unsafe {
+                                let c = yp.ptr().add((n * p + p0 + i0) * g.c_out + jr);
+                                let beta = if pc == 0 { 0.0 } else { 1.0 };
+                                gemm.tile(
+                                    kcb,
+                                    panel.as_ptr(),
+                                    b_panel,
+                                    c,
+                                    g.c_out,
+                                    beta,
+                                    panel_rows,
+                                    nr.min(g.c_out - jr),
+                                );
+                            }
+                        }
+                    }
+                }
             },
         );
     });
@@ -1249,11 +1310,17 @@ mod fast_tests {
     #[test]
     fn fast_convs_match_references_on_odd_sizes_strides_and_paddings() {
         let pads = [Padding::Same, Padding::Valid, Padding::Explicit { top: 1, bottom: 2, left: 0, right: 1 }];
-        // (the last: 40 channels and 13 columns give the depthwise forward runs of 4 pixels with
-        // two-vector, one-vector and scalar channel blocks at both strides)
-        for &(n, h, w, ci, co, k) in
-            &[(2, 7, 5, 3, 4, 3), (1, 9, 8, 17, 33, 5), (3, 6, 6, 8, 5, 1), (2, 5, 7, 1, 2, 3), (1, 6, 13, 40, 7, 5)]
-        {
+        // (40 channels and 13 columns give the depthwise forward runs of 4 pixels with two-vector,
+        // one-vector and scalar channel blocks at both strides; 20 x 17 pixels span two of the
+        // dense conv's 256-pixel blocks; 17 and 40 channels at k = 5 split taps across K blocks)
+        for &(n, h, w, ci, co, k) in &[
+            (2, 7, 5, 3, 4, 3),
+            (1, 9, 8, 17, 33, 5),
+            (3, 6, 6, 8, 5, 1),
+            (2, 5, 7, 1, 2, 3),
+            (1, 6, 13, 40, 7, 5),
+            (2, 20, 17, 6, 9, 3),
+        ] {
             for stride in [1, 2] {
                 for pad in pads {
                     let Ok(g) = ConvGeometry::new(n, h, w, ci, co, (k, k), (stride, stride), pad) else { continue };

@@ -672,6 +672,80 @@ unsafe fn gemm_serial(
     });
 }
 
+/// The micro-kernel and its blocking, for callers that pack their own A panels (the
+/// implicit-GEMM convolution builds each A panel straight from the image, with no im2col
+/// matrix in between). B is packed once per call with [`PanelGemm::pack_b`].
+pub(crate) struct PanelGemm {
+    pub isa: Isa,
+    pub mr: usize,
+    pub nr: usize,
+    pub kc: usize,
+    kernel: MicroKernel,
+    edge: Option<EdgeKernel>,
+}
+
+impl PanelGemm {
+    pub(crate) fn new(isa: Isa) -> PanelGemm {
+        let isa = isa.supported();
+        let bl = default_blocking(isa);
+        PanelGemm { isa, mr: bl.mr, nr: bl.nr, kc: bl.kc, kernel: micro_kernel(isa), edge: edge_micro_kernel(isa) }
+    }
+
+    /// Columns of C rounded up to whole NR-wide panels.
+    pub(crate) fn padded_cols(&self, n: usize) -> usize {
+        n.div_ceil(self.nr) * self.nr
+    }
+
+    /// Packs B (k x n, row-major, row stride `ldb`) for every block of K: block q (rows
+    /// q*kc..) starts at q * kc * padded_cols(n) and holds the NR-wide panels, [kcb][NR] each.
+    pub(crate) fn pack_b(&self, k: usize, n: usize, b: &[f32], ldb: usize) -> Vec<f32> {
+        assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "pack_b: B too short");
+        let np = self.padded_cols(n);
+        let mut out = vec![0.0f32; k * np];
+        for pc in (0..k).step_by(self.kc) {
+            let kcb = self.kc.min(k - pc);
+            // SAFETY: rows pc..pc + kcb of B are inside `b` (asserted above).
+            unsafe { pack_b(self.isa, kcb, n, self.nr, b.as_ptr().add(pc * ldb), ldb, 1, &mut out[pc * np..]) };
+        }
+        out
+    }
+
+    /// C tile (rows x cols, row stride `rsc`) = A panel (MR x kcb, packed) x B panel
+    /// (kcb x NR, packed) + beta * C.
+    ///
+    /// # Safety
+    /// The panels hold kcb * MR and kcb * NR floats; the C tile is writable.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn tile(
+        &self,
+        kcb: usize,
+        a_panel: *const f32,
+        b_panel: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        let none = std::ptr::null();
+        if rows == self.mr && cols == self.nr {
+            (self.kernel)(kcb, a_panel, b_panel, c, rsc, 1.0, beta, none);
+        } else if let Some(edge) = self.edge {
+            edge(kcb, a_panel, b_panel, c, rsc, 1.0, beta, none, rows, cols);
+        } else {
+            let mut scratch = [0.0f32; 12 * 32];
+            (self.kernel)(kcb, a_panel, b_panel, scratch.as_mut_ptr(), self.nr, 1.0, 0.0, none);
+            for i in 0..rows {
+                for j in 0..cols {
+                    let dst = c.add(i * rsc + j);
+                    let v = scratch[i * self.nr + j];
+                    *dst = if beta == 0.0 { v } else { v + beta * *dst };
+                }
+            }
+        }
+    }
+}
+
 /// Packs A[mc, kc] (strided) into micro-panels: panel q holds rows q*MR.. as [kc][MR], zero-padded.
 #[allow(clippy::too_many_arguments)]
 unsafe fn pack_a(isa: Isa, mc: usize, kc: usize, mr: usize, a: *const f32, rs: usize, cs: usize, out: &mut [f32]) {
@@ -759,16 +833,39 @@ unsafe fn pack_transposed(
     stride: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(rows <= width && out.len() >= kc * width);
+    debug_assert!(rows <= width && width <= MAX_PANEL_WIDTH && out.len() >= kc * width);
+    let mut row_ptrs = [std::ptr::null(); MAX_PANEL_WIDTH];
+    for (r, ptr) in row_ptrs.iter_mut().enumerate().take(rows) {
+        *ptr = src.add(r * stride);
+    }
+    pack_rows_transposed(isa, &row_ptrs[..rows], kc, width, out);
+}
+
+/// The widest micro-panel any path packs (NR of the AVX-512 kernel).
+const MAX_PANEL_WIDTH: usize = 32;
+
+/// [`pack_transposed`] with each source row given by its own pointer (rows of an implicit
+/// im2col matrix live in different places of the image): out[p * width + r] = rows[r][p] for
+/// p < kc, and zero for rows.len() <= r < width.
+pub(crate) unsafe fn pack_rows_transposed(isa: Isa, rows: &[*const f32], kc: usize, width: usize, out: &mut [f32]) {
+    debug_assert!(rows.len() <= width && out.len() >= kc * width);
     #[cfg(target_arch = "x86_64")]
     if isa.supported() != Isa::Portable {
         // SAFETY: Avx2 / Avx512 detection implies AVX; `out` holds kc * width floats.
-        return x86::pack_transposed_avx(rows, kc, width, src, stride, out);
+        return x86::pack_transposed_avx(rows, kc, width, out);
     }
-    pack_transposed_reference(rows, kc, width, src, stride, out);
+    for (r, &row) in rows.iter().enumerate() {
+        for p in 0..kc {
+            out[p * width + r] = *row.add(p);
+        }
+    }
+    for p in 0..kc {
+        out[p * width + rows.len()..(p + 1) * width].fill(0.0);
+    }
 }
 
 /// Scalar reference of [`pack_transposed`].
+#[cfg(test)]
 unsafe fn pack_transposed_reference(
     rows: usize,
     kc: usize,
@@ -889,19 +986,13 @@ mod x86 {
     /// of __m256) then 4 (4 x 8 as two 4 x 4 __m128 transposes), k in steps of 8; leftover rows
     /// and k steps element by element.
     #[target_feature(enable = "avx")]
-    pub unsafe fn pack_transposed_avx(
-        rows: usize,
-        kc: usize,
-        width: usize,
-        src: *const f32,
-        stride: usize,
-        out: &mut [f32],
-    ) {
+    pub unsafe fn pack_transposed_avx(row_ptrs: &[*const f32], kc: usize, width: usize, out: &mut [f32]) {
+        let rows = row_ptrs.len();
         let o = out.as_mut_ptr();
         let k8 = kc / 8 * 8;
         let mut r0 = 0;
         while r0 + 8 <= rows {
-            let row = |i: usize| src.add((r0 + i) * stride);
+            let row = |i: usize| row_ptrs[r0 + i];
             for p in (0..k8).step_by(8) {
                 let mut x = [_mm256_setzero_ps(); 8];
                 for (i, v) in x.iter_mut().enumerate() {
@@ -941,7 +1032,7 @@ mod x86 {
             r0 += 8;
         }
         while r0 + 4 <= rows {
-            let row = |i: usize| src.add((r0 + i) * stride);
+            let row = |i: usize| row_ptrs[r0 + i];
             for p in (0..k8).step_by(8) {
                 let mut x = [_mm256_setzero_ps(); 4];
                 for (i, v) in x.iter_mut().enumerate() {
@@ -966,14 +1057,12 @@ mod x86 {
             r0 += 4;
         }
         // leftover rows (all k), leftover k steps (rows done in blocks), zero padding
-        for r in r0..rows {
-            let row = src.add(r * stride);
+        for (r, &row) in row_ptrs.iter().enumerate().skip(r0) {
             for p in 0..kc {
                 *o.add(p * width + r) = *row.add(p);
             }
         }
-        for r in 0..r0 {
-            let row = src.add(r * stride);
+        for (r, &row) in row_ptrs[..r0].iter().enumerate() {
             for p in k8..kc {
                 *o.add(p * width + r) = *row.add(p);
             }
