@@ -651,6 +651,39 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom
         sgemm(g.batch * p, g.c_out, g.c_in, 1.0, dy, w, 0.0, dx, s);
         return;
     }
+    if g.stride_h == 1 && g.stride_w == 1 && g.pad_top < g.k_h && g.pad_left < g.k_w {
+        // Stride 1: the input gradient is itself a convolution, of dy with the kernel turned
+        // 180 degrees and its channel axes swapped, padded by K - 1 - pad before:
+        //   dx[ih, iw, ci] = sum over (kh', kw', co) of dy[ih + kh' - (KH-1-pad_top), ..., co]
+        //                    * W[KH-1-kh', KW-1-kw', ci, co]
+        // so it runs on the implicit-GEMM forward (no dcol matrix, no scattered col2im adds).
+        let flipped = ConvGeometry {
+            in_h: g.out_h,
+            in_w: g.out_w,
+            c_in: g.c_out,
+            c_out: g.c_in,
+            pad_top: g.k_h - 1 - g.pad_top,
+            pad_left: g.k_w - 1 - g.pad_left,
+            out_h: g.in_h,
+            out_w: g.in_w,
+            ..*g
+        };
+        // (KH, KW, C_out, C_in) from (KH, KW, C_in, C_out)
+        let mut w_flipped = vec![0.0f32; kdim * g.c_out];
+        for kh in 0..g.k_h {
+            for kw in 0..g.k_w {
+                let src = &w[((g.k_h - 1 - kh) * g.k_w + (g.k_w - 1 - kw)) * g.c_in * g.c_out..][..g.c_in * g.c_out];
+                let dst = &mut w_flipped[(kh * g.k_w + kw) * g.c_out * g.c_in..][..g.c_out * g.c_in];
+                for ci in 0..g.c_in {
+                    for co in 0..g.c_out {
+                        dst[co * g.c_in + ci] = src[ci * g.c_out + co];
+                    }
+                }
+            }
+        }
+        conv2d_forward(dy, &w_flipped, dx, &flipped);
+        return;
+    }
     let img = g.in_h * g.in_w * g.c_in;
     let isa = Isa::best();
     dx[..g.input_len()].fill(0.0);
