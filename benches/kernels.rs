@@ -9,6 +9,7 @@
 //! benches/README.md for measured ratios.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use kernels::gemm::{sgemm_batched, sgemm_with, GemmStrides};
 use kernels::rows::{self, Activation};
 use kernels::Isa;
@@ -57,6 +58,26 @@ fn attention(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * batch * t * t * d) as u64));
         g.bench_function(BenchmarkId::from_parameter(format!("{batch}x{t}x{d}x{t}")), |bch| {
             bch.iter(|| sgemm_batched(batch, t, d, t, 1.0, &q, t * d, &k, t * d, 0.0, &mut s, t * t, strides))
+        });
+    }
+    g.finish();
+    // the fused multi-head attention op (both products, masked softmax), BERT-mini and -base
+    let mut g = c.benchmark_group("attention/fused");
+    g.sample_size(20);
+    for (batch, seq, heads, head_dim) in [(32, 64, 4, 64), (32, 64, 12, 64)] {
+        let shape = AttentionShape { batch, seq, heads, head_dim };
+        let qkv = data(shape.qkv_len());
+        let d_out = data(shape.out_len());
+        let (mut probs, mut out, mut d_qkv) =
+            (vec![0.0f32; shape.probs_len()], vec![0.0f32; shape.out_len()], vec![0.0f32; shape.qkv_len()]);
+        let flops = 2 * batch * heads * seq * seq * head_dim;
+        g.throughput(Throughput::Elements((2 * flops) as u64));
+        g.bench_function(BenchmarkId::new("forward", format!("{batch}x{seq}x{heads}x{head_dim}")), |bch| {
+            bch.iter(|| attention_forward(shape, &qkv, None, None, 0.125, &mut probs, &mut out))
+        });
+        g.throughput(Throughput::Elements((4 * flops) as u64));
+        g.bench_function(BenchmarkId::new("backward", format!("{batch}x{seq}x{heads}x{head_dim}")), |bch| {
+            bch.iter(|| attention_backward(shape, &qkv, &probs, None, 0.125, &d_out, &mut d_qkv))
         });
     }
     g.finish();
