@@ -463,7 +463,11 @@ pub(crate) unsafe fn sgemm_raw_bias(
         gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
-    // Split C into `threads` tiles along its longer side, on micro-tile boundaries.
+    if !bl.b_in_l1 && m >= 4 * threads * bl.mr {
+        gemm_parallel_rows(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
+        return;
+    }
+    // Few rows: split C into `threads` tiles along its longer side, on micro-tile boundaries.
     let split_n = n >= m;
     let (len, unit) = if split_n { (n, bl.nr) } else { (m, bl.mr) };
     let units = len.div_ceil(unit);
@@ -518,6 +522,110 @@ pub(crate) unsafe fn sgemm_raw_bias(
     });
 }
 
+/// Several threads, enough rows: B is packed once, up front and in parallel, into the layout
+/// the micro-kernel reads (every block of K, every NR-wide panel); then row chunks of C are
+/// handed out to the threads as they come free. Each chunk packs its own rows of A and runs
+/// the A-resident loops of [`gemm_serial`] against the shared B. Nothing is packed twice
+/// (splitting C into one part per thread packed all of B in every part), and a core slowed
+/// by a neighbour takes fewer chunks instead of holding up a fixed share of the product.
+/// Every element of C is still computed by one thread in the serial order of K, so results
+/// are bitwise the same as with one thread.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parallel_rows(
+    isa: Isa,
+    bl: Blocking,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+    bias: *const f32,
+) {
+    use rayon::prelude::*;
+    let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
+    let padded_n = n.div_ceil(nr) * nr;
+    // Packed B, (K, padded N): block pc starts at pc * padded_n; its panel at column jr starts
+    // kcb * jr further on and holds [kcb][NR].
+    // (a buffer kept by the calling thread between calls: fresh pages for a few MB per GEMM
+    // would cost page faults on every call; every element read is written below)
+    let mut own = Vec::new();
+    let mut cached = SHARED_B.with(|cell| cell.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).ok());
+    let packed_b = cached.as_mut().unwrap_or(&mut own);
+    if packed_b.len() < k * padded_n {
+        packed_b.resize(k * padded_n, 0.0);
+    }
+    let pb = SendPtr(packed_b.as_mut_ptr());
+    let panels: Vec<(usize, usize)> =
+        (0..k).step_by(kc).flat_map(|pc| (0..n).step_by(nr).map(move |jr| (pc, jr))).collect();
+    // Row chunks: about four per thread, whole micro-panels, at most one cache block tall.
+    let chunk = m.div_ceil(4 * threads).next_multiple_of(mr).min(bl.mc);
+    let (ap, bp, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
+    let tiles = TileKernels::new(isa, bl);
+    parallel::install(|| {
+        panels.par_iter().for_each(|&(pc, jr)| {
+            let (pb, bp) = (pb, bp);
+            let kcb = kc.min(k - pc);
+            // SAFETY: each (block, panel) item owns its kcb * NR floats of packed B.
+            let out = std::slice::from_raw_parts_mut(pb.0.add(pc * padded_n + jr * kcb), kcb * nr);
+            pack_b(isa, kcb, nr.min(n - jr), nr, bp.0.add(pc * s.b_row + jr * s.b_col), s.b_row, s.b_col, out);
+        });
+        (0..m.div_ceil(chunk)).into_par_iter().for_each(|q| {
+            let (ap, cp, biasp, pb) = (ap, cp, biasp, pb);
+            let (i0, rows) = (q * chunk, chunk.min(m - q * chunk));
+            PACK_A.with(|pa| {
+                let mut pa = pa.borrow_mut();
+                let need = rows.div_ceil(mr) * mr * kc.min(k);
+                if pa.len() < need {
+                    pa.resize(need, 0.0);
+                }
+                // Loop 4: blocks of K; pack this chunk's rows of A.
+                for pc in (0..k).step_by(kc) {
+                    let kcb = kc.min(k - pc);
+                    let beta_block = if pc == 0 { beta } else { 1.0 };
+                    pack_a(isa, rows, kcb, mr, ap.0.add(i0 * s.a_row + pc * s.a_col), s.a_row, s.a_col, &mut pa);
+                    // Loop 5: column panels of the shared B (nc wide, L2-sized).
+                    for jc in (0..n).step_by(bl.nc) {
+                        let ncb = bl.nc.min(n - jc);
+                        // Loop 2: MR-tall micro-panels of A (one in L1 ...
+                        for ir in (0..rows).step_by(mr) {
+                            // Loop 1: ... while NR-wide micro-panels of B stream from L2).
+                            for jr in (jc..jc + ncb).step_by(nr) {
+                                // SAFETY: rows i0.. of C belong to this chunk alone.
+                                let c_tile = cp.0.add((i0 + ir) * s.c_row + jr * s.c_col);
+                                let bias_tile = if pc == 0 && !biasp.0.is_null() {
+                                    biasp.0.add(jr) as *const f32
+                                } else {
+                                    std::ptr::null()
+                                };
+                                tiles.run(
+                                    kcb,
+                                    pa.as_ptr().add(ir * kcb),
+                                    pb.0.add(pc * padded_n + jr * kcb),
+                                    c_tile,
+                                    s,
+                                    alpha,
+                                    beta_block,
+                                    bias_tile,
+                                    mr.min(rows - ir),
+                                    nr.min(n - jr),
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    });
+    if let Some(buffer) = cached {
+        SHARED_B.with(|cell| *cell.borrow_mut() = buffer);
+    }
+}
+
 unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bias: *const f32) {
     for i in 0..m {
         for j in 0..n {
@@ -531,6 +639,60 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bi
 thread_local! {
     static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// All of B, packed once for the threads of [`gemm_parallel_rows`].
+    static SHARED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The micro-kernels of one instruction set, and how a C tile of any size goes through them.
+#[derive(Clone, Copy)]
+struct TileKernels {
+    kernel: MicroKernel,
+    edge: Option<EdgeKernel>,
+    mr: usize,
+    nr: usize,
+}
+
+impl TileKernels {
+    fn new(isa: Isa, bl: Blocking) -> TileKernels {
+        TileKernels { kernel: micro_kernel(isa), edge: edge_micro_kernel(isa), mr: bl.mr, nr: bl.nr }
+    }
+
+    /// C tile (rows x cols, strides of `s`) = alpha * A panel x B panel + beta * C + bias:
+    /// the full kernel, the masked edge kernel, or a scratch tile merged element by element
+    /// (strided C, or a path without an edge kernel).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        &self,
+        kc: usize,
+        a_panel: *const f32,
+        b_panel: *const f32,
+        c_tile: *mut f32,
+        s: GemmStrides,
+        alpha: f32,
+        beta: f32,
+        bias_tile: *const f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        if rows == self.mr && cols == self.nr && s.c_col == 1 {
+            (self.kernel)(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta, bias_tile);
+        } else if let (Some(edge), 1) = (self.edge, s.c_col) {
+            edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta, bias_tile, rows, cols);
+        } else {
+            let mut tile = [0.0f32; 12 * 32];
+            (self.kernel)(kc, a_panel, b_panel, tile.as_mut_ptr(), self.nr, 1.0, 0.0, std::ptr::null());
+            for i in 0..rows {
+                for j in 0..cols {
+                    let dst = c_tile.add(i * s.c_row + j * s.c_col);
+                    let mut v = alpha * tile[i * self.nr + j];
+                    if !bias_tile.is_null() {
+                        v += *bias_tile.add(j);
+                    }
+                    *dst = if beta == 0.0 { v } else { v + beta * *dst };
+                }
+            }
+        }
+    }
 }
 
 /// The five BLIS loops on one thread.
@@ -549,8 +711,7 @@ unsafe fn gemm_serial(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    let kernel = micro_kernel(isa);
-    let edge_kernel = edge_micro_kernel(isa);
+    let (kernel, edge_kernel) = (micro_kernel(isa), edge_micro_kernel(isa));
     let (mr, nr) = (bl.mr, bl.nr);
     PACK_A.with(|pa| {
         PACK_B.with(|pb| {
@@ -564,37 +725,20 @@ unsafe fn gemm_serial(
             if pb.len() < b_need {
                 pb.resize(b_need, 0.0);
             }
-            let mut tile = [0.0f32; 12 * 32];
-            let mut run_tile = |a_panel: *const f32,
-                                b_panel: *const f32,
-                                row: usize,
-                                col: usize,
-                                kc: usize,
-                                mr_eff: usize,
-                                nr_eff: usize,
-                                beta_block: f32,
-                                first_block: bool| {
+            let tiles = TileKernels { kernel, edge: edge_kernel, mr, nr };
+            let run_tile = |a_panel: *const f32,
+                            b_panel: *const f32,
+                            row: usize,
+                            col: usize,
+                            kc: usize,
+                            mr_eff: usize,
+                            nr_eff: usize,
+                            beta_block: f32,
+                            first_block: bool| {
                 let c_tile = c.add(row * s.c_row + col * s.c_col);
                 // the bias goes in once, with the first block of K
                 let bias_tile = if first_block && !bias.is_null() { bias.add(col) } else { std::ptr::null() };
-                if mr_eff == mr && nr_eff == nr && s.c_col == 1 {
-                    kernel(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block, bias_tile);
-                } else if let (Some(edge), 1) = (edge_kernel, s.c_col) {
-                    edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta_block, bias_tile, mr_eff, nr_eff);
-                } else {
-                    // Edge or strided tile: compute into a scratch tile, then merge.
-                    kernel(kc, a_panel, b_panel, tile.as_mut_ptr(), nr, 1.0, 0.0, std::ptr::null());
-                    for i in 0..mr_eff {
-                        for j in 0..nr_eff {
-                            let dst = c_tile.add(i * s.c_row + j * s.c_col);
-                            let mut v = alpha * tile[i * nr + j];
-                            if !bias_tile.is_null() {
-                                v += *bias_tile.add(j);
-                            }
-                            *dst = if beta_block == 0.0 { v } else { v + beta_block * *dst };
-                        }
-                    }
-                }
+                tiles.run(kc, a_panel, b_panel, c_tile, s, alpha, beta_block, bias_tile, mr_eff, nr_eff);
             };
             if bl.b_in_l1 {
                 // Classic Goto order: the packed B panel lives in L3, the packed A block in L2,
@@ -680,15 +824,14 @@ pub(crate) struct PanelGemm {
     pub mr: usize,
     pub nr: usize,
     pub kc: usize,
-    kernel: MicroKernel,
-    edge: Option<EdgeKernel>,
+    tiles: TileKernels,
 }
 
 impl PanelGemm {
     pub(crate) fn new(isa: Isa) -> PanelGemm {
         let isa = isa.supported();
         let bl = default_blocking(isa);
-        PanelGemm { isa, mr: bl.mr, nr: bl.nr, kc: bl.kc, kernel: micro_kernel(isa), edge: edge_micro_kernel(isa) }
+        PanelGemm { isa, mr: bl.mr, nr: bl.nr, kc: bl.kc, tiles: TileKernels::new(isa, bl) }
     }
 
     /// Columns of C rounded up to whole NR-wide panels.
@@ -727,22 +870,8 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        let none = std::ptr::null();
-        if rows == self.mr && cols == self.nr {
-            (self.kernel)(kcb, a_panel, b_panel, c, rsc, 1.0, beta, none);
-        } else if let Some(edge) = self.edge {
-            edge(kcb, a_panel, b_panel, c, rsc, 1.0, beta, none, rows, cols);
-        } else {
-            let mut scratch = [0.0f32; 12 * 32];
-            (self.kernel)(kcb, a_panel, b_panel, scratch.as_mut_ptr(), self.nr, 1.0, 0.0, none);
-            for i in 0..rows {
-                for j in 0..cols {
-                    let dst = c.add(i * rsc + j);
-                    let v = scratch[i * self.nr + j];
-                    *dst = if beta == 0.0 { v } else { v + beta * *dst };
-                }
-            }
-        }
+        let s = GemmStrides { a_row: 0, a_col: 0, b_row: 0, b_col: 0, c_row: rsc, c_col: 1 };
+        self.tiles.run(kcb, a_panel, b_panel, c, s, 1.0, beta, std::ptr::null(), rows, cols);
     }
 }
 
