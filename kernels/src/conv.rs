@@ -548,13 +548,22 @@ fn pack_patch_panel(
 ) {
     let c = g.c_in;
     let mut row_ptrs = [std::ptr::null(); 32];
+    // (output row, output column) of each panel row, walked without a division per row
+    let mut pixel = [(0usize, 0usize); 32];
+    let (mut oh, mut ow) = (q0 / g.out_w, q0 % g.out_w);
+    for slot in pixel.iter_mut().take(rows) {
+        *slot = (oh, ow);
+        ow += 1;
+        if ow == g.out_w {
+            (oh, ow) = (oh + 1, 0);
+        }
+    }
     for tap in pc / c..(pc + kcb).div_ceil(c) {
         let (kh, kw) = (tap / g.k_w, tap % g.k_w);
         // the channels of this tap that fall in [pc, pc + kcb)
         let lo = pc.max(tap * c) - tap * c;
         let hi = (pc + kcb).min((tap + 1) * c) - tap * c;
-        for (r, ptr) in row_ptrs.iter_mut().enumerate().take(rows) {
-            let (oh, ow) = ((q0 + r) / g.out_w, (q0 + r) % g.out_w);
+        for (ptr, &(oh, ow)) in row_ptrs.iter_mut().zip(&pixel).take(rows) {
             *ptr = match (g.input_row(oh, kh), g.input_col(ow, kw)) {
                 (Some(ih), Some(iw)) => x_img[(ih * g.in_w + iw) * c + lo..].as_ptr(),
                 _ => zeros[lo..].as_ptr(), // `zeros` holds C_in zeros
