@@ -590,32 +590,16 @@ unsafe fn gemm_parallel_rows(
                     pack_a(isa, rows, kcb, mr, ap.0.add(i0 * s.a_row + pc * s.a_col), s.a_row, s.a_col, &mut pa);
                     // Loop 5: column panels of the shared B (nc wide, L2-sized).
                     for jc in (0..n).step_by(bl.nc) {
-                        let ncb = bl.nc.min(n - jc);
-                        // Loop 2: MR-tall micro-panels of A (one in L1 ...
-                        for ir in (0..rows).step_by(mr) {
-                            // Loop 1: ... while NR-wide micro-panels of B stream from L2).
-                            for jr in (jc..jc + ncb).step_by(nr) {
-                                // SAFETY: rows i0.. of C belong to this chunk alone.
-                                let c_tile = cp.0.add((i0 + ir) * s.c_row + jr * s.c_col);
-                                let bias_tile = if pc == 0 && !biasp.0.is_null() {
-                                    biasp.0.add(jr) as *const f32
-                                } else {
-                                    std::ptr::null()
-                                };
-                                tiles.run(
-                                    kcb,
-                                    pa.as_ptr().add(ir * kcb),
-                                    pb.0.add(pc * padded_n + jr * kcb),
-                                    c_tile,
-                                    s,
-                                    alpha,
-                                    beta_block,
-                                    bias_tile,
-                                    mr.min(rows - ir),
-                                    nr.min(n - jr),
-                                );
-                            }
-                        }
+                        // SAFETY: rows i0.. of C belong to this chunk alone.
+                        let c_block = cp.0.add(i0 * s.c_row + jc * s.c_col);
+                        let bias_block = if pc == 0 && !biasp.0.is_null() {
+                            biasp.0.add(jc) as *const f32
+                        } else {
+                            std::ptr::null()
+                        };
+                        let b_block = pb.0.add(pc * padded_n + jc * kcb);
+                        let block = PackedBlock { kc: kcb, rows, cols: bl.nc.min(n - jc), a: pa.as_ptr(), b: b_block };
+                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
                     }
                 }
             });
@@ -690,6 +674,55 @@ impl TileKernels {
                     }
                     *dst = if beta == 0.0 { v } else { v + beta * *dst };
                 }
+            }
+        }
+    }
+}
+
+/// A packed A block (`rows` x kc, MR-tall micro-panels [kc][MR]) and a packed B panel (kc x
+/// `cols`, NR-wide micro-panels [kc][NR]), ready for loops 2 and 1.
+struct PackedBlock {
+    kc: usize,
+    rows: usize,
+    cols: usize,
+    a: *const f32,
+    b: *const f32,
+}
+
+impl PackedBlock {
+    /// Loops 2 and 1 in the A-resident order: C block (+)= A block x B panel, one MR-tall A
+    /// micro-panel kept in L1 while the NR-wide B micro-panels stream past it from L2 (the
+    /// kernel prefetches them). `bias` is null or points at the block's first column's bias.
+    ///
+    /// # Safety
+    /// The packed buffers hold the block; the C block (strides of `s`) is writable.
+    unsafe fn multiply(
+        &self,
+        tiles: &TileKernels,
+        c: *mut f32,
+        s: GemmStrides,
+        alpha: f32,
+        beta: f32,
+        bias: *const f32,
+    ) {
+        let (mr, nr, kc) = (tiles.mr, tiles.nr, self.kc);
+        // Loop 2: MR-tall micro-panels of A (one stays in L1 ...
+        for ir in (0..self.rows).step_by(mr) {
+            // Loop 1: ... while the NR-wide micro-panels of B stream from L2).
+            for jr in (0..self.cols).step_by(nr) {
+                let bias_tile = if bias.is_null() { bias } else { bias.add(jr) };
+                tiles.run(
+                    kc,
+                    self.a.add(ir * kc),
+                    self.b.add(jr * kc),
+                    c.add(ir * s.c_row + jr * s.c_col),
+                    s,
+                    alpha,
+                    beta,
+                    bias_tile,
+                    mr.min(self.rows - ir),
+                    nr.min(self.cols - jr),
+                );
             }
         }
     }
@@ -792,23 +825,10 @@ unsafe fn gemm_serial(
                     for jc in (0..n).step_by(bl.nc) {
                         let nc = bl.nc.min(n - jc);
                         pack_b(isa, kc, nc, nr, b.add(pc * s.b_row + jc * s.b_col), s.b_row, s.b_col, &mut pb);
-                        // Loop 2: MR-tall micro-panels of A (one stays in L1 ...
-                        for ir in (0..mc).step_by(mr) {
-                            // Loop 1: ... while the NR-wide micro-panels of B stream from L2).
-                            for jr in (0..nc).step_by(nr) {
-                                run_tile(
-                                    pa.as_ptr().add(ir * kc),
-                                    pb.as_ptr().add(jr * kc),
-                                    ic + ir,
-                                    jc + jr,
-                                    kc,
-                                    mr.min(mc - ir),
-                                    nr.min(nc - jr),
-                                    beta_block,
-                                    pc == 0,
-                                );
-                            }
-                        }
+                        let c_block = c.add(ic * s.c_row + jc * s.c_col);
+                        let bias_block = if pc == 0 && !bias.is_null() { bias.add(jc) } else { std::ptr::null() };
+                        let block = PackedBlock { kc, rows: mc, cols: nc, a: pa.as_ptr(), b: pb.as_ptr() };
+                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
                     }
                 }
             }
