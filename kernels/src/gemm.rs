@@ -338,9 +338,22 @@ struct Blocking {
     b_in_l1: bool,
 }
 
+/// The blocking for `isa`: the defaults, or the tuning hooks ALIGN_GEMM_KC / _MC / _NC /
+/// _ORDER from the environment. Read once per process rather than on every call: four
+/// environment lookups (a lock and a String each) are not free next to one of attention's
+/// 64 x 64 x 64 products, a few microseconds of arithmetic.
 fn blocking(isa: Isa) -> Blocking {
+    static TUNED: std::sync::OnceLock<[Blocking; 3]> = std::sync::OnceLock::new();
+    let table = TUNED.get_or_init(|| [Isa::Portable, Isa::Avx2, Isa::Avx512].map(blocking_from_env));
+    match isa {
+        Isa::Portable => table[0],
+        Isa::Avx2 => table[1],
+        Isa::Avx512 => table[2],
+    }
+}
+
+fn blocking_from_env(isa: Isa) -> Blocking {
     let mut bl = default_blocking(isa);
-    // Tuning hooks: ALIGN_GEMM_KC / _MC / _NC override the defaults (read once per call).
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
     if let Some(kc) = env("ALIGN_GEMM_KC") {
         bl.kc = kc;
