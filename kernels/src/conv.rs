@@ -456,7 +456,7 @@ mod tests {
 // Fast paths. Same contracts as the references above; tests compare the two.
 // =============================================================================================
 
-use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm};
+use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, MAX_PANEL_WIDTH};
 use crate::parallel;
 use crate::simd::Isa;
 use crate::vec::F32Vec;
@@ -547,9 +547,9 @@ fn pack_patch_panel(
     panel: &mut [f32],
 ) {
     let c = g.c_in;
-    let mut row_ptrs = [std::ptr::null(); 32];
+    let mut row_ptrs = [std::ptr::null(); MAX_PANEL_WIDTH];
     // (output row, output column) of each panel row, walked without a division per row
-    let mut pixel = [(0usize, 0usize); 32];
+    let mut pixel = [(0usize, 0usize); MAX_PANEL_WIDTH];
     let (mut oh, mut ow) = (q0 / g.out_w, q0 % g.out_w);
     for slot in pixel.iter_mut().take(rows) {
         *slot = (oh, ow);

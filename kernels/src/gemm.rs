@@ -1004,7 +1004,7 @@ unsafe fn pack_transposed(
 }
 
 /// The widest micro-panel any path packs (NR of the AVX-512 kernel).
-const MAX_PANEL_WIDTH: usize = 32;
+pub(crate) const MAX_PANEL_WIDTH: usize = 32;
 
 /// [`pack_transposed`] with each source row given by its own pointer (rows of an implicit
 /// im2col matrix live in different places of the image): out[p * width + r] = rows[r][p] for

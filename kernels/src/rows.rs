@@ -88,15 +88,36 @@ pub fn softmax_forward_with(
                 let g = row / m.rows_per_mask.max(1);
                 &m.values[g * cols..(g + 1) * cols]
             });
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::softmax_row_avx512(xr, mr, yr, scale, log) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { x86::softmax_row_avx2(xr, mr, yr, scale, log) },
-                _ => softmax_row_portable(xr, mr, yr, scale, log),
-            }
+            softmax_row(isa, xr, mr, yr, scale, log);
         }
     });
+}
+
+/// One row of softmax or log-softmax on `isa` (already capped to what the CPU has).
+fn softmax_row(isa: Isa, x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` was checked against the CPU by `Isa::supported`.
+        Isa::Avx512 => unsafe { x86::softmax_row_avx512(x, mask, y, scale, log) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::softmax_row_avx2(x, mask, y, scale, log) },
+        _ => softmax_row_portable(x, mask, y, scale, log),
+    }
+}
+
+/// One row of the softmax (or log-softmax) backward from the output.
+fn softmax_backward_row(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32], scale: f32, log: bool) {
+    if log {
+        let s = crate::reduce::sum_with(isa, dy);
+        for ((o, &yv), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *o = scale * (g - vmath::exp(yv) * s);
+        }
+    } else {
+        let d = crate::reduce::dot_with(isa, y, dy);
+        for ((o, &yv), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *o = scale * yv * (g - d);
+        }
+    }
 }
 
 /// Softmax of every row of `x` (rows of `cols`) on the calling thread, all rows sharing one
@@ -107,13 +128,7 @@ pub fn softmax_rows_serial(isa: Isa, x: &[f32], y: &mut [f32], cols: usize, scal
     assert!(mask.is_none_or(|m| m.len() == cols), "softmax: mask row length differs from cols");
     let isa = isa.supported();
     for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::softmax_row_avx512(xr, mask, yr, scale, false) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::softmax_row_avx2(xr, mask, yr, scale, false) },
-            _ => softmax_row_portable(xr, mask, yr, scale, false),
-        }
+        softmax_row(isa, xr, mask, yr, scale, false);
     }
 }
 
@@ -123,10 +138,7 @@ pub fn softmax_backward_rows_serial(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f
     assert!(y.len() == dy.len() && y.len() == dx.len(), "softmax_backward: lengths differ");
     let isa = isa.supported();
     for ((yr, dyr), dxr) in y.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)) {
-        let d = crate::reduce::dot_with(isa, yr, dyr);
-        for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
-            *o = scale * yv * (g - d);
-        }
+        softmax_backward_row(isa, yr, dyr, dxr, scale, false);
     }
 }
 
@@ -173,17 +185,7 @@ pub fn softmax_backward_with(isa: Isa, y: &[f32], dy: &[f32], dx: &mut [f32], co
         for (r, dxr) in out.chunks_exact_mut(cols).enumerate() {
             let row = first + r;
             let (yr, dyr) = (&y[row * cols..(row + 1) * cols], &dy[row * cols..(row + 1) * cols]);
-            if log {
-                let s = crate::reduce::sum_with(isa, dyr);
-                for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
-                    *o = scale * (g - vmath::exp(yv) * s);
-                }
-            } else {
-                let d = crate::reduce::dot_with(isa, yr, dyr);
-                for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
-                    *o = scale * yv * (g - d);
-                }
-            }
+            softmax_backward_row(isa, yr, dyr, dxr, scale, log);
         }
     });
 }
