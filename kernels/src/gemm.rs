@@ -566,9 +566,9 @@ unsafe fn gemm_parallel_rows(
     // kcb * jr further on and holds [kcb][NR].
     // (a buffer kept by the calling thread between calls: fresh pages for a few MB per GEMM
     // would cost page faults on every call; every element read is written below)
-    let mut own = Vec::new();
-    let mut cached = SHARED_B.with(|cell| cell.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).ok());
-    let packed_b = cached.as_mut().unwrap_or(&mut own);
+    // (taken out of its cell for the call and put back after, so a nested call would simply
+    // find an empty buffer)
+    let mut packed_b = SHARED_B.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     if packed_b.len() < k * padded_n {
         packed_b.resize(k * padded_n, 0.0);
     }
@@ -618,9 +618,7 @@ unsafe fn gemm_parallel_rows(
             });
         });
     });
-    if let Some(buffer) = cached {
-        SHARED_B.with(|cell| *cell.borrow_mut() = buffer);
-    }
+    SHARED_B.with(|cell| *cell.borrow_mut() = packed_b);
 }
 
 unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bias: *const f32) {
