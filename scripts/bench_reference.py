@@ -36,13 +36,22 @@ def gemm(threads, runs):
     import numpy as np
 
     shapes = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 768, 768), (2048, 768, 3072), (2048, 3072, 768)]
+    shapes = [(m, k, n, "") for m, k, n in shapes]
+    if "--bert-mini" in sys.argv:
+        # one BERT-mini layer's linear maps at 32 x 64 tokens, as gemm_bench --bert-mini
+        fwd = [(2048, 256, 768), (2048, 256, 256), (2048, 256, 1024), (2048, 1024, 256)]
+        shapes = [(m, k, n, "tb") for m, k, n in fwd]
+        shapes += [(m, n, k, "") for m, k, n in fwd]
+        shapes += [(n, m, k, "ta") for m, k, n in fwd]
     print(f"# numpy {np.__version__} threads {threads} runs {runs}", file=sys.stderr)
-    for m, k, n in shapes:
-        a = np.random.rand(m, k).astype(np.float32)
-        b = np.random.rand(k, n).astype(np.float32)
+    for m, k, n, op in shapes:
+        # a transposed operand is a transposed view of a row-major array: BLAS gets the flag
+        a = np.random.rand(k, m).astype(np.float32).T if op == "ta" else np.random.rand(m, k).astype(np.float32)
+        b = np.random.rand(n, k).astype(np.float32).T if op == "tb" else np.random.rand(k, n).astype(np.float32)
         c = np.empty((m, n), dtype=np.float32)
         t = median_time(lambda: np.matmul(a, b, out=c), runs)
-        print(f"gemm {m} {k} {n} {2 * m * n * k / t / 1e9:.1f}")
+        label = f" {op}" if op else ""
+        print(f"gemm {m} {k} {n}{label} {2 * m * n * k / t / 1e9:.1f}")
 
 
 def rows(threads, runs):

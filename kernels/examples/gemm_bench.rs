@@ -14,6 +14,25 @@ use kernels::Isa;
 const SHAPES: [(usize, usize, usize); 6] =
     [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 768, 768), (2048, 768, 3072), (2048, 3072, 768)];
 
+/// `--bert-mini`: the twelve products of one BERT-mini layer's linear maps at batch 32 x 64
+/// tokens (M x K x N, then whether A or B is read transposed): forward Y = X W^T, input
+/// gradient dX = dY W, weight gradient dW = dY^T X, for the Q|K|V, output, and both
+/// feed-forward projections. The same set runs in `bench_reference.py gemm --bert-mini`.
+const BERT_MINI_SHAPES: [(usize, usize, usize, bool, bool); 12] = [
+    (2048, 256, 768, false, true),
+    (2048, 256, 256, false, true),
+    (2048, 256, 1024, false, true),
+    (2048, 1024, 256, false, true),
+    (2048, 768, 256, false, false),
+    (2048, 256, 256, false, false),
+    (2048, 1024, 256, false, false),
+    (2048, 256, 1024, false, false),
+    (768, 2048, 256, true, false),
+    (256, 2048, 256, true, false),
+    (1024, 2048, 256, true, false),
+    (256, 2048, 1024, true, false),
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
@@ -38,12 +57,21 @@ fn main() {
         let v: Vec<usize> = args[i + 1..i + 4].iter().map(|s| s.parse().expect("--shape M K N")).collect();
         (v[0], v[1], v[2])
     });
-    let shapes: Vec<(usize, usize, usize)> = custom.map(|s| vec![s]).unwrap_or_else(|| SHAPES.to_vec());
-    for (m, k, n) in shapes {
+    let (ta, tb) = (args.iter().any(|a| a == "--ta"), args.iter().any(|a| a == "--tb"));
+    let shapes: Vec<(usize, usize, usize, bool, bool)> = if args.iter().any(|a| a == "--bert-mini") {
+        BERT_MINI_SHAPES.to_vec()
+    } else {
+        custom
+            .map(|s| vec![s])
+            .unwrap_or_else(|| SHAPES.to_vec())
+            .into_iter()
+            .map(|(m, k, n)| (m, k, n, ta, tb))
+            .collect()
+    };
+    for (m, k, n, ta, tb) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut c = vec![0.0f32; m * n];
-        let (ta, tb) = (args.iter().any(|a| a == "--ta"), args.iter().any(|a| a == "--tb"));
         // --ta / --tb: read A or B through transposed strides (the data is the same buffer)
         let s = GemmStrides {
             a_row: if ta { 1 } else { k },
@@ -63,6 +91,13 @@ fn main() {
             .collect();
         times.sort_by(|x, y| x.partial_cmp(y).unwrap());
         let median = times[times.len() / 2];
-        println!("gemm {m} {k} {n} {:.1}", 2.0 * (m * n * k) as f64 / median / 1e9);
+        let op = if ta {
+            " ta"
+        } else if tb {
+            " tb"
+        } else {
+            ""
+        };
+        println!("gemm {m} {k} {n}{op} {:.1}", 2.0 * (m * n * k) as f64 / median / 1e9);
     }
 }

@@ -126,11 +126,20 @@ fn batched_gemm_matches_per_product_reference() {
 fn bias_epilogue_adds_one_bias_row_on_every_path() {
     // C = alpha A B + beta C + bias[j]: the reference product plus the bias added afterwards.
     // Shapes cover full and edge tiles, K over several kc blocks (the bias must go in once),
-    // both thread splits (along N when N >= M, along M otherwise), strided C, and the GEMV paths.
+    // every thread split (static halves, shared-B row chunks, shared-A column chunks, the
+    // last two also with several K blocks), strided C, and the GEMV paths.
     for isa in Isa::available() {
-        for &(m, k, n) in
-            &[(1, 9, 33), (37, 1, 1), (13, 17, 29), (65, 800, 70), (300, 40, 31), (24, 100, 300), (5, 0, 7)]
-        {
+        for &(m, k, n) in &[
+            (1, 9, 33),
+            (37, 1, 1),
+            (13, 17, 29),
+            (65, 800, 70),
+            (300, 40, 31),
+            (24, 100, 300),
+            (40, 800, 300),
+            (200, 800, 40),
+            (5, 0, 7),
+        ] {
             for &(threads, ta, tb, cc, alpha, beta) in &[
                 (1, false, true, false, 1.0, 0.0),
                 (2, true, false, false, 0.5, 1.0),
