@@ -1206,7 +1206,7 @@ unsafe fn copy_micro_row(src: *const f32, dst: *mut f32, n: usize) {
         // one [f32; 32] copy, LLVM emitted a call to memcpy for 128 bytes, 6% of a 2048^3
         // GEMM.)
         #[cfg(target_arch = "x86_64")]
-        if N % 4 == 0 {
+        if N.is_multiple_of(4) {
             use std::arch::x86_64::{_mm_loadu_ps, _mm_storeu_ps};
             for j in (0..N).step_by(4) {
                 _mm_storeu_ps(dst.add(j), _mm_loadu_ps(src.add(j)));
