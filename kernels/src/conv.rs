@@ -456,7 +456,7 @@ mod tests {
 // Fast paths. Same contracts as the references above; tests compare the two.
 // =============================================================================================
 
-use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, MAX_PANEL_WIDTH};
+use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, RowSegment, MAX_PANEL_WIDTH};
 use crate::parallel;
 use crate::simd::Isa;
 use crate::vec::F32Vec;
@@ -583,19 +583,92 @@ fn pack_patch_panel(
     }
 }
 
+/// The A operand of the implicit GEMM for output pixels q0..q0 + rows of one image and
+/// columns [pc, pc + kcb) of the im2col matrix, as row-pointer segments for
+/// `PanelGemm::gather_tile`: one segment per tap, each row pointing at that pixel's input
+/// channels under the tap (or at `zeros` in the padding, and for rows past `rows`).
+#[allow(clippy::too_many_arguments)]
+fn patch_segments(
+    g: &ConvGeometry,
+    x_img: &[f32],
+    zeros: &[f32],
+    q0: usize,
+    rows: usize,
+    pc: usize,
+    kcb: usize,
+    out: &mut Vec<RowSegment>,
+) {
+    let c = g.c_in;
+    out.clear();
+    let mut pixel = [(0usize, 0usize); 12];
+    let (mut oh, mut ow) = (q0 / g.out_w, q0 % g.out_w);
+    for slot in pixel.iter_mut().take(rows) {
+        *slot = (oh, ow);
+        ow += 1;
+        if ow == g.out_w {
+            (oh, ow) = (oh + 1, 0);
+        }
+    }
+    // Most tiles lie inside the image for every tap: then each row's pointer is its pixel's
+    // window corner plus a per-tap offset, and only a padded tile pays for the bounds of
+    // every (row, tap). (Checked per row and tap throughout, building the segments cost a
+    // third as much as the tile's arithmetic.)
+    let mut corner = [0usize; 12];
+    let interior = rows == 12
+        && pixel.iter().zip(corner.iter_mut()).all(|(&(oh, ow), corner)| {
+            match (g.input_row(oh, 0), g.input_row(oh, g.k_h - 1), g.input_col(ow, 0), g.input_col(ow, g.k_w - 1)) {
+                (Some(ih), Some(_), Some(iw), Some(_)) => {
+                    *corner = (ih * g.in_w + iw) * c;
+                    true
+                }
+                _ => false,
+            }
+        });
+    for tap in pc / c..(pc + kcb).div_ceil(c) {
+        let (kh, kw) = (tap / g.k_w, tap % g.k_w);
+        let lo = pc.max(tap * c) - tap * c;
+        let hi = (pc + kcb).min((tap + 1) * c) - tap * c;
+        let mut seg = RowSegment { rows: [zeros[lo..].as_ptr(); 12], len: hi - lo };
+        if interior {
+            // every (corner + offset + hi) is inside the image: the window lies in it
+            let offset = (kh * g.in_w + kw) * c + lo;
+            let base = x_img.as_ptr();
+            for (ptr, &corner) in seg.rows.iter_mut().zip(&corner) {
+                *ptr = base.wrapping_add(corner + offset);
+            }
+        } else {
+            for (ptr, &(oh, ow)) in seg.rows.iter_mut().zip(&pixel).take(rows) {
+                if let (Some(ih), Some(iw)) = (g.input_row(oh, kh), g.input_col(ow, kw)) {
+                    *ptr = x_img[(ih * g.in_w + iw) * c + lo..].as_ptr();
+                }
+            }
+        }
+        out.push(seg);
+    }
+}
+
 /// y (N, OH, OW, C_out) = conv(x, w HWIO). A 1x1 stride-1 conv is one GEMM over all pixels.
 /// Other kernels are an implicit GEMM: the weight, seen as a (KH*KW*C_in, C_out) matrix, is
 /// packed once; each MR-pixel A panel is packed straight from the image (`pack_patch_panel`)
 /// and multiplied at once while it sits in L1. Pixel blocks spread over the threads.
 pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    conv2d_forward_with(Isa::best(), x, w, y, g)
+}
+
+/// [`conv2d_forward`] on a chosen instruction set (tests run every path the CPU has).
+pub(crate) fn conv2d_forward_with(isa: Isa, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
     let (p, kdim) = g.patch_dims();
-    if g.is_pointwise() {
-        sgemm(g.batch * p, g.c_in, g.c_out, 1.0, x, w, 0.0, y, GemmStrides::row_major(g.c_in, g.c_out));
+    let gemm = PanelGemm::new(isa);
+    if g.is_pointwise() && !gemm.can_gather() {
+        let s = GemmStrides::row_major(g.c_in, g.c_out);
+        crate::gemm::sgemm_with(gemm.isa, parallel::num_threads(), g.batch * p, g.c_in, g.c_out, 1.0, x, w, 0.0, y, s);
         return;
     }
     assert!(x.len() >= g.input_len() && y.len() >= g.output_len() && w.len() >= kdim * g.c_out);
+    if gemm.can_gather() {
+        return conv2d_forward_gather(&gemm, x, w, y, g);
+    }
     let img = g.in_h * g.in_w * g.c_in;
-    let gemm = PanelGemm::new(Isa::best());
     let (mr, nr, kc) = (gemm.mr, gemm.nr, gemm.kc);
     // (kdim, C_out) weight in NR-wide panels per block of K, shared by all threads
     let packed_w = gemm.pack_b(kdim, g.c_out, w, g.c_out);
@@ -629,6 +702,46 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
                                     panel_rows,
                                     nr.min(g.c_out - jr),
                                 );
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    });
+}
+
+/// [`conv2d_forward`] on the AVX-512 gather kernel: the same blocking, but each MR-pixel
+/// tile reads its A elements straight from the image through per-tap row pointers
+/// ([`patch_segments`]) instead of a packed panel. 1 x 1 convolutions take this path too
+/// (one tap): their pack was 40% of the time for 96 -> 24 channels.
+fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    let (p, kdim) = g.patch_dims();
+    let img = g.in_h * g.in_w * g.c_in;
+    let (mr, nr, kc) = (gemm.mr, gemm.nr, gemm.kc);
+    let packed_w = gemm.pack_b(kdim, g.c_out, w, g.c_out);
+    let padded = gemm.padded_cols(g.c_out);
+    let yp = SyncSlice(y.as_mut_ptr());
+    let blocks = pixel_blocks(g);
+    parallel::install(|| {
+        blocks.par_iter().for_each_init(
+            || (Vec::new(), vec![0.0f32; g.c_in]),
+            |(segments, zeros), &(n, p0, rows)| {
+                let x_img = &x[n * img..(n + 1) * img];
+                for i0 in (0..rows).step_by(mr) {
+                    let tile_rows = mr.min(rows - i0);
+                    for pc in (0..kdim).step_by(kc) {
+                        let kcb = kc.min(kdim - pc);
+                        patch_segments(g, x_img, zeros, p0 + i0, tile_rows, pc, kcb, segments);
+                        for jr in (0..g.c_out).step_by(nr) {
+                            let b_panel = packed_w[pc * padded + jr * kcb..].as_ptr();
+                            // SAFETY: this block alone writes output pixels p0.. of image n;
+                            // the tile lies inside y (asserted by the caller); every segment
+                            // pointer has its len floats (a pixel's channels or the zero row).
+                            unsafe {
+                                let c = yp.ptr().add((n * p + p0 + i0) * g.c_out + jr);
+                                let beta = if pc == 0 { 0.0 } else { 1.0 };
+                                gemm.gather_tile(segments, b_panel, c, g.c_out, beta, tile_rows, nr.min(g.c_out - jr));
                             }
                         }
                     }
@@ -1354,7 +1467,8 @@ mod fast_tests {
         let pads = [Padding::Same, Padding::Valid, Padding::Explicit { top: 1, bottom: 2, left: 0, right: 1 }];
         // (40 channels and 13 columns give the depthwise forward runs of 4 pixels with two-vector,
         // one-vector and scalar channel blocks at both strides; 20 x 17 pixels span two of the
-        // dense conv's 256-pixel blocks; 17 and 40 channels at k = 5 split taps across K blocks)
+        // dense conv's 256-pixel blocks; 17 and 40 channels at k = 5 split taps across K blocks;
+        // 400 channels at k = 1 split one tap)
         for &(n, h, w, ci, co, k) in &[
             (2, 7, 5, 3, 4, 3),
             (1, 9, 8, 17, 33, 5),
@@ -1362,6 +1476,7 @@ mod fast_tests {
             (2, 5, 7, 1, 2, 3),
             (1, 6, 13, 40, 7, 5),
             (2, 20, 17, 6, 9, 3),
+            (1, 4, 5, 400, 40, 1),
         ] {
             for stride in [1, 2] {
                 for pad in pads {
@@ -1372,8 +1487,11 @@ mod fast_tests {
                     let what = format!("n{n} h{h} w{w} ci{ci} co{co} k{k} s{stride} {pad:?}");
                     let (mut y1, mut y2) = (vec![0.0; g.output_len()], vec![0.0; g.output_len()]);
                     conv2d_forward_reference(&x, &wt, &mut y1, &g);
-                    conv2d_forward(&x, &wt, &mut y2, &g);
-                    close(&format!("fwd {what}"), &y2, &y1);
+                    for isa in Isa::available() {
+                        y2.fill(f32::NAN);
+                        conv2d_forward_with(isa, &x, &wt, &mut y2, &g);
+                        close(&format!("fwd {isa:?} {what}"), &y2, &y1);
+                    }
                     let (mut d1, mut d2) = (vec![0.0; g.input_len()], vec![1.0; g.input_len()]);
                     conv2d_backward_input_reference(&dy, &wt, &mut d1, &g);
                     conv2d_backward_input(&dy, &wt, &mut d2, &g);

@@ -1033,6 +1033,14 @@ unsafe fn gemm_serial(
     });
 }
 
+/// One stretch of the K axis for [`PanelGemm::gather_tile`]: for each of the MR rows of the
+/// tile, a pointer to `len` consecutive A elements.
+#[derive(Clone, Copy)]
+pub(crate) struct RowSegment {
+    pub rows: [*const f32; 12],
+    pub len: usize,
+}
+
 /// The micro-kernel and its blocking, for callers that pack their own A panels (the
 /// implicit-GEMM convolution builds each A panel straight from the image, with no im2col
 /// matrix in between). B is packed once per call with [`PanelGemm::pack_b`].
@@ -1068,6 +1076,36 @@ impl PanelGemm {
             unsafe { pack_b(self.isa, kcb, n, self.nr, b.as_ptr().add(pc * ldb), ldb, 1, &mut out[pc * np..]) };
         }
         out
+    }
+
+    /// Whether [`PanelGemm::gather_tile`] runs on this instruction set (AVX-512: the one
+    /// with registers for 24 accumulators next to 12 row pointers' broadcasts).
+    pub(crate) fn can_gather(&self) -> bool {
+        self.isa == Isa::Avx512 && self.mr == 12 && self.nr == 32
+    }
+
+    /// C tile (rows x cols, row stride `rsc`) = A x B panel + beta * C, A given as
+    /// segments of row pointers (no packed A panel; see `kernel_avx512_12x32_gather`). Rows
+    /// >= `rows` of every segment must still point at readable memory (a zero row).
+    ///
+    /// # Safety
+    /// As the kernel's; only when [`PanelGemm::can_gather`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gather_tile(
+        &self,
+        segments: &[RowSegment],
+        b_panel: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        debug_assert!(self.can_gather());
+        #[cfg(target_arch = "x86_64")]
+        x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (segments, b_panel, c, rsc, beta, rows, cols);
     }
 
     /// C tile (rows x cols, row stride `rsc`) = A panel (MR x kcb, packed) x B panel
@@ -1627,6 +1665,25 @@ mod x86 {
         for _ in 0..kc % 4 {
             step!();
         }
+        store_tile_avx512::<W>(&lo, &hi, c, rsc, alpha, beta, bias, rows, cols);
+    }
+
+    /// The end of every AVX-512 tile: C = alpha * acc + bias + beta * C for rows < `rows`
+    /// and columns < `cols` (masked loads and stores at the edges), from the per-row
+    /// accumulators of lanes 0..16 (`lo`) and 16..32 (`hi`, unused when W = 16).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store_tile_avx512<const W: usize>(
+        lo: &[__m512; 12],
+        hi: &[__m512; 12],
+        c: *mut f32,
+        rsc: usize,
+        alpha: f32,
+        beta: f32,
+        bias: *const f32,
+        rows: usize,
+        cols: usize,
+    ) {
         let alpha_v = _mm512_set1_ps(alpha);
         let beta_v = _mm512_set1_ps(beta);
         // lanes of each 16-wide half that belong to C
@@ -1661,6 +1718,90 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// The 12x32 tile over A rows that are not packed: C tile (+)= A x B panel where the K
+    /// axis of A is a list of segments, each giving for every one of the 12 rows a pointer to
+    /// `len` consecutive floats (a tap of a convolution: for each output pixel, the run of
+    /// input channels under that tap). Each A element is broadcast straight from the image,
+    /// as the packed kernel broadcasts it from the panel, so no transposed copy of A is made:
+    /// the panel packing this replaces cost a third of the arithmetic's time in a 3 x 3
+    /// convolution. B is packed as for the other kernels, its rows in the segments' order.
+    ///
+    /// # Safety
+    /// Every row pointer of a segment has `len` readable floats; B holds sum(len) x 32; the
+    /// C tile is writable for rows < `rows`, cols < `cols`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_avx512_12x32_gather(
+        segments: &[super::RowSegment],
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        if cols <= 16 {
+            gather_avx512::<16>(segments, b, c, rsc, beta, rows, cols)
+        } else {
+            gather_avx512::<32>(segments, b, c, rsc, beta, rows, cols)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn gather_avx512<const W: usize>(
+        segments: &[super::RowSegment],
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        let mut hi = [_mm512_setzero_ps(); 12];
+        let mut b = b;
+        for seg in segments {
+            b = gather_segment::<W>(&mut lo, &mut hi, &seg.rows, seg.len, b);
+        }
+        store_tile_avx512::<W>(&lo, &hi, c, rsc, 1.0, beta, std::ptr::null(), rows, cols);
+    }
+
+    /// One segment's k-steps of the gather kernel. A function of its own, not inlined: with
+    /// the segment loop around it in one body, the compiler kept the 24 accumulators moving
+    /// between registers and the stack on every k-step (the tile ran at half speed). Here
+    /// they are loaded once per segment and stored once at its end.
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn gather_segment<const W: usize>(
+        lo: &mut [__m512; 12],
+        hi: &mut [__m512; 12],
+        p: &[*const f32; 12],
+        len: usize,
+        b: *const f32,
+    ) -> *const f32 {
+        let (mut l, mut h) = (*lo, *hi);
+        let p = *p;
+        let mut b = b;
+        for k in 0..len {
+            _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+            if W > 16 {
+                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+            }
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
+            for r in 0..12 {
+                let av = _mm512_set1_ps(*p[r].add(k));
+                l[r] = _mm512_fmadd_ps(av, b0, l[r]);
+                if W == 32 {
+                    h[r] = _mm512_fmadd_ps(av, b1, h[r]);
+                }
+            }
+            b = b.add(32);
+        }
+        (*lo, *hi) = (l, h);
+        b
     }
 }
 

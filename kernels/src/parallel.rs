@@ -57,10 +57,27 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     install_with(num_threads(), f)
 }
 
-/// Runs `f` inside a pool of exactly `threads` threads (1: on the caller's thread).
+/// Runs `f` inside a pool of exactly `threads` threads.
+///
+/// One thread means one: `f` runs on a pool of a single worker (or directly, when the caller
+/// already is such a worker), so the parallel iterators inside it run sequentially. Running
+/// `f` on the caller's thread instead, as this did up to the fifth session, handed those
+/// iterators to rayon's global pool, one thread per core: `set_num_threads(1)` left the
+/// convolution and depthwise kernels on every core, and their "one thread" timings were not.
 pub fn install_with<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     if threads <= 1 {
-        return f();
+        if rayon::current_num_threads() == 1 {
+            return f();
+        }
+        static SINGLE: OnceLock<rayon::ThreadPool> = OnceLock::new();
+        let single = SINGLE.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "align-kernel-single".to_string())
+                .build()
+                .expect("failed to build the single-thread kernel pool")
+        });
+        return single.install(f);
     }
     pool(threads).install(f)
 }
@@ -106,6 +123,15 @@ mod tests {
         assert_eq!(install_with(2, rayon::current_num_threads), 2);
         assert_eq!(install_with(3, rayon::current_num_threads), 3);
         assert_eq!(install_with(1, || 7), 7);
+        // one thread is one, for the parallel iterators inside too (not rayon's global pool)
+        assert_eq!(install_with(1, rayon::current_num_threads), 1);
+        let workers: std::collections::HashSet<_> = install_with(1, || {
+            use rayon::prelude::*;
+            (0..64).into_par_iter().map(|_| std::thread::current().id()).collect::<Vec<_>>()
+        })
+        .into_iter()
+        .collect();
+        assert_eq!(workers.len(), 1);
     }
 
     #[test]
