@@ -903,11 +903,65 @@ mod dw_generic {
     /// each weight vector is loaded once per tap for all PIXELS outputs, which takes the loop
     /// from two loads per FMA (load-bound) to 1.25. Per output element the taps are summed in
     /// the same (kh, kw) order either way, so results do not depend on the blocking.
+    ///
+    /// Kernels 3 and 5 wide at stride 1 or 2 go further: runs of SLIDE_PIXELS outputs keep
+    /// the row of K weight vectors in registers and load each input column once for every
+    /// output that uses it ([`forward_slide`]).
     #[inline(always)]
     pub unsafe fn forward_image<V: F32Vec>(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+        match (g.k_w, g.stride_w) {
+            (3, 1) => forward_image_k::<V, 3, 1>(x, w, y, g),
+            (3, 2) => forward_image_k::<V, 3, 2>(x, w, y, g),
+            (5, 1) => forward_image_k::<V, 5, 1>(x, w, y, g),
+            (5, 2) => forward_image_k::<V, 5, 2>(x, w, y, g),
+            _ => forward_image_k::<V, 0, 0>(x, w, y, g),
+        }
+    }
+
+    /// Outputs per sliding-window run (with two channel vectors: 8 accumulators, 2K weights
+    /// and 2 inputs in registers; 8 outputs needed 28 and spilled).
+    const SLIDE_PIXELS: usize = 4;
+
+    /// [`forward_image`] for kernel width K and stride S known at compile time (K = 0: any,
+    /// without sliding-window runs).
+    #[inline(always)]
+    unsafe fn forward_image_k<V: F32Vec, const K: usize, const S: usize>(
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        g: &ConvGeometry,
+    ) {
         for oh in 0..g.out_h {
             let mut ow = 0;
             while ow < g.out_w {
+                if K > 0
+                    && ow + SLIDE_PIXELS <= g.out_w
+                    && g.input_col(ow, 0).is_some()
+                    && g.input_col(ow + SLIDE_PIXELS - 1, K - 1).is_some()
+                {
+                    let mut cb = 0;
+                    // Two vectors of channels per run where they fit: each input column then
+                    // feeds up to 2 min(K, P) independent FMAs, enough to cover the FMA
+                    // latency (with one vector the chain through each accumulator limited
+                    // the loop to about 1.25 FMAs per cycle).
+                    if V::LANES >= 16 {
+                        while cb + 2 * V::LANES <= g.c_in {
+                            forward_slide::<V, 2, K, S>(x, w, y, g, oh, ow, cb);
+                            cb += 2 * V::LANES;
+                        }
+                    }
+                    while cb + V::LANES <= g.c_in {
+                        forward_slide::<V, 1, K, S>(x, w, y, g, oh, ow, cb);
+                        cb += V::LANES;
+                    }
+                    if cb < g.c_in {
+                        for p in 0..SLIDE_PIXELS {
+                            forward_pixel::<V>(x, w, y, g, oh, ow + p, cb);
+                        }
+                    }
+                    ow += SLIDE_PIXELS;
+                    continue;
+                }
                 let interior = ow + PIXELS <= g.out_w
                     && g.input_col(ow, 0).is_some()
                     && g.input_col(ow + PIXELS - 1, g.k_w - 1).is_some();
@@ -972,6 +1026,79 @@ mod dw_generic {
             let yo = (oh * g.out_w + ow + p) * c + cb;
             for (j, a) in acc_p.iter().enumerate() {
                 a.store(yp.add(yo + j * V::LANES));
+            }
+        }
+    }
+
+    /// SLIDE_PIXELS outputs (oh, ow..), channels cb..cb + VECS * LANES, kernel width K and
+    /// stride S, every tap inside the image horizontally. Per kernel row: the K weight
+    /// vectors are loaded once into registers; then input columns q = 0..(P-1)S + K are
+    /// loaded one at a time, each feeding every output p with a tap kw = q - pS on it.
+    /// That is (P-1)S + K + K loads for P K FMAs (0.65 per FMA at P = 4, K = 5, S = 1, against 1.25
+    /// for a tap-by-tap run), so the loop is bound by FMAs, not loads. Each output still sums
+    /// its taps in (kh, kw) order: for a fixed p, kw grows with q.
+    #[inline(always)]
+    unsafe fn forward_slide<V: F32Vec, const VECS: usize, const K: usize, const S: usize>(
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        g: &ConvGeometry,
+        oh: usize,
+        ow: usize,
+        cb: usize,
+    ) {
+        const P: usize = SLIDE_PIXELS;
+        let c = g.c_in;
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        let iw0 = ow * S - g.pad_left; // input column of tap 0 of the first output
+        let mut acc = [[V::splat(0.0); VECS]; P];
+        for kh in 0..g.k_h {
+            let Some(ih) = g.input_row(oh, kh) else { continue };
+            let row = xp.add((ih * g.in_w + iw0) * c + cb);
+            let mut wv = [[V::splat(0.0); VECS]; K];
+            for (kw, wk) in wv.iter_mut().enumerate() {
+                for (j, v) in wk.iter_mut().enumerate() {
+                    *v = V::load(wp.add((kh * K + kw) * c + cb + j * V::LANES));
+                }
+            }
+            // input columns q = 0..(P-1)S + K, spelled out so that every index is a constant
+            // (as a loop the compiler kept the weights and accumulators in memory)
+            macro_rules! columns {
+                ($($q:literal)*) => {$(
+                    if $q < (P - 1) * S + K {
+                        slide_column::<V, VECS, K, S, $q>(row, c, &mut acc, &wv);
+                    }
+                )*};
+            }
+            columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
+        }
+        for (p, acc_p) in acc.iter().enumerate() {
+            let yo = (oh * g.out_w + ow + p) * c + cb;
+            for (j, a) in acc_p.iter().enumerate() {
+                a.store(yp.add(yo + j * V::LANES));
+            }
+        }
+    }
+
+    /// Input column Q of a [`forward_slide`] run: loaded once, added into every output p
+    /// that has a tap kw = Q - pS on it.
+    #[inline(always)]
+    unsafe fn slide_column<V: F32Vec, const VECS: usize, const K: usize, const S: usize, const Q: usize>(
+        row: *const f32,
+        c: usize,
+        acc: &mut [[V; VECS]; SLIDE_PIXELS],
+        wv: &[[V; VECS]; K],
+    ) {
+        let mut xq = [V::splat(0.0); VECS];
+        for (j, v) in xq.iter_mut().enumerate() {
+            *v = V::load(row.add(Q * c + j * V::LANES));
+        }
+        for (p, acc_p) in acc.iter_mut().enumerate() {
+            if Q >= p * S && Q - p * S < K {
+                let kw = Q - p * S;
+                for j in 0..VECS {
+                    acc_p[j] = xq[j].mul_add(wv[kw][j], acc_p[j]);
+                }
             }
         }
     }
@@ -1468,7 +1595,8 @@ mod fast_tests {
         // (40 channels and 13 columns give the depthwise forward runs of 4 pixels with two-vector,
         // one-vector and scalar channel blocks at both strides; 20 x 17 pixels span two of the
         // dense conv's 256-pixel blocks; 17 and 40 channels at k = 5 split taps across K blocks;
-        // 400 channels at k = 1 split one tap)
+        // 400 channels at k = 1 split one tap; 21 columns give the depthwise forward
+        // sliding-window runs of 8 pixels at k = 3, and 13 columns at k = 5)
         for &(n, h, w, ci, co, k) in &[
             (2, 7, 5, 3, 4, 3),
             (1, 9, 8, 17, 33, 5),
@@ -1477,6 +1605,7 @@ mod fast_tests {
             (1, 6, 13, 40, 7, 5),
             (2, 20, 17, 6, 9, 3),
             (1, 4, 5, 400, 40, 1),
+            (1, 5, 21, 40, 3, 3),
         ] {
             for stride in [1, 2] {
                 for pad in pads {
