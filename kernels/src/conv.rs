@@ -1535,6 +1535,29 @@ pub fn depthwise_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) 
 
 /// Depthwise input gradient (overwrites dx).
 pub fn depthwise_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+    if g.stride_h == 1 && g.stride_w == 1 && g.pad_top < g.k_h && g.pad_left < g.k_w {
+        // Stride 1: as for the dense conv, the input gradient is the forward convolution of
+        // dy with the kernel turned 180 degrees, padded by K - 1 - pad before, so it runs on
+        // the forward's register-blocked, sliding-window loops.
+        let flipped = ConvGeometry {
+            in_h: g.out_h,
+            in_w: g.out_w,
+            pad_top: g.k_h - 1 - g.pad_top,
+            pad_left: g.k_w - 1 - g.pad_left,
+            out_h: g.in_h,
+            out_w: g.in_w,
+            ..*g
+        };
+        let c = g.c_in;
+        let mut w_flipped = vec![0.0f32; g.k_h * g.k_w * c];
+        for kh in 0..g.k_h {
+            for kw in 0..g.k_w {
+                let src = ((g.k_h - 1 - kh) * g.k_w + (g.k_w - 1 - kw)) * c;
+                w_flipped[(kh * g.k_w + kw) * c..][..c].copy_from_slice(&w[src..src + c]);
+            }
+        }
+        return depthwise_forward(dy, &w_flipped, dx, &flipped);
+    }
     let (xi, yi) = (g.in_h * g.in_w * g.c_in, g.out_h * g.out_w * g.c_in);
     dx[..g.input_len()].fill(0.0);
     dw_over_images(Isa::best(), DwOp::BackwardInput, dy, yi, w, 0, dx, xi, g);
