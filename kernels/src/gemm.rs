@@ -1784,21 +1784,37 @@ mod x86 {
         let (mut l, mut h) = (*lo, *hi);
         let p = *p;
         let mut b = b;
-        for k in 0..len {
-            _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
-            if W > 16 {
-                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
-            }
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
-            for r in 0..12 {
-                let av = _mm512_set1_ps(*p[r].add(k));
-                l[r] = _mm512_fmadd_ps(av, b0, l[r]);
-                if W == 32 {
-                    h[r] = _mm512_fmadd_ps(av, b1, h[r]);
+        // One k-step: 2 B loads, 12 broadcasts, 24 FMAs; four per loop iteration, so that
+        // the loop's own instructions do not crowd the front end.
+        macro_rules! step {
+            ($k:expr) => {{
+                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+                if W > 16 {
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
                 }
-            }
-            b = b.add(32);
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
+                for r in 0..12 {
+                    let av = _mm512_set1_ps(*p[r].add($k));
+                    l[r] = _mm512_fmadd_ps(av, b0, l[r]);
+                    if W == 32 {
+                        h[r] = _mm512_fmadd_ps(av, b1, h[r]);
+                    }
+                }
+                b = b.add(32);
+            }};
+        }
+        let mut k = 0;
+        while k + 4 <= len {
+            step!(k);
+            step!(k + 1);
+            step!(k + 2);
+            step!(k + 3);
+            k += 4;
+        }
+        while k < len {
+            step!(k);
+            k += 1;
         }
         (*lo, *hi) = (l, h);
         b
