@@ -478,7 +478,11 @@ pub(crate) unsafe fn sgemm_raw_bias(
         gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
-    if !bl.b_in_l1 && m < n && n >= 4 * threads * bl.nr && s.c_col == 1 {
+    // Column chunks re-read the shared (M x kc) block of packed A from each thread's L2: only
+    // when it fits there. (With M = 2048, as in BERT-base's projections, it streamed from
+    // L3 into the kernel at half speed.)
+    let a_block_fits_l2 = m * bl.kc <= SHARED_A_MAX_FLOATS;
+    if !bl.b_in_l1 && m < n && a_block_fits_l2 && n >= 4 * threads * bl.nr && s.c_col == 1 {
         gemm_parallel_cols(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
@@ -655,6 +659,10 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bi
         }
     }
 }
+
+/// The largest block of packed A (floats) that [`gemm_parallel_cols`] shares: 512 KB, half
+/// this Xeon's 1 MB L2.
+const SHARED_A_MAX_FLOATS: usize = 128 * 1024;
 
 /// Several threads, fewer rows than columns: the mirror image of [`gemm_parallel_rows`]. A,
 /// the smaller operand, is packed once and shared; column chunks of C (whole NR-wide panels)
