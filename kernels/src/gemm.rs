@@ -326,6 +326,14 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that a closure captures the whole Send wrapper rather
+    /// than its raw-pointer field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Cache blocking and micro-tile of one instruction set.
 #[derive(Clone, Copy)]
 struct Blocking {
@@ -573,34 +581,19 @@ unsafe fn gemm_parallel_rows(
     let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
     let padded_n = n.div_ceil(nr) * nr;
     // Packed B, (K, padded N): block pc starts at pc * padded_n; its panel at column jr starts
-    // kcb * jr further on and holds [kcb][NR].
-    // (a buffer kept by the calling thread between calls: fresh pages for a few MB per GEMM
-    // would cost page faults on every call; every element read is written below)
-    // (taken out of its cell for the call and put back after, so a nested call would simply
-    // find an empty buffer)
-    let mut packed_b = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    if packed_b.len() < k * padded_n {
-        packed_b.resize(k * padded_n, 0.0);
-    }
+    // kcb * jr further on and holds [kcb][NR]. Packed in runs of up to 8 panels, so that B
+    // is read in long row runs (see pack_b).
+    let bp = SendPtr(b as *mut f32);
+    let mut packed_b = pack_shared(k, kc, n, nr, 8, |pc, kcb, jr, cols, out| {
+        // SAFETY: the caller's B holds rows pc.. and columns jr.. (strides of `s`)
+        unsafe { pack_b(isa, kcb, cols, nr, bp.get().add(pc * s.b_row + jr * s.b_col), s.b_row, s.b_col, out) }
+    });
     let pb = SendPtr(packed_b.as_mut_ptr());
-    // Packing items: (block of K, run of up to 8 panels), so that B is read in long row runs
-    // (see pack_b).
-    let run = 8 * nr;
-    let items: Vec<(usize, usize)> =
-        (0..k).step_by(kc).flat_map(|pc| (0..n).step_by(run).map(move |jr| (pc, jr))).collect();
     // Row chunks: about four per thread, whole micro-panels, at most one cache block tall.
     let chunk = m.div_ceil(4 * threads).next_multiple_of(mr).min(bl.mc);
-    let (ap, bp, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
+    let (ap, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
     parallel::install(|| {
-        items.par_iter().for_each(|&(pc, jr)| {
-            let (pb, bp) = (pb, bp);
-            let kcb = kc.min(k - pc);
-            let cols = run.min(n - jr);
-            // SAFETY: each item owns its panels' floats of packed B.
-            let out = std::slice::from_raw_parts_mut(pb.0.add(pc * padded_n + jr * kcb), cols.div_ceil(nr) * nr * kcb);
-            pack_b(isa, kcb, cols, nr, bp.0.add(pc * s.b_row + jr * s.b_col), s.b_row, s.b_col, out);
-        });
         // Loop 4 outside the threads: every row chunk works through block pc of K before any
         // starts block pc + 1, so the block of packed B (kc x N) that a thread's chunks read
         // stays in its L2 from one chunk to the next. With loop 4 inside each chunk, every
@@ -647,7 +640,7 @@ unsafe fn gemm_parallel_rows(
             });
         }
     });
-    SHARED_PACKED.with(|cell| *cell.borrow_mut() = packed_b);
+    return_shared(packed_b);
 }
 
 unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bias: *const f32) {
@@ -658,6 +651,53 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bi
             *p = if beta == 0.0 { add } else { beta * *p + add };
         }
     }
+}
+
+/// One operand of a threaded GEMM packed whole, for all threads to share: for every block of
+/// K (kc deep) and every run of `run` micro-panels (`unit` wide) along the other axis (`len`
+/// long), `pack(pc, kcb, start, count, out)` fills that run's panels, the runs in parallel.
+/// Block pc starts at pc * padded len, a run at `start` kcb * start further on. The buffer is
+/// the calling thread's, kept between calls (fresh pages for a few MB per GEMM would cost
+/// page faults on every call); it is taken out of its cell, so a nested call would simply
+/// find an empty one, and goes back with [`return_shared`].
+fn pack_shared(
+    k: usize,
+    kc: usize,
+    len: usize,
+    unit: usize,
+    run: usize,
+    pack: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let padded = len.div_ceil(unit) * unit;
+    let mut packed = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    if packed.len() < k * padded {
+        packed.resize(k * padded, 0.0);
+    }
+    let run = run * unit;
+    let items: Vec<(usize, usize)> =
+        (0..k).step_by(kc).flat_map(|pc| (0..len).step_by(run).map(move |start| (pc, start))).collect();
+    let base = SendPtr(packed.as_mut_ptr());
+    parallel::install(|| {
+        items.par_iter().for_each(|&(pc, start)| {
+            let kcb = kc.min(k - pc);
+            let count = run.min(len - start);
+            // SAFETY: each item owns its run's floats of the buffer (k * padded long).
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.get().add(pc * padded + start * kcb),
+                    count.div_ceil(unit) * unit * kcb,
+                )
+            };
+            pack(pc, kcb, start, count, out);
+        });
+    });
+    packed
+}
+
+/// Puts a [`pack_shared`] buffer back in its cell for the next call.
+fn return_shared(buffer: Vec<f32>) {
+    SHARED_PACKED.with(|cell| *cell.borrow_mut() = buffer);
 }
 
 /// The largest block of packed A (floats) that [`gemm_parallel_cols`] shares: 512 KB, half
@@ -691,31 +731,19 @@ unsafe fn gemm_parallel_cols(
     let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
     let padded_m = m.div_ceil(mr) * mr;
     // Packed A, (K, padded M): block pc starts at pc * padded_m; its micro-panel at row ir
-    // starts kcb * ir further on and holds [kcb][MR]. (Buffer handling as in
-    // gemm_parallel_rows.)
-    let mut packed_a = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    if packed_a.len() < k * padded_m {
-        packed_a.resize(k * padded_m, 0.0);
-    }
+    // starts kcb * ir further on and holds [kcb][MR]. Packed in runs of up to 16
+    // micro-panels, so that a transposed A is still read in long runs (see pack_a).
+    let ap = SendPtr(a as *mut f32);
+    let mut packed_a = pack_shared(k, kc, m, mr, 16, |pc, kcb, ir, rows, out| {
+        // SAFETY: the caller's A holds rows ir.. and columns pc.. (strides of `s`)
+        unsafe { pack_a(isa, rows, kcb, mr, ap.get().add(ir * s.a_row + pc * s.a_col), s.a_row, s.a_col, out) }
+    });
     let pa = SendPtr(packed_a.as_mut_ptr());
-    // Packing items: (block of K, run of up to 16 micro-panels), so that a transposed A is
-    // still read in long runs (see pack_a).
-    let run = 16 * mr;
-    let items: Vec<(usize, usize)> =
-        (0..k).step_by(kc).flat_map(|pc| (0..m).step_by(run).map(move |ir| (pc, ir))).collect();
     // Column chunks: about four per thread, whole NR-wide panels, at most nc wide.
     let chunk = n.div_ceil(4 * threads).next_multiple_of(nr).min(bl.nc);
-    let (ap, bp, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
+    let (bp, cp, biasp) = (SendPtr(b as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
     parallel::install(|| {
-        items.par_iter().for_each(|&(pc, ir)| {
-            let (pa, ap) = (pa, ap);
-            let kcb = kc.min(k - pc);
-            let rows = run.min(m - ir);
-            // SAFETY: each item owns its micro-panels' floats of packed A.
-            let out = std::slice::from_raw_parts_mut(pa.0.add(pc * padded_m + ir * kcb), rows.div_ceil(mr) * mr * kcb);
-            pack_a(isa, rows, kcb, mr, ap.0.add(ir * s.a_row + pc * s.a_col), s.a_row, s.a_col, out);
-        });
         // Loop 4 outside the threads, as in gemm_parallel_rows: the block of packed A stays
         // in each thread's L2 across its chunks.
         for pc in (0..k).step_by(kc) {
@@ -745,7 +773,7 @@ unsafe fn gemm_parallel_cols(
             });
         }
     });
-    SHARED_PACKED.with(|cell| *cell.borrow_mut() = packed_a);
+    return_shared(packed_a);
 }
 
 thread_local! {
