@@ -10,6 +10,17 @@
 //!
 //! Padding: TF "SAME" (output = ceil(in / stride), the total padding split with the smaller
 //! half before), "VALID", or explicit per-side amounts as PyTorch's `padding=`.
+//!
+//! Fast paths (below the references), in the order a reader meets them:
+//! - dense forward: an implicit GEMM. On AVX-512 the micro-kernel broadcasts each patch
+//!   element straight from the image through per-tap row pointers (`patch_segments`);
+//!   elsewhere each 12-pixel A panel is packed from the image (`pack_patch_panel`). The
+//!   stride-1 input gradient is the same forward on the kernel turned 180 degrees;
+//! - dense weight gradient: col^T packed into micro-kernel panels one pixel's patch row at a
+//!   time, then the GEMM tiles against the packed output gradient;
+//! - depthwise: vectorised along channels; sliding-window runs (`forward_slide`, the weight
+//!   gradient's `weight_slide_column`) load each input column once for every output and tap
+//!   on it; the stride-1 input gradient is the forward on the flipped kernel.
 
 /// How a convolution pads its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
