@@ -895,6 +895,8 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeo
                 let mut packed_a = vec![0.0f32; a_panels * mr * IM2COL_BLOCK];
                 // one pixel's patch row, padded with zeros to whole panels
                 let mut patch = vec![0.0f32; a_panels * mr];
+                // the block's output gradient, packed into NR-wide panels (reused per block)
+                let mut packed_dy = Vec::new();
                 for &(n, p0, rows) in chunk {
                     let x_img = &x[n * img..(n + 1) * img];
                     for r in 0..rows {
@@ -903,7 +905,7 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeo
                             copy_floats(piece, &mut packed_a[(q * rows + r) * mr..][..mr]);
                         }
                     }
-                    let packed_dy = gemm.pack_b(rows, g.c_out, &dy[(n * p + p0) * g.c_out..], g.c_out);
+                    gemm.pack_b_into(rows, g.c_out, &dy[(n * p + p0) * g.c_out..], g.c_out, &mut packed_dy);
                     for q in 0..a_panels {
                         for jr in (0..g.c_out).step_by(nr) {
                             // SAFETY: panel q holds rows x MR floats, the dy panel rows x NR;

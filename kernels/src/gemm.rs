@@ -1103,15 +1103,24 @@ impl PanelGemm {
     /// Packs B (k x n, row-major, row stride `ldb`) for every block of K: block q (rows
     /// q*kc..) starts at q * kc * padded_cols(n) and holds the NR-wide panels, [kcb][NR] each.
     pub(crate) fn pack_b(&self, k: usize, n: usize, b: &[f32], ldb: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.pack_b_into(k, n, b, ldb, &mut out);
+        out
+    }
+
+    /// [`PanelGemm::pack_b`] into a buffer the caller keeps (grown as needed), for callers
+    /// that pack a new B for every block of a loop.
+    pub(crate) fn pack_b_into(&self, k: usize, n: usize, b: &[f32], ldb: usize, out: &mut Vec<f32>) {
         assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "pack_b: B too short");
         let np = self.padded_cols(n);
-        let mut out = vec![0.0f32; k * np];
+        if out.len() < k * np {
+            out.resize(k * np, 0.0);
+        }
         for pc in (0..k).step_by(self.kc) {
             let kcb = self.kc.min(k - pc);
             // SAFETY: rows pc..pc + kcb of B are inside `b` (asserted above).
             unsafe { pack_b(self.isa, kcb, n, self.nr, b.as_ptr().add(pc * ldb), ldb, 1, &mut out[pc * np..]) };
         }
-        out
     }
 
     /// Whether [`PanelGemm::gather_tile`] runs on this instruction set (AVX-512: the one
