@@ -63,20 +63,8 @@ impl Tensor {
             let lead: usize = sorted.iter().map(|&a| self.shape()[a]).product();
             let row: usize = self.shape()[sorted.len()..].iter().product();
             let src = self.as_contiguous_slice().expect("contiguous");
-            let mut acc = vec![0.0f64; row];
-            if lead > 0 && row > 0 {
-                // Column blocks on the kernel threads when there is enough work; each column is
-                // summed top to bottom by one thread, so the result does not depend on threads.
-                let min_cols = if lead * row >= 1 << 16 { 64 } else { usize::MAX / 4 };
-                kernels::parallel::for_each_chunk(&mut acc, min_cols, |c0, block| {
-                    for r in src.chunks_exact(row) {
-                        for (a, &v) in block.iter_mut().zip(&r[c0..]) {
-                            *a += v as f64;
-                        }
-                    }
-                });
-            }
-            let data: Vec<f32> = acc.into_iter().map(|v| v as f32).collect();
+            // f64 column sums over row blocks on the kernel threads; the same for any thread count.
+            let data: Vec<f32> = if lead > 0 { kernels::reduce::column_sums(src, row) } else { vec![0.0; row] };
             let shape: Vec<usize> = if keepdim {
                 (0..self.rank()).map(|d| if sorted.contains(&d) { 1 } else { self.shape()[d] }).collect()
             } else {
