@@ -1,6 +1,7 @@
 //! GEMM throughput at the shapes the ALIGN towers use.
 //!
 //!     cargo run --release -p kernels --example gemm_bench -- --threads 1 [--isa avx2] [--runs 7]
+//!     ... -- --threads 2 --bert-mini --ab-threads    # one thread against T, alternated call by call
 //!
 //! Prints one line per shape, `gemm M K N GFLOPS` (M x K times K x N, row-major), the median of
 //! several timed runs after a warm-up. Compare with `python3 scripts/bench_reference.py gemm`,
@@ -81,6 +82,25 @@ fn main() {
             c_row: n,
             c_col: 1,
         };
+        let op = if ta {
+            " ta"
+        } else if tb {
+            " tb"
+        } else {
+            ""
+        };
+        let gflops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
+        if args.iter().any(|a| a == "--ab-threads") {
+            // One thread against `threads`, alternated call by call: the scaling, free of drift.
+            let mut c2 = c.clone();
+            let (t_one, t_many) = kernels::timing::alternating_median_ms(
+                runs,
+                || sgemm_with(isa, 1, m, k, n, 1.0, &a, &b, 0.0, &mut c, s),
+                || sgemm_with(isa, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c2, s),
+            );
+            println!("gemm {m} {k} {n}{op} 1t {:.1} {threads}t {:.1}", gflops(t_one), gflops(t_many));
+            continue;
+        }
         sgemm_with(isa, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s); // warm-up
         let mut times: Vec<f64> = (0..runs)
             .map(|_| {
@@ -91,13 +111,6 @@ fn main() {
             .collect();
         times.sort_by(|x, y| x.partial_cmp(y).unwrap());
         let median = times[times.len() / 2];
-        let op = if ta {
-            " ta"
-        } else if tb {
-            " tb"
-        } else {
-            ""
-        };
-        println!("gemm {m} {k} {n}{op} {:.1}", 2.0 * (m * n * k) as f64 / median / 1e9);
+        println!("gemm {m} {k} {n}{op} {:.1}", gflops(median * 1e3));
     }
 }

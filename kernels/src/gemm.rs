@@ -577,7 +577,6 @@ unsafe fn gemm_parallel_rows(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    use rayon::prelude::*;
     let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
     let padded_n = n.div_ceil(nr) * nr;
     // Packed B, (K, padded N): block pc starts at pc * padded_n; its panel at column jr starts
@@ -594,53 +593,64 @@ unsafe fn gemm_parallel_rows(
     let (ap, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
     parallel::install(|| {
-        // Loop 4 outside the threads: every row chunk works through block pc of K before any
-        // starts block pc + 1, so the block of packed B (kc x N) that a thread's chunks read
-        // stays in its L2 from one chunk to the next. With loop 4 inside each chunk, every
-        // chunk streamed all of B from L3 again: for the weight gradients (K = 2048, M and
-        // N = 256) that was 8x the B traffic.
-        for pc in (0..k).step_by(kc) {
+        for_each_chunk_block(kc, m.div_ceil(chunk), k, |q, pc| {
             let kcb = kc.min(k - pc);
             let beta_block = if pc == 0 { beta } else { 1.0 };
-            (0..m.div_ceil(chunk)).into_par_iter().for_each(|q| {
-                let (ap, cp, biasp, pb) = (ap, cp, biasp, pb);
-                let (i0, rows) = (q * chunk, chunk.min(m - q * chunk));
-                PACK_A.with(|pa| {
-                    let mut pa = pa.borrow_mut();
-                    let need = rows.div_ceil(mr) * mr * kcb;
-                    if pa.len() < need {
-                        pa.resize(need, 0.0);
-                    }
-                    let a_block = ap.0.add(i0 * s.a_row + pc * s.a_col) as *const f32;
-                    if n <= bl.nc && s.a_col == 1 {
-                        // One column panel: A packed one micro-panel at a time (UnpackedRows).
-                        let bias_block = if pc == 0 { biasp.0 as *const f32 } else { std::ptr::null() };
-                        let unpacked = UnpackedRows { isa, a: a_block, rs: s.a_row, cs: s.a_col, rows };
-                        let b_block = pb.0.add(pc * padded_n);
-                        let c_block = cp.0.add(i0 * s.c_row);
-                        unpacked.multiply(&tiles, kcb, b_block, n, &mut pa, c_block, s, alpha, beta_block, bias_block);
-                        return;
-                    }
-                    // Pack this chunk's rows of A for block pc.
-                    pack_a(isa, rows, kcb, mr, a_block, s.a_row, s.a_col, &mut pa);
-                    // Loop 5: column panels of the shared B (nc wide, L2-sized).
-                    for jc in (0..n).step_by(bl.nc) {
-                        // SAFETY: rows i0.. of C belong to this chunk alone.
-                        let c_block = cp.0.add(i0 * s.c_row + jc * s.c_col);
-                        let bias_block = if pc == 0 && !biasp.0.is_null() {
-                            biasp.0.add(jc) as *const f32
-                        } else {
-                            std::ptr::null()
-                        };
-                        let b_block = pb.0.add(pc * padded_n + jc * kcb);
-                        let block = PackedBlock { kc: kcb, rows, cols: bl.nc.min(n - jc), a: pa.as_ptr(), b: b_block };
-                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
-                    }
-                });
+            let (ap, cp, biasp, pb) = (ap, cp, biasp, pb);
+            let (i0, rows) = (q * chunk, chunk.min(m - q * chunk));
+            PACK_A.with(|pa| {
+                let mut pa = pa.borrow_mut();
+                let need = rows.div_ceil(mr) * mr * kcb;
+                if pa.len() < need {
+                    pa.resize(need, 0.0);
+                }
+                let a_block = ap.0.add(i0 * s.a_row + pc * s.a_col) as *const f32;
+                if n <= bl.nc && s.a_col == 1 {
+                    // One column panel: A packed one micro-panel at a time (UnpackedRows).
+                    let bias_block = if pc == 0 { biasp.0 as *const f32 } else { std::ptr::null() };
+                    let unpacked = UnpackedRows { isa, a: a_block, rs: s.a_row, cs: s.a_col, rows };
+                    let b_block = pb.0.add(pc * padded_n);
+                    let c_block = cp.0.add(i0 * s.c_row);
+                    unpacked.multiply(&tiles, kcb, b_block, n, &mut pa, c_block, s, alpha, beta_block, bias_block);
+                    return;
+                }
+                // Pack this chunk's rows of A for block pc.
+                pack_a(isa, rows, kcb, mr, a_block, s.a_row, s.a_col, &mut pa);
+                // Loop 5: column panels of the shared B (nc wide, L2-sized).
+                for jc in (0..n).step_by(bl.nc) {
+                    // SAFETY: rows i0.. of C belong to this chunk alone.
+                    let c_block = cp.0.add(i0 * s.c_row + jc * s.c_col);
+                    let bias_block =
+                        if pc == 0 && !biasp.0.is_null() { biasp.0.add(jc) as *const f32 } else { std::ptr::null() };
+                    let b_block = pb.0.add(pc * padded_n + jc * kcb);
+                    let block = PackedBlock { kc: kcb, rows, cols: bl.nc.min(n - jc), a: pa.as_ptr(), b: b_block };
+                    block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
+                }
             });
-        }
+        });
     });
     return_shared(packed_b);
+}
+
+/// The threaded loop of [`gemm_parallel_rows`] and [`gemm_parallel_cols`]: `body(q, pc)` for
+/// every chunk q < `chunks` and every block of K starting at pc. Loop 4 (blocks of K) runs
+/// outside the threads: every chunk works through block pc before any starts block pc + 1,
+/// so the block of the shared operand that a thread's chunks read stays in its L2 from one
+/// chunk to the next. (With loop 4 inside each chunk, every chunk streamed the whole shared
+/// operand from L3 again: for the weight gradients, K = 2048 and M, N = 256, that was 8x the
+/// traffic.) Each chunk's blocks run in the order of K, so every element of C is summed in
+/// the serial order.
+///
+/// The chunks of a block go to threads as they come free, with a join between blocks. A
+/// static schedule (thread t carries the t-th run of chunks through every block, one join
+/// per product) measured the same, alternated call by call in one process
+/// (`gemm_bench --threads 2 --bert-mini`, sixth session), so the join is not where
+/// two-thread time goes, and the dynamic one still balances a core slowed by a neighbour.
+fn for_each_chunk_block(kc: usize, chunks: usize, k: usize, body: impl Fn(usize, usize) + Sync) {
+    use rayon::prelude::*;
+    for pc in (0..k).step_by(kc) {
+        (0..chunks).into_par_iter().for_each(|q| body(q, pc));
+    }
 }
 
 unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bias: *const f32) {
@@ -727,7 +737,6 @@ unsafe fn gemm_parallel_cols(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    use rayon::prelude::*;
     let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
     let padded_m = m.div_ceil(mr) * mr;
     // Packed A, (K, padded M): block pc starts at pc * padded_m; its micro-panel at row ir
@@ -744,34 +753,30 @@ unsafe fn gemm_parallel_cols(
     let (bp, cp, biasp) = (SendPtr(b as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
     parallel::install(|| {
-        // Loop 4 outside the threads, as in gemm_parallel_rows: the block of packed A stays
-        // in each thread's L2 across its chunks.
-        for pc in (0..k).step_by(kc) {
+        for_each_chunk_block(kc, n.div_ceil(chunk), k, |q, pc| {
             let kcb = kc.min(k - pc);
             let beta_block = if pc == 0 { beta } else { 1.0 };
-            (0..n.div_ceil(chunk)).into_par_iter().for_each(|q| {
-                let (bp, cp, biasp, pa) = (bp, cp, biasp, pa);
-                let (j0, cols) = (q * chunk, chunk.min(n - q * chunk));
-                PACK_B.with(|pb| {
-                    let mut pb = pb.borrow_mut();
-                    let need = cols.div_ceil(nr) * nr * kcb;
-                    if pb.len() < need {
-                        pb.resize(need, 0.0);
-                    }
-                    pack_b(isa, kcb, cols, nr, bp.0.add(pc * s.b_row + j0 * s.b_col), s.b_row, s.b_col, &mut pb);
-                    let bias_block =
-                        if pc == 0 && !biasp.0.is_null() { biasp.0.add(j0) as *const f32 } else { std::ptr::null() };
-                    // Loop 3: row blocks of the shared A.
-                    for ic in (0..m).step_by(bl.mc) {
-                        // SAFETY: columns j0.. of C belong to this chunk alone.
-                        let c_block = cp.0.add(ic * s.c_row + j0 * s.c_col);
-                        let a_block = pa.0.add(pc * padded_m + ic * kcb);
-                        let block = PackedBlock { kc: kcb, rows: bl.mc.min(m - ic), cols, a: a_block, b: pb.as_ptr() };
-                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
-                    }
-                });
+            let (bp, cp, biasp, pa) = (bp, cp, biasp, pa);
+            let (j0, cols) = (q * chunk, chunk.min(n - q * chunk));
+            PACK_B.with(|pb| {
+                let mut pb = pb.borrow_mut();
+                let need = cols.div_ceil(nr) * nr * kcb;
+                if pb.len() < need {
+                    pb.resize(need, 0.0);
+                }
+                pack_b(isa, kcb, cols, nr, bp.0.add(pc * s.b_row + j0 * s.b_col), s.b_row, s.b_col, &mut pb);
+                let bias_block =
+                    if pc == 0 && !biasp.0.is_null() { biasp.0.add(j0) as *const f32 } else { std::ptr::null() };
+                // Loop 3: row blocks of the shared A.
+                for ic in (0..m).step_by(bl.mc) {
+                    // SAFETY: columns j0.. of C belong to this chunk alone.
+                    let c_block = cp.0.add(ic * s.c_row + j0 * s.c_col);
+                    let a_block = pa.0.add(pc * padded_m + ic * kcb);
+                    let block = PackedBlock { kc: kcb, rows: bl.mc.min(m - ic), cols, a: a_block, b: pb.as_ptr() };
+                    block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
+                }
             });
-        }
+        });
     });
     return_shared(packed_a);
 }
