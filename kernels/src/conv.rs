@@ -467,7 +467,7 @@ mod tests {
 // Fast paths. Same contracts as the references above; tests compare the two.
 // =============================================================================================
 
-use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, RowSegment, MAX_PANEL_WIDTH};
+use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, RowSegment, TapRun, MAX_PANEL_WIDTH};
 use crate::parallel;
 use crate::simd::Isa;
 use crate::vec::F32Vec;
@@ -615,7 +615,8 @@ fn pack_patch_panel(
 /// The A operand of the implicit GEMM for output pixels q0..q0 + rows of one image and
 /// columns [pc, pc + kcb) of the im2col matrix, as row-pointer segments for
 /// `PanelGemm::gather_tile`: one segment per tap, each row pointing at that pixel's input
-/// channels under the tap (or at `zeros` in the padding, and for rows past `rows`).
+/// channels under the tap (or at `zeros` in the padding, and for rows past `rows`). For
+/// tiles at the image's edges; the others take [`window_corners`] and [`tap_runs`].
 #[allow(clippy::too_many_arguments)]
 fn patch_segments(
     g: &ConvGeometry,
@@ -638,42 +639,65 @@ fn patch_segments(
             (oh, ow) = (oh + 1, 0);
         }
     }
-    // Most tiles lie inside the image for every tap: then each row's pointer is its pixel's
-    // window corner plus a per-tap offset, and only a padded tile pays for the bounds of
-    // every (row, tap). (Checked per row and tap throughout, building the segments cost a
-    // third as much as the tile's arithmetic.)
-    let mut corner = [0usize; 12];
-    let interior = rows == 12
-        && pixel.iter().zip(corner.iter_mut()).all(|(&(oh, ow), corner)| {
-            match (g.input_row(oh, 0), g.input_row(oh, g.k_h - 1), g.input_col(ow, 0), g.input_col(ow, g.k_w - 1)) {
-                (Some(ih), Some(_), Some(iw), Some(_)) => {
-                    *corner = (ih * g.in_w + iw) * c;
-                    true
-                }
-                _ => false,
-            }
-        });
     for tap in pc / c..(pc + kcb).div_ceil(c) {
         let (kh, kw) = (tap / g.k_w, tap % g.k_w);
         let lo = pc.max(tap * c) - tap * c;
         let hi = (pc + kcb).min((tap + 1) * c) - tap * c;
         let mut seg = RowSegment { rows: [zeros[lo..].as_ptr(); 12], len: hi - lo };
-        if interior {
-            // every (corner + offset + hi) is inside the image: the window lies in it
-            let offset = (kh * g.in_w + kw) * c + lo;
-            let base = x_img.as_ptr();
-            for (ptr, &corner) in seg.rows.iter_mut().zip(&corner) {
-                *ptr = base.wrapping_add(corner + offset);
-            }
-        } else {
-            for (ptr, &(oh, ow)) in seg.rows.iter_mut().zip(&pixel).take(rows) {
-                if let (Some(ih), Some(iw)) = (g.input_row(oh, kh), g.input_col(ow, kw)) {
-                    *ptr = x_img[(ih * g.in_w + iw) * c + lo..].as_ptr();
-                }
+        for (ptr, &(oh, ow)) in seg.rows.iter_mut().zip(&pixel).take(rows) {
+            if let (Some(ih), Some(iw)) = (g.input_row(oh, kh), g.input_col(ow, kw)) {
+                *ptr = x_img[(ih * g.in_w + iw) * c + lo..].as_ptr();
             }
         }
         out.push(seg);
     }
+}
+
+/// The taps of columns [pc, pc + kcb) of the im2col matrix as runs from a pixel's window
+/// corner (its tap (0, 0) input pixel): tap (kh, kw), channels lo..hi, starts
+/// (kh * W_in + kw) * C_in + lo floats further on. The same for every tile inside the image.
+fn tap_runs(g: &ConvGeometry, pc: usize, kcb: usize) -> Vec<TapRun> {
+    let c = g.c_in;
+    (pc / c..(pc + kcb).div_ceil(c))
+        .map(|tap| {
+            let (kh, kw) = (tap / g.k_w, tap % g.k_w);
+            let lo = pc.max(tap * c) - tap * c;
+            let hi = (pc + kcb).min((tap + 1) * c) - tap * c;
+            TapRun { offset: (kh * g.in_w + kw) * c + lo, len: hi - lo }
+        })
+        .collect()
+}
+
+/// For the 12 output pixels q0.. of one image: when every one's window lies inside the
+/// image, the offsets of their window corners in the image (and true); else false. (With the
+/// bounds of every row and tap checked in the segment builder, a tile's pointers cost a
+/// third as much as its arithmetic; inside the image they are 12 additions.)
+fn window_corners(g: &ConvGeometry, q0: usize, corners: &mut [usize; 12]) -> bool {
+    let (oh, ow) = (q0 / g.out_w, q0 % g.out_w);
+    let rows_inside = |oh: usize| g.input_row(oh, 0).filter(|_| g.input_row(oh, g.k_h - 1).is_some());
+    if ow + 12 <= g.out_w {
+        // One output row: the first pixel's left tap and the last one's right tap bound all.
+        let (Some(ih), Some(iw), Some(_)) = (rows_inside(oh), g.input_col(ow, 0), g.input_col(ow + 11, g.k_w - 1))
+        else {
+            return false;
+        };
+        for (r, corner) in corners.iter_mut().enumerate() {
+            *corner = (ih * g.in_w + iw + r * g.stride_w) * g.c_in;
+        }
+        return true;
+    }
+    let (mut oh, mut ow) = (oh, ow);
+    for corner in corners.iter_mut() {
+        match (rows_inside(oh), g.input_col(ow, 0), g.input_col(ow, g.k_w - 1)) {
+            (Some(ih), Some(iw), Some(_)) => *corner = (ih * g.in_w + iw) * g.c_in,
+            _ => return false,
+        }
+        ow += 1;
+        if ow == g.out_w {
+            (oh, ow) = (oh + 1, 0);
+        }
+    }
+    true
 }
 
 /// y (N, OH, OW, C_out) = conv(x, w HWIO). A 1x1 stride-1 conv is one GEMM over all pixels.
@@ -752,25 +776,39 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
     let padded = gemm.padded_cols(g.c_out);
     let yp = SyncSlice(y.as_mut_ptr());
     let blocks = pixel_blocks(g);
+    // Per block of K, the taps as runs from a window corner, for the tiles inside the image.
+    let runs: Vec<Vec<TapRun>> = (0..kdim).step_by(kc).map(|pc| tap_runs(g, pc, kc.min(kdim - pc))).collect();
     parallel::install(|| {
         blocks.par_iter().for_each_init(
             || (Vec::new(), vec![0.0f32; g.c_in]),
             |(segments, zeros), &(n, p0, rows)| {
                 let x_img = &x[n * img..(n + 1) * img];
+                let mut corners = [0usize; 12];
                 for i0 in (0..rows).step_by(mr) {
                     let tile_rows = mr.min(rows - i0);
-                    for pc in (0..kdim).step_by(kc) {
+                    let inside = tile_rows == 12 && window_corners(g, p0 + i0, &mut corners);
+                    // SAFETY (wrapping_add): inside the image, corner + offset + len of every
+                    // run stays inside x_img (the whole window does).
+                    let bases: [*const f32; 12] = std::array::from_fn(|r| x_img.as_ptr().wrapping_add(corners[r]));
+                    for (block, pc) in (0..kdim).step_by(kc).enumerate() {
                         let kcb = kc.min(kdim - pc);
-                        patch_segments(g, x_img, zeros, p0 + i0, tile_rows, pc, kcb, segments);
+                        if !inside {
+                            patch_segments(g, x_img, zeros, p0 + i0, tile_rows, pc, kcb, segments);
+                        }
                         for jr in (0..g.c_out).step_by(nr) {
                             let b_panel = packed_w[pc * padded + jr * kcb..].as_ptr();
                             // SAFETY: this block alone writes output pixels p0.. of image n;
-                            // the tile lies inside y (asserted by the caller); every segment
-                            // pointer has its len floats (a pixel's channels or the zero row).
+                            // the tile lies inside y (asserted by the caller); every row
+                            // pointer has its run's floats (a pixel's channels or the zero row).
                             unsafe {
                                 let c = yp.ptr().add((n * p + p0 + i0) * g.c_out + jr);
                                 let beta = if pc == 0 { 0.0 } else { 1.0 };
-                                gemm.gather_tile(segments, b_panel, c, g.c_out, beta, tile_rows, nr.min(g.c_out - jr));
+                                let cols = nr.min(g.c_out - jr);
+                                if inside {
+                                    gemm.gather_tile_runs(&bases, &runs[block], b_panel, c, g.c_out, beta, 12, cols);
+                                } else {
+                                    gemm.gather_tile(segments, b_panel, c, g.c_out, beta, tile_rows, cols);
+                                }
                             }
                         }
                     }
@@ -1749,7 +1787,8 @@ mod fast_tests {
         // one-vector and scalar channel blocks at both strides; 20 x 17 pixels span two of the
         // dense conv's 256-pixel blocks; 17 and 40 channels at k = 5 split taps across K blocks;
         // 400 channels at k = 1 split one tap; 21 columns give the depthwise forward
-        // sliding-window runs of 8 pixels at k = 3, and 13 columns at k = 5)
+        // sliding-window runs of 8 pixels at k = 3, and 13 columns at k = 5; 29 and 30 columns
+        // give dense-conv tiles of 12 pixels inside one output row at stride 2 and at k = 5)
         for &(n, h, w, ci, co, k) in &[
             (2, 7, 5, 3, 4, 3),
             (1, 9, 8, 17, 33, 5),
@@ -1759,6 +1798,8 @@ mod fast_tests {
             (2, 20, 17, 6, 9, 3),
             (1, 4, 5, 400, 40, 1),
             (1, 5, 21, 40, 3, 3),
+            (1, 6, 29, 5, 6, 3),
+            (1, 7, 30, 3, 33, 5),
         ] {
             for stride in [1, 2] {
                 for pad in pads {

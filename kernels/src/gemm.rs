@@ -1082,6 +1082,15 @@ pub(crate) struct RowSegment {
     pub len: usize,
 }
 
+/// One stretch of the K axis for [`PanelGemm::gather_tile_runs`], the same for every tile
+/// whose rows all lie inside the image: each row reads `len` consecutive A elements from
+/// its own base pointer plus `offset`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TapRun {
+    pub offset: usize,
+    pub len: usize,
+}
+
 /// The micro-kernel and its blocking, for callers that pack their own A panels (the
 /// implicit-GEMM convolution builds each A panel straight from the image, with no im2col
 /// matrix in between). B is packed once per call with [`PanelGemm::pack_b`].
@@ -1156,6 +1165,32 @@ impl PanelGemm {
         x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (segments, b_panel, c, rsc, beta, rows, cols);
+    }
+
+    /// [`PanelGemm::gather_tile`] with the segments given as 12 row base pointers and runs
+    /// shared by many tiles: run t reads row r at `bases[r] + runs[t].offset`. A convolution
+    /// tile inside the image needs only its 12 window corners; the per-tap runs are built
+    /// once per call, not 12 pointers per tap per tile.
+    ///
+    /// # Safety
+    /// As [`PanelGemm::gather_tile`], for the pointers `bases[r] + offset` of every run.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gather_tile_runs(
+        &self,
+        bases: &[*const f32; 12],
+        runs: &[TapRun],
+        b_panel: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        debug_assert!(self.can_gather());
+        #[cfg(target_arch = "x86_64")]
+        x86::kernel_avx512_12x32_gather_runs(bases, runs, b_panel, c, rsc, beta, rows, cols);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (bases, runs, b_panel, c, rsc, beta, rows, cols);
     }
 
     /// C tile (rows x cols, row stride `rsc`) = A panel (MR x kcb, packed) x B panel
@@ -1797,6 +1832,49 @@ mod x86 {
         } else {
             gather_avx512::<32>(segments, b, c, rsc, beta, rows, cols)
         }
+    }
+
+    /// [`kernel_avx512_12x32_gather`] with each segment's row pointers formed as a base per
+    /// row plus the run's offset (see `PanelGemm::gather_tile_runs`).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_avx512_12x32_gather_runs(
+        bases: &[*const f32; 12],
+        runs: &[super::TapRun],
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        if cols <= 16 {
+            gather_runs_avx512::<16>(bases, runs, b, c, rsc, beta, rows, cols)
+        } else {
+            gather_runs_avx512::<32>(bases, runs, b, c, rsc, beta, rows, cols)
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gather_runs_avx512<const W: usize>(
+        bases: &[*const f32; 12],
+        runs: &[super::TapRun],
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        let mut hi = [_mm512_setzero_ps(); 12];
+        let mut b = b;
+        for run in runs {
+            let rows_at: [*const f32; 12] = std::array::from_fn(|r| bases[r].add(run.offset));
+            b = gather_segment::<W>(&mut lo, &mut hi, &rows_at, run.len, b);
+        }
+        store_tile_avx512::<W>(&lo, &hi, c, rsc, 1.0, beta, std::ptr::null(), rows, cols);
     }
 
     #[inline(always)]
