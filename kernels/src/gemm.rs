@@ -1193,6 +1193,34 @@ impl PanelGemm {
         let _ = (bases, runs, b_panel, c, rsc, beta, rows, cols);
     }
 
+    /// C tile (rows x cols, row stride `rsc`) += A x B panel (kcb x NR, packed), A given by
+    /// columns: column k of A (MR elements) is the MR consecutive floats at
+    /// `columns[k] + offset`. A convolution's weight gradient reads its im2col^T panels this
+    /// way straight from the image: along K (output pixels) each column is one input pixel's
+    /// run of channels under a tap, so nothing is copied into a panel.
+    ///
+    /// # Safety
+    /// `columns` has kcb pointers, each with `offset + MR` readable floats (also for rows
+    /// past `rows`, whose results are dropped); the B panel holds kcb * NR floats; the C tile
+    /// is writable. Only when [`PanelGemm::can_gather`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gather_columns_tile(
+        &self,
+        columns: &[*const f32],
+        offset: usize,
+        b_panel: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        debug_assert!(self.can_gather());
+        #[cfg(target_arch = "x86_64")]
+        x86::kernel_avx512_12x32_columns(columns, offset, b_panel, c, rsc, rows, cols);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (columns, offset, b_panel, c, rsc, rows, cols);
+    }
+
     /// C tile (rows x cols, row stride `rsc`) = A panel (MR x kcb, packed) x B panel
     /// (kcb x NR, packed) + beta * C.
     ///
@@ -1832,6 +1860,72 @@ mod x86 {
         } else {
             gather_avx512::<32>(segments, b, c, rsc, beta, rows, cols)
         }
+    }
+
+    /// C tile += A x B with A given by columns: column k is the 12 floats at
+    /// `columns[k] + offset` (see `PanelGemm::gather_columns_tile`). One pointer load per
+    /// k-step, then 12 broadcasts from one base, folded into the FMAs as in the packed kernel.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn kernel_avx512_12x32_columns(
+        columns: &[*const f32],
+        offset: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        if cols <= 16 {
+            columns_avx512::<16>(columns, offset, b, c, rsc, rows, cols)
+        } else {
+            columns_avx512::<32>(columns, offset, b, c, rsc, rows, cols)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn columns_avx512<const W: usize>(
+        columns: &[*const f32],
+        offset: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        let mut hi = [_mm512_setzero_ps(); 12];
+        let mut b = b;
+        // One k-step: a pointer, W / 16 loads of B, 12 broadcasts, 12 W / 16 FMAs.
+        macro_rules! step {
+            ($col:expr) => {{
+                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+                if W > 16 {
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+                }
+                let a = $col.add(offset);
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
+                for r in 0..12 {
+                    let av = _mm512_set1_ps(*a.add(r));
+                    lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                    if W == 32 {
+                        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                    }
+                }
+                b = b.add(32);
+            }};
+        }
+        let mut quads = columns.chunks_exact(4);
+        for q in &mut quads {
+            step!(q[0]);
+            step!(q[1]);
+            step!(q[2]);
+            step!(q[3]);
+        }
+        for &col in quads.remainder() {
+            step!(col);
+        }
+        store_tile_avx512::<W>(&lo, &hi, c, rsc, 1.0, 1.0, std::ptr::null(), rows, cols);
     }
 
     /// [`kernel_avx512_12x32_gather`] with each segment's row pointers formed as a base per
