@@ -4,6 +4,8 @@
     python3 scripts/bench_reference.py gemm --threads 1     # numpy (OpenBLAS) sgemm
     python3 scripts/bench_reference.py rows                 # PyTorch CPU softmax / layer_norm / GELU
     python3 scripts/bench_reference.py dual --threads 2     # the tiny ALIGN training step, pairs/s
+    python3 scripts/bench_reference.py bert --threads 2 --interleave target/release/examples/bert_bench
+                                                            # BERT steps alternated with ours, one by one
 
 Run it in the same session as the Rust side (`cargo run --release -p kernels --example
 gemm_bench -- --threads 1`, `cargo bench --bench kernels`): the machines are shared and noisy,
@@ -44,6 +46,17 @@ def gemm(threads, runs):
         shapes += [(m, n, k, "") for m, k, n in fwd]
         shapes += [(n, m, k, "ta") for m, k, n in fwd]
     print(f"# numpy {np.__version__} threads {threads} runs {runs}", file=sys.stderr)
+    if "--interleave" in sys.argv:
+        # python3 scripts/bench_reference.py gemm --threads 1 --runs 30 --interleave target/release/examples/gemm_bench
+        cases = {}
+        for m, k, n, op in shapes:
+            a = np.random.rand(k, m).astype(np.float32).T if op == "ta" else np.random.rand(m, k).astype(np.float32)
+            b = np.random.rand(n, k).astype(np.float32).T if op == "tb" else np.random.rand(k, n).astype(np.float32)
+            c = np.empty((m, n), dtype=np.float32)
+            cases[f"{m} {k} {n} {op or '-'}"] = (lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
+        ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
+        interleaved(ours, cases, runs, pause=0.01)
+        return
     for m, k, n, op in shapes:
         # a transposed operand is a transposed view of a row-major array: BLAS gets the flag
         a = np.random.rand(k, m).astype(np.float32).T if op == "ta" else np.random.rand(m, k).astype(np.float32)
@@ -91,6 +104,44 @@ def conv(threads, runs):
         print(f"{name} {fwd * 1e3:.2f} {both * 1e3:.2f}")
 
 
+def interleaved(ours_cmd, cases, runs, pause=0.05):
+    """Alternates reference steps with ours, step by step: `ours_cmd` is a program that prints
+    "ready", then answers each stdin line (a case name) with one timed step's milliseconds.
+    `cases` maps each name to the reference step. Prints, per case, both medians and the
+    median of the per-pair ratios (reference time / ours: above 1 means ours is faster). On
+    this shared host the speed drifts 2x over seconds; whole-program runs one after the other
+    compare different phases, pairs a few hundred ms apart do not."""
+    import statistics
+    import subprocess
+
+    proc = subprocess.Popen(ours_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", "the program did not start its serve loop"
+
+    def ours(name):
+        proc.stdin.write(name + "\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    for name, step in cases.items():
+        step()  # warm-up, both sides
+        ours(name)
+        pairs = []
+        for _ in range(runs):
+            time.sleep(pause)  # let the other side's spinning threads go idle
+            t = time.perf_counter()
+            step()
+            ref = (time.perf_counter() - t) * 1e3
+            time.sleep(pause)
+            pairs.append((ref, ours(name)))
+        refs, outs = [p[0] for p in pairs], [p[1] for p in pairs]
+        ratio = statistics.median(r / o for r, o in pairs)
+        print(f"{name} reference {statistics.median(refs):.1f} ours {statistics.median(outs):.1f} "
+              f"speedup {ratio:.3f} (pairs {runs}, per-pair min {min(r / o for r, o in pairs):.3f} "
+              f"max {max(r / o for r, o in pairs):.3f})", flush=True)
+    proc.stdin.close()
+    proc.wait()
+
+
 def bert(threads, runs):
     import torch
     from transformers import BertConfig, BertModel
@@ -103,6 +154,16 @@ def bert(threads, runs):
 
     def step():
         mini(input_ids=ids).last_hidden_state.mean().backward()
+    if "--interleave" in sys.argv:
+        # python3 scripts/bench_reference.py bert --threads 2 --runs 20 --interleave target/release/examples/bert_bench
+        base = BertModel(BertConfig(), add_pooling_layer=False).eval()
+
+        def base_step():
+            with torch.no_grad():
+                base(input_ids=ids)
+        ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
+        interleaved(ours, {"mini": step, "base": base_step}, runs)
+        return
     print(f"bert-mini fwd+bwd {median_time(step, runs) * 1e3:.1f}")
     base = BertModel(BertConfig(), add_pooling_layer=False).eval()
     with torch.no_grad():

@@ -5,7 +5,8 @@
 //!
 //! Prints `bert-mini fwd+bwd MS` and `bert-base fwd MS` (median of several runs). `--split`
 //! adds the forward alone (and, with ALIGN_PROFILE_BACKWARD=1, a backward table);
-//! `--mini-only` skips BERT-base (for profilers).
+//! `--mini-only` skips BERT-base (for profilers); `--serve` answers one timed step per stdin
+//! line, for `bench_reference.py bert --interleave` (see there).
 
 use align::bert::{Bert, BertConfig, TokenBatch};
 use autograd::ops::reduce;
@@ -29,6 +30,29 @@ fn main() {
         seq: t,
     };
     let mini = Bert::new(BertConfig { hidden_dropout: 0.0, attention_dropout: 0.0, ..BertConfig::mini() }, &mut rng);
+    if args.iter().any(|a| a == "--serve") {
+        // For `bench_reference.py bert --interleave`: one timed step per request line
+        // ("mini" or "base"), answered with its milliseconds, so that the reference and
+        // this program alternate step by step and the host's drift falls on both alike.
+        let base = Bert::new(BertConfig::base(), &mut rng);
+        println!("ready");
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            let t = std::time::Instant::now();
+            match line.trim() {
+                "mini" => {
+                    let h = mini.forward(&tokens, &mut Ctx::train(0)).unwrap();
+                    reduce::mean_all(&h).unwrap().backward().unwrap();
+                }
+                "base" => {
+                    autograd::no_grad(|| base.forward(&tokens, &mut Ctx::eval()).unwrap());
+                }
+                _ => break,
+            }
+            println!("{:.3}", t.elapsed().as_secs_f64() * 1e3);
+        }
+        return;
+    }
     let ms = median_ms(runs, || {
         let h = mini.forward(&tokens, &mut Ctx::train(0)).unwrap();
         reduce::mean_all(&h).unwrap().backward().unwrap();

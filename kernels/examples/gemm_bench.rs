@@ -69,6 +69,43 @@ fn main() {
             .map(|(m, k, n)| (m, k, n, ta, tb))
             .collect()
     };
+    if args.iter().any(|a| a == "--serve") {
+        // For `bench_reference.py gemm --interleave`: each stdin line "M K N OP" (OP: -, ta
+        // or tb) is answered with the milliseconds of one product, so that numpy and this
+        // program alternate call by call.
+        println!("ready");
+        let mut buffers: Option<((usize, usize, usize), Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(m), Some(k), Some(n)) = (
+                f.first().and_then(|v| v.parse::<usize>().ok()),
+                f.get(1).and_then(|v| v.parse::<usize>().ok()),
+                f.get(2).and_then(|v| v.parse::<usize>().ok()),
+            ) else {
+                break;
+            };
+            let (ta, tb) = (f.get(3) == Some(&"ta"), f.get(3) == Some(&"tb"));
+            if buffers.as_ref().map(|b| b.0) != Some((m, k, n)) {
+                let a = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+                let b = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+                buffers = Some(((m, k, n), a, b, vec![0.0f32; m * n]));
+            }
+            let (_, a, b, c) = buffers.as_mut().expect("just filled");
+            let s = GemmStrides {
+                a_row: if ta { 1 } else { k },
+                a_col: if ta { m } else { 1 },
+                b_row: if tb { 1 } else { n },
+                b_col: if tb { k } else { 1 },
+                c_row: n,
+                c_col: 1,
+            };
+            let t = Instant::now();
+            sgemm_with(isa, threads, m, k, n, 1.0, a, b, 0.0, c, s);
+            println!("{:.4}", t.elapsed().as_secs_f64() * 1e3);
+        }
+        return;
+    }
     for (m, k, n, ta, tb) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
