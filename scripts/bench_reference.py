@@ -55,7 +55,7 @@ def gemm(threads, runs):
             c = np.empty((m, n), dtype=np.float32)
             cases[f"{m} {k} {n} {op or '-'}"] = (lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
         ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
-        interleaved(ours, cases, runs, pause=0.01)
+        interleaved(ours, cases, runs, pause=0.3)
         return
     for m, k, n, op in shapes:
         # a transposed operand is a transposed view of a row-major array: BLAS gets the flag
