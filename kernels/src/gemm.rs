@@ -1250,7 +1250,7 @@ const PACK_PREFETCH_ROWS: usize = 8;
 
 /// Hints the cache lines of `len` contiguous floats at `p` into the caches (no-op off x86).
 #[inline(always)]
-unsafe fn prefetch_span(p: *const f32, len: usize) {
+pub(crate) unsafe fn prefetch_span(p: *const f32, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
