@@ -74,7 +74,9 @@ fn main() {
         // or tb) is answered with the milliseconds of one product, so that numpy and this
         // program alternate call by call.
         println!("ready");
-        let mut buffers: Option<((usize, usize, usize), Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+        // (shape, A, B, C) of the last request
+        type Buffers = ((usize, usize, usize), Vec<f32>, Vec<f32>, Vec<f32>);
+        let mut buffers: Option<Buffers> = None;
         for line in std::io::stdin().lines() {
             let Ok(line) = line else { break };
             let f: Vec<&str> = line.split_whitespace().collect();
