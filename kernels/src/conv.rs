@@ -554,9 +554,20 @@ fn col2im_rows_add(col: &[f32], g: &ConvGeometry, p0: usize, rows: usize, dx_img
 
 /// Work items (image, first pixel, pixels) for the blocked im2col paths.
 fn pixel_blocks(g: &ConvGeometry) -> Vec<(usize, usize, usize)> {
-    let p = g.out_h * g.out_w;
-    (0..g.batch).flat_map(|n| (0..p).step_by(IM2COL_BLOCK).map(move |p0| (n, p0, IM2COL_BLOCK.min(p - p0)))).collect()
+    pixel_blocks_of(g, IM2COL_BLOCK)
 }
+
+/// Work items (image, first pixel, pixels) of `block` output pixels (the last of an image
+/// shorter).
+fn pixel_blocks_of(g: &ConvGeometry, block: usize) -> Vec<(usize, usize, usize)> {
+    let p = g.out_h * g.out_w;
+    (0..g.batch).flat_map(|n| (0..p).step_by(block).map(move |p0| (n, p0, block.min(p - p0)))).collect()
+}
+
+/// Output pixels per work item of the gather forward: 22 tiles of 12. (With 256, the
+/// blocked-im2col size, every block ended in a 4-pixel tile that cost a whole tile's
+/// arithmetic and a bounds-checked segment build.)
+const GATHER_BLOCK: usize = 22 * 12;
 
 /// Packs columns [pc, pc + kcb) of the (implicit) im2col matrix, for output pixels
 /// q0..q0 + rows of one image, into an MR-wide A panel: panel[k * MR + r] is input element
@@ -639,13 +650,26 @@ fn patch_segments(
             (oh, ow) = (oh + 1, 0);
         }
     }
+    // Rows whose whole window is inside the image take their window corner plus the tap's
+    // offset; only the rows on the padding check each tap.
+    let mut corner = [None; 12];
+    for (corner, &(oh, ow)) in corner.iter_mut().zip(&pixel).take(rows) {
+        let rows_in = g.input_row(oh, 0).is_some() && g.input_row(oh, g.k_h - 1).is_some();
+        let cols_in = g.input_col(ow, 0).is_some() && g.input_col(ow, g.k_w - 1).is_some();
+        if rows_in && cols_in {
+            *corner = g.input_row(oh, 0).zip(g.input_col(ow, 0)).map(|(ih, iw)| (ih * g.in_w + iw) * c);
+        }
+    }
     for tap in pc / c..(pc + kcb).div_ceil(c) {
         let (kh, kw) = (tap / g.k_w, tap % g.k_w);
         let lo = pc.max(tap * c) - tap * c;
         let hi = (pc + kcb).min((tap + 1) * c) - tap * c;
+        let offset = (kh * g.in_w + kw) * c + lo;
         let mut seg = RowSegment { rows: [zeros[lo..].as_ptr(); 12], len: hi - lo };
-        for (ptr, &(oh, ow)) in seg.rows.iter_mut().zip(&pixel).take(rows) {
-            if let (Some(ih), Some(iw)) = (g.input_row(oh, kh), g.input_col(ow, kw)) {
+        for ((ptr, &(oh, ow)), corner) in seg.rows.iter_mut().zip(&pixel).zip(&corner).take(rows) {
+            if let Some(corner) = corner {
+                *ptr = x_img[corner + offset..].as_ptr();
+            } else if let (Some(ih), Some(iw)) = (g.input_row(oh, kh), g.input_col(ow, kw)) {
                 *ptr = x_img[(ih * g.in_w + iw) * c + lo..].as_ptr();
             }
         }
@@ -775,7 +799,7 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
     let packed_w = gemm.pack_b(kdim, g.c_out, w, g.c_out);
     let padded = gemm.padded_cols(g.c_out);
     let yp = SyncSlice(y.as_mut_ptr());
-    let blocks = pixel_blocks(g);
+    let blocks = pixel_blocks_of(g, GATHER_BLOCK);
     // Per block of K, the taps as runs from a window corner, for the tiles inside the image.
     let runs: Vec<Vec<TapRun>> = (0..kdim).step_by(kc).map(|pc| tap_runs(g, pc, kc.min(kdim - pc))).collect();
     parallel::install(|| {
