@@ -616,6 +616,9 @@ mod generic {
     /// out[i] = act(x[i]) or act'(x[i]) dy[i] over whole vectors (activation number ACT in
     /// `Activation`'s order), four at a time so that independent approximations overlap in
     /// the pipeline.
+    /// How far ahead (floats) [`activation_loop`] prefetches its inputs.
+    const ACTIVATION_PREFETCH: usize = 1024;
+
     #[inline(always)]
     unsafe fn activation_loop<V: F32Vec, const ACT: u8, const GRAD: bool>(
         x: &[f32],
@@ -635,6 +638,15 @@ mod generic {
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
         let mut i = 0;
         while i + 4 * w <= n {
+            // Ask for the input a few KB ahead: the approximations keep the out-of-order
+            // window busy, so the loads of the next lines issue late and the memory time added
+            // to the arithmetic instead of overlapping it.
+            if i + ACTIVATION_PREFETCH + 4 * w <= n {
+                crate::gemm::prefetch_span(xp.add(i + ACTIVATION_PREFETCH), 4 * w);
+                if let Some(g) = dy {
+                    crate::gemm::prefetch_span(g.as_ptr().add(i + ACTIVATION_PREFETCH), 4 * w);
+                }
+            }
             // (spelled out, not std::array::from_fn: its closure would be compiled without
             // the caller's target features and call every intrinsic out of line)
             let r = [
