@@ -94,14 +94,7 @@ fn main() {
                 buffers = Some(((m, k, n), a, b, vec![0.0f32; m * n]));
             }
             let (_, a, b, c) = buffers.as_mut().expect("just filled");
-            let s = GemmStrides {
-                a_row: if ta { 1 } else { k },
-                a_col: if ta { m } else { 1 },
-                b_row: if tb { 1 } else { n },
-                b_col: if tb { k } else { 1 },
-                c_row: n,
-                c_col: 1,
-            };
+            let s = strides(m, k, n, ta, tb);
             let t = Instant::now();
             sgemm_with(isa, threads, m, k, n, 1.0, a, b, 0.0, c, s);
             println!("{:.4}", t.elapsed().as_secs_f64() * 1e3);
@@ -113,14 +106,7 @@ fn main() {
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut c = vec![0.0f32; m * n];
         // --ta / --tb: read A or B through transposed strides (the data is the same buffer)
-        let s = GemmStrides {
-            a_row: if ta { 1 } else { k },
-            a_col: if ta { m } else { 1 },
-            b_row: if tb { 1 } else { n },
-            b_col: if tb { k } else { 1 },
-            c_row: n,
-            c_col: 1,
-        };
+        let s = strides(m, k, n, ta, tb);
         let op = if ta {
             " ta"
         } else if tb {
@@ -151,5 +137,17 @@ fn main() {
         times.sort_by(|x, y| x.partial_cmp(y).unwrap());
         let median = times[times.len() / 2];
         println!("gemm {m} {k} {n}{op} {:.1}", gflops(median * 1e3));
+    }
+}
+
+/// Row-major A (M x K), B (K x N), C; `ta` / `tb` read A or B as the transpose of the buffer.
+fn strides(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> GemmStrides {
+    GemmStrides {
+        a_row: if ta { 1 } else { k },
+        a_col: if ta { m } else { 1 },
+        b_row: if tb { 1 } else { n },
+        b_col: if tb { k } else { 1 },
+        c_row: n,
+        c_col: 1,
     }
 }

@@ -959,48 +959,61 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeo
     let (mr, nr) = (gemm.mr, gemm.nr);
     assert!(IM2COL_BLOCK <= gemm.kc, "a pixel block must be one block of K");
     let a_panels = kdim.div_ceil(mr);
+    weight_gradient_over_blocks(g, dw, |chunk, acc| {
+        // [panel][pixel][MR]: the MR-tall panels of col^T over one block of pixels
+        let mut packed_a = vec![0.0f32; a_panels * mr * IM2COL_BLOCK];
+        // one pixel's patch row, padded with zeros to whole panels
+        let mut patch = vec![0.0f32; a_panels * mr];
+        // the block's output gradient, packed into NR-wide panels (reused per block)
+        let mut packed_dy = Vec::new();
+        for &(n, p0, rows) in chunk {
+            let x_img = &x[n * img..(n + 1) * img];
+            for r in 0..rows {
+                im2col_rows(x_img, g, p0 + r, 1, &mut patch[..kdim]);
+                for (q, piece) in patch.chunks_exact(mr).enumerate() {
+                    copy_floats(piece, &mut packed_a[(q * rows + r) * mr..][..mr]);
+                }
+            }
+            gemm.pack_b_into(rows, g.c_out, &dy[(n * p + p0) * g.c_out..], g.c_out, &mut packed_dy);
+            for q in 0..a_panels {
+                for jr in (0..g.c_out).step_by(nr) {
+                    // SAFETY: panel q holds rows x MR floats, the dy panel rows x NR;
+                    // the C tile (rows q*MR.., columns jr..) lies inside acc.
+                    unsafe {
+                        gemm.tile(
+                            rows,
+                            packed_a[q * rows * mr..].as_ptr(),
+                            packed_dy[jr * rows..].as_ptr(),
+                            acc[q * mr * g.c_out + jr..].as_mut_ptr(),
+                            g.c_out,
+                            1.0,
+                            mr.min(kdim - q * mr),
+                            nr.min(g.c_out - jr),
+                        )
+                    };
+                }
+            }
+        }
+    });
+}
+
+/// The dense weight gradient's threading: the pixel blocks in one run per thread, each
+/// thread summing its blocks' products into its own (kdim, C_out) buffer (`f(blocks, acc)`),
+/// then dw = the buffers added in thread order.
+fn weight_gradient_over_blocks(
+    g: &ConvGeometry,
+    dw: &mut [f32],
+    f: impl Fn(&[(usize, usize, usize)], &mut [f32]) + Sync,
+) {
+    let (_, kdim) = g.patch_dims();
     let blocks = pixel_blocks(g);
-    let threads = parallel::num_threads().max(1);
-    let per = blocks.len().div_ceil(threads);
+    let per = blocks.len().div_ceil(parallel::num_threads().max(1));
     let partials: Vec<Vec<f32>> = parallel::install(|| {
         blocks
             .par_chunks(per.max(1))
             .map(|chunk| {
                 let mut acc = vec![0.0f32; kdim * g.c_out];
-                // [panel][pixel][MR]: the MR-tall panels of col^T over one block of pixels
-                let mut packed_a = vec![0.0f32; a_panels * mr * IM2COL_BLOCK];
-                // one pixel's patch row, padded with zeros to whole panels
-                let mut patch = vec![0.0f32; a_panels * mr];
-                // the block's output gradient, packed into NR-wide panels (reused per block)
-                let mut packed_dy = Vec::new();
-                for &(n, p0, rows) in chunk {
-                    let x_img = &x[n * img..(n + 1) * img];
-                    for r in 0..rows {
-                        im2col_rows(x_img, g, p0 + r, 1, &mut patch[..kdim]);
-                        for (q, piece) in patch.chunks_exact(mr).enumerate() {
-                            copy_floats(piece, &mut packed_a[(q * rows + r) * mr..][..mr]);
-                        }
-                    }
-                    gemm.pack_b_into(rows, g.c_out, &dy[(n * p + p0) * g.c_out..], g.c_out, &mut packed_dy);
-                    for q in 0..a_panels {
-                        for jr in (0..g.c_out).step_by(nr) {
-                            // SAFETY: panel q holds rows x MR floats, the dy panel rows x NR;
-                            // the C tile (rows q*MR.., columns jr..) lies inside acc.
-                            unsafe {
-                                gemm.tile(
-                                    rows,
-                                    packed_a[q * rows * mr..].as_ptr(),
-                                    packed_dy[jr * rows..].as_ptr(),
-                                    acc[q * mr * g.c_out + jr..].as_mut_ptr(),
-                                    g.c_out,
-                                    1.0,
-                                    mr.min(kdim - q * mr),
-                                    nr.min(g.c_out - jr),
-                                )
-                            };
-                        }
-                    }
-                }
+                f(chunk, &mut acc);
                 acc
             })
             .collect()
@@ -1022,84 +1035,68 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeo
 /// panels of 12, 12 and 8 rows. (The packed path moved every patch element twice, into a
 /// patch row and then into the panels: 70% of the weight gradient's time at 3x3, 32 -> 32.)
 fn conv2d_backward_weight_gather(gemm: &PanelGemm, x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
-    let (p, kdim) = g.patch_dims();
+    let (p, _) = g.patch_dims();
     let (c, img, taps) = (g.c_in, g.in_h * g.in_w * g.c_in, g.k_h * g.k_w);
     let (mr, nr) = (gemm.mr, gemm.nr);
     // A panel's unused rows read up to `reach` floats from a pixel's first channel; only the
     // last pixel of x can run past its end, and reads a zero-padded copy instead.
     let reach = c.div_ceil(mr) * mr;
     let x_end = x.as_ptr() as usize + std::mem::size_of_val(x);
-    let blocks = pixel_blocks(g);
-    let threads = parallel::num_threads().max(1);
-    let per = blocks.len().div_ceil(threads);
-    let partials: Vec<Vec<f32>> = parallel::install(|| {
-        blocks
-            .par_chunks(per.max(1))
-            .map(|chunk| {
-                let mut acc = vec![0.0f32; kdim * g.c_out];
-                let zeros = vec![0.0f32; reach];
-                let mut tail = vec![0.0f32; reach];
-                // [tap][pixel of the block]: where column (tap, pixel) of col^T starts
-                let mut columns = vec![std::ptr::null::<f32>(); taps * IM2COL_BLOCK];
-                let mut packed_dy = Vec::new();
-                for &(n, p0, rows) in chunk {
-                    let x_img = &x[n * img..(n + 1) * img];
-                    let (mut oh, mut ow) = (p0 / g.out_w, p0 % g.out_w);
-                    for r in 0..rows {
-                        for tap in 0..taps {
-                            let (kh, kw) = (tap / g.k_w, tap % g.k_w);
-                            columns[tap * IM2COL_BLOCK + r] = match (g.input_row(oh, kh), g.input_col(ow, kw)) {
-                                (Some(ih), Some(iw)) => {
-                                    let pixel = &x_img[(ih * g.in_w + iw) * c..][..c];
-                                    if pixel.as_ptr() as usize + reach * 4 > x_end {
-                                        tail[..c].copy_from_slice(pixel);
-                                        tail.as_ptr()
-                                    } else {
-                                        pixel.as_ptr()
-                                    }
-                                }
-                                _ => zeros.as_ptr(),
-                            };
-                        }
-                        ow += 1;
-                        if ow == g.out_w {
-                            (oh, ow) = (oh + 1, 0);
-                        }
-                    }
-                    gemm.pack_b_into(rows, g.c_out, &dy[(n * p + p0) * g.c_out..], g.c_out, &mut packed_dy);
-                    for tap in 0..taps {
-                        let cols_of_tap = &columns[tap * IM2COL_BLOCK..][..rows];
-                        for ci0 in (0..c).step_by(mr) {
-                            for jr in (0..g.c_out).step_by(nr) {
-                                // SAFETY: every column pointer has `reach` >= ci0 + MR readable
-                                // floats (a pixel inside x, the padded tail copy or the zero
-                                // row); the dy panel holds rows x NR floats; the C tile (rows
-                                // tap * C + ci0.., columns jr..) lies inside acc.
-                                unsafe {
-                                    gemm.gather_columns_tile(
-                                        cols_of_tap,
-                                        ci0,
-                                        packed_dy[jr * rows..].as_ptr(),
-                                        acc[(tap * c + ci0) * g.c_out + jr..].as_mut_ptr(),
-                                        g.c_out,
-                                        mr.min(c - ci0),
-                                        nr.min(g.c_out - jr),
-                                    )
-                                };
+    weight_gradient_over_blocks(g, dw, |chunk, acc| {
+        let zeros = vec![0.0f32; reach];
+        let mut tail = vec![0.0f32; reach];
+        // [tap][pixel of the block]: where column (tap, pixel) of col^T starts
+        let mut columns = vec![std::ptr::null::<f32>(); taps * IM2COL_BLOCK];
+        let mut packed_dy = Vec::new();
+        for &(n, p0, rows) in chunk {
+            let x_img = &x[n * img..(n + 1) * img];
+            let (mut oh, mut ow) = (p0 / g.out_w, p0 % g.out_w);
+            for r in 0..rows {
+                for tap in 0..taps {
+                    let (kh, kw) = (tap / g.k_w, tap % g.k_w);
+                    columns[tap * IM2COL_BLOCK + r] = match (g.input_row(oh, kh), g.input_col(ow, kw)) {
+                        (Some(ih), Some(iw)) => {
+                            let pixel = &x_img[(ih * g.in_w + iw) * c..][..c];
+                            if pixel.as_ptr() as usize + reach * 4 > x_end {
+                                tail[..c].copy_from_slice(pixel);
+                                tail.as_ptr()
+                            } else {
+                                pixel.as_ptr()
                             }
                         }
+                        _ => zeros.as_ptr(),
+                    };
+                }
+                ow += 1;
+                if ow == g.out_w {
+                    (oh, ow) = (oh + 1, 0);
+                }
+            }
+            gemm.pack_b_into(rows, g.c_out, &dy[(n * p + p0) * g.c_out..], g.c_out, &mut packed_dy);
+            for tap in 0..taps {
+                let cols_of_tap = &columns[tap * IM2COL_BLOCK..][..rows];
+                for ci0 in (0..c).step_by(mr) {
+                    for jr in (0..g.c_out).step_by(nr) {
+                        // SAFETY: every column pointer has `reach` >= ci0 + MR readable
+                        // floats (a pixel inside x, the padded tail copy or the zero
+                        // row); the dy panel holds rows x NR floats; the C tile (rows
+                        // tap * C + ci0.., columns jr..) lies inside acc.
+                        unsafe {
+                            gemm.gather_columns_tile(
+                                cols_of_tap,
+                                ci0,
+                                packed_dy[jr * rows..].as_ptr(),
+                                acc[(tap * c + ci0) * g.c_out + jr..].as_mut_ptr(),
+                                g.c_out,
+                                mr.min(c - ci0),
+                                nr.min(g.c_out - jr),
+                            )
+                        };
                     }
                 }
-                acc
-            })
-            .collect()
-    });
-    dw[..kdim * g.c_out].fill(0.0);
-    for part in partials {
-        for (d, v) in dw.iter_mut().zip(part) {
-            *d += v;
+            }
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

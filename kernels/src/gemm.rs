@@ -1162,7 +1162,7 @@ impl PanelGemm {
     ) {
         debug_assert!(self.can_gather());
         #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
+        x86::kernel_avx512_12x32_gather(segments.iter().map(|s| (s.rows, s.len)), b_panel, c, rsc, beta, rows, cols);
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (segments, b_panel, c, rsc, beta, rows, cols);
     }
@@ -1187,10 +1187,12 @@ impl PanelGemm {
         cols: usize,
     ) {
         debug_assert!(self.can_gather());
+        // each run's row pointers: the 12 bases moved on by its offset
+        let segments = runs.iter().map(|run| (std::array::from_fn(|r| bases[r].wrapping_add(run.offset)), run.len));
         #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_12x32_gather_runs(bases, runs, b_panel, c, rsc, beta, rows, cols);
+        x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (bases, runs, b_panel, c, rsc, beta, rows, cols);
+        let _ = (segments, b_panel, c, rsc, beta, rows, cols);
     }
 
     /// C tile (rows x cols, row stride `rsc`) += A x B panel (kcb x NR, packed), A given by
@@ -1751,20 +1753,7 @@ mod x86 {
         // One k-step: W / 16 loads of B, 12 broadcasts of A, 12 W / 16 FMAs.
         macro_rules! step {
             () => {{
-                // B streams from L2: ask for the lines PREFETCH_STEPS k-steps ahead.
-                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
-                if W > 16 {
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
-                }
-                let b0 = _mm512_loadu_ps(b);
-                let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
-                for r in 0..12 {
-                    let av = _mm512_set1_ps(*a.add(r));
-                    lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
-                    if W == 32 {
-                        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
-                    }
-                }
+                k_step::<W>(a, b, &mut lo, &mut hi);
                 a = a.add(12);
                 b = b.add(32);
             }};
@@ -1779,6 +1768,26 @@ mod x86 {
             step!();
         }
         store_tile_avx512::<W>(&lo, &hi, c, rsc, alpha, beta, bias, rows, cols);
+    }
+
+    /// One k-step of the 12 x W tile (W = 16 or 32): the 12 A elements at `a` broadcast
+    /// against W / 16 vectors of the B row at `b` (12 W / 16 FMAs), B's lines PREFETCH_STEPS
+    /// k-steps ahead requested (B streams from L2).
+    #[inline(always)]
+    unsafe fn k_step<const W: usize>(a: *const f32, b: *const f32, lo: &mut [__m512; 12], hi: &mut [__m512; 12]) {
+        _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+        if W > 16 {
+            _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+        }
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
+        for r in 0..12 {
+            let av = _mm512_set1_ps(*a.add(r));
+            lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+            if W == 32 {
+                hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+            }
+        }
     }
 
     /// The end of every AVX-512 tile: C = alpha * acc + bias + beta * C for rows < `rows`
@@ -1847,7 +1856,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_avx512_12x32_gather(
-        segments: &[super::RowSegment],
+        segments: impl Iterator<Item = ([*const f32; 12], usize)>,
         b: *const f32,
         c: *mut f32,
         rsc: usize,
@@ -1898,20 +1907,7 @@ mod x86 {
         // One k-step: a pointer, W / 16 loads of B, 12 broadcasts, 12 W / 16 FMAs.
         macro_rules! step {
             ($col:expr) => {{
-                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
-                if W > 16 {
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
-                }
-                let a = $col.add(offset);
-                let b0 = _mm512_loadu_ps(b);
-                let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
-                for r in 0..12 {
-                    let av = _mm512_set1_ps(*a.add(r));
-                    lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
-                    if W == 32 {
-                        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
-                    }
-                }
+                k_step::<W>($col.add(offset), b, &mut lo, &mut hi);
                 b = b.add(32);
             }};
         }
@@ -1928,52 +1924,10 @@ mod x86 {
         store_tile_avx512::<W>(&lo, &hi, c, rsc, 1.0, 1.0, std::ptr::null(), rows, cols);
     }
 
-    /// [`kernel_avx512_12x32_gather`] with each segment's row pointers formed as a base per
-    /// row plus the run's offset (see `PanelGemm::gather_tile_runs`).
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn kernel_avx512_12x32_gather_runs(
-        bases: &[*const f32; 12],
-        runs: &[super::TapRun],
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        beta: f32,
-        rows: usize,
-        cols: usize,
-    ) {
-        if cols <= 16 {
-            gather_runs_avx512::<16>(bases, runs, b, c, rsc, beta, rows, cols)
-        } else {
-            gather_runs_avx512::<32>(bases, runs, b, c, rsc, beta, rows, cols)
-        }
-    }
-
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gather_runs_avx512<const W: usize>(
-        bases: &[*const f32; 12],
-        runs: &[super::TapRun],
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        beta: f32,
-        rows: usize,
-        cols: usize,
-    ) {
-        let mut lo = [_mm512_setzero_ps(); 12];
-        let mut hi = [_mm512_setzero_ps(); 12];
-        let mut b = b;
-        for run in runs {
-            let rows_at: [*const f32; 12] = std::array::from_fn(|r| bases[r].add(run.offset));
-            b = gather_segment::<W>(&mut lo, &mut hi, &rows_at, run.len, b);
-        }
-        store_tile_avx512::<W>(&lo, &hi, c, rsc, 1.0, beta, std::ptr::null(), rows, cols);
-    }
-
+    /// The tile over the segments: (12 row pointers, length) each.
     #[inline(always)]
     unsafe fn gather_avx512<const W: usize>(
-        segments: &[super::RowSegment],
+        segments: impl Iterator<Item = ([*const f32; 12], usize)>,
         b: *const f32,
         c: *mut f32,
         rsc: usize,
@@ -1984,8 +1938,8 @@ mod x86 {
         let mut lo = [_mm512_setzero_ps(); 12];
         let mut hi = [_mm512_setzero_ps(); 12];
         let mut b = b;
-        for seg in segments {
-            b = gather_segment::<W>(&mut lo, &mut hi, &seg.rows, seg.len, b);
+        for (row_ptrs, len) in segments {
+            b = gather_segment::<W>(&mut lo, &mut hi, &row_ptrs, len, b);
         }
         store_tile_avx512::<W>(&lo, &hi, c, rsc, 1.0, beta, std::ptr::null(), rows, cols);
     }
