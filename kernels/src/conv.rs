@@ -13,14 +13,19 @@
 //!
 //! Fast paths (below the references), in the order a reader meets them:
 //! - dense forward: an implicit GEMM. On AVX-512 the micro-kernel broadcasts each patch
-//!   element straight from the image through per-tap row pointers (`patch_segments`);
-//!   elsewhere each 12-pixel A panel is packed from the image (`pack_patch_panel`). The
-//!   stride-1 input gradient is the same forward on the kernel turned 180 degrees;
-//! - dense weight gradient: col^T packed into micro-kernel panels one pixel's patch row at a
-//!   time, then the GEMM tiles against the packed output gradient;
+//!   element straight from the image: tiles inside the image through their 12 window
+//!   corners plus one run per kernel row (`window_corners`, `tap_runs`), edge tiles through
+//!   per-tap row pointers (`patch_segments`); elsewhere each 12-pixel A panel is packed from
+//!   the image (`pack_patch_panel`). The stride-1 input gradient is the same forward on the
+//!   kernel turned 180 degrees;
+//! - dense weight gradient: on AVX-512, col^T read from the image by a column-gather kernel,
+//!   one pointer per (tap, pixel) (`conv2d_backward_weight_gather`); elsewhere col^T packed
+//!   into micro-kernel panels one pixel's patch row at a time; both tile against the packed
+//!   output gradient;
 //! - depthwise: vectorised along channels; sliding-window runs (`forward_slide`, the weight
 //!   gradient's `weight_slide_column`) load each input column once for every output and tap
-//!   on it; the stride-1 input gradient is the forward on the flipped kernel.
+//!   on it, the forward prefetching the input rows it is first to read
+//!   (`prefetch_new_rows`); the stride-1 input gradient is the forward on the flipped kernel.
 
 /// How a convolution pads its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
