@@ -472,7 +472,7 @@ mod tests {
 // Fast paths. Same contracts as the references above; tests compare the two.
 // =============================================================================================
 
-use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, RowSegment, TapRun, MAX_PANEL_WIDTH};
+use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, MAX_PANEL_WIDTH};
 use crate::parallel;
 use crate::simd::Isa;
 use crate::vec::F32Vec;
@@ -628,6 +628,14 @@ fn pack_patch_panel(
     }
 }
 
+/// One stretch of the K axis for `PanelGemm::gather_tile` on an edge tile: for each of the
+/// 12 rows of the tile, a pointer to `len` consecutive A elements.
+#[derive(Clone, Copy)]
+struct RowSegment {
+    rows: [*const f32; 12],
+    len: usize,
+}
+
 /// The A operand of the implicit GEMM for output pixels q0..q0 + rows of one image and
 /// columns [pc, pc + kcb) of the im2col matrix, as row-pointer segments for
 /// `PanelGemm::gather_tile`: one segment per tap, each row pointing at that pixel's input
@@ -659,11 +667,7 @@ fn patch_segments(
     // offset; only the rows on the padding check each tap.
     let mut corner = [None; 12];
     for (corner, &(oh, ow)) in corner.iter_mut().zip(&pixel).take(rows) {
-        let rows_in = g.input_row(oh, 0).is_some() && g.input_row(oh, g.k_h - 1).is_some();
-        let cols_in = g.input_col(ow, 0).is_some() && g.input_col(ow, g.k_w - 1).is_some();
-        if rows_in && cols_in {
-            *corner = g.input_row(oh, 0).zip(g.input_col(ow, 0)).map(|(ih, iw)| (ih * g.in_w + iw) * c);
-        }
+        *corner = window_corner(g, oh, ow);
     }
     for tap in pc / c..(pc + kcb).div_ceil(c) {
         let (kh, kw) = (tap / g.k_w, tap % g.k_w);
@@ -680,6 +684,14 @@ fn patch_segments(
         }
         out.push(seg);
     }
+}
+
+/// One stretch of the K axis of the gather forward, the same for every tile inside the
+/// image: each row reads `len` consecutive channels from its window corner plus `offset`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TapRun {
+    offset: usize,
+    len: usize,
 }
 
 /// The taps of columns [pc, pc + kcb) of the im2col matrix as runs from a pixel's window
@@ -706,6 +718,15 @@ fn tap_runs(g: &ConvGeometry, pc: usize, kcb: usize) -> Vec<TapRun> {
     runs
 }
 
+/// The offset in its image of output pixel (oh, ow)'s window corner (the input pixel under
+/// tap (0, 0)), when the whole window lies inside the image.
+fn window_corner(g: &ConvGeometry, oh: usize, ow: usize) -> Option<usize> {
+    let (ih, iw) = (g.input_row(oh, 0)?, g.input_col(ow, 0)?);
+    g.input_row(oh, g.k_h - 1)?;
+    g.input_col(ow, g.k_w - 1)?;
+    Some((ih * g.in_w + iw) * g.c_in)
+}
+
 /// For the 12 output pixels q0.. of one image: when every one's window lies inside the
 /// image, the offsets of their window corners in the image (and true); else false. (With the
 /// bounds of every row and tap checked in the segment builder, a tile's pointers cost a
@@ -726,10 +747,8 @@ fn window_corners(g: &ConvGeometry, q0: usize, corners: &mut [usize; 12]) -> boo
     }
     let (mut oh, mut ow) = (oh, ow);
     for corner in corners.iter_mut() {
-        match (rows_inside(oh), g.input_col(ow, 0), g.input_col(ow, g.k_w - 1)) {
-            (Some(ih), Some(iw), Some(_)) => *corner = (ih * g.in_w + iw) * g.c_in,
-            _ => return false,
-        }
+        let Some(offset) = window_corner(g, oh, ow) else { return false };
+        *corner = offset;
         ow += 1;
         if ow == g.out_w {
             (oh, ow) = (oh + 1, 0);
@@ -843,8 +862,13 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
                                 let beta = if pc == 0 { 0.0 } else { 1.0 };
                                 let cols = nr.min(g.c_out - jr);
                                 if inside {
-                                    gemm.gather_tile_runs(&bases, &runs[block], b_panel, c, g.c_out, beta, 12, cols);
+                                    // each run's row pointers: the 12 corners moved on by its offset
+                                    let runs = runs[block].iter().map(|run| {
+                                        (std::array::from_fn(|r| bases[r].wrapping_add(run.offset)), run.len)
+                                    });
+                                    gemm.gather_tile(runs, b_panel, c, g.c_out, beta, 12, cols);
                                 } else {
+                                    let segments = segments.iter().map(|s| (s.rows, s.len));
                                     gemm.gather_tile(segments, b_panel, c, g.c_out, beta, tile_rows, cols);
                                 }
                             }

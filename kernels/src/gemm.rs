@@ -1074,23 +1074,6 @@ unsafe fn gemm_serial(
     });
 }
 
-/// One stretch of the K axis for [`PanelGemm::gather_tile`]: for each of the MR rows of the
-/// tile, a pointer to `len` consecutive A elements.
-#[derive(Clone, Copy)]
-pub(crate) struct RowSegment {
-    pub rows: [*const f32; 12],
-    pub len: usize,
-}
-
-/// One stretch of the K axis for [`PanelGemm::gather_tile_runs`], the same for every tile
-/// whose rows all lie inside the image: each row reads `len` consecutive A elements from
-/// its own base pointer plus `offset`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct TapRun {
-    pub offset: usize,
-    pub len: usize,
-}
-
 /// The micro-kernel and its blocking, for callers that pack their own A panels (the
 /// implicit-GEMM convolution builds each A panel straight from the image, with no im2col
 /// matrix in between). B is packed once per call with [`PanelGemm::pack_b`].
@@ -1144,15 +1127,17 @@ impl PanelGemm {
     }
 
     /// C tile (rows x cols, row stride `rsc`) = A x B panel + beta * C, A given as
-    /// segments of row pointers (no packed A panel; see `kernel_avx512_12x32_gather`). Rows
-    /// >= `rows` of every segment must still point at readable memory (a zero row).
+    /// segments along K, each 12 row pointers to `len` consecutive floats (no packed A
+    /// panel; see `kernel_avx512_12x32_gather`). Row pointers >= `rows` must still point at
+    /// readable memory (a zero row). A convolution passes per-tap pointers for a tile on the
+    /// image's edge, and its 12 window corners moved on by each run's offset for the others.
     ///
     /// # Safety
     /// As the kernel's; only when [`PanelGemm::can_gather`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn gather_tile(
         &self,
-        segments: &[RowSegment],
+        segments: impl Iterator<Item = ([*const f32; 12], usize)>,
         b_panel: *const f32,
         c: *mut f32,
         rsc: usize,
@@ -1161,34 +1146,6 @@ impl PanelGemm {
         cols: usize,
     ) {
         debug_assert!(self.can_gather());
-        #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_12x32_gather(segments.iter().map(|s| (s.rows, s.len)), b_panel, c, rsc, beta, rows, cols);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (segments, b_panel, c, rsc, beta, rows, cols);
-    }
-
-    /// [`PanelGemm::gather_tile`] with the segments given as 12 row base pointers and runs
-    /// shared by many tiles: run t reads row r at `bases[r] + runs[t].offset`. A convolution
-    /// tile inside the image needs only its 12 window corners; the per-tap runs are built
-    /// once per call, not 12 pointers per tap per tile.
-    ///
-    /// # Safety
-    /// As [`PanelGemm::gather_tile`], for the pointers `bases[r] + offset` of every run.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn gather_tile_runs(
-        &self,
-        bases: &[*const f32; 12],
-        runs: &[TapRun],
-        b_panel: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        beta: f32,
-        rows: usize,
-        cols: usize,
-    ) {
-        debug_assert!(self.can_gather());
-        // each run's row pointers: the 12 bases moved on by its offset
-        let segments = runs.iter().map(|run| (std::array::from_fn(|r| bases[r].wrapping_add(run.offset)), run.len));
         #[cfg(target_arch = "x86_64")]
         x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
         #[cfg(not(target_arch = "x86_64"))]
