@@ -45,7 +45,24 @@ def gemm(threads, runs):
         shapes = [(m, k, n, "tb") for m, k, n in fwd]
         shapes += [(m, n, k, "") for m, k, n in fwd]
         shapes += [(n, m, k, "ta") for m, k, n in fwd]
+    if "--bert-base" in sys.argv:
+        # BERT-base's linear maps at 32 x 64 tokens: x (2048 x in) times W^T, W (out x in)
+        shapes = [(2048, 768, 768, "tb"), (2048, 768, 3072, "tb"), (2048, 3072, 768, "tb")]
     print(f"# numpy {np.__version__} threads {threads} runs {runs}", file=sys.stderr)
+    if "--interleave" in sys.argv and "--torch" in sys.argv:
+        # The same, against PyTorch's matmul (MKL / oneDNN) instead of numpy's OpenBLAS:
+        # python3 scripts/bench_reference.py gemm --threads 2 --bert-base --torch --interleave ...
+        import torch
+        torch.set_num_threads(threads)
+        cases = {}
+        for m, k, n, op in shapes:
+            a = torch.rand(k, m).T if op == "ta" else torch.rand(m, k)
+            b = torch.rand(n, k).T if op == "tb" else torch.rand(k, n)
+            c = torch.empty(m, n)
+            cases[f"{m} {k} {n} {op or '-'}"] = (lambda a=a, b=b, c=c: torch.matmul(a, b, out=c))
+        ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
+        interleaved(ours, cases, runs, pause=0.3)
+        return
     if "--interleave" in sys.argv:
         # python3 scripts/bench_reference.py gemm --threads 1 --runs 30 --interleave target/release/examples/gemm_bench
         cases = {}
@@ -114,6 +131,14 @@ def interleaved(ours_cmd, cases, runs, pause=0.05):
     import statistics
     import subprocess
 
+    if ours_cmd[ours_cmd.index("--threads") + 1] == "1":
+        # One thread a side: both on the same CPU (this one's affinity is inherited by the
+        # child). The two vCPUs of this host are slowed by neighbours independently, a 1.5x
+        # difference for minutes at a time, so two single-threaded processes left to the
+        # scheduler were often timed on different cores.
+        cpu = int(arg("--cpu", max(os.sched_getaffinity(0))))
+        os.sched_setaffinity(0, {cpu})
+        print(f"# both sides pinned to cpu {cpu}", file=sys.stderr)
     proc = subprocess.Popen(ours_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready", "the program did not start its serve loop"
 

@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use kernels::gemm::{sgemm_with, GemmStrides};
+use kernels::memory::huge_page_vec;
 use kernels::Isa;
 
 const SHAPES: [(usize, usize, usize); 6] =
@@ -48,6 +49,12 @@ fn main() {
     .supported();
     kernels::parallel::set_num_threads(threads);
     eprintln!("# isa {} threads {threads} runs {runs}", isa.name());
+    if args.iter().any(|a| a == "--fma-peak") {
+        // The register-only FMA ceiling, then each kernel shape as a fraction of it, measured
+        // back to back (see kernels::gemm::fma_peak).
+        println!("fma-peak {:.1}", kernels::gemm::fma_peak(isa, 20_000_000));
+        return;
+    }
     if args.iter().any(|a| a == "--micro") {
         for kc in [64, 128, 256, 384, 512] {
             println!("micro-kernel kc {kc}: {:.1} GFLOP/s", kernels::gemm::micro_kernel_peak(isa, kc, 200_000));
@@ -89,9 +96,7 @@ fn main() {
             };
             let (ta, tb) = (f.get(3) == Some(&"ta"), f.get(3) == Some(&"tb"));
             if buffers.as_ref().map(|b| b.0) != Some((m, k, n)) {
-                let a = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-                let b = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
-                buffers = Some(((m, k, n), a, b, vec![0.0f32; m * n]));
+                buffers = Some(((m, k, n), matrix(m * k, 7919), matrix(k * n, 104729), huge_page_vec(m * n)));
             }
             let (_, a, b, c) = buffers.as_mut().expect("just filled");
             let s = strides(m, k, n, ta, tb);
@@ -102,9 +107,8 @@ fn main() {
         return;
     }
     for (m, k, n, ta, tb) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let mut c = vec![0.0f32; m * n];
+        let (a, b) = (matrix(m * k, 7919), matrix(k * n, 104729));
+        let mut c = huge_page_vec(m * n);
         // --ta / --tb: read A or B through transposed strides (the data is the same buffer)
         let s = strides(m, k, n, ta, tb);
         let op = if ta {
@@ -150,4 +154,14 @@ fn strides(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> GemmStrides {
         c_row: n,
         c_col: 1,
     }
+}
+
+/// A deterministic test matrix of `len` values in [-0.5, 0.5), on huge pages when large, as
+/// numpy puts its arrays (kernels::memory): the comparison is then page for page.
+fn matrix(len: usize, step: usize) -> Vec<f32> {
+    let mut v = huge_page_vec(len);
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = ((i * step) % 1000) as f32 / 1000.0 - 0.5;
+    }
+    v
 }

@@ -21,6 +21,7 @@
 //! Skinny shapes: M = 1 or N = 1 go to a matrix-vector path (no packing); batched products
 //! run one product per thread when there are at least as many products as threads.
 
+use crate::memory::HugeBuffer;
 use crate::parallel;
 use crate::simd::Isa;
 
@@ -233,6 +234,24 @@ pub fn sgemm_batched(
             }
         }
     }
+}
+
+/// The machine's FMA ceiling (GFLOP/s on the calling thread): 24 independent chains of
+/// register-only FMAs at the widest vector width available (zmm, else ymm), no loads. The
+/// figure every kernel's GFLOP/s is a fraction of; measured beside the kernels, it also
+/// shows what the host grants at that moment (this shared Xeon's cores run 1.5x apart).
+pub fn fma_peak(isa: Isa, iterations: usize) -> f64 {
+    let start = std::time::Instant::now();
+    let flops = match isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked by `supported`.
+        Isa::Avx512 => (unsafe { x86::fma_chains_avx512(iterations) }) as f64,
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => (unsafe { x86::fma_chains_avx2(iterations) }) as f64,
+        _ => return f64::NAN,
+    };
+    flops / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Throughput of the bare micro-kernel on L1-resident panels (GFLOP/s), for tuning: the
@@ -601,9 +620,7 @@ unsafe fn gemm_parallel_rows(
             PACK_A.with(|pa| {
                 let mut pa = pa.borrow_mut();
                 let need = rows.div_ceil(mr) * mr * kcb;
-                if pa.len() < need {
-                    pa.resize(need, 0.0);
-                }
+                pa.grow(need);
                 let a_block = ap.0.add(i0 * s.a_row + pc * s.a_col) as *const f32;
                 if n <= bl.nc && s.a_col == 1 {
                     // One column panel: A packed one micro-panel at a time (UnpackedRows).
@@ -677,13 +694,11 @@ fn pack_shared(
     unit: usize,
     run: usize,
     pack: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
+) -> HugeBuffer {
     use rayon::prelude::*;
     let padded = len.div_ceil(unit) * unit;
     let mut packed = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    if packed.len() < k * padded {
-        packed.resize(k * padded, 0.0);
-    }
+    packed.grow(k * padded);
     let run = run * unit;
     let items: Vec<(usize, usize)> =
         (0..k).step_by(kc).flat_map(|pc| (0..len).step_by(run).map(move |start| (pc, start))).collect();
@@ -706,7 +721,7 @@ fn pack_shared(
 }
 
 /// Puts a [`pack_shared`] buffer back in its cell for the next call.
-fn return_shared(buffer: Vec<f32>) {
+fn return_shared(buffer: HugeBuffer) {
     SHARED_PACKED.with(|cell| *cell.borrow_mut() = buffer);
 }
 
@@ -761,9 +776,7 @@ unsafe fn gemm_parallel_cols(
             PACK_B.with(|pb| {
                 let mut pb = pb.borrow_mut();
                 let need = cols.div_ceil(nr) * nr * kcb;
-                if pb.len() < need {
-                    pb.resize(need, 0.0);
-                }
+                pb.grow(need);
                 pack_b(isa, kcb, cols, nr, bp.0.add(pc * s.b_row + j0 * s.b_col), s.b_row, s.b_col, &mut pb);
                 let bias_block =
                     if pc == 0 && !biasp.0.is_null() { biasp.0.add(j0) as *const f32 } else { std::ptr::null() };
@@ -782,11 +795,11 @@ unsafe fn gemm_parallel_cols(
 }
 
 thread_local! {
-    static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PACK_A: std::cell::RefCell<HugeBuffer> = const { std::cell::RefCell::new(HugeBuffer::new()) };
+    static PACK_B: std::cell::RefCell<HugeBuffer> = const { std::cell::RefCell::new(HugeBuffer::new()) };
     /// All of B (or of A), packed once for the threads of [`gemm_parallel_rows`] (or
     /// [`gemm_parallel_cols`]).
-    static SHARED_PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SHARED_PACKED: std::cell::RefCell<HugeBuffer> = const { std::cell::RefCell::new(HugeBuffer::new()) };
 }
 
 /// The micro-kernels of one instruction set, and how a C tile of any size goes through them.
@@ -968,12 +981,8 @@ unsafe fn gemm_serial(
             let mut pb = pb.borrow_mut();
             let a_need = bl.mc.min(m.div_ceil(mr) * mr) * bl.kc.min(k);
             let b_need = bl.nc.min(n.div_ceil(nr) * nr) * bl.kc.min(k);
-            if pa.len() < a_need {
-                pa.resize(a_need, 0.0);
-            }
-            if pb.len() < b_need {
-                pb.resize(b_need, 0.0);
-            }
+            pa.grow(a_need);
+            pb.grow(b_need);
             let tiles = TileKernels { kernel, edge: edge_kernel, mr, nr };
             let run_tile = |a_panel: *const f32,
                             b_panel: *const f32,
@@ -1633,6 +1642,35 @@ mod x86 {
                 _mm256_storeu_ps(cp.add(8 * h), out);
             }
         }
+    }
+
+    /// [`super::fma_peak`]'s loop: 24 independent accumulators (more than the 4-cycle latency
+    /// times two FMA ports needs), `iterations` x 24 FMAs of 16 lanes; returns the flops.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_chains_avx512(iterations: usize) -> usize {
+        let mut acc = [_mm512_set1_ps(1.0); 24];
+        let (x, y) = (std::hint::black_box(_mm512_set1_ps(0.999)), std::hint::black_box(_mm512_set1_ps(1e-3)));
+        for _ in 0..iterations {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        std::hint::black_box(&acc);
+        iterations * 24 * 16 * 2
+    }
+
+    /// The AVX2 form of [`fma_chains_avx512`]: 12 ymm chains.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma_chains_avx2(iterations: usize) -> usize {
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        let (x, y) = (std::hint::black_box(_mm256_set1_ps(0.999)), std::hint::black_box(_mm256_set1_ps(1e-3)));
+        for _ in 0..iterations {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        std::hint::black_box(&acc);
+        iterations * 12 * 8 * 2
     }
 
     /// One B row of the 32-wide panel as even and odd lane duplicates, for the pair

@@ -17,6 +17,7 @@ pub mod attention;
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
+pub mod memory;
 pub mod norm;
 pub mod parallel;
 pub mod reduce;

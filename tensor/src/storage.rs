@@ -169,7 +169,9 @@ pub fn recycled_vec(len: usize) -> Vec<f32> {
             return v;
         }
     }
-    vec![0.0; len]
+    // Large buffers go on 2 MB pages (kernels::memory): fewer TLB misses in the GEMMs and
+    // row kernels that stream them.
+    kernels::memory::huge_page_vec(len)
 }
 
 /// Frees every pooled buffer (for memory measurements, or before a phase with other shapes).
