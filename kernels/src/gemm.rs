@@ -158,6 +158,106 @@ pub fn sgemm_bias_with(
     }
 }
 
+/// B packed once for many products against it: a layer's weight at inference, where the same
+/// W meets a new batch of inputs on every call. [`sgemm_packed_b`] skips the packing that
+/// [`sgemm`] redoes on every call (about 5% of a BERT-base forward, where every weight is
+/// read transposed, gathered into panels and written out again before the kernel reads it).
+/// The layout is [`sgemm`]'s own for that instruction set, so results are bitwise those of
+/// [`sgemm_bias_with`] on the same operands (for M and N above 1, where that takes the blocked
+/// path rather than the matrix-vector one).
+///
+/// ```
+/// use kernels::gemm::{sgemm_packed_b, GemmStrides, PackedB};
+/// use kernels::Isa;
+/// // W (3 x 2, out x in) used as B = W^T (2 x 3): strides (1, 2)
+/// let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let packed = PackedB::new(Isa::best(), 2, 3, &w, 1, 2);
+/// let x = [1.0, 1.0, 0.0, 1.0]; // (2 x 2)
+/// let mut y = [0.0; 6];
+/// let s = GemmStrides { a_row: 2, a_col: 1, b_row: 0, b_col: 0, c_row: 3, c_col: 1 };
+/// sgemm_packed_b(1, 2, 1.0, &x, &packed, 0.0, &mut y, s, None);
+/// assert_eq!(y, [3.0, 7.0, 11.0, 2.0, 4.0, 6.0]);
+/// ```
+pub struct PackedB {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    data: HugeBuffer,
+}
+
+impl PackedB {
+    /// Packs B (k x n, element (p, j) at `b[p * b_row + j * b_col]`) for `isa` (or the best
+    /// path below it that the machine has), on the configured threads.
+    pub fn new(isa: Isa, k: usize, n: usize, b: &[f32], b_row: usize, b_col: usize) -> PackedB {
+        assert!(b.len() >= extent(k, n, b_row, b_col), "PackedB: B buffer too short");
+        let isa = isa.supported();
+        let mut data = HugeBuffer::new();
+        if k > 0 && n > 0 {
+            let s = GemmStrides { a_row: 0, a_col: 0, b_row, b_col, c_row: 0, c_col: 0 };
+            // SAFETY: B's extent was checked above.
+            unsafe { pack_b_whole(isa, blocking(isa), k, n, b.as_ptr(), s, &mut data) };
+        }
+        PackedB { isa, k, n, data }
+    }
+
+    /// (K, N) of the packed B.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes held by the packed copy.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+}
+
+/// C = alpha * A * B + beta * C (+ bias on every row) with B from [`PackedB`]: A is m x K and
+/// C m x N, strided by `s` (its B strides are not used), on `threads` threads.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_b(
+    threads: usize,
+    m: usize,
+    alpha: f32,
+    a: &[f32],
+    packed: &PackedB,
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+    bias: Option<&[f32]>,
+) {
+    let (k, n) = (packed.k, packed.n);
+    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm_packed_b: A buffer too short");
+    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm_packed_b: C buffer too short");
+    assert!(bias.is_none_or(|v| v.len() >= n), "sgemm_packed_b: bias shorter than N");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let bias = bias.map_or(std::ptr::null(), |v| v.as_ptr());
+    // SAFETY: bounds were checked above; the packed B holds K x padded N for this isa.
+    unsafe {
+        if k == 0 || alpha == 0.0 {
+            scale_c(m, n, beta, c.as_mut_ptr(), s, bias);
+            return;
+        }
+        let isa = packed.isa;
+        multiply_rows_packed_b(
+            isa,
+            blocking(isa),
+            threads.max(1),
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            packed.data.as_ptr(),
+            beta,
+            c.as_mut_ptr(),
+            s,
+            bias,
+        );
+    }
+}
+
 /// Strided-batched GEMM: `batch` independent products, operand p of product i starting at
 /// `i * batch_stride` of its buffer (attention's batch x heads products). Small products run one
 /// per thread; large ones are threaded internally.
@@ -596,22 +696,59 @@ unsafe fn gemm_parallel_rows(
     s: GemmStrides,
     bias: *const f32,
 ) {
+    let mut packed_b = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    pack_b_whole(isa, bl, k, n, b, s, &mut packed_b);
+    multiply_rows_packed_b(isa, bl, threads, m, k, n, alpha, a, packed_b.as_ptr(), beta, c, s, bias);
+    return_shared(packed_b);
+}
+
+/// All of B (k x n, strides of `s`), packed for [`multiply_rows_packed_b`] into `out` (grown
+/// as needed): (K, padded N), block pc starting at pc * padded_n, its panel at column jr
+/// kcb * jr further on, holding [kcb][NR]. Packed in runs of up to 8 panels, so that B is read
+/// in long row runs (see pack_b), the runs in parallel.
+unsafe fn pack_b_whole(
+    isa: Isa,
+    bl: Blocking,
+    k: usize,
+    n: usize,
+    b: *const f32,
+    s: GemmStrides,
+    out: &mut HugeBuffer,
+) {
+    let bp = SendPtr(b as *mut f32);
+    pack_shared(k, bl.kc, n, bl.nr, 8, out, |pc, kcb, jr, cols, panel| {
+        // SAFETY: the caller's B holds rows pc.. and columns jr.. (strides of `s`)
+        unsafe { pack_b(isa, kcb, cols, bl.nr, bp.get().add(pc * s.b_row + jr * s.b_col), s.b_row, s.b_col, panel) }
+    });
+}
+
+/// The threaded loops of [`gemm_parallel_rows`] against a B already packed by
+/// [`pack_b_whole`] (at `packed_b`): row chunks of C handed out to the threads as they come
+/// free, each packing its own rows of A.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_rows_packed_b(
+    isa: Isa,
+    bl: Blocking,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    packed_b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+    bias: *const f32,
+) {
     let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
     let padded_n = n.div_ceil(nr) * nr;
-    // Packed B, (K, padded N): block pc starts at pc * padded_n; its panel at column jr starts
-    // kcb * jr further on and holds [kcb][NR]. Packed in runs of up to 8 panels, so that B
-    // is read in long row runs (see pack_b).
-    let bp = SendPtr(b as *mut f32);
-    let mut packed_b = pack_shared(k, kc, n, nr, 8, |pc, kcb, jr, cols, out| {
-        // SAFETY: the caller's B holds rows pc.. and columns jr.. (strides of `s`)
-        unsafe { pack_b(isa, kcb, cols, nr, bp.get().add(pc * s.b_row + jr * s.b_col), s.b_row, s.b_col, out) }
-    });
-    let pb = SendPtr(packed_b.as_mut_ptr());
+    let pb = SendPtr(packed_b as *mut f32);
     // Row chunks: about four per thread, whole micro-panels, at most one cache block tall.
     let chunk = m.div_ceil(4 * threads).next_multiple_of(mr).min(bl.mc);
     let (ap, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
-    parallel::install(|| {
+    parallel::install_with(threads, || {
         for_each_chunk_block(kc, m.div_ceil(chunk), k, |q, pc| {
             let kcb = kc.min(k - pc);
             let beta_block = if pc == 0 { beta } else { 1.0 };
@@ -646,7 +783,6 @@ unsafe fn gemm_parallel_rows(
             });
         });
     });
-    return_shared(packed_b);
 }
 
 /// The threaded loop of [`gemm_parallel_rows`] and [`gemm_parallel_cols`]: `body(q, pc)` for
@@ -683,21 +819,22 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bi
 /// One operand of a threaded GEMM packed whole, for all threads to share: for every block of
 /// K (kc deep) and every run of `run` micro-panels (`unit` wide) along the other axis (`len`
 /// long), `pack(pc, kcb, start, count, out)` fills that run's panels, the runs in parallel.
-/// Block pc starts at pc * padded len, a run at `start` kcb * start further on. The buffer is
-/// the calling thread's, kept between calls (fresh pages for a few MB per GEMM would cost
-/// page faults on every call); it is taken out of its cell, so a nested call would simply
-/// find an empty one, and goes back with [`return_shared`].
+/// Block pc starts at pc * padded len, a run at `start` kcb * start further on, in `packed`
+/// (grown as needed). The threaded GEMMs pass the calling thread's buffer, kept between
+/// calls (fresh pages for a few MB per GEMM would cost page faults on every call): taken out
+/// of its cell, so a nested call would simply find an empty one, and put back with
+/// [`return_shared`]; a [`PackedB`] passes its own.
 fn pack_shared(
     k: usize,
     kc: usize,
     len: usize,
     unit: usize,
     run: usize,
+    packed: &mut HugeBuffer,
     pack: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
-) -> HugeBuffer {
+) {
     use rayon::prelude::*;
     let padded = len.div_ceil(unit) * unit;
-    let mut packed = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     packed.grow(k * padded);
     let run = run * unit;
     let items: Vec<(usize, usize)> =
@@ -717,7 +854,6 @@ fn pack_shared(
             pack(pc, kcb, start, count, out);
         });
     });
-    packed
 }
 
 /// Puts a [`pack_shared`] buffer back in its cell for the next call.
@@ -758,7 +894,8 @@ unsafe fn gemm_parallel_cols(
     // starts kcb * ir further on and holds [kcb][MR]. Packed in runs of up to 16
     // micro-panels, so that a transposed A is still read in long runs (see pack_a).
     let ap = SendPtr(a as *mut f32);
-    let mut packed_a = pack_shared(k, kc, m, mr, 16, |pc, kcb, ir, rows, out| {
+    let mut packed_a = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    pack_shared(k, kc, m, mr, 16, &mut packed_a, |pc, kcb, ir, rows, out| {
         // SAFETY: the caller's A holds rows ir.. and columns pc.. (strides of `s`)
         unsafe { pack_a(isa, rows, kcb, mr, ap.get().add(ir * s.a_row + pc * s.a_col), s.a_row, s.a_col, out) }
     });
