@@ -7,10 +7,11 @@
 //! pass over the output, and dW = dy^T x comes out in W's own layout instead of as the
 //! transpose of x^T dy (which a later copy would have to gather with a stride).
 
-use kernels::gemm::{sgemm, sgemm_bias, GemmStrides};
+use kernels::gemm::{sgemm, sgemm_bias_with, sgemm_packed_b, GemmStrides};
+use kernels::Isa;
 use tensor::{Result, Tensor, TensorError};
 
-use super::maybe;
+use super::{maybe, packed_weights};
 use crate::Var;
 
 pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
@@ -46,11 +47,27 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let mut y = tensor::recycled_vec(rows * out);
     // B = W^T: element (k, j) is W[j, k]
     let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
-    match &bv {
-        Some(bias) => {
-            sgemm_bias(rows, inp, out, 1.0, xd, wd, 0.0, &mut y, s, bias.as_contiguous_slice().expect("contiguous"))
-        }
-        None => sgemm(rows, inp, out, 1.0, xd, wd, 0.0, &mut y, s),
+    let bias = bv.as_ref().map(|b| b.as_contiguous_slice().expect("contiguous"));
+    // No gradient wanted for W (inference, or a frozen layer): W is constant from call to
+    // call, so its packed panels are reused (packed_weights). Same bits as the plain GEMM,
+    // which one-row products (the matrix-vector path) keep.
+    let frozen = !(crate::is_grad_enabled() && w.requires_grad());
+    match (frozen && rows > 1 && out > 1).then(|| packed_weights::packed_transpose(&wv)).flatten() {
+        Some(packed) => sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, xd, &packed, 0.0, &mut y, s, bias),
+        None => sgemm_bias_with(
+            Isa::best(),
+            kernels::parallel::num_threads(),
+            rows,
+            inp,
+            out,
+            1.0,
+            xd,
+            wd,
+            0.0,
+            &mut y,
+            s,
+            bias,
+        ),
     }
     let y = Tensor::from_vec(y, &[rows, out])?;
     let mut inputs = vec![x, w];

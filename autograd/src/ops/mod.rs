@@ -8,6 +8,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
+pub mod packed_weights;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;

@@ -1,0 +1,167 @@
+//! Packed copies of weights for inference: [`super::matmul::linear`] without the per-call
+//! packing.
+//!
+//! Every GEMM packs its B operand into the micro-kernel's panel layout; for a linear layer B
+//! is the weight, read transposed. In training the weight changes every step, so packing it
+//! on every call is the price of the product. At inference (no gradients wanted for it) the
+//! same weight meets a new batch on every call, and packing it again each time cost about 5%
+//! of a BERT-base forward. Here each weight is packed once (`kernels::gemm::PackedB`) and
+//! the packed copy is reused while the weight's buffer is unchanged.
+//!
+//! Why a reused copy can never be stale: entries hold a `Weak` reference to the weight's
+//! buffer. A tensor's buffer is written in place only through `Tensor::data_mut`, and only
+//! when nothing else references it (`Arc::get_mut`, which a live `Weak` defeats); otherwise
+//! `data_mut` copies into a new buffer. So while an entry exists its buffer's contents are
+//! frozen, and a weight that an optimiser has since updated lives in another buffer, which
+//! the lookup (by identity, offset and shape) does not match. The `Weak` also keeps the
+//! buffer's address from being reused by a new one while the entry lives.
+//!
+//! The cache holds at most [`budget_bytes`] of packed copies (1 GiB, or
+//! `ALIGN_PACKED_WEIGHTS_MB`; 0 turns it off), dropping the oldest first; entries whose
+//! weight was freed are dropped on the next lookup.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use kernels::gemm::PackedB;
+use kernels::Isa;
+use tensor::storage::Storage;
+use tensor::Tensor;
+
+struct Entry {
+    storage: Weak<Storage>,
+    offset: usize,
+    shape: [usize; 2],
+    packed: Arc<PackedB>,
+}
+
+fn cache() -> &'static Mutex<Vec<Entry>> {
+    static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    &CACHE
+}
+
+/// Bytes of packed weights the cache may hold: `ALIGN_PACKED_WEIGHTS_MB` (read once), else
+/// 1 GiB.
+pub fn budget_bytes() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("ALIGN_PACKED_WEIGHTS_MB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(1 << 30, |mb| mb << 20)
+    })
+}
+
+/// B = W^T packed for `kernels::gemm::sgemm_packed_b`, for a contiguous weight W (out, in):
+/// from the cache when this buffer was packed before, else packed now and kept. `None` when
+/// the cache is off or W is not a contiguous matrix.
+pub fn packed_transpose(w: &Tensor) -> Option<Arc<PackedB>> {
+    let budget = budget_bytes();
+    let &[out, inp] = w.shape() else { return None };
+    if budget == 0 || !w.is_contiguous() {
+        return None;
+    }
+    let offset = w.layout().offset;
+    let matches = |e: &Entry| {
+        e.offset == offset && e.shape == [out, inp] && e.storage.upgrade().is_some_and(|s| Arc::ptr_eq(&s, w.storage()))
+    };
+    {
+        let mut entries = cache().lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| e.storage.strong_count() > 0);
+        if let Some(e) = entries.iter().find(|e| matches(e)) {
+            return Some(e.packed.clone());
+        }
+    }
+    // Packed outside the lock: packing runs on the kernel threads, which may themselves be
+    // waiting for this lock in another layer's call.
+    let data = w.as_contiguous_slice()?;
+    let packed = Arc::new(PackedB::new(Isa::best(), inp, out, data, 1, inp));
+    if packed.bytes() > budget {
+        return Some(packed); // used once, not kept
+    }
+    let mut entries = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = entries.iter().find(|e| matches(e)) {
+        return Some(e.packed.clone()); // another thread packed it meanwhile
+    }
+    let mut held: usize = entries.iter().map(|e| e.packed.bytes()).sum();
+    while held + packed.bytes() > budget && !entries.is_empty() {
+        held -= entries.remove(0).packed.bytes();
+    }
+    entries.push(Entry { storage: Arc::downgrade(w.storage()), offset, shape: [out, inp], packed: packed.clone() });
+    Some(packed)
+}
+
+/// Bytes held by the cache now (packed copies of live weights).
+pub fn cached_bytes() -> usize {
+    let mut entries = cache().lock().unwrap_or_else(|e| e.into_inner());
+    entries.retain(|e| e.storage.strong_count() > 0);
+    entries.iter().map(|e| e.packed.bytes()).sum()
+}
+
+/// Drops every packed copy.
+pub fn clear() {
+    cache().lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul::linear;
+    use crate::Var;
+
+    #[test]
+    fn inference_linear_reuses_one_packed_copy_and_matches_the_training_path() {
+        let x = Tensor::rand_uniform(&[37, 70], -1.0, 1.0, 1);
+        let w = Tensor::rand_uniform(&[45, 70], -1.0, 1.0, 2);
+        let b = Tensor::rand_uniform(&[45], -1.0, 1.0, 3);
+        let (xv, wv, bv) = (Var::constant(x.clone()), Var::parameter(w.clone()), Var::constant(b));
+        // grad enabled and W a parameter: the plain GEMM
+        let trained = linear(&xv, &wv, Some(&bv)).unwrap().value().to_vec();
+        // no grad: the packed copy, bit for bit the same, and the same copy on the next call
+        let first = crate::no_grad(|| linear(&xv, &wv, Some(&bv)).unwrap().value().to_vec());
+        let again = crate::no_grad(|| linear(&xv, &wv, Some(&bv)).unwrap().value().to_vec());
+        assert!(trained.iter().zip(&first).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(first, again);
+        let p1 = packed_transpose(&w).expect("cached");
+        let p2 = packed_transpose(&w).expect("cached");
+        assert!(Arc::ptr_eq(&p1, &p2), "the second lookup must reuse the first copy");
+        assert_eq!(p1.shape(), (70, 45));
+    }
+
+    #[test]
+    fn a_weight_written_after_packing_is_packed_again() {
+        let x = Tensor::rand_uniform(&[20, 8], -1.0, 1.0, 4);
+        let mut w = Tensor::rand_uniform(&[6, 8], -1.0, 1.0, 5);
+        let before = packed_transpose(&w).expect("packed");
+        let y0 = crate::no_grad(|| linear(&Var::constant(x.clone()), &Var::constant(w.clone()), None).unwrap().value());
+        // the only way to write a buffer: data_mut, which finds it watched and copies
+        w.data_mut()[0] += 10.0;
+        let after = packed_transpose(&w).expect("packed");
+        assert!(!Arc::ptr_eq(&before, &after), "a changed weight must not reuse the old panels");
+        let y1 = crate::no_grad(|| linear(&Var::constant(x.clone()), &Var::constant(w.clone()), None).unwrap().value());
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        tensor::Tolerance::new(1e-5, 1e-5).assert("linear after a write", &y1.to_vec(), &want.to_vec());
+        // column 0 of y moved by 10 * x[:, 0]; the other columns did not
+        let (y0, y1) = (y0.to_vec(), y1.to_vec());
+        for r in 0..20 {
+            let dx = x.to_vec()[r * 8];
+            assert!((y1[r * 6] - y0[r * 6] - 10.0 * dx).abs() < 1e-4);
+            assert_eq!(y1[r * 6 + 1], y0[r * 6 + 1]);
+        }
+    }
+
+    #[test]
+    fn entries_of_freed_weights_are_dropped_and_views_are_keyed_by_offset() {
+        let whole = Tensor::rand_uniform(&[8, 16], -1.0, 1.0, 6);
+        let top = whole.narrow(0, 0, 4).unwrap();
+        let bottom = whole.narrow(0, 4, 4).unwrap();
+        let (a, b) = (packed_transpose(&top).unwrap(), packed_transpose(&bottom).unwrap());
+        assert!(!Arc::ptr_eq(&a, &b), "two views of one buffer are two weights");
+        let watch = Arc::downgrade(whole.storage());
+        drop((whole, top, bottom));
+        assert_eq!(watch.strong_count(), 0);
+        // the next lookup sweeps the dead entries (their Weak no longer upgrades)
+        let _ = cached_bytes();
+        let entries = cache().lock().unwrap();
+        assert!(entries.iter().all(|e| !e.storage.ptr_eq(&watch)));
+    }
+}
