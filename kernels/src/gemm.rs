@@ -613,11 +613,21 @@ pub(crate) unsafe fn sgemm_raw_bias(
         gemm_parallel_cols(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
-    if !bl.b_in_l1 && m >= 4 * threads * bl.mr {
+    if !bl.b_in_l1 && m >= 4 * threads * bl.mr && chunked_row_split() {
         gemm_parallel_rows(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
-    // Few rows: split C into `threads` tiles along its longer side, on micro-tile boundaries.
+    // Otherwise C is split into `threads` blocks along its longer side, on micro-tile
+    // boundaries, each computed by the serial blocked GEMM: one hand-off per thread and no
+    // joins, as OpenBLAS splits. Each block packs its own copy of B (rows split), which the
+    // row chunks of gemm_parallel_rows avoid; but their shared packing phase and one join
+    // per block of K cost more on this host. Measured in the seventh session on two threads,
+    // each product after a 0.3 s pause as in `bench_reference.py gemm --interleave`, median
+    // speedup over numpy's OpenBLAS in the same pairs: 1024^3 0.98 / 1.10 here against 0.82
+    // / 0.85 with row chunks, 2048 x 768 x 3072 1.21 / 1.15 against 1.19 / 1.08; back to
+    // back in one process 1-3% ahead, and BERT-mini training and BERT-base inference the same
+    // (1.001, 1.002). ALIGN_GEMM_SPLIT=chunks restores the row chunks.
+    // Few rows or few columns (the column split above did not apply) take this path as well.
     let split_n = n >= m;
     let (len, unit) = if split_n { (n, bl.nr) } else { (m, bl.mr) };
     let units = len.div_ceil(unit);
@@ -672,7 +682,14 @@ pub(crate) unsafe fn sgemm_raw_bias(
     });
 }
 
-/// Several threads, enough rows: B is packed once, up front and in parallel, into the layout
+/// Whether threaded products with many rows use [`gemm_parallel_rows`] (`ALIGN_GEMM_SPLIT=chunks`,
+/// read once) rather than one block of C per thread (the default; see sgemm_raw_bias).
+fn chunked_row_split() -> bool {
+    static CHUNKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHUNKS.get_or_init(|| std::env::var("ALIGN_GEMM_SPLIT").as_deref() == Ok("chunks"))
+}
+
+/// Several threads, enough rows (with `ALIGN_GEMM_SPLIT=chunks`): B is packed once, up front and in parallel, into the layout
 /// the micro-kernel reads (every block of K, every NR-wide panel); then row chunks of C are
 /// handed out to the threads as they come free. Each chunk packs its own rows of A and runs
 /// the A-resident loops of [`gemm_serial`] against the shared B. Nothing is packed twice
