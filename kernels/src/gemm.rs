@@ -1660,6 +1660,22 @@ unsafe fn gemv_path(
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// `kc` repetitions of `$step`, four to a loop iteration (so that the loop's own
+    /// instructions do not crowd the front end), then the remainder.
+    macro_rules! unrolled_by_4 {
+        ($kc:expr, $step:expr) => {{
+            for _ in 0..$kc / 4 {
+                $step;
+                $step;
+                $step;
+                $step;
+            }
+            for _ in 0..$kc % 4 {
+                $step;
+            }
+        }};
+    }
+
     /// How many k-steps ahead the AVX-512 kernel prefetches its B stream.
     const PREFETCH_STEPS: usize = 8;
 
@@ -1798,34 +1814,27 @@ mod x86 {
         }
     }
 
-    /// [`super::fma_peak`]'s loop: 24 independent accumulators (more than the 4-cycle latency
-    /// times two FMA ports needs), `iterations` x 24 FMAs of 16 lanes; returns the flops.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn fma_chains_avx512(iterations: usize) -> usize {
-        let mut acc = [_mm512_set1_ps(1.0); 24];
-        let (x, y) = (std::hint::black_box(_mm512_set1_ps(0.999)), std::hint::black_box(_mm512_set1_ps(1e-3)));
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm512_fmadd_ps(*a, x, y);
+    /// [`super::fma_peak`]'s loops: `$chains` independent accumulators (more than the 4-cycle
+    /// FMA latency times two FMA ports needs), `iterations` x `$chains` FMAs of `$lanes` lanes,
+    /// no loads; each returns its flops.
+    macro_rules! fma_chains {
+        ($name:ident, $features:literal, $set1:ident, $fmadd:ident, $chains:expr, $lanes:expr) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(iterations: usize) -> usize {
+                let mut acc = [$set1(1.0); $chains];
+                let (x, y) = (std::hint::black_box($set1(0.999)), std::hint::black_box($set1(1e-3)));
+                for _ in 0..iterations {
+                    for a in acc.iter_mut() {
+                        *a = $fmadd(*a, x, y);
+                    }
+                }
+                std::hint::black_box(&acc);
+                iterations * $chains * $lanes * 2
             }
-        }
-        std::hint::black_box(&acc);
-        iterations * 24 * 16 * 2
+        };
     }
-
-    /// The AVX2 form of [`fma_chains_avx512`]: 12 ymm chains.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn fma_chains_avx2(iterations: usize) -> usize {
-        let mut acc = [_mm256_set1_ps(1.0); 12];
-        let (x, y) = (std::hint::black_box(_mm256_set1_ps(0.999)), std::hint::black_box(_mm256_set1_ps(1e-3)));
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm256_fmadd_ps(*a, x, y);
-            }
-        }
-        std::hint::black_box(&acc);
-        iterations * 12 * 8 * 2
-    }
+    fma_chains!(fma_chains_avx512, "avx512f", _mm512_set1_ps, _mm512_fmadd_ps, 24, 16);
+    fma_chains!(fma_chains_avx2, "avx2,fma", _mm256_set1_ps, _mm256_fmadd_ps, 12, 8);
 
     /// One B row of the 32-wide panel as even and odd lane duplicates, for the pair
     /// broadcasts of [`kernel_avx512_12x32`]: (lanes 0 0 2 2 .. of b[0..16], 1 1 3 3 ..
@@ -1922,15 +1931,7 @@ mod x86 {
                 b = b.add(32);
             }};
         }
-        for _ in 0..kc / 4 {
-            step!();
-            step!();
-            step!();
-            step!();
-        }
-        for _ in 0..kc % 4 {
-            step!();
-        }
+        unrolled_by_4!(kc, step!());
         // Untangle: row 2p = (even lane 2j, odd lane 2j) for column pair j, row 2p + 1 =
         // (even lane 2j + 1, odd lane 2j + 1).
         let mut lo = [_mm512_setzero_ps(); 12];
@@ -2016,15 +2017,7 @@ mod x86 {
                 b = b.add(32);
             }};
         }
-        for _ in 0..kc / 4 {
-            step!();
-            step!();
-            step!();
-            step!();
-        }
-        for _ in 0..kc % 4 {
-            step!();
-        }
+        unrolled_by_4!(kc, step!());
         store_tile_avx512::<W>(&lo, &hi, c, rsc, alpha, beta, bias, rows, cols);
     }
 
