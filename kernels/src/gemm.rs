@@ -12,11 +12,14 @@
 //! - loops 2 and 1 walk the NR-wide and MR-tall micro-tiles, and the micro-kernel computes an
 //!   MR x NR tile of C in registers over kc steps (one MR panel of A and one NR panel of B in L1).
 //!
-//! Micro-kernels: AVX-512F 12x32 (24 accumulators), AVX2+FMA 6x16 (12 accumulators), and a
-//! portable 4x8 written as plain loops. Threads: C is split into disjoint tiles along N (or M
-//! when it is taller), one per thread, each run by the serial algorithm with its own packing
-//! buffers; every element of C is computed by one thread in one order, so results do not
-//! depend on the thread count.
+//! Micro-kernels: AVX-512F 12x32 (24 accumulators, pair broadcasts: see
+//! `x86::kernel_avx512_12x32`), AVX2+FMA 6x16 (12 accumulators), and a portable 4x8 written
+//! as plain loops. Threads: C is split into disjoint blocks along M (or N when it is wider),
+//! one per thread, each run by the serial algorithm with its own packing buffers; products
+//! with few rows and many columns share one packed A instead (`gemm_parallel_cols`). Every
+//! element of C is computed by one thread in one order, so results do not depend on the
+//! thread count. Packing buffers sit on 2 MB pages (`crate::memory`). A B used for many
+//! products (a weight at inference) can be packed once: [`PackedB`].
 //!
 //! Skinny shapes: M = 1 or N = 1 go to a matrix-vector path (no packing); batched products
 //! run one product per thread when there are at least as many products as threads.
