@@ -36,10 +36,20 @@ pub fn huge_page_vec(len: usize) -> Vec<f32> {
     if bytes < HUGE_PAGE_MIN_BYTES || !huge_pages_enabled() {
         return vec![0.0; len];
     }
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    advise_huge_pages(v.as_ptr() as usize, bytes);
-    v.resize(len, 0.0);
-    v
+    // Zeroed by the allocator: a fresh mapping of this size comes zeroed from the kernel and
+    // is not touched (calloc skips its memset), so the advice below still precedes the first
+    // touch and the pages are cleared once, at their fault. (An explicit fill after the
+    // advice cleared every page twice.)
+    let layout = std::alloc::Layout::array::<f32>(len).expect("buffer size overflows isize");
+    // SAFETY: the layout has a non-zero size (bytes >= HUGE_PAGE_MIN_BYTES).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    advise_huge_pages(ptr as usize, bytes);
+    // SAFETY: allocated by the global allocator with Layout::array::<f32>(len), which is the
+    // layout a Vec<f32> of capacity len uses; all len floats are initialised (zero bits).
+    unsafe { Vec::from_raw_parts(ptr, len, len) }
 }
 
 /// A zeroed scratch buffer of floats that starts on a 2 MB boundary and covers whole 2 MB
