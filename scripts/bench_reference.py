@@ -6,6 +6,12 @@
     python3 scripts/bench_reference.py dual --threads 2     # the tiny ALIGN training step, pairs/s
     python3 scripts/bench_reference.py bert --threads 2 --interleave target/release/examples/bert_bench
                                                             # BERT steps alternated with ours, one by one
+    python3 scripts/bench_reference.py gemm --threads 1 --bert-base --torch --interleave target/release/examples/gemm_bench
+                                                            # BERT-base's products against torch.matmul (MKL)
+
+With `--threads 1` the interleaved comparisons pin both sides to one CPU (`--cpu N`, default
+the last): the host's two vCPUs run up to 1.5x apart. Whole programs (conv, rows) are
+alternated in rounds with scripts/alternate_runs.py.
 
 Run it in the same session as the Rust side (`cargo run --release -p kernels --example
 gemm_bench -- --threads 1`, `cargo bench --bench kernels`): the machines are shared and noisy,
