@@ -55,28 +55,23 @@ def gemm(threads, runs):
         # BERT-base's linear maps at 32 x 64 tokens: x (2048 x in) times W^T, W (out x in)
         shapes = [(2048, 768, 768, "tb"), (2048, 768, 3072, "tb"), (2048, 3072, 768, "tb")]
     print(f"# numpy {np.__version__} threads {threads} runs {runs}", file=sys.stderr)
-    if "--interleave" in sys.argv and "--torch" in sys.argv:
-        # The same, against PyTorch's matmul (MKL / oneDNN) instead of numpy's OpenBLAS:
-        # python3 scripts/bench_reference.py gemm --threads 2 --bert-base --torch --interleave ...
-        import torch
-        torch.set_num_threads(threads)
-        cases = {}
-        for m, k, n, op in shapes:
-            a = torch.rand(k, m).T if op == "ta" else torch.rand(m, k)
-            b = torch.rand(n, k).T if op == "tb" else torch.rand(k, n)
-            c = torch.empty(m, n)
-            cases[f"{m} {k} {n} {op or '-'}"] = (lambda a=a, b=b, c=c: torch.matmul(a, b, out=c))
-        ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
-        interleaved(ours, cases, runs, pause=0.3)
-        return
     if "--interleave" in sys.argv:
         # python3 scripts/bench_reference.py gemm --threads 1 --runs 30 --interleave target/release/examples/gemm_bench
+        # With --torch the reference is PyTorch's matmul (MKL / oneDNN) instead of numpy's
+        # OpenBLAS, on the same float32 operands.
+        if "--torch" in sys.argv:
+            import torch
+            torch.set_num_threads(threads)
+            rand, empty, matmul = (lambda r, c: torch.rand(r, c)), (lambda r, c: torch.empty(r, c)), torch.matmul
+        else:
+            rand = lambda r, c: np.random.rand(r, c).astype(np.float32)  # noqa: E731
+            empty, matmul = (lambda r, c: np.empty((r, c), dtype=np.float32)), np.matmul
         cases = {}
         for m, k, n, op in shapes:
-            a = np.random.rand(k, m).astype(np.float32).T if op == "ta" else np.random.rand(m, k).astype(np.float32)
-            b = np.random.rand(n, k).astype(np.float32).T if op == "tb" else np.random.rand(k, n).astype(np.float32)
-            c = np.empty((m, n), dtype=np.float32)
-            cases[f"{m} {k} {n} {op or '-'}"] = (lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
+            a = rand(k, m).T if op == "ta" else rand(m, k)
+            b = rand(n, k).T if op == "tb" else rand(k, n)
+            c = empty(m, n)
+            cases[f"{m} {k} {n} {op or '-'}"] = (lambda a=a, b=b, c=c: matmul(a, b, out=c))
         ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
         interleaved(ours, cases, runs, pause=0.3)
         return

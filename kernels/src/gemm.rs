@@ -1913,10 +1913,7 @@ mod x86 {
         // odd[p][h]  lanes (2j, 2j+1) = sum b[2j+1] * (a[2p], a[2p+1]).
         let mut even = [[_mm512_setzero_ps(); 2]; 6];
         let mut odd = [[_mm512_setzero_ps(); 2]; 6];
-        for r in 0..rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc + 16) as *const i8);
-        }
+        prefetch_c_tile::<32>(c, rsc, rows);
         let (mut a, mut b) = (a, b);
         macro_rules! step {
             () => {{
@@ -1980,17 +1977,17 @@ mod x86 {
         cols: usize,
     ) {
         if cols <= 16 {
-            kernel_avx512::<16>(kc, a, b, c, rsc, alpha, beta, bias, rows, cols)
+            kernel_avx512_16(kc, a, b, c, rsc, alpha, beta, bias, rows, cols)
         } else {
             kernel_avx512_pairs(kc, a, b, c, rsc, alpha, beta, bias, rows, cols)
         }
     }
 
-    /// The AVX-512 tile loop, computing the first W (16 or 32) of the panel's 32 columns: per
-    /// row, one zmm accumulator (W = 16) or two.
+    /// The AVX-512 tile loop for edge tiles at most 16 columns wide: the first 16 of the
+    /// panel's 32 columns, one zmm accumulator per row (half the FMAs of a full tile).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel_avx512<const W: usize>(
+    unsafe fn kernel_avx512_16(
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -2003,25 +2000,31 @@ mod x86 {
         cols: usize,
     ) {
         let mut lo = [_mm512_setzero_ps(); 12];
-        let mut hi = [_mm512_setzero_ps(); 12];
-        // The C tile is read (beta != 0) and written at the end: start fetching it now.
+        let mut hi = [_mm512_setzero_ps(); 12]; // untouched at this width
+        prefetch_c_tile::<16>(c, rsc, rows);
+        let (mut a, mut b) = (a, b);
+        // One k-step: 1 load of B, 12 broadcasts of A, 12 FMAs.
+        macro_rules! step {
+            () => {{
+                k_step::<16>(a, b, &mut lo, &mut hi);
+                a = a.add(12);
+                b = b.add(32);
+            }};
+        }
+        unrolled_by_4!(kc, step!());
+        store_tile_avx512::<16>(&lo, &hi, c, rsc, alpha, beta, bias, rows, cols);
+    }
+
+    /// Asks for the C tile's rows (the first W columns of each) at the start of a tile: it is
+    /// read (beta != 0) and written at the end, a few thousand cycles later.
+    #[inline(always)]
+    unsafe fn prefetch_c_tile<const W: usize>(c: *mut f32, rsc: usize, rows: usize) {
         for r in 0..rows {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc) as *const i8);
             if W > 16 {
                 _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc + 16) as *const i8);
             }
         }
-        let (mut a, mut b) = (a, b);
-        // One k-step: W / 16 loads of B, 12 broadcasts of A, 12 W / 16 FMAs.
-        macro_rules! step {
-            () => {{
-                k_step::<W>(a, b, &mut lo, &mut hi);
-                a = a.add(12);
-                b = b.add(32);
-            }};
-        }
-        unrolled_by_4!(kc, step!());
-        store_tile_avx512::<W>(&lo, &hi, c, rsc, alpha, beta, bias, rows, cols);
     }
 
     /// One k-step of the 12 x W tile (W = 16 or 32): the 12 A elements at `a` broadcast
