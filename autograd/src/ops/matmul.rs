@@ -52,7 +52,9 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     // call, so its packed panels are reused (packed_weights). Same bits as the plain GEMM,
     // which one-row products (the matrix-vector path) keep.
     let frozen = !(crate::is_grad_enabled() && w.requires_grad());
-    match (frozen && rows > 1 && out > 1).then(|| packed_weights::packed_transpose(&wv)).flatten() {
+    // (Looked up by W's own buffer: a non-contiguous W is copied into a fresh one on every
+    // call, which no cache entry could ever match again, so it takes the plain GEMM.)
+    match (frozen && rows > 1 && out > 1).then(|| packed_weights::packed_transpose(&w.value())).flatten() {
         Some(packed) => sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, xd, &packed, 0.0, &mut y, s, bias),
         None => sgemm_bias_with(
             Isa::best(),
