@@ -16,15 +16,19 @@ fn main() {
     let threads: usize = get("--threads").and_then(|s| s.parse().ok()).unwrap_or(1);
     let runs: usize = get("--runs").and_then(|s| s.parse().ok()).unwrap_or(7);
     kernels::parallel::set_num_threads(threads);
-    let data = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect() };
+    let data = |n: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(7919) % 1000) as f32 / 1000.0 - 0.5).collect()
+    };
     // (name, N, H, C_in, C_out, k, depthwise)
     let cases = [
         ("conv3x3_32to32_112", 16, 112, 32, 32, 3, false),
+        ("conv3x3_32to32_16", 16, 16, 32, 32, 3, false),
         ("dw3x3_c96_56", 16, 56, 96, 96, 3, true),
         ("dw5x5_c96_56", 16, 56, 96, 96, 5, true),
         ("conv1x1_96to24_56", 16, 56, 96, 24, 1, false),
     ];
-    // `--only NAME`: one case (for profilers); `--forward-only`: skip the training step
+    // `--only NAME`: one case (for profilers); `--forward-only`: skip the training step;
+    // `--compare-direct`: the forward against the implicit GEMM without Winograd, alternated
     let only = get("--only");
     let forward_only = args.iter().any(|a| a == "--forward-only");
     for (name, n, h, ci, co, k, depthwise) in cases {
@@ -45,6 +49,18 @@ fn main() {
                 conv::conv2d_forward(&x, &w, &mut y, &g)
             }
         });
+        if args.iter().any(|a| a == "--compare-direct") && !depthwise {
+            // conv2d_forward (Winograd where it applies) against the implicit GEMM alone,
+            // alternated call by call
+            let mut y2 = y.clone();
+            let (fast, direct) = kernels::timing::alternating_median_ms(
+                runs,
+                || conv::conv2d_forward(&x, &w, &mut y, &g),
+                || conv::conv2d_forward_direct(&x, &w, &mut y2, &g),
+            );
+            println!("{name} forward {fast:.2} direct {direct:.2} speedup {:.3}", direct / fast);
+            continue;
+        }
         if forward_only {
             println!("{name} {fwd:.2}");
             continue;

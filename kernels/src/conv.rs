@@ -475,7 +475,7 @@ mod tests {
 use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, MAX_PANEL_WIDTH};
 use crate::parallel;
 use crate::simd::Isa;
-use crate::vec::F32Vec;
+use crate::vec::Scalar;
 use rayon::prelude::*;
 
 impl ConvGeometry {
@@ -767,6 +767,21 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
 
 /// [`conv2d_forward`] on a chosen instruction set (tests run every path the CPU has).
 pub(crate) fn conv2d_forward_with(isa: Isa, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    let gemm = PanelGemm::new(isa);
+    if crate::winograd::applies(g, &gemm) {
+        return crate::winograd::conv2d_forward_winograd(&gemm, x, w, y, g);
+    }
+    conv2d_forward_direct_with(isa, x, w, y, g)
+}
+
+/// [`conv2d_forward`] without the Winograd path: the implicit GEMM for every geometry (for
+/// comparisons; `conv2d_forward` picks the faster path itself).
+pub fn conv2d_forward_direct(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    conv2d_forward_direct_with(Isa::best(), x, w, y, g)
+}
+
+/// [`conv2d_forward_direct`] on a chosen instruction set.
+pub(crate) fn conv2d_forward_direct_with(isa: Isa, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
     let (p, kdim) = g.patch_dims();
     let gemm = PanelGemm::new(isa);
     if g.is_pointwise() && !gemm.can_gather() {
@@ -1765,78 +1780,6 @@ fn dw_image(isa: Isa, op: DwOp, a: &[f32], b: &[f32], out: &mut [f32], g: &ConvG
     unsafe { run!(Scalar, op, a, b, out, g) }
 }
 
-/// One-lane "vector" for the portable path (the compiler vectorises the plain loops).
-#[derive(Clone, Copy)]
-struct Scalar(f32);
-impl F32Vec for Scalar {
-    const LANES: usize = 1;
-    unsafe fn splat(v: f32) -> Self {
-        Scalar(v)
-    }
-    unsafe fn load(p: *const f32) -> Self {
-        Scalar(*p)
-    }
-    unsafe fn store(self, p: *mut f32) {
-        *p = self.0
-    }
-    unsafe fn add(self, o: Self) -> Self {
-        Scalar(self.0 + o.0)
-    }
-    unsafe fn sub(self, o: Self) -> Self {
-        Scalar(self.0 - o.0)
-    }
-    unsafe fn mul(self, o: Self) -> Self {
-        Scalar(self.0 * o.0)
-    }
-    unsafe fn div(self, o: Self) -> Self {
-        Scalar(self.0 / o.0)
-    }
-    unsafe fn recip(self) -> Self {
-        Scalar(1.0 / self.0)
-    }
-    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
-        Scalar(self.0 * a.0 + b.0)
-    }
-    unsafe fn max(self, o: Self) -> Self {
-        Scalar(self.0.max(o.0))
-    }
-    unsafe fn min(self, o: Self) -> Self {
-        Scalar(self.0.min(o.0))
-    }
-    unsafe fn abs(self) -> Self {
-        Scalar(self.0.abs())
-    }
-    unsafe fn with_sign_of(self, sign: Self) -> Self {
-        Scalar(self.0.abs().copysign(sign.0))
-    }
-    unsafe fn round(self) -> Self {
-        Scalar(self.0.round_ties_even())
-    }
-    unsafe fn pow2i(n: Self) -> Self {
-        Scalar(f32::from_bits(((n.0 as i32 + 127) as u32) << 23))
-    }
-    unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
-        if x.0 >= 0.0 {
-            self
-        } else {
-            other
-        }
-    }
-    unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
-        if x.0 < bound.0 {
-            Scalar(0.0)
-        } else {
-            self
-        }
-    }
-    unsafe fn reduce_sum(self) -> f32 {
-        self.0
-    }
-    unsafe fn reduce_max(self) -> f32 {
-        self.0
-    }
-}
-
 /// Runs `op` for every image, images spread over the kernel threads.
 #[allow(clippy::too_many_arguments)]
 fn dw_over_images(
@@ -2002,6 +1945,9 @@ mod fast_tests {
                         y2.fill(f32::NAN);
                         conv2d_forward_with(isa, &x, &wt, &mut y2, &g);
                         close(&format!("fwd {isa:?} {what}"), &y2, &y1);
+                        y2.fill(f32::NAN);
+                        conv2d_forward_direct_with(isa, &x, &wt, &mut y2, &g);
+                        close(&format!("direct fwd {isa:?} {what}"), &y2, &y1);
                     }
                     let (mut d1, mut d2) = (vec![0.0; g.input_len()], vec![1.0; g.input_len()]);
                     conv2d_backward_input_reference(&dy, &wt, &mut d1, &g);

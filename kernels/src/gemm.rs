@@ -1318,6 +1318,33 @@ impl PanelGemm {
         let _ = (segments, b_panel, c, rsc, beta, rows, cols);
     }
 
+    /// C tile (rows x cols, row stride `rsc`) = A x B panel + beta * C, A's rows in
+    /// interleaved pairs `pair_stride` floats apart (see `kernel_avx512_12x32_pair_rows`).
+    ///
+    /// # Safety
+    /// All 6 pairs (even past `rows`) have 2 * kcb readable floats; the B panel holds
+    /// kcb x 32 floats; the C tile is writable for rows < `rows`, cols < `cols`. Only when
+    /// [`PanelGemm::can_gather`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn pair_rows_tile(
+        &self,
+        kcb: usize,
+        a: *const f32,
+        pair_stride: usize,
+        b_panel: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        debug_assert!(self.can_gather());
+        #[cfg(target_arch = "x86_64")]
+        x86::kernel_avx512_12x32_pair_rows(kcb, a, pair_stride, b_panel, c, rsc, beta, rows, cols);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (kcb, a, pair_stride, b_panel, c, rsc, beta, rows, cols);
+    }
+
     /// C tile (rows x cols, row stride `rsc`) += A x B panel (kcb x NR, packed), A given by
     /// columns: column k of A (MR elements) is the MR consecutive floats at
     /// `columns[k] + offset`. A convolution's weight gradient reads its im2col^T panels this
@@ -1890,15 +1917,39 @@ mod x86 {
         beta: f32,
         bias: *const f32,
     ) {
-        kernel_avx512_pairs(kc, a, b, c, rsc, alpha, beta, bias, 12, 32)
+        kernel_avx512_pairs::<false>(kc, a, 0, b, c, rsc, alpha, beta, bias, 12, 32)
     }
 
-    /// [`kernel_avx512_12x32`] storing only rows < `rows` and columns < `cols` of C.
-    #[inline(always)]
+    /// [`kernel_avx512_12x32`] with A's row pairs apart: pair p (rows 2p, 2p + 1) is
+    /// interleaved, (a[2p][k], a[2p+1][k]) at `a + p * pair_stride + 2k`. The Winograd
+    /// convolution's transformed input, written two tiles at a time, is read this way in
+    /// place: two rows interleave with one shuffle, where a packed 12-row panel would need a
+    /// 12-way transpose. Stores rows < `rows`, columns < `cols`; C = A B + beta C.
+    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel_avx512_pairs(
+    pub unsafe fn kernel_avx512_12x32_pair_rows(
         kc: usize,
         a: *const f32,
+        pair_stride: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        rows: usize,
+        cols: usize,
+    ) {
+        kernel_avx512_pairs::<true>(kc, a, pair_stride, b, c, rsc, 1.0, beta, std::ptr::null(), rows, cols)
+    }
+
+    /// [`kernel_avx512_12x32`] storing only rows < `rows` and columns < `cols` of C. A is a
+    /// packed panel ([k][12]) or, when `PAIR_ROWS`, pairs of rows `pair_stride` apart
+    /// (see [`kernel_avx512_12x32_pair_rows`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_avx512_pairs<const PAIR_ROWS: bool>(
+        kc: usize,
+        a: *const f32,
+        pair_stride: usize,
         b: *const f32,
         c: *mut f32,
         rsc: usize,
@@ -1915,19 +1966,22 @@ mod x86 {
         let mut odd = [[_mm512_setzero_ps(); 2]; 6];
         prefetch_c_tile::<32>(c, rsc, rows);
         let (mut a, mut b) = (a, b);
+        // where pair p of the current k-step is, from `a`, and how far `a` moves per k-step
+        let (pair_offset, k_step) = if PAIR_ROWS { (pair_stride, 2) } else { (2, 12) };
         macro_rules! step {
             () => {{
                 _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
                 let [e0, o0, e1, o1] = load_duplicated_pairs(b);
                 for p in 0..6 {
-                    let pair = _mm512_castpd_ps(_mm512_set1_pd(std::ptr::read_unaligned(a.add(2 * p) as *const f64)));
+                    let at = a.add(p * pair_offset);
+                    let pair = _mm512_castpd_ps(_mm512_set1_pd(std::ptr::read_unaligned(at as *const f64)));
                     even[p][0] = _mm512_fmadd_ps(e0, pair, even[p][0]);
                     odd[p][0] = _mm512_fmadd_ps(o0, pair, odd[p][0]);
                     even[p][1] = _mm512_fmadd_ps(e1, pair, even[p][1]);
                     odd[p][1] = _mm512_fmadd_ps(o1, pair, odd[p][1]);
                 }
-                a = a.add(12);
+                a = a.add(k_step);
                 b = b.add(32);
             }};
         }
@@ -1979,7 +2033,7 @@ mod x86 {
         if cols <= 16 {
             kernel_avx512_16(kc, a, b, c, rsc, alpha, beta, bias, rows, cols)
         } else {
-            kernel_avx512_pairs(kc, a, b, c, rsc, alpha, beta, bias, rows, cols)
+            kernel_avx512_pairs::<false>(kc, a, 0, b, c, rsc, alpha, beta, bias, rows, cols)
         }
     }
 

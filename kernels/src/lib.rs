@@ -27,6 +27,7 @@ pub mod softmax;
 pub mod timing;
 pub mod vec;
 pub mod vmath;
+pub mod winograd;
 
 pub use conv::{ConvGeometry, Padding};
 pub use gemm::{gemm_reference, sgemm, sgemm_batched, sgemm_bias, sgemm_bias_with, sgemm_with, GemmStrides};

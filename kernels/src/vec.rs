@@ -42,6 +42,90 @@ pub trait F32Vec: Copy {
     unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self;
     unsafe fn reduce_sum(self) -> f32;
     unsafe fn reduce_max(self) -> f32;
+    /// Stores 2 * LANES floats, self's and `odd`'s lanes alternating: p[2i] = self[i],
+    /// p[2i + 1] = odd[i] (two rows interleaved for the pair-broadcast GEMM kernel).
+    #[inline(always)]
+    unsafe fn store_interleaved(self, odd: Self, p: *mut f32) {
+        let (mut even_lanes, mut odd_lanes) = ([0.0f32; 16], [0.0f32; 16]);
+        self.store(even_lanes.as_mut_ptr());
+        odd.store(odd_lanes.as_mut_ptr());
+        for i in 0..Self::LANES {
+            *p.add(2 * i) = even_lanes[i];
+            *p.add(2 * i + 1) = odd_lanes[i];
+        }
+    }
+}
+
+/// One-lane "vector" for the portable path (the compiler vectorises the plain loops).
+#[derive(Clone, Copy)]
+pub(crate) struct Scalar(pub(crate) f32);
+impl F32Vec for Scalar {
+    const LANES: usize = 1;
+    unsafe fn splat(v: f32) -> Self {
+        Scalar(v)
+    }
+    unsafe fn load(p: *const f32) -> Self {
+        Scalar(*p)
+    }
+    unsafe fn store(self, p: *mut f32) {
+        *p = self.0
+    }
+    unsafe fn add(self, o: Self) -> Self {
+        Scalar(self.0 + o.0)
+    }
+    unsafe fn sub(self, o: Self) -> Self {
+        Scalar(self.0 - o.0)
+    }
+    unsafe fn mul(self, o: Self) -> Self {
+        Scalar(self.0 * o.0)
+    }
+    unsafe fn div(self, o: Self) -> Self {
+        Scalar(self.0 / o.0)
+    }
+    unsafe fn recip(self) -> Self {
+        Scalar(1.0 / self.0)
+    }
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        Scalar(self.0 * a.0 + b.0)
+    }
+    unsafe fn max(self, o: Self) -> Self {
+        Scalar(self.0.max(o.0))
+    }
+    unsafe fn min(self, o: Self) -> Self {
+        Scalar(self.0.min(o.0))
+    }
+    unsafe fn abs(self) -> Self {
+        Scalar(self.0.abs())
+    }
+    unsafe fn with_sign_of(self, sign: Self) -> Self {
+        Scalar(self.0.abs().copysign(sign.0))
+    }
+    unsafe fn round(self) -> Self {
+        Scalar(self.0.round_ties_even())
+    }
+    unsafe fn pow2i(n: Self) -> Self {
+        Scalar(f32::from_bits(((n.0 as i32 + 127) as u32) << 23))
+    }
+    unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
+        if x.0 >= 0.0 {
+            self
+        } else {
+            other
+        }
+    }
+    unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
+        if x.0 < bound.0 {
+            Scalar(0.0)
+        } else {
+            self
+        }
+    }
+    unsafe fn reduce_sum(self) -> f32 {
+        self.0
+    }
+    unsafe fn reduce_max(self) -> f32 {
+        self.0
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -152,6 +236,14 @@ pub mod x86 {
 
     impl F32Vec for Avx512 {
         const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn store_interleaved(self, odd: Self, p: *mut f32) {
+            // lanes 0..8 of each into the first 16 floats, 8..16 into the next
+            let first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            let second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+            _mm512_storeu_ps(p, _mm512_permutex2var_ps(self.0, first, odd.0));
+            _mm512_storeu_ps(p.add(16), _mm512_permutex2var_ps(self.0, second, odd.0));
+        }
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             Avx512(_mm512_set1_ps(v))
