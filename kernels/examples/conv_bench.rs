@@ -22,7 +22,6 @@ fn main() {
     // (name, N, H, C_in, C_out, k, depthwise)
     let cases = [
         ("conv3x3_32to32_112", 16, 112, 32, 32, 3, false),
-        ("conv3x3_32to32_16", 16, 16, 32, 32, 3, false),
         ("dw3x3_c96_56", 16, 56, 96, 96, 3, true),
         ("dw5x5_c96_56", 16, 56, 96, 96, 5, true),
         ("conv1x1_96to24_56", 16, 56, 96, 24, 1, false),
