@@ -1,33 +1,47 @@
-//! Winograd F(2x2, 3x3) convolution: the dense 3x3 stride-1 forward with 2.25x fewer
+//! Winograd F(4x4, 3x3) convolution: the dense 3x3 stride-1 forward with 4x fewer
 //! multiplications than the direct implicit GEMM (Lavin & Gray, "Fast Algorithms for
-//! Convolutional Neural Networks", CVPR 2016; the same minimal filtering as oneDNN's and
-//! cuDNN's Winograd convolutions).
+//! Convolutional Neural Networks", CVPR 2016; the minimal filtering that oneDNN's and
+//! cuDNN's Winograd convolutions use).
 //!
-//! In one dimension, two outputs of a 3-tap correlation y_i = sum_k d_(i+k) g_k come from four
-//! products instead of six:
+//! The idea in one dimension, in its smallest form F(2, 3): two outputs of a 3-tap
+//! correlation y_i = sum_k d_(i+k) g_k come from four products instead of six,
 //!   m0 = (d0 - d2) g0,   m1 = (d1 + d2) (g0 + g1 + g2) / 2,
 //!   m2 = (d2 - d1) (g0 - g1 + g2) / 2,   m3 = (d1 - d3) g2,
-//!   y0 = m0 + m1 + m2,   y1 = m1 - m2 - m3.
-//! Nested in two dimensions a 2x2 block of outputs ("tile") reads a 4x4 input patch d and
-//! takes 16 products instead of 36: Y = A^T [(G g G^T) .* (B^T d B)] A. Summed over input
-//! channels, the element-wise product at each of the 16 positions xi is a matrix product:
+//!   y0 = m0 + m1 + m2,   y1 = m1 - m2 - m3,
+//! i.e. y = A^T [(G g) .* (B^T d)]. F(4, 3) does the same for four outputs from six inputs
+//! with six products (instead of twelve), through the points 0, +-1, +-2 and infinity:
+//!
+//!   B^T = [4  0 -5  0 1 0;  0 -4 -4  1 1 0;  0  4 -4 -1 1 0;
+//!          0 -2 -1  2 1 0;  0  2 -1 -2 1 0;  0  4  0 -5 0 1]
+//!   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//!   A^T = [1 1 1 1 1 0;  0 1 -1 2 -2 0;  0 1 1 4 4 0;  0 1 -1 8 -8 1]
+//!
+//! Nested in two dimensions a 4x4 block of outputs ("tile") reads a 6x6 input patch d and
+//! takes 36 products instead of 144: Y = A^T [(G g G^T) .* (B^T d B)] A. Summed over input
+//! channels, the element-wise product at each of the 36 positions xi is a matrix product:
 //!
 //!   U[xi] (C_in, C_out)  = G g G^T at xi, per (ci, co)           (weight transform, once)
 //!   V[xi] (tiles, C_in)  = B^T d B at xi, per (tile, ci)          (input transform)
-//!   M[xi] (tiles, C_out) = V[xi] U[xi]                            (16 GEMMs)
-//!   Y (2x2 per tile, C_out) = A^T M A over the 16 xi               (output transform)
+//!   M[xi] (tiles, C_out) = V[xi] U[xi]                            (36 GEMMs)
+//!   Y (4x4 per tile, C_out) = A^T M A over the 36 xi               (output transform)
 //!
-//! The transforms are additions along channels, vectorised like the depthwise kernels; the
-//! GEMMs run on the AVX-512 pair-broadcast micro-kernel, which reads V where the input
-//! transform left it (no packed A panel). Tiles go in blocks whose V and M stay in L2;
-//! blocks spread over the threads. Layouts, per block of T tiles:
-//!   V: [T/2][16][C_in][2]: tiles in pairs, the pair's two values of each channel side by
-//!   side, which the pair-broadcast micro-kernel loads with one `vbroadcastsd`;
-//!   M: [T][16][C_out]: one tile's 16 positions side by side, so the output transform reads
-//!   one contiguous run per tile.
+//! The transforms are additions (and multiplications by small constants) along channels,
+//! vectorised like the depthwise kernels; the GEMMs run on the AVX-512 pair-broadcast
+//! micro-kernel, which reads V where the input transform left it (no packed A panel).
+//! Tiles go in groups of 12 (one micro-kernel tile of rows), group by group through the
+//! three passes so V and M stay in cache; blocks of groups spread over the threads.
+//! Layouts, per group:
+//!   V: [6 pairs][36][C_in][2]: tiles in pairs, the pair's two values of each channel side
+//!   by side, which the pair-broadcast micro-kernel loads with one `vbroadcastsd`;
+//!   M: [12][36][C_out]: one tile's 36 positions side by side, so the output transform
+//!   reads one contiguous run per tile.
 //!
-//! Accuracy: the transforms only add and halve, so results differ from the direct sum by a
-//! few ulp of the inputs' scale (the tests hold the same 1e-4 as every other path).
+//! Accuracy: the transforms scale values by up to 8 before the products and sum them back,
+//! so the result differs from the direct sum by a few times float rounding of the inputs'
+//! scale: about 4e-6 on outputs of magnitude 2.5 (32 input channels, inputs in [-0.5,
+//! 0.5]), well inside the 1e-4 the tests hold every path to. F(2x2, 3x3) would be exact to
+//! a few ulp but saves only 2.25x; it measured 1.1-1.3x faster than the direct path here,
+//! F(4x4, 3x3) more (see benches/README.md).
 //!
 //! Used by `conv::conv2d_forward` for 3x3 stride-1 convolutions with enough channels on
 //! AVX-512 (and so by the stride-1 input gradient, itself such a convolution);
@@ -41,11 +55,15 @@ use crate::vec::{F32Vec, Scalar};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Positions of the 4x4 transformed tile.
-const POSITIONS: usize = 16;
+/// Outputs per tile side.
+const OUT: usize = 4;
+/// Input pixels per tile side (OUT + 3 - 1).
+const SIDE: usize = OUT + 2;
+/// Positions of the transformed 6x6 tile: one GEMM each.
+const POSITIONS: usize = SIDE * SIDE;
 
-/// Whether the forward of `g` runs here: 3x3, stride 1, the gather kernel available, and
-/// channels enough that 16 GEMMs of K = C_in outweigh the transforms (at C_in = 3, an image
+/// Whether the forward of `g` runs here: 3x3, stride 1, the pair-rows kernel available, and
+/// channels enough that 36 GEMMs of K = C_in outweigh the transforms (at C_in = 3, an image
 /// stem, the transforms would cost more than the multiplications saved).
 pub(crate) fn applies(g: &ConvGeometry, gemm: &PanelGemm) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
@@ -57,42 +75,72 @@ pub(crate) fn applies(g: &ConvGeometry, gemm: &PanelGemm) -> bool {
         && g.c_out >= 16
 }
 
-/// The weight transform, scalar: U (16, C_in, C_out) from w (3, 3, C_in, C_out), HWIO.
-/// Per (ci, co) the 3x3 kernel g becomes G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+/// G applied to the three taps along one axis (scalar: the weight transform runs once).
+fn weight_1d(g0: f32, g1: f32, g2: f32) -> [f32; SIDE] {
+    [
+        g0 / 4.0,
+        -(g0 + g1 + g2) / 6.0,
+        -(g0 - g1 + g2) / 6.0,
+        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        g2,
+    ]
+}
+
+/// The weight transform: U (36, C_in, C_out) from w (3, 3, C_in, C_out), HWIO. Per
+/// (ci, co) the 3x3 kernel g becomes G g G^T.
 pub fn transform_weights(w: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
     let plane = c_in * c_out;
     assert!(w.len() >= 9 * plane, "winograd: weight shorter than 3 x 3 x {c_in} x {c_out}");
-    // G applied to three values along one axis
-    let g_rows = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     let mut u = vec![0.0f32; POSITIONS * plane];
     for at in 0..plane {
         let tap = |kh: usize, kw: usize| w[(kh * 3 + kw) * plane + at];
-        // along kw for each kernel row, then along kh for each of the 4 columns
-        let rows: [[f32; 4]; 3] = std::array::from_fn(|kh| g_rows(tap(kh, 0), tap(kh, 1), tap(kh, 2)));
-        for j in 0..4 {
-            let col = g_rows(rows[0][j], rows[1][j], rows[2][j]);
-            for (i, v) in col.into_iter().enumerate() {
-                u[(i * 4 + j) * plane + at] = v;
+        // along kw for each kernel row, then along kh for each of the 6 columns
+        let rows: [[f32; SIDE]; 3] = std::array::from_fn(|kh| weight_1d(tap(kh, 0), tap(kh, 1), tap(kh, 2)));
+        for j in 0..SIDE {
+            for (i, v) in weight_1d(rows[0][j], rows[1][j], rows[2][j]).into_iter().enumerate() {
+                u[(i * SIDE + j) * plane + at] = v;
             }
         }
     }
     u
 }
 
-/// B^T applied to four values along one axis.
+/// B^T applied to six values along one axis, in 12 operations (the rows of B^T share
+/// d4 - 4 d2, d3 - 4 d1, d4 - d2 and d3 - d1).
 #[inline(always)]
-unsafe fn input_1d<V: F32Vec>(d: [V; 4]) -> [V; 4] {
-    [d[0].sub(d[2]), d[1].add(d[2]), d[2].sub(d[1]), d[1].sub(d[3])]
+unsafe fn input_1d<V: F32Vec>(d: [V; SIDE]) -> [V; SIDE] {
+    let (four, minus_four, minus_five, two, minus_two) =
+        (V::splat(4.0), V::splat(-4.0), V::splat(-5.0), V::splat(2.0), V::splat(-2.0));
+    let a = d[2].mul_add(minus_four, d[4]); // d4 - 4 d2
+    let b = d[1].mul_add(minus_four, d[3]); // d3 - 4 d1
+    let c = d[4].sub(d[2]);
+    let e = d[3].sub(d[1]);
+    [
+        d[0].mul_add(four, d[2].mul_add(minus_five, d[4])), // 4 d0 - 5 d2 + d4
+        a.add(b),                                           // -4 d1 - 4 d2 + d3 + d4
+        a.sub(b),                                           // 4 d1 - 4 d2 - d3 + d4
+        e.mul_add(two, c),                                  // -2 d1 - d2 + 2 d3 + d4
+        e.mul_add(minus_two, c),                            // 2 d1 - d2 - 2 d3 + d4
+        d[1].mul_add(four, d[3].mul_add(minus_five, d[5])), // 4 d1 - 5 d3 + d5
+    ]
 }
 
-/// A^T applied to four values along one axis.
+/// A^T applied to six values along one axis, in 10 operations.
 #[inline(always)]
-unsafe fn output_1d<V: F32Vec>(m: [V; 4]) -> [V; 2] {
-    [m[0].add(m[1]).add(m[2]), m[1].sub(m[2]).sub(m[3])]
+unsafe fn output_1d<V: F32Vec>(m: [V; SIDE]) -> [V; OUT] {
+    let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
+    let (s34, d34) = (m[3].add(m[4]), m[3].sub(m[4]));
+    [
+        m[0].add(s12).add(s34),
+        d34.mul_add(V::splat(2.0), d12),
+        s34.mul_add(V::splat(4.0), s12),
+        d34.mul_add(V::splat(8.0), d12).add(m[5]),
+    ]
 }
 
-/// Where a tile's 4x4 input pixels are (each C_in floats). Inside the image a corner and two
-/// strides say it in three registers; on the edge, 16 pointers (the padding's point at a row
+/// Where a tile's 6x6 input pixels are (each C_in floats). Inside the image a corner and two
+/// strides say it in three registers; on the edge, 36 pointers (the padding's point at a row
 /// of zeros). The transforms are generic over both, so the common case carries no pointer
 /// array.
 trait Patch: Copy {
@@ -116,16 +164,16 @@ impl Patch for InsidePatch {
 }
 
 #[derive(Clone, Copy)]
-struct EdgePatch([*const f32; 16]);
+struct EdgePatch([*const f32; SIDE * SIDE]);
 
 impl Patch for EdgePatch {
     #[inline(always)]
     fn pixel(&self, i: usize, j: usize) -> *const f32 {
-        self.0[i * 4 + j]
+        self.0[i * SIDE + j]
     }
 }
 
-/// Where a tile's 2x2 outputs go (each C_out floats), the same two ways; on the edge, None
+/// Where a tile's 4x4 outputs go (each C_out floats), the same two ways; on the edge, None
 /// for the pixels past an odd border.
 trait Outputs: Copy {
     fn pixel(&self, a: usize, b: usize) -> Option<*mut f32>;
@@ -146,40 +194,38 @@ impl Outputs for InsideOutputs {
 }
 
 #[derive(Clone, Copy)]
-struct EdgeOutputs([Option<*mut f32>; 4]);
+struct EdgeOutputs([Option<*mut f32>; OUT * OUT]);
 
 impl Outputs for EdgeOutputs {
     #[inline(always)]
     fn pixel(&self, a: usize, b: usize) -> Option<*mut f32> {
-        self.0[a * 2 + b]
+        self.0[a * OUT + b]
     }
 }
 
-/// V.LANES channels from `c` of one tile's input transform, B^T d B at the 16 positions.
+/// V.LANES channels from `c` of one tile's input transform, B^T d B at the 36 positions.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // (i, j) index the 4x4 tile, as in the formulas
-unsafe fn input_transform<V: F32Vec, P: Patch>(patch: P, c: usize) -> [V; 16] {
+#[allow(clippy::needless_range_loop)] // (i, j) index the 6x6 tile, as in the formulas
+unsafe fn input_transform<V: F32Vec, P: Patch>(patch: P, c: usize) -> [V; POSITIONS] {
     // B^T d: along i for each column j
-    let mut t = [[V::splat(0.0); 4]; 4];
-    for j in 0..4 {
+    let mut t = [[V::splat(0.0); SIDE]; SIDE];
+    for j in 0..SIDE {
         // (no closures here: they would not inherit the caller's target features, and the
         // intrinsics inside them would become calls)
-        let d = [
-            V::load(patch.pixel(0, j).add(c)),
-            V::load(patch.pixel(1, j).add(c)),
-            V::load(patch.pixel(2, j).add(c)),
-            V::load(patch.pixel(3, j).add(c)),
-        ];
+        let mut d = [V::splat(0.0); SIDE];
+        for i in 0..SIDE {
+            d[i] = V::load(patch.pixel(i, j).add(c));
+        }
         let col = input_1d(d);
-        for i in 0..4 {
+        for i in 0..SIDE {
             t[i][j] = col[i];
         }
     }
     // (B^T d) B: along j for each row i
-    let mut v = [V::splat(0.0); 16];
+    let mut v = [V::splat(0.0); POSITIONS];
     for (i, row) in t.iter().enumerate() {
         let r = input_1d(*row);
-        v[i * 4..i * 4 + 4].copy_from_slice(&r);
+        v[i * SIDE..(i + 1) * SIDE].copy_from_slice(&r);
     }
     v
 }
@@ -206,24 +252,24 @@ unsafe fn input_pair<V: F32Vec, P: Patch>(first: P, second: P, out: *mut f32, c_
     }
 }
 
-/// Every channel of one tile's output transform, A^T M A: m[xi * C_out + c] in, the 2x2
+/// Every channel of one tile's output transform, A^T M A: m[xi * C_out + c] in, the 4x4
 /// pixels out. Whole vectors, then single channels.
 #[inline(always)]
 unsafe fn output_tile<V: F32Vec, O: Outputs>(m: *const f32, c_out: usize, outputs: O) {
     #[inline(always)]
-    #[allow(clippy::needless_range_loop)] // (i, j) index the 4x4 tile, as in the formulas
+    #[allow(clippy::needless_range_loop)] // (i, j) index the 6x6 tile, as in the formulas
     unsafe fn channels<V: F32Vec, O: Outputs>(m: *const f32, c_out: usize, c: usize, outputs: O) {
         // A^T M: along i for each column j
-        let mut s = [[V::splat(0.0); 4]; 2];
-        for j in 0..4 {
-            let col = output_1d([
-                V::load(m.add(j * c_out + c)),
-                V::load(m.add((4 + j) * c_out + c)),
-                V::load(m.add((8 + j) * c_out + c)),
-                V::load(m.add((12 + j) * c_out + c)),
-            ]);
-            s[0][j] = col[0];
-            s[1][j] = col[1];
+        let mut s = [[V::splat(0.0); SIDE]; OUT];
+        for j in 0..SIDE {
+            let mut col = [V::splat(0.0); SIDE];
+            for i in 0..SIDE {
+                col[i] = V::load(m.add((i * SIDE + j) * c_out + c));
+            }
+            let y = output_1d(col);
+            for a in 0..OUT {
+                s[a][j] = y[a];
+            }
         }
         // (A^T M) A: along j for each row a
         for (a, row) in s.iter().enumerate() {
@@ -308,8 +354,8 @@ impl TileGrid<'_> {
     #[inline]
     fn inside_patch(&self, (ty, tx): (usize, usize)) -> Option<InsidePatch> {
         let g = self.g;
-        let ih = (2 * ty).checked_sub(g.pad_top).filter(|&ih| ih + 4 <= g.in_h)?;
-        let iw = (2 * tx).checked_sub(g.pad_left).filter(|&iw| iw + 4 <= g.in_w)?;
+        let ih = (OUT * ty).checked_sub(g.pad_top).filter(|&ih| ih + SIDE <= g.in_h)?;
+        let iw = (OUT * tx).checked_sub(g.pad_left).filter(|&iw| iw + SIDE <= g.in_w)?;
         Some(InsidePatch {
             corner: self.x_img[(ih * g.in_w + iw) * g.c_in..].as_ptr(),
             row: g.in_w * g.c_in,
@@ -317,12 +363,12 @@ impl TileGrid<'_> {
         })
     }
 
-    /// The patch of the tile at (ty, tx) as 16 pointers, the padding's at the zero row.
+    /// The patch of the tile at (ty, tx) as 36 pointers, the padding's at the zero row.
     fn edge_patch(&self, (ty, tx): (usize, usize)) -> EdgePatch {
         let g = self.g;
         EdgePatch(std::array::from_fn(|ij| {
-            let ih = (2 * ty + ij / 4).checked_sub(g.pad_top).filter(|&ih| ih < g.in_h);
-            let iw = (2 * tx + ij % 4).checked_sub(g.pad_left).filter(|&iw| iw < g.in_w);
+            let ih = (OUT * ty + ij / SIDE).checked_sub(g.pad_top).filter(|&ih| ih < g.in_h);
+            let iw = (OUT * tx + ij % SIDE).checked_sub(g.pad_left).filter(|&iw| iw < g.in_w);
             match (ih, iw) {
                 (Some(ih), Some(iw)) => self.x_img[(ih * g.in_w + iw) * g.c_in..].as_ptr(),
                 _ => self.zeros.as_ptr(),
@@ -330,21 +376,21 @@ impl TileGrid<'_> {
         }))
     }
 
-    /// Hints a tile's input patch into the caches (four rows of four pixels), and the lines
+    /// Hints a tile's input patch into the caches (six rows of six pixels), and the lines
     /// its outputs will go to into L1 for writing.
     fn prefetch(&self, at: (usize, usize)) {
         let g = self.g;
         if let Some(p) = self.inside_patch(at) {
-            for i in 0..4 {
+            for i in 0..SIDE {
                 // SAFETY: a hint, inside the image
-                unsafe { crate::gemm::prefetch_span(p.pixel(i, 0), 4 * g.c_in) };
+                unsafe { crate::gemm::prefetch_span(p.pixel(i, 0), SIDE * g.c_in) };
             }
         }
-        // (edge tiles are a few per row: not worth their 16 pointers here)
+        // (edge tiles are a few per row: not worth their 36 pointers here)
         if let Some(o) = self.inside_outputs(at) {
-            for a in 0..2 {
-                // SAFETY: a hint, inside the output; the row's two pixels are adjacent
-                unsafe { prefetch_for_write(o.corner.wrapping_add(a * o.row), 2 * g.c_out) };
+            for a in 0..OUT {
+                // SAFETY: a hint, inside the output; the row's pixels are adjacent
+                unsafe { prefetch_for_write(o.corner.wrapping_add(a * o.row), OUT * g.c_out) };
             }
         }
     }
@@ -353,8 +399,8 @@ impl TileGrid<'_> {
     #[inline]
     fn inside_outputs(&self, (ty, tx): (usize, usize)) -> Option<InsideOutputs> {
         let g = self.g;
-        let (oh, ow) = (2 * ty, 2 * tx);
-        (oh + 2 <= g.out_h && ow + 2 <= g.out_w).then(|| InsideOutputs {
+        let (oh, ow) = (OUT * ty, OUT * tx);
+        (oh + OUT <= g.out_h && ow + OUT <= g.out_w).then(|| InsideOutputs {
             corner: self.y_img.wrapping_add((oh * g.out_w + ow) * g.c_out),
             row: g.out_w * g.c_out,
             pixel: g.c_out,
@@ -365,24 +411,24 @@ impl TileGrid<'_> {
     fn edge_outputs(&self, (ty, tx): (usize, usize)) -> EdgeOutputs {
         let g = self.g;
         EdgeOutputs(std::array::from_fn(|ab| {
-            let (oh, ow) = (2 * ty + ab / 2, 2 * tx + ab % 2);
+            let (oh, ow) = (OUT * ty + ab / OUT, OUT * tx + ab % OUT);
             (oh < g.out_h && ow < g.out_w).then(|| self.y_img.wrapping_add((oh * g.out_w + ow) * g.c_out))
         }))
     }
 }
 
-/// y (N, OH, OW, C_out) = conv(x, w HWIO) for a 3x3 stride-1 geometry, by F(2x2, 3x3).
+/// y (N, OH, OW, C_out) = conv(x, w HWIO) for a 3x3 stride-1 geometry, by F(4x4, 3x3).
 ///
 /// # Panics
 /// When the geometry is not 3x3 stride 1, when the gather kernel is not available, or when
 /// a buffer is shorter than the geometry says.
 pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
-    assert!((g.k_h, g.k_w, g.stride_h, g.stride_w) == (3, 3, 1, 1), "winograd F(2x2, 3x3) needs 3x3 stride 1");
+    assert!((g.k_h, g.k_w, g.stride_h, g.stride_w) == (3, 3, 1, 1), "winograd F(4x4, 3x3) needs 3x3 stride 1");
     assert!(gemm.can_gather(), "winograd: the pair-rows micro-kernel is AVX-512 only");
     assert!(x.len() >= g.input_len() && y.len() >= g.output_len() && w.len() >= 9 * g.c_in * g.c_out);
     let (ci, co) = (g.c_in, g.c_out);
-    let tiles_w = g.out_w.div_ceil(2);
-    let tiles = g.out_h.div_ceil(2) * tiles_w;
+    let tiles_w = g.out_w.div_ceil(OUT);
+    let tiles = g.out_h.div_ceil(OUT) * tiles_w;
     if g.batch == 0 || tiles == 0 || co == 0 {
         return;
     }
@@ -437,14 +483,14 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
                                     let b = if second_real {
                                         grid.edge_patch(second)
                                     } else {
-                                        EdgePatch([zeros.as_ptr(); 16])
+                                        EdgePatch([zeros.as_ptr(); SIDE * SIDE])
                                     };
                                     input_pair_dispatch(gemm.isa, grid.edge_patch(first), b, out, ci)
                                 }
                             }
                         }
                     }
-                    // 2. the 16 products M[xi] = V[xi] U[xi], 12 tiles by 32 outputs a call
+                    // 2. the 36 products M[xi] = V[xi] U[xi], 12 tiles by 32 outputs a call
                     for xi in 0..POSITIONS {
                         // Meanwhile the next group's input is fetched, a tile per product: the
                         // input transform is otherwise a stream of cache misses (x is read from
@@ -456,7 +502,7 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
                             for &jr in &column_panels {
                                 // SAFETY: V's 6 pairs are all readable (those past `group`
                                 // stale, their rows dropped); the B panel is kcb x 32; the C
-                                // tile (group x cols, row stride 16 C_out) lies in M.
+                                // tile (group x cols, row stride 36 C_out) lies in M.
                                 unsafe {
                                     gemm.pair_rows_tile(
                                         kcb,
@@ -476,7 +522,7 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
                     // 3. output transform into y, dropping the pixels past an odd edge
                     for (t, &tile) in at.iter().enumerate().take(group) {
                         let m_tile = m[t * POSITIONS * co..].as_ptr();
-                        // SAFETY: M holds this tile's 16 x C_out; each output pixel C_out floats.
+                        // SAFETY: M holds this tile's 36 x C_out; each output pixel C_out floats.
                         unsafe {
                             match grid.inside_outputs(tile) {
                                 Some(o) => output_tile_dispatch(gemm.isa, m_tile, co, o),
@@ -534,22 +580,45 @@ mod tests {
             .collect()
     }
 
-    /// The weight transform, checked on one kernel against G g G^T written out by hand.
+    /// The weight transform, checked on one kernel against G g G^T with G written out.
     #[test]
     fn weight_transform_is_g_g_gt() {
         let g = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
         let u = transform_weights(&g, 1, 1);
-        let gm = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
-        for i in 0..4 {
-            for j in 0..4 {
+        let gm: [[f32; 3]; 6] = [
+            [0.25, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        for i in 0..6 {
+            for j in 0..6 {
                 let mut want = 0.0f32;
                 for a in 0..3 {
                     for b in 0..3 {
                         want += gm[i][a] * g[a * 3 + b] * gm[j][b];
                     }
                 }
-                assert!((u[i * 4 + j] - want).abs() < 1e-6, "U[{i}][{j}] = {} vs {want}", u[i * 4 + j]);
+                assert!((u[i * 6 + j] - want).abs() < 1e-5, "U[{i}][{j}] = {} vs {want}", u[i * 6 + j]);
             }
+        }
+    }
+
+    /// The 1-D transforms nest to a correlation: A^T [(G g) .* (B^T d)] = the four outputs
+    /// of the 3-tap correlation of six inputs (scalar lanes, so it runs on every CPU).
+    #[test]
+    fn one_dimensional_transforms_correlate() {
+        let d = [0.3f32, -1.2, 2.5, 0.7, -0.4, 1.9];
+        let g = [0.5f32, -1.5, 2.0];
+        // SAFETY: scalar lanes need no CPU feature
+        let (v, u) = unsafe { (input_1d(d.map(Scalar)), weight_1d(g[0], g[1], g[2])) };
+        let m: [Scalar; SIDE] = std::array::from_fn(|i| Scalar(v[i].0 * u[i]));
+        let y = unsafe { output_1d(m) };
+        for i in 0..OUT {
+            let want = d[i] * g[0] + d[i + 1] * g[1] + d[i + 2] * g[2];
+            assert!((y[i].0 - want).abs() < 1e-5, "y[{i}] = {} vs {want}", y[i].0);
         }
     }
 
@@ -570,6 +639,7 @@ mod tests {
             (1, 30, 31, 17, 33),
             (1, 8, 11, 400, 20),
             (3, 1, 4, 32, 32),
+            (2, 14, 13, 32, 32),
         ] {
             for pad in pads {
                 let Ok(geo) = ConvGeometry::new(n, h, w, ci, co, (3, 3), (1, 1), pad) else { continue };
