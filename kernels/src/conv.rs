@@ -12,6 +12,8 @@
 //! half before), "VALID", or explicit per-side amounts as PyTorch's `padding=`.
 //!
 //! Fast paths (below the references), in the order a reader meets them:
+//! - 3x3 stride-1 dense forward with 16+ channels on AVX-512: Winograd F(4x4, 3x3)
+//!   (`crate::winograd`), 4x fewer multiplications; `conv2d_forward_direct` skips it;
 //! - dense forward: an implicit GEMM. On AVX-512 the micro-kernel broadcasts each patch
 //!   element straight from the image: tiles inside the image through their 12 window
 //!   corners plus one run per kernel row (`window_corners`, `tap_runs`), edge tiles through
