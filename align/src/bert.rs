@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use autograd::ops::{attention, elementwise as ew, matmul::linear, reduce, shape};
+use autograd::ops::{attention, elementwise as ew, matmul::linear_stacked, reduce, shape};
 use autograd::Var;
 use nn::layers::{Dropout, Embedding, LayerNorm, Linear};
 use nn::module::join;
@@ -176,10 +176,10 @@ pub struct BertLayer {
 impl BertLayer {
     /// x (rows, H) -> [x Wq^T + bq | x Wk^T + bk | x Wv^T + bv] (rows, 3H) in one GEMM.
     pub fn qkv_projection(&self, x: &Var) -> Result<Var> {
-        let weight = shape::concat(&[&self.query.weight, &self.key.weight, &self.value.weight], 0)?;
+        let weights = [&self.query.weight, &self.key.weight, &self.value.weight];
         match (&self.query.bias, &self.key.bias, &self.value.bias) {
-            (Some(q), Some(k), Some(v)) => linear(x, &weight, Some(&shape::concat(&[q, k, v], 0)?)),
-            (None, None, None) => linear(x, &weight, None),
+            (Some(q), Some(k), Some(v)) => linear_stacked(x, &weights, Some(&[q, k, v])),
+            (None, None, None) => linear_stacked(x, &weights, None),
             // mixed biases (no checkpoint we know has them): three projections side by side
             _ => {
                 let parts = [self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?];

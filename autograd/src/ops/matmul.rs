@@ -28,6 +28,51 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
     }))
 }
 
+/// y = x [W_1; W_2; ...]^T + [b_1; b_2; ...]: one linear layer whose weight is the given
+/// weights stacked along their rows (BERT's query, key and value projections as one GEMM).
+/// With no gradient wanted at all, the stacked weight's packed panels come from the cache
+/// (`packed_weights::packed_transpose_stacked`) and nothing is stacked per call; otherwise
+/// the weights are concatenated (a differentiable op) and run through [`linear`].
+pub fn linear_stacked(x: &Var, ws: &[&Var], bs: Option<&[&Var]>) -> Result<Var> {
+    let bad = |msg: String| TensorError::Shape { op: "linear_stacked", msg };
+    if ws.is_empty() || bs.is_some_and(|bs| bs.len() != ws.len()) {
+        return Err(bad(format!("{} weights and {:?} biases", ws.len(), bs.map(|b| b.len()))));
+    }
+    let wants_grad = crate::is_grad_enabled()
+        && (x.requires_grad() || ws.iter().chain(bs.unwrap_or(&[])).any(|v| v.requires_grad()));
+    let xv = x.value().contiguous();
+    let values: Vec<Tensor> = ws.iter().map(|w| w.value()).collect();
+    let fast = (!wants_grad && xv.shape().len() == 2 && xv.shape()[0] > 1)
+        .then(|| packed_weights::packed_transpose_stacked(&values.iter().collect::<Vec<_>>()))
+        .flatten();
+    let Some(packed) = fast else {
+        let w = super::shape::concat(ws, 0)?;
+        let b = bs.map(|bs| super::shape::concat(bs, 0)).transpose()?;
+        return linear(x, &w, b.as_ref());
+    };
+    let (rows, inp) = (xv.shape()[0], xv.shape()[1]);
+    let (k, out) = packed.shape();
+    if k != inp {
+        return Err(bad(format!("input {:?} and weights of width {k}", xv.shape())));
+    }
+    let bias = match bs {
+        Some(bs) => {
+            let b = Tensor::concat(&bs.iter().map(|b| b.value()).collect::<Vec<_>>(), 0)?;
+            if b.shape() != [out] {
+                return Err(bad(format!("biases {:?} must stack to [{out}]", b.shape())));
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    let mut y = tensor::recycled_vec(rows * out);
+    let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
+    let xd = xv.as_contiguous_slice().expect("contiguous");
+    let bias_slice = bias.as_ref().map(|b| b.as_contiguous_slice().expect("contiguous"));
+    sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, xd, &packed, 0.0, &mut y, s, bias_slice);
+    Ok(Var::constant(Tensor::from_vec(y, &[rows, out])?))
+}
+
 /// y = x W^T + b for x (rows, in), W (out, in), b (out); y is (rows, out).
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let (xv, wv) = (x.value().contiguous(), w.value().contiguous());
