@@ -897,15 +897,16 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
     });
 }
 
-/// A pointer that blocks writing disjoint regions may share.
+/// A pointer that blocks writing disjoint regions may share (also the Winograd path's).
 #[derive(Clone, Copy)]
-struct SyncSlice(*mut f32);
+pub(crate) struct SyncSlice(pub(crate) *mut f32);
 // SAFETY: only used to hand disjoint regions to worker threads.
 unsafe impl Sync for SyncSlice {}
 unsafe impl Send for SyncSlice {}
 
 impl SyncSlice {
-    fn ptr(&self) -> *mut f32 {
+    /// Through a method, so closures capture the Sync wrapper, not its raw-pointer field.
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }
@@ -1894,10 +1895,11 @@ pub fn depthwise_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &Conv
 }
 
 #[cfg(test)]
-mod fast_tests {
+pub(crate) mod fast_tests {
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic test values in [-0.5, 0.5) (a multiplicative hash of the index).
+    pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5)
             .collect()

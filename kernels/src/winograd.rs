@@ -47,7 +47,7 @@
 //! AVX-512 (and so by the stride-1 input gradient, itself such a convolution);
 //! `ALIGN_WINOGRAD=0` turns it off.
 
-use crate::conv::ConvGeometry;
+use crate::conv::{ConvGeometry, SyncSlice};
 use crate::gemm::PanelGemm;
 use crate::parallel;
 use crate::simd::Isa;
@@ -449,7 +449,7 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
         (0..g.batch).flat_map(|n| (0..tiles).step_by(BLOCK_TILES).map(move |t0| (n, t0))).collect();
     let img_in = g.in_h * g.in_w * ci;
     let img_out = g.out_h * g.out_w * co;
-    let yp = SendPtr(y.as_mut_ptr());
+    let yp = SyncSlice(y.as_mut_ptr());
     parallel::install(|| {
         work.par_iter().for_each_init(
             // one 12-tile group's V and M, and a zero row for the padding
@@ -555,30 +555,11 @@ unsafe fn prefetch_for_write(p: *mut f32, len: usize) {
     let _ = (p, len);
 }
 
-/// The output pointer, shared by blocks that write disjoint tiles.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each block writes only its own tiles' output pixels.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the Sync wrapper, not its raw-pointer field.
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::fast_tests::data;
     use crate::conv::{conv2d_forward_reference, Padding};
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5)
-            .collect()
-    }
 
     /// The weight transform, checked on one kernel against G g G^T with G written out.
     #[test]
