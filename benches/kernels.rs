@@ -3,13 +3,16 @@
 //!
 //!     cargo bench --bench kernels                  # all
 //!     cargo bench --bench kernels -- gemm/1t       # a group
+//!     cargo bench --bench kernels -- conv/1t/forward/b0@224   # EfficientNet-B0's convs at 224
 //!     ALIGN_NUM_THREADS=1 cargo bench ...          # pin the thread count for row kernels
 //!
 //! Reference numbers (numpy, PyTorch) come from `scripts/bench_reference.py`; see
 //! benches/README.md for measured ratios.
 
+use align::efficientnet::EfficientNetConfig;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kernels::attention::{attention_backward, attention_forward, AttentionShape};
+use kernels::conv::{self, ConvGeometry, Padding};
 use kernels::gemm::{sgemm_batched, sgemm_with, GemmStrides};
 use kernels::rows::{self, Activation};
 use kernels::Isa;
@@ -156,5 +159,124 @@ fn batch_norm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, attention, row_kernels, batch_norm);
+/// One convolution layer to time: dense (HWIO weight) or depthwise (HWC weight).
+struct ConvCase {
+    name: String,
+    g: ConvGeometry,
+    depthwise: bool,
+}
+
+/// Every distinct convolution of EfficientNet-B0 at `size` x `size`, batch 16, TF SAME
+/// padding, as `align::efficientnet` builds it: the stem, each block's expand 1x1 (expand
+/// ratio 6), depthwise k x k and project 1x1, and the head 1x1. Layers repeated within a stage
+/// appear once.
+fn efficientnet_b0_convs(size: usize) -> Vec<ConvCase> {
+    let cfg = EfficientNetConfig::by_name("b0").expect("b0 is a preset");
+    let same = |h: usize, ci: usize, co: usize, k: usize, s: usize| {
+        ConvGeometry::new(16, h, h, ci, co, (k, k), (s, s), Padding::Same).expect("valid B0 layer")
+    };
+    let mut cases: Vec<ConvCase> = Vec::new();
+    let mut add = |kind: &str, g: ConvGeometry, depthwise: bool| {
+        if !cases.iter().any(|c| c.g == g && c.depthwise == depthwise) {
+            let name =
+                format!("b0@{size}/{kind}{}x{}_s{}_{}to{}_at{}", g.k_h, g.k_w, g.stride_h, g.c_in, g.c_out, g.in_h);
+            cases.push(ConvCase { name, g, depthwise });
+        }
+    };
+    let stem = same(size, 3, cfg.stem_channels(), 3, 2);
+    add("conv", stem, false);
+    let mut h = stem.out_h;
+    for (k, s, expand, c_in, c_out) in cfg.blocks() {
+        let wide = c_in * expand;
+        if expand != 1 {
+            add("conv", same(h, c_in, wide, 1, 1), false);
+        }
+        let dw = same(h, wide, wide, k, s);
+        add("dw", dw, true);
+        h = dw.out_h;
+        add("conv", same(h, wide, c_out, 1, 1), false);
+    }
+    let last = cfg.blocks().last().map_or(0, |b| b.4);
+    add("conv", same(h, last, cfg.head_channels(), 1, 1), false);
+    cases
+}
+
+/// Convolutions, one thread: the four shapes of the PyTorch comparison (forward, and forward
+/// plus both backwards as a training step runs them; the dense 3x3 stride 1 takes Winograd,
+/// and `direct` is the implicit GEMM alone), then every distinct layer of EfficientNet-B0 at
+/// 64x64 and 224x224, batch 16 (forward and training step). Throughput: forward flops.
+fn convolutions(c: &mut Criterion) {
+    kernels::parallel::set_num_threads(1);
+    let same = |h: usize, ci: usize, co: usize, k: usize| {
+        ConvGeometry::new(16, h, h, ci, co, (k, k), (1, 1), Padding::Same).expect("valid shape")
+    };
+    let mut cases = vec![
+        ConvCase { name: "conv3x3_32to32_112".into(), g: same(112, 32, 32, 3), depthwise: false },
+        ConvCase { name: "dw3x3_c96_56".into(), g: same(56, 96, 96, 3), depthwise: true },
+        ConvCase { name: "dw5x5_c96_56".into(), g: same(56, 96, 96, 5), depthwise: true },
+        ConvCase { name: "conv1x1_96to24_56".into(), g: same(56, 96, 24, 1), depthwise: false },
+    ];
+    cases.extend(efficientnet_b0_convs(64));
+    cases.extend(efficientnet_b0_convs(224));
+    let mut group = c.benchmark_group("conv/1t");
+    group.sample_size(10).warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(2));
+    for case in &cases {
+        let g = case.g;
+        let taps = g.k_h * g.k_w * if case.depthwise { 1 } else { g.c_in };
+        let w = data(taps * g.c_out);
+        let (x, dy) = (data(g.input_len()), data(g.output_len()));
+        let (mut y, mut dx, mut dw) =
+            (vec![0.0f32; g.output_len()], vec![0.0f32; g.input_len()], vec![0.0f32; w.len()]);
+        group.throughput(Throughput::Elements((2 * g.output_len() * taps) as u64));
+        if case.depthwise {
+            group.bench_function(BenchmarkId::new("forward", &case.name), |b| {
+                b.iter(|| conv::depthwise_forward(&x, &w, &mut y, &g))
+            });
+            group.bench_function(BenchmarkId::new("train_step", &case.name), |b| {
+                b.iter(|| {
+                    conv::depthwise_forward(&x, &w, &mut y, &g);
+                    conv::depthwise_backward_input(&dy, &w, &mut dx, &g);
+                    conv::depthwise_backward_weight(&x, &dy, &mut dw, &g);
+                })
+            });
+            // The block's squeeze-excite on the depthwise output: global average pool, then
+            // (after its two small FC layers, GEMMs) the channel scale; forward and backward.
+            let (n, pixels, ch) = (g.batch, g.out_h * g.out_w, g.c_out);
+            let (mut pooled, scale) = (vec![0.0f32; n * ch], data(n * ch));
+            let (mut dpix, mut dscale) = (vec![0.0f32; g.output_len()], vec![0.0f32; n * ch]);
+            // bytes: the pool reads y; the scale reads y, writes; its backward reads y and dy,
+            // writes dx; the pool's backward writes dx
+            group.throughput(Throughput::Bytes((6 * g.output_len() * 4) as u64));
+            group.bench_function(BenchmarkId::new("se_pool_scale", &case.name), |b| {
+                b.iter(|| {
+                    conv::global_avg_pool_forward(&y, &mut pooled, n, pixels, ch);
+                    conv::channel_scale_forward(&y, &scale, &mut dx[..g.output_len()], n, pixels, ch);
+                    conv::channel_scale_backward(&y, &scale, &dy, &mut dpix, &mut dscale, n, pixels, ch);
+                    conv::global_avg_pool_backward(&dscale, &mut dpix, n, pixels, ch);
+                })
+            });
+        } else {
+            group.bench_function(BenchmarkId::new("forward", &case.name), |b| {
+                b.iter(|| conv::conv2d_forward(&x, &w, &mut y, &g))
+            });
+            if (g.k_h, g.stride_h) == (3, 1) {
+                group.bench_function(BenchmarkId::new("forward_direct", &case.name), |b| {
+                    b.iter(|| conv::conv2d_forward_direct(&x, &w, &mut y, &g))
+                });
+            }
+            group.bench_function(BenchmarkId::new("train_step", &case.name), |b| {
+                b.iter(|| {
+                    conv::conv2d_forward(&x, &w, &mut y, &g);
+                    conv::conv2d_backward_input(&dy, &w, &mut dx, &g);
+                    conv::conv2d_backward_weight(&x, &dy, &mut dw, &g);
+                })
+            });
+        }
+    }
+    group.finish();
+    kernels::parallel::set_num_threads(0);
+}
+
+criterion_group!(benches, gemm, attention, row_kernels, batch_norm, convolutions);
 criterion_main!(benches);
