@@ -850,6 +850,7 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
     let padded = gemm.padded_cols(g.c_out);
     let yp = SyncSlice(y.as_mut_ptr());
     let blocks = pixel_blocks_of(g, GATHER_BLOCK);
+    let pointwise = g.is_pointwise();
     // Per block of K, the taps as runs from a window corner, for the tiles inside the image.
     let runs: Vec<Vec<TapRun>> = (0..kdim).step_by(kc).map(|pc| tap_runs(g, pc, kc.min(kdim - pc))).collect();
     parallel::install(|| {
@@ -860,7 +861,16 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
                 let mut corners = [0usize; 12];
                 for i0 in (0..rows).step_by(mr) {
                     let tile_rows = mr.min(rows - i0);
-                    let inside = tile_rows == 12 && window_corners(g, p0 + i0, &mut corners);
+                    let inside = if pointwise {
+                        // a 1x1 stride-1 unpadded conv reads pixel q for output pixel q: no
+                        // window to check (rows past the tile's repeat its last pixel)
+                        for (r, corner) in corners.iter_mut().enumerate() {
+                            *corner = (p0 + i0 + r.min(tile_rows - 1)) * g.c_in;
+                        }
+                        true
+                    } else {
+                        tile_rows == 12 && window_corners(g, p0 + i0, &mut corners)
+                    };
                     // SAFETY (wrapping_add): inside the image, corner + offset + len of every
                     // run stays inside x_img (the whole window does).
                     let bases: [*const f32; 12] = std::array::from_fn(|r| x_img.as_ptr().wrapping_add(corners[r]));
@@ -883,7 +893,7 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
                                     let runs = runs[block].iter().map(|run| {
                                         (std::array::from_fn(|r| bases[r].wrapping_add(run.offset)), run.len)
                                     });
-                                    gemm.gather_tile(runs, b_panel, c, g.c_out, beta, 12, cols);
+                                    gemm.gather_tile(runs, b_panel, c, g.c_out, beta, tile_rows, cols);
                                 } else {
                                     let segments = segments.iter().map(|s| (s.rows, s.len));
                                     gemm.gather_tile(segments, b_panel, c, g.c_out, beta, tile_rows, cols);
