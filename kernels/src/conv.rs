@@ -792,6 +792,9 @@ pub(crate) fn conv2d_forward_direct_with(isa: Isa, x: &[f32], w: &[f32], y: &mut
         return;
     }
     assert!(x.len() >= g.input_len() && y.len() >= g.output_len() && w.len() >= kdim * g.c_out);
+    if gemm.can_gather() && g.is_pointwise() && g.c_in % 2 == 0 && (17..=24).contains(&g.c_out) {
+        return conv1x1_forward_k_pairs(&gemm, x, w, y, g);
+    }
     if gemm.can_gather() {
         return conv2d_forward_gather(&gemm, x, w, y, g);
     }
@@ -904,6 +907,33 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
                 }
             },
         );
+    });
+}
+
+/// A 1x1 convolution to 17..24 channels (EfficientNet's projections to 24) on the K-pair
+/// kernel: 8 pixels by 24 outputs a tile, every FMA lane useful (the 32-wide tile would
+/// waste a quarter), the pixels' channels read in place two at a time. The output is
+/// (N*H*W, C_out) = x (N*H*W, C_in) W, one GEMM over all pixels.
+fn conv1x1_forward_k_pairs(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    let (ci, co) = (g.c_in, g.c_out);
+    let pixels = g.batch * g.in_h * g.in_w;
+    assert!(x.len() >= pixels * ci && y.len() >= pixels * co && w.len() >= ci * co);
+    let b = crate::gemm::interleave_k_pairs(w, ci, co);
+    let yp = SyncSlice(y.as_mut_ptr());
+    // blocks of 8-pixel tiles, a few per thread
+    let block = (pixels.div_ceil(8 * parallel::num_threads() * 8) * 8).clamp(64, 4096);
+    parallel::install(|| {
+        (0..pixels.div_ceil(block)).into_par_iter().for_each(|q| {
+            let (p0, p1) = (q * block, pixels.min(q * block + block));
+            for t0 in (p0..p1).step_by(8) {
+                let rows = 8.min(p1 - t0);
+                // rows past the tile repeat its last pixel (read, not stored)
+                let a: [*const f32; 8] = std::array::from_fn(|r| x[(t0 + r.min(rows - 1)) * ci..].as_ptr());
+                // SAFETY: pixel rows have C_in floats each; the tile's output rows t0.. belong
+                // to this block alone and lie inside y (asserted above).
+                unsafe { gemm.k_pairs_tile(&a, ci, b.as_ptr(), yp.ptr().add(t0 * co), co, rows, co) };
+            }
+        });
     });
 }
 
@@ -1945,6 +1975,10 @@ pub(crate) mod fast_tests {
             (1, 7, 30, 3, 33, 5),
             (2, 6, 14, 24, 7, 3),
             (1, 5, 13, 32, 40, 3),
+            // 1x1 to 17..24 channels from an even count: the K-pair kernel (8-pixel tiles,
+            // 2 x 5 x 7 = 70 pixels end in a partial tile; 17 columns mask the store)
+            (2, 5, 7, 24, 24, 1),
+            (1, 3, 11, 96, 17, 1),
         ] {
             for stride in [1, 2] {
                 for pad in pads {
