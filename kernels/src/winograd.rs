@@ -38,10 +38,10 @@
 //!
 //! Accuracy: the transforms scale values by up to 8 before the products and sum them back,
 //! so the result differs from the direct sum by a few times float rounding of the inputs'
-//! scale: about 4e-6 on outputs of magnitude 2.5 (32 input channels, inputs in [-0.5,
-//! 0.5]), well inside the 1e-4 the tests hold every path to. F(2x2, 3x3) would be exact to
-//! a few ulp but saves only 2.25x; it measured 1.1-1.3x faster than the direct path here,
-//! F(4x4, 3x3) more (see benches/README.md).
+//! scale: about 4e-6 on outputs of magnitude 2.5 in a float32 model of these transforms
+//! (numpy, 32 input channels, inputs in [-0.5, 0.5]), well inside the 1e-4 the tests hold
+//! every path to. F(2x2, 3x3) would be exact to a few ulp but saves only 2.25x; it measured
+//! 1.1-1.3x faster than the direct path here, F(4x4, 3x3) 1.3-1.9x (benches/README.md).
 //!
 //! Used by `conv::conv2d_forward` for 3x3 stride-1 convolutions with enough channels on
 //! AVX-512 (and so by the stride-1 input gradient, itself such a convolution);
@@ -420,7 +420,7 @@ impl TileGrid<'_> {
 /// y (N, OH, OW, C_out) = conv(x, w HWIO) for a 3x3 stride-1 geometry, by F(4x4, 3x3).
 ///
 /// # Panics
-/// When the geometry is not 3x3 stride 1, when the gather kernel is not available, or when
+/// When the geometry is not 3x3 stride 1, when the pair-rows kernel is not available, or when
 /// a buffer is shorter than the geometry says.
 pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
     assert!((g.k_h, g.k_w, g.stride_h, g.stride_w) == (3, 3, 1, 1), "winograd F(4x4, 3x3) needs 3x3 stride 1");
