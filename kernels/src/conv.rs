@@ -792,7 +792,7 @@ pub(crate) fn conv2d_forward_direct_with(isa: Isa, x: &[f32], w: &[f32], y: &mut
         return;
     }
     assert!(x.len() >= g.input_len() && y.len() >= g.output_len() && w.len() >= kdim * g.c_out);
-    if gemm.can_gather() && g.is_pointwise() && g.c_in % 2 == 0 && (17..=24).contains(&g.c_out) {
+    if gemm.can_gather() && g.is_pointwise() && g.c_in.is_multiple_of(2) && (17..=24).contains(&g.c_out) {
         return conv1x1_forward_k_pairs(&gemm, x, w, y, g);
     }
     if gemm.can_gather() {

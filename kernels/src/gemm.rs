@@ -1243,7 +1243,7 @@ unsafe fn gemm_serial(
 /// B (k x n <= 24, row-major, k even) interleaved for the K-pair kernel: k / 2 blocks of 48
 /// floats, (B[2q][j], B[2q+1][j]) for j < 24, zeros past column n.
 pub(crate) fn interleave_k_pairs(b: &[f32], k: usize, n: usize) -> Vec<f32> {
-    assert!(k % 2 == 0 && n <= 24 && b.len() >= k * n, "interleave_k_pairs: shapes");
+    assert!(k.is_multiple_of(2) && n <= 24 && b.len() >= k * n, "interleave_k_pairs: shapes");
     let mut out = vec![0.0f32; k / 2 * 48];
     for q in 0..k / 2 {
         for j in 0..n {
@@ -1318,7 +1318,7 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        debug_assert!(self.can_gather() && k % 2 == 0 && rows <= 8 && cols <= 24);
+        debug_assert!(self.can_gather() && k.is_multiple_of(2) && rows <= 8 && cols <= 24);
         #[cfg(target_arch = "x86_64")]
         x86::kernel_avx512_8x24_kpairs(a, k, b, c, rsc, rows, cols);
         #[cfg(not(target_arch = "x86_64"))]
