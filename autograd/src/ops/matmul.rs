@@ -66,11 +66,25 @@ pub fn linear_stacked(x: &Var, ws: &[&Var], bs: Option<&[&Var]>) -> Result<Var> 
         None => None,
     };
     let mut y = tensor::recycled_vec(rows * out);
-    let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
     let xd = xv.as_contiguous_slice().expect("contiguous");
     let bias_slice = bias.as_ref().map(|b| b.as_contiguous_slice().expect("contiguous"));
-    sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, xd, &packed, 0.0, &mut y, s, bias_slice);
+    packed_product(rows, inp, out, xd, &packed, bias_slice, &mut y);
     Ok(Var::constant(Tensor::from_vec(y, &[rows, out])?))
+}
+
+/// y (rows, out) = x (rows, inp) W^T + b with W^T packed (`packed_weights`), every element
+/// of y written: the inference product of [`linear`] and [`linear_stacked`].
+fn packed_product(
+    rows: usize,
+    inp: usize,
+    out: usize,
+    x: &[f32],
+    packed: &kernels::gemm::PackedB,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
+    sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, x, packed, 0.0, y, s, bias);
 }
 
 /// y = x W^T + b for x (rows, in), W (out, in), b (out); y is (rows, out).
@@ -100,7 +114,7 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     // (Looked up by W's own buffer: a non-contiguous W is copied into a fresh one on every
     // call, which no cache entry could ever match again, so it takes the plain GEMM.)
     match (frozen && rows > 1 && out > 1).then(|| packed_weights::packed_transpose(&w.value())).flatten() {
-        Some(packed) => sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, xd, &packed, 0.0, &mut y, s, bias),
+        Some(packed) => packed_product(rows, inp, out, xd, &packed, bias, &mut y),
         None => sgemm_bias_with(
             Isa::best(),
             kernels::parallel::num_threads(),
