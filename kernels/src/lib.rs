@@ -19,6 +19,7 @@ pub mod conv;
 pub mod gemm;
 pub mod memory;
 pub mod norm;
+pub mod optim;
 pub mod parallel;
 pub mod reduce;
 pub mod rows;

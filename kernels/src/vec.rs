@@ -42,6 +42,16 @@ pub trait F32Vec: Copy {
     unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self;
     unsafe fn reduce_sum(self) -> f32;
     unsafe fn reduce_max(self) -> f32;
+    /// Correctly rounded square root (IEEE, as `f32::sqrt`).
+    unsafe fn sqrt(self) -> Self;
+    /// LANES partial sums in double precision, for [`F32Vec::add_squares_f64`].
+    type F64Sums: Copy;
+    unsafe fn f64_sums_zero() -> Self::F64Sums;
+    /// `sums + self * self`, lane by lane in double precision. The square of an f32 is exact in
+    /// f64, so a norm over millions of weights loses nothing per term (the optimiser's trust
+    /// ratio); only the order of the f64 additions differs from a sequential sum.
+    unsafe fn add_squares_f64(self, sums: Self::F64Sums) -> Self::F64Sums;
+    unsafe fn f64_sums_total(sums: Self::F64Sums) -> f64;
     /// Stores 2 * LANES floats, self's and `odd`'s lanes alternating: p[2i] = self[i],
     /// p[2i + 1] = odd[i] (two rows interleaved for the pair-broadcast GEMM kernel).
     #[inline(always)]
@@ -125,6 +135,19 @@ impl F32Vec for Scalar {
     }
     unsafe fn reduce_max(self) -> f32 {
         self.0
+    }
+    unsafe fn sqrt(self) -> Self {
+        Scalar(self.0.sqrt())
+    }
+    type F64Sums = f64;
+    unsafe fn f64_sums_zero() -> f64 {
+        0.0
+    }
+    unsafe fn add_squares_f64(self, sums: f64) -> f64 {
+        sums + self.0 as f64 * self.0 as f64
+    }
+    unsafe fn f64_sums_total(sums: f64) -> f64 {
+        sums
     }
 }
 
@@ -232,6 +255,27 @@ pub mod x86 {
             let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
             _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
         }
+        #[inline(always)]
+        unsafe fn sqrt(self) -> Self {
+            Avx2(_mm256_sqrt_ps(self.0))
+        }
+        type F64Sums = (__m256d, __m256d);
+        #[inline(always)]
+        unsafe fn f64_sums_zero() -> Self::F64Sums {
+            (_mm256_setzero_pd(), _mm256_setzero_pd())
+        }
+        #[inline(always)]
+        unsafe fn add_squares_f64(self, (low, high): Self::F64Sums) -> Self::F64Sums {
+            let x_low = _mm256_cvtps_pd(_mm256_castps256_ps128(self.0));
+            let x_high = _mm256_cvtps_pd(_mm256_extractf128_ps(self.0, 1));
+            (_mm256_fmadd_pd(x_low, x_low, low), _mm256_fmadd_pd(x_high, x_high, high))
+        }
+        #[inline(always)]
+        unsafe fn f64_sums_total((low, high): Self::F64Sums) -> f64 {
+            let mut lanes = [0.0f64; 4];
+            _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(low, high));
+            (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+        }
     }
 
     impl F32Vec for Avx512 {
@@ -332,6 +376,25 @@ pub mod x86 {
         #[inline(always)]
         unsafe fn reduce_max(self) -> f32 {
             _mm512_reduce_max_ps(self.0)
+        }
+        #[inline(always)]
+        unsafe fn sqrt(self) -> Self {
+            Avx512(_mm512_sqrt_ps(self.0))
+        }
+        type F64Sums = (__m512d, __m512d);
+        #[inline(always)]
+        unsafe fn f64_sums_zero() -> Self::F64Sums {
+            (_mm512_setzero_pd(), _mm512_setzero_pd())
+        }
+        #[inline(always)]
+        unsafe fn add_squares_f64(self, (low, high): Self::F64Sums) -> Self::F64Sums {
+            let x_low = _mm512_cvtps_pd(_mm512_castps512_ps256(self.0));
+            let x_high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1)));
+            (_mm512_fmadd_pd(x_low, x_low, low), _mm512_fmadd_pd(x_high, x_high, high))
+        }
+        #[inline(always)]
+        unsafe fn f64_sums_total((low, high): Self::F64Sums) -> f64 {
+            _mm512_reduce_add_pd(_mm512_add_pd(low, high))
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use autograd::Var;
+use kernels::optim::{self as optim_kernels, AdamStep, LambSlices};
 use tensor::{Result, Tensor, TensorError};
 
 /// Parameters sharing hyper-parameters.
@@ -307,31 +308,20 @@ impl Optimizer for Lamb {
     optimizer_common!(ADAM_SLOTS);
     fn step(&mut self) -> Result<()> {
         self.steps += 1;
-        let t = self.steps as i32;
-        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
-        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        let (inv_bc1, inv_bc2) = (1.0 / bc1, 1.0 / bc2);
+        let (b1, b2, eps, t) = (self.beta1, self.beta2, self.eps, self.steps);
         for_each_param(&self.groups, &mut self.slots, 2, |g, w, grad, s, _| {
             let (m, v) = s.split_at_mut(1);
             let (m, v) = (&mut m[0], &mut v[0]);
             let mut u = vec![0.0f32; w.len()];
-            let wd = g.weight_decay;
+            let h = AdamStep::at(b1, b2, eps, g.weight_decay, t);
             // Pass 1, in chunks (threaded for large tensors): the Adam moments, the update
             // direction u = m_hat / (sqrt(v_hat) + eps) + wd * w, and per-chunk sums of w^2 and
             // u^2 (added in chunk order afterwards, so the result does not depend on threads).
+            // One vectorised kernel does all of it per chunk (kernels::optim).
             type Chunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), (&'a [f32], &'a [f32]));
             // one chunk of (m, v, u) to write and (grad, w) to read
-            let moments = |(((m, v), u), (gr, w)): Chunk| {
-                let (mut ws, mut us) = (0.0f64, 0.0f64);
-                for i in 0..w.len() {
-                    m[i] = b1 * m[i] + (1.0 - b1) * gr[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * gr[i] * gr[i];
-                    u[i] = (m[i] * inv_bc1) / ((v[i] * inv_bc2).sqrt() + eps) + wd * w[i];
-                    ws += w[i] as f64 * w[i] as f64;
-                    us += u[i] as f64 * u[i] as f64;
-                }
-                (ws, us)
-            };
+            let moments =
+                |(((m, v), u), (grad, w)): Chunk| optim_kernels::lamb_direction(&h, LambSlices { grad, w, m, v, u });
             let sums: Vec<(f64, f64)> = if w.len() >= PARALLEL_MIN && kernels::parallel::num_threads() > 1 {
                 kernels::parallel::install(|| {
                     m.par_chunks_mut(CHUNK)
@@ -377,7 +367,14 @@ pub fn clip_grad_norm(params: &[(String, Var)], max_norm: f32) -> f32 {
     let grads: Vec<(&Var, Tensor)> = params.iter().filter_map(|(_, p)| p.grad().map(|g| (p, g))).collect();
     let sum_sq = |g: &Tensor| -> f64 {
         let g = g.contiguous();
-        g.as_contiguous_slice().expect("contiguous").iter().map(|&x| x as f64 * x as f64).sum::<f64>()
+        let g = g.as_contiguous_slice().expect("contiguous");
+        // fixed chunks summed in order: the norm does not depend on the number of threads
+        let chunks: Vec<f64> = if g.len() >= PARALLEL_MIN && kernels::parallel::num_threads() > 1 {
+            kernels::parallel::install(|| g.par_chunks(CHUNK).map(optim_kernels::sum_squares_f64).collect())
+        } else {
+            g.chunks(CHUNK).map(optim_kernels::sum_squares_f64).collect()
+        };
+        chunks.iter().sum::<f64>()
     };
     let total = grads.iter().map(|(_, g)| sum_sq(g)).sum::<f64>().sqrt() as f32;
     let coef = max_norm / (total + 1e-6);
