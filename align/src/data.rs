@@ -580,14 +580,14 @@ mod tests {
         // `inside` rejects samples outside the unit square before the shape tests: valid only
         // while no shape reaches past it. A grid over [-1.5, 1.5]^2 with points just outside.
         let steps = 301;
-        for shape in 0..SHAPES.len() {
+        for (shape, name) in SHAPES.iter().enumerate() {
             for j in 0..steps {
                 for i in 0..steps {
                     let (dx, dy) =
                         (-1.5 + 3.0 * i as f32 / (steps - 1) as f32, -1.5 + 3.0 * j as f32 / (steps - 1) as f32);
                     for (x, y) in [(dx, dy), (dx.signum() * (1.0 + 1e-6), dy), (dx, dy.signum() * (1.0 + 1e-6))] {
                         if x.abs() > 1.0 || y.abs() > 1.0 {
-                            assert!(!shape_contains(shape, x, y), "{} reaches ({x}, {y})", SHAPES[shape]);
+                            assert!(!shape_contains(shape, x, y), "{name} reaches ({x}, {y})");
                         }
                         assert_eq!(inside(shape, x, y), shape_contains(shape, x, y));
                     }
