@@ -361,13 +361,15 @@ mod tests {
                 close(&v, &vr, 1e-4, "var");
                 let rstd: Vec<f32> = vr.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
                 for training in [true, false] {
-                    // plain batch norm against the reference
-                    let mut y = vec![0.0; x.len()];
+                    // plain batch norm against the reference (y and dx start as NaN: they are
+                    // overwritten, so callers may hand in recycled buffers; dgamma and dbeta
+                    // accumulate)
+                    let mut y = vec![f32::NAN; x.len()];
                     let mut yr = vec![0.0; x.len()];
                     batch_norm_forward_with(isa, &x, &mr, &rstd, &gamma, &beta, None, &mut y, c);
                     reference::batch_norm_apply(&x, &mr, &rstd, &gamma, &beta, &mut yr, c);
                     close(&y, &yr, 1e-5, "y");
-                    let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+                    let (mut dx, mut dg, mut db) = (vec![f32::NAN; x.len()], vec![0.0; c], vec![0.0; c]);
                     let (mut dxr, mut dgr, mut dbr) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
                     batch_norm_backward_with(
                         isa, &x, &mr, &rstd, &gamma, &beta, None, &dy, &mut dx, &mut dg, &mut db, c, training,
@@ -381,12 +383,12 @@ mod tests {
                     // fused SiLU / sigmoid: the reference is BN, then the activation and its
                     // derivative in f64, then BN's backward with dz = dy * act'(z)
                     for act in [Activation::Silu, Activation::Sigmoid] {
-                        let mut y = vec![0.0; x.len()];
+                        let mut y = vec![f32::NAN; x.len()];
                         batch_norm_forward_with(isa, &x, &mr, &rstd, &gamma, &beta, Some(act), &mut y, c);
                         let (ya, da): (Vec<f32>, Vec<f32>) = yr.iter().map(|&z| act_ref(act, z)).unzip();
                         close(&y, &ya, 1e-5, "act(y)");
                         let dz: Vec<f32> = dy.iter().zip(&da).map(|(g, d)| g * d).collect();
-                        let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+                        let (mut dx, mut dg, mut db) = (vec![f32::NAN; x.len()], vec![0.0; c], vec![0.0; c]);
                         let (mut dxr, mut dgr, mut dbr) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
                         batch_norm_backward_with(
                             isa,

@@ -418,14 +418,18 @@ mod tests {
             global_avg_pool_forward(&x, &mut a, batch, pixels, c);
             global_avg_pool_forward_reference(&x, &mut b, batch, pixels, c);
             assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5));
-            let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            // The fast forms overwrite their outputs (callers hand them recycled buffers): they
+            // start from NaN here.
+            let (mut a, mut b) = (vec![f32::NAN; x.len()], vec![0.0; x.len()]);
             global_avg_pool_backward(&dy2, &mut a, batch, pixels, c);
             global_avg_pool_backward_reference(&dy2, &mut b, batch, pixels, c);
             assert_eq!(a, b);
+            a.fill(f32::NAN);
             channel_scale_forward(&x, &s, &mut a, batch, pixels, c);
             channel_scale_forward_reference(&x, &s, &mut b, batch, pixels, c);
             assert_eq!(a, b);
-            let (mut da, mut db) = (vec![1.0; batch * c], vec![2.0; batch * c]);
+            a.fill(f32::NAN);
+            let (mut da, mut db) = (vec![f32::NAN; batch * c], vec![2.0; batch * c]);
             channel_scale_backward(&x, &s, &dy4, &mut a, &mut da, batch, pixels, c);
             channel_scale_backward_reference(&x, &s, &dy4, &mut b, &mut db, batch, pixels, c);
             assert_eq!(a, b);
@@ -2010,7 +2014,9 @@ pub(crate) mod fast_tests {
                     let wd = data(k * k * ci, 4);
                     let dyd = data(gd.output_len(), 5);
                     for isa in Isa::available() {
-                        let (mut a, mut b) = (vec![0.0; gd.output_len()], vec![0.0; gd.output_len()]);
+                        // (b starts as NaN: the forward overwrites y, which lets callers hand it
+                        // recycled buffers)
+                        let (mut a, mut b) = (vec![0.0; gd.output_len()], vec![f32::NAN; gd.output_len()]);
                         depthwise_forward_reference(&x, &wd, &mut a, &gd);
                         dw_over_images(
                             isa,
