@@ -308,12 +308,17 @@ impl Optimizer for Lamb {
     optimizer_common!(ADAM_SLOTS);
     fn step(&mut self) -> Result<()> {
         self.steps += 1;
-        let (b1, b2, eps, t) = (self.beta1, self.beta2, self.eps, self.steps);
+        // the step's constants (bias corrections); each group sets its own weight decay
+        let step_constants = AdamStep::at(self.beta1, self.beta2, self.eps, 0.0, self.steps);
+        // the update direction u, one buffer for every tensor of the step (the kernel writes
+        // all of it, so only growth is zeroed)
+        let mut direction: Vec<f32> = Vec::new();
         for_each_param(&self.groups, &mut self.slots, 2, |g, w, grad, s, _| {
             let (m, v) = s.split_at_mut(1);
             let (m, v) = (&mut m[0], &mut v[0]);
-            let mut u = vec![0.0f32; w.len()];
-            let h = AdamStep::at(b1, b2, eps, g.weight_decay, t);
+            direction.resize(w.len(), 0.0);
+            let u = &mut direction[..];
+            let h = AdamStep { weight_decay: g.weight_decay, ..step_constants };
             // Pass 1, in chunks (threaded for large tensors): the Adam moments, the update
             // direction u = m_hat / (sqrt(v_hat) + eps) + wd * w, and per-chunk sums of w^2 and
             // u^2 (added in chunk order afterwards, so the result does not depend on threads).
