@@ -166,6 +166,21 @@ impl Var {
         Ok(())
     }
 
+    /// Updates a leaf's value in place (optimiser steps): `f` receives its elements, contiguous.
+    /// No copy is made while this `Var` holds the only reference to its buffer. When anything
+    /// else still references it (a tensor handed out by [`Var::value`], a saved activation, a
+    /// packed-weight cache entry, a memory-mapped file), the buffer is copied first, exactly
+    /// as [`Tensor::data_mut`] does, so no other holder ever sees the change.
+    pub fn update_in_place<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+        if !self.is_leaf() {
+            return Err(TensorError::Graph(
+                "update_in_place on the output of an op; only leaves can be assigned".into(),
+            ));
+        }
+        let mut guard = self.0.value.write().unwrap_or_else(|e| e.into_inner());
+        Ok(f(guard.data_mut()))
+    }
+
     pub fn shape(&self) -> Vec<usize> {
         self.0.graph.shape.clone()
     }
@@ -357,5 +372,29 @@ impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let op = lock(&self.0.graph.node).as_ref().map(|n| n.op.name());
         write!(f, "Var(id={}, requires_grad={}, op={:?}, value={})", self.id(), self.requires_grad(), op, self.value())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_in_place_writes_the_buffer_unless_someone_else_holds_it() {
+        let p = Var::parameter(Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3]).unwrap());
+        let before = Arc::as_ptr(p.value().storage());
+        p.update_in_place(|w| w.iter_mut().for_each(|x| *x *= 2.0)).unwrap();
+        let after = p.value();
+        // sole holder: the same buffer, updated
+        assert_eq!(Arc::as_ptr(after.storage()), before);
+        assert_eq!(after.to_vec(), vec![2.0, 4.0, 6.0]);
+        // a handle held elsewhere keeps its values: the update goes to a copy
+        let held = p.value();
+        p.update_in_place(|w| w[0] = -1.0).unwrap();
+        assert_eq!(held.to_vec(), vec![2.0, 4.0, 6.0]);
+        assert_eq!(p.value().to_vec(), vec![-1.0, 4.0, 6.0]);
+        // only leaves can be assigned
+        let y = crate::ops::elementwise::mul_scalar(&p, 2.0);
+        assert!(y.update_in_place(|_| ()).is_err());
     }
 }

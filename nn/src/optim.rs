@@ -157,11 +157,10 @@ fn for_each_param(
             }
             let Some(grad) = p.grad() else { continue };
             let grad = grad.contiguous();
-            let mut value = p.value().contiguous();
             let is_new = !slots.by_param.contains_key(name);
-            let s = slots.get(name, count, value.numel());
-            update(g, value.data_mut(), grad.as_contiguous_slice().expect("contiguous"), s, is_new);
-            p.set_value(value)?;
+            let s = slots.get(name, count, grad.numel());
+            // in place: the parameter's buffer is written directly (no per-step copy of it)
+            p.update_in_place(|value| update(g, value, grad.as_contiguous_slice().expect("contiguous"), s, is_new))?;
         }
     }
     Ok(())
