@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use align::bert::{Bert, BertConfig, TextTower, TokenBatch};
 use align::efficientnet::{EfficientNet, EfficientNetConfig, StageArgs};
-use align::train::DualEncoder;
+use align::model::DualEncoder;
+use align::towers::EfficientNetTower;
 use autograd::ops::contrastive::contrastive_loss;
 use autograd::Var;
 use nn::layers::Linear;
@@ -40,8 +41,8 @@ fn three_lamb_steps_of_a_micro_dual_encoder_match_pytorch() {
     };
     let mut rng = Rng::new(0);
     let model = DualEncoder {
-        image: EfficientNet::new(icfg, &mut rng),
-        text: TextTower { bert: Bert::new(tcfg, &mut rng), projection: Linear::new(16, 24, true, &mut rng) },
+        image: Box::new(EfficientNetTower(EfficientNet::new(icfg, &mut rng))),
+        text: Box::new(TextTower { bert: Bert::new(tcfg, &mut rng), projection: Linear::new(16, 24, true, &mut rng) }),
         log_temperature: Var::parameter(Tensor::scalar(0.0)),
     };
     let sd: BTreeMap<String, Tensor> =

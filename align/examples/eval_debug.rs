@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use align::data::builtin_corpus;
+use align::model::{token_batch, DualEncoder};
 use align::retrieval::retrieval_metrics;
-use align::train::{token_batch, DualEncoder, TrainConfig};
+use align::train::TrainConfig;
 use nn::{Ctx, Module};
 use tensor::io::safetensors::SafeTensors;
 use tensor::{Rng, Tensor};

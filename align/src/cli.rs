@@ -213,6 +213,10 @@ pub struct TrainArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Stop cleanly after this many completed steps, with a checkpoint (as Ctrl-C does);
+    /// `--resume` continues. The learning-rate schedule still runs to --steps.
+    #[arg(long)]
+    pub stop_at: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -291,7 +295,8 @@ pub fn train(args: &TrainArgs) -> Result<(), String> {
         cfg.temperature_lr_scale = t;
     }
     crate::train::install_interrupt_handler();
-    let summary = crate::train::train(&cfg, out, resume, false).map_err(|e| e.to_string())?;
+    let opts = crate::train::RunOptions { resume, quiet: false, stop_at: args.stop_at };
+    let summary = crate::train::train(&cfg, out, &opts).map_err(|e| e.to_string())?;
     if summary.interrupted {
         println!(
             "stopped at step {} of {}; resume with: align train --resume --out {}",

@@ -265,9 +265,9 @@ pub type ShardRecord = (u32, u32, String, std::sync::Arc<Vec<u8>>);
 /// [+ `key.json`]), sequentially, without unpacking to disk. `path` is a `.tar` file or a folder
 /// of them (read in name order). Records with no image, no caption, a non-UTF-8 or empty caption,
 /// an undecodable image header, or cut off by a truncated shard are counted, never fatal.
-pub fn read_shards(path: &std::path::Path) -> Result<(Vec<ShardRecord>, SkipReport)> {
+pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRecord>, SkipReport)> {
     use std::io::Read;
-    let io = |source| tensor::TensorError::Io { path: path.to_path_buf(), source };
+    let io = crate::error::io_error(path);
     let shards: Vec<std::path::PathBuf> = if path.is_dir() {
         let mut v: Vec<_> = std::fs::read_dir(path)
             .map_err(io)?
@@ -282,8 +282,7 @@ pub fn read_shards(path: &std::path::Path) -> Result<(Vec<ShardRecord>, SkipRepo
     let mut skips = SkipReport::default();
     let mut records = vec![];
     for shard in shards {
-        let file =
-            std::fs::File::open(&shard).map_err(|source| tensor::TensorError::Io { path: shard.clone(), source })?;
+        let file = std::fs::File::open(&shard).map_err(crate::error::io_error(&shard))?;
         let mut archive = tar::Archive::new(file);
         // key -> (image bytes, caption bytes)
         let mut members: std::collections::BTreeMap<String, ShardMember> = Default::default();
@@ -354,8 +353,8 @@ pub type ManifestRecord = (u32, u32, String, std::path::PathBuf);
 /// are resolved against the manifest's folder. Bad records are counted, never fatal; image
 /// headers are read for the size filter (a file whose header cannot be read is corrupt).
 /// Returns (records as (width, height, caption, path), skips).
-pub fn read_manifest(path: &std::path::Path) -> Result<(Vec<ManifestRecord>, SkipReport)> {
-    let bytes = std::fs::read(path).map_err(|source| tensor::TensorError::Io { path: path.to_path_buf(), source })?;
+pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<ManifestRecord>, SkipReport)> {
+    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
     let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     let mut skips = SkipReport::default();

@@ -11,22 +11,78 @@ use std::path::{Path, PathBuf};
 
 use autograd::no_grad;
 use nn::Ctx;
-use tensor::{Result, Rng, Tensor, TensorError};
+use tensor::{Rng, Tensor};
 use tokenizer::{BertOptions, WordPiece};
 
 use crate::data::{image_batch_checked, read_manifest, Pair, Scene, SkipReport, COLOURS};
+use crate::error::{io_error, AlignError, Result};
+use crate::model::{token_batch, DualEncoder};
 use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
-use crate::train::{token_batch, DualEncoder, TrainConfig};
+use crate::train::TrainConfig;
 
 /// CLIP's 80 ImageNet prompt templates (Radford et al. 2021), the default ensemble.
 pub const CLIP_TEMPLATES: &str = include_str!("../data/clip_imagenet_templates.txt");
 
-fn err(op: &'static str, msg: impl Into<String>) -> TensorError {
-    TensorError::Shape { op, msg: msg.into() }
+/// Embeds images and captions with a dual encoder at evaluation settings (centre crops, no
+/// dropout, batch-norm running statistics). The trainer's held-out evaluation and every
+/// `align eval` command go through it.
+pub struct Embedder<'a> {
+    pub model: &'a DualEncoder,
+    pub tokenizer: &'a WordPiece,
+    pub config: &'a TrainConfig,
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TensorError + '_ {
-    move |source| TensorError::Io { path: path.to_path_buf(), source }
+impl Embedder<'_> {
+    /// Images per forward pass.
+    const IMAGE_CHUNK: usize = 64;
+    /// Captions per forward pass.
+    const TEXT_CHUNK: usize = 256;
+
+    /// L2-normalised text embeddings, (texts.len(), dim) row-major.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(texts.len() * self.model.embed_dim());
+        no_grad(|| -> Result<()> {
+            for chunk in texts.chunks(Self::TEXT_CHUNK) {
+                let tokens = token_batch(self.tokenizer, chunk, self.config.max_tokens)?;
+                out.extend(self.model.embed_texts(&tokens, &mut Ctx::eval())?.value().to_vec());
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// L2-normalised embeddings of image files or built-in scenes (centre crop). Returns the
+    /// embeddings of the images that decoded, (kept.len(), dim), and the kept indices.
+    pub fn embed_pairs(&self, pairs: &[Pair]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (mut emb, mut kept) = (vec![], vec![]);
+        no_grad(|| -> Result<()> {
+            for (c, chunk) in pairs.chunks(Self::IMAGE_CHUNK).enumerate() {
+                let refs: Vec<&Pair> = chunk.iter().collect();
+                let (images, ok, _) = image_batch_checked(self.config.seed, &refs, self.config.resolution, false, 0)?;
+                if ok.is_empty() {
+                    continue;
+                }
+                emb.extend(self.model.embed_images(&images, &mut Ctx::eval())?.value().to_vec());
+                kept.extend(ok.iter().map(|&i| c * Self::IMAGE_CHUNK + i));
+            }
+            Ok(())
+        })?;
+        Ok((emb, kept))
+    }
+
+    /// Retrieval over pairs whose captions each describe their own image (pairs whose image
+    /// does not decode are left out).
+    pub fn retrieval(&self, pairs: &[Pair]) -> Result<RetrievalMetrics> {
+        let (img, kept) = self.embed_pairs(pairs)?;
+        if kept.is_empty() {
+            return Ok(RetrievalMetrics::default());
+        }
+        let texts: Vec<&str> = kept.iter().map(|&i| pairs[i].text.as_str()).collect();
+        let txt = self.embed_texts(&texts)?;
+        let sim = similarity(&img, &txt, self.model.embed_dim())?;
+        let owners: Vec<usize> = (0..kept.len()).collect();
+        Ok(retrieval_metrics(&sim, kept.len(), kept.len(), &owners))
+    }
 }
 
 /// A trained dual encoder with everything needed to embed new inputs.
@@ -47,55 +103,37 @@ impl LoadedModel {
         let config: TrainConfig = meta
             .get("config")
             .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| err("checkpoint", format!("{}: no training configuration", checkpoint.display())))?;
+            .ok_or_else(|| AlignError::data(&checkpoint, "no training configuration in the metadata"))?;
         let vocab_path = dir.join("vocab.txt");
         let vocab: Vec<String> =
-            std::fs::read_to_string(&vocab_path).map_err(io_err(&vocab_path))?.lines().map(String::from).collect();
-        let tokenizer =
-            WordPiece::from_tokens(vocab, BertOptions::default()).map_err(|e| err("vocabulary", e.to_string()))?;
+            std::fs::read_to_string(&vocab_path).map_err(io_error(&vocab_path))?.lines().map(String::from).collect();
+        let tokenizer = WordPiece::from_tokens(vocab, BertOptions::default())
+            .map_err(|e| AlignError::data(&vocab_path, e.to_string()))?;
         let model = DualEncoder::new(&config, tokenizer.vocab_size(), &mut Rng::new(0))?;
         nn::checkpoint::load_model(&checkpoint, &model)?;
         Ok(LoadedModel { model, tokenizer, config, checkpoint })
     }
 
+    pub fn embedder(&self) -> Embedder<'_> {
+        Embedder { model: &self.model, tokenizer: &self.tokenizer, config: &self.config }
+    }
+
     /// Embedding width.
     pub fn dim(&self) -> usize {
-        self.model.image.config.feature_dim()
+        self.model.embed_dim()
     }
 
-    /// L2-normalised text embeddings, (texts.len(), dim) row-major.
+    /// See [`Embedder::embed_texts`].
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(texts.len() * self.dim());
-        no_grad(|| -> Result<()> {
-            for chunk in texts.chunks(256) {
-                let tokens = token_batch(&self.tokenizer, chunk, self.config.max_tokens)?;
-                out.extend(self.model.embed_texts(&tokens, &mut Ctx::eval())?.value().to_vec());
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        self.embedder().embed_texts(texts)
     }
 
-    /// L2-normalised embeddings of image files or built-in scenes (centre crop). Returns the
-    /// embeddings of the images that decoded, (kept.len(), dim), and the kept indices.
+    /// See [`Embedder::embed_pairs`].
     pub fn embed_pairs(&self, pairs: &[Pair]) -> Result<(Vec<f32>, Vec<usize>)> {
-        let (mut emb, mut kept) = (vec![], vec![]);
-        no_grad(|| -> Result<()> {
-            for (c, chunk) in pairs.chunks(64).enumerate() {
-                let refs: Vec<&Pair> = chunk.iter().collect();
-                let (images, ok, _) = image_batch_checked(self.config.seed, &refs, self.config.resolution, false, 0)?;
-                if ok.is_empty() {
-                    continue;
-                }
-                emb.extend(self.model.embed_images(&images, &mut Ctx::eval())?.value().to_vec());
-                kept.extend(ok.iter().map(|&i| c * 64 + i));
-            }
-            Ok(())
-        })?;
-        Ok((emb, kept))
+        self.embedder().embed_pairs(pairs)
     }
 
-    /// Embeddings of image files (see [`LoadedModel::embed_pairs`]).
+    /// Embeddings of image files (see [`Embedder::embed_pairs`]).
     pub fn embed_files(&self, files: &[PathBuf]) -> Result<(Vec<f32>, Vec<usize>)> {
         let pairs: Vec<Pair> =
             files.iter().map(|f| Pair { index: 0, file: Some(f.clone()), bytes: None, text: String::new() }).collect();
@@ -187,13 +225,8 @@ pub fn eval_retrieval(lm: &LoadedModel, manifest: &Path) -> Result<RetrievalRepo
 /// Retrieval on the built-in corpus's held-out pairs (the same `n` pairs training evaluates).
 pub fn eval_retrieval_builtin(lm: &LoadedModel, n: usize) -> Result<RetrievalReport> {
     let (_, held, _) = crate::data::builtin_corpus(lm.config.seed, 0, n);
-    let (img, kept) = lm.embed_pairs(&held)?;
-    let texts: Vec<&str> = kept.iter().map(|&i| held[i].text.as_str()).collect();
-    let txt = lm.embed_texts(&texts)?;
-    let sim = similarity(&img, &txt, lm.dim())?;
-    let owners: Vec<usize> = (0..kept.len()).collect();
-    let metrics = retrieval_metrics(&sim, kept.len(), kept.len(), &owners);
-    Ok(RetrievalReport { images: kept.len(), captions: kept.len(), metrics, skipped: SkipReport::default() })
+    let metrics = lm.embedder().retrieval(&held)?;
+    Ok(RetrievalReport { images: held.len(), captions: held.len(), metrics, skipped: SkipReport::default() })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,7 +265,13 @@ fn label_records(
                 files.push(file);
                 labels.push(c);
             }
-            None => return Err(err("labels", format!("{}: label '{l}' is not one of the classes", path.display()))),
+            None => {
+                return Err(AlignError::Data {
+                    file: path.to_path_buf(),
+                    record: Some(format!("label '{l}'")),
+                    msg: "not one of the classes".into(),
+                })
+            }
         }
     }
     Ok(Labelled { files, labels, skipped })
@@ -240,7 +279,7 @@ fn label_records(
 
 /// Reads a class or template list: one per line, blank lines and `#` comments ignored.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
     Ok(parse_lines(&text))
 }
 
@@ -252,7 +291,7 @@ pub fn parse_lines(text: &str) -> Vec<String> {
 /// embeddings of every template filled with the class name, normalised again. (classes, dim)
 pub fn class_embeddings(lm: &LoadedModel, classes: &[String], templates: &[String]) -> Result<Vec<f32>> {
     if templates.is_empty() {
-        return Err(err("zeroshot", "no prompt templates"));
+        return Err(AlignError::config("templates", "no prompt templates"));
     }
     let d = lm.dim();
     let mut out = vec![0.0f32; classes.len() * d];
@@ -365,7 +404,7 @@ pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
         let mut out = vec![];
         let mut stack = vec![source.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            for e in std::fs::read_dir(&dir).map_err(io_error(&dir))?.flatten() {
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
@@ -409,12 +448,12 @@ impl EmbeddingIndex {
             ("paths".to_string(), serde_json::to_string(&paths).expect("json")),
             ("checkpoint".to_string(), abs(&self.checkpoint).display().to_string()),
         ]);
-        tensor::io::safetensors::save_f32(path, &[("embeddings", &t)], &meta)
+        Ok(tensor::io::safetensors::save_f32(path, &[("embeddings", &t)], &meta)?)
     }
 
     pub fn load(path: &Path) -> Result<EmbeddingIndex> {
         let st = tensor::io::safetensors::SafeTensors::open(path)?;
-        let bad = |msg: &str| TensorError::Format { file: path.display().to_string(), tensor: None, msg: msg.into() };
+        let bad = |msg: &str| AlignError::data(path, msg);
         let t = st.tensor("embeddings")?;
         let paths: Vec<String> = st
             .metadata()
@@ -452,7 +491,7 @@ pub fn query_vector(lm: &LoadedModel, q: &Query) -> Result<Vec<f32>> {
         Query::Image { path, plus, minus } => {
             let (mut v, kept) = lm.embed_files(&[path.to_path_buf()])?;
             if kept.is_empty() {
-                return Err(err("search", format!("{}: the image could not be decoded", path.display())));
+                return Err(AlignError::data(path, "the image could not be decoded"));
             }
             add_texts(lm, &mut v, plus, 1.0)?;
             add_texts(lm, &mut v, minus, -1.0)?;

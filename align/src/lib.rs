@@ -1,7 +1,7 @@
 //! # align: the ALIGN dual encoder and everything around it
 //!
 //! EfficientNet image tower, BERT text tower, the contrastive loss, data pipeline, training,
-//! evaluation and search (Jia et al., ICML 2021; see SPEC.md). The `align` binary is the
+//! evaluation and search (Jia et al., ICML 2021). The `align` binary is the
 //! command-line front end.
 
 pub mod bert;
@@ -9,9 +9,12 @@ pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod efficientnet;
+pub mod error;
 pub mod eval;
 pub mod images;
 pub mod mnist;
+pub mod model;
 pub mod report;
 pub mod retrieval;
+pub mod towers;
 pub mod train;

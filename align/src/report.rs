@@ -7,14 +7,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use tensor::{Result, TensorError};
+use crate::error::{io_error as io_err, Result};
 
 use crate::data::{Pair, Scene};
 use crate::eval::{html_escape, similarity, thumbnail_uri, top_k, LoadedModel, PAGE_CSS};
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TensorError + '_ {
-    move |source| TensorError::Io { path: path.to_path_buf(), source }
-}
 
 /// An inline SVG line plot of (x, y) points with min / max labels.
 pub fn svg_line_plot(title: &str, points: &[(f64, f64)], log_y: bool) -> String {

@@ -21,8 +21,13 @@ use tensor::{Result, Tensor, TensorError};
 /// Parameters sharing hyper-parameters.
 #[derive(Clone)]
 pub struct ParamGroup {
+    /// What the group is (`decay`, `no_decay`, or a caller's own name such as `temperature`).
+    pub name: String,
     pub params: Vec<(String, Var)>,
+    /// The learning rate the next step uses (a schedule sets it to its rate times `lr_scale`).
     pub lr: f32,
+    /// This group's multiple of the schedule's learning rate.
+    pub lr_scale: f32,
     pub weight_decay: f32,
     /// LAMB only: use r = 1 instead of the trust ratio for this group.
     pub no_trust_ratio: bool,
@@ -33,14 +38,21 @@ pub struct ParamGroup {
 pub fn decay_groups(params: Vec<(String, Var)>, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
     let (decay, no_decay): (Vec<_>, Vec<_>) = params.into_iter().partition(|(_, p)| p.shape().len() >= 2);
     vec![
-        ParamGroup { params: decay, lr, weight_decay, no_trust_ratio: false },
-        ParamGroup { params: no_decay, lr, weight_decay: 0.0, no_trust_ratio: true },
+        ParamGroup { name: "decay".into(), params: decay, lr, lr_scale: 1.0, weight_decay, no_trust_ratio: false },
+        ParamGroup {
+            name: "no_decay".into(),
+            params: no_decay,
+            lr,
+            lr_scale: 1.0,
+            weight_decay: 0.0,
+            no_trust_ratio: true,
+        },
     ]
 }
 
 /// One group with every parameter.
 pub fn single_group(params: Vec<(String, Var)>, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
-    vec![ParamGroup { params, lr, weight_decay, no_trust_ratio: false }]
+    vec![ParamGroup { name: "all".into(), params, lr, lr_scale: 1.0, weight_decay, no_trust_ratio: false }]
 }
 
 pub trait Optimizer {

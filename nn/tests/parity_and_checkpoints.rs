@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use autograd::ops::{elementwise as ew, softmax};
 use autograd::Var;
-use nn::checkpoint::{load_checkpoint, save_checkpoint};
+use nn::checkpoint::{load_checkpoint, save_checkpoint, TrainState};
 use nn::layers::{BatchNorm2d, LayerNorm, Linear};
 use nn::optim::{decay_groups, AdamW, Lamb, Optimizer, Sgd};
 use nn::{Ctx, Module};
@@ -154,14 +154,17 @@ fn resume_continues_bit_for_bit() {
     let path = tmp("resume.safetensors");
     let mut meta = BTreeMap::new();
     meta.insert("run".to_string(), "resume-test".to_string());
-    save_checkpoint(&path, &b, &opt_b, 10, &rng_b, &meta).unwrap();
+    let data = BTreeMap::from([("order".to_string(), vec![2, 0, 1]), ("cursor".to_string(), vec![1])]);
+    let state = TrainState { step: 10, rng: rng_b.clone(), data };
+    save_checkpoint(&path, &b, &opt_b, &state, &meta).unwrap();
     let c = Small::new(12345); // different init: everything must come from the file
     let mut opt_c = Lamb::new(decay_groups(c.named_parameters(), 0.01, 0.01));
     let resume = load_checkpoint(&path, &c, &mut opt_c).unwrap();
-    assert_eq!(resume.step, 10);
+    // step, random stream and the caller's integer state all come back as saved
+    assert_eq!(resume.state, state);
     assert_eq!(resume.metadata.get("run").map(String::as_str), Some("resume-test"));
-    let mut rng_c = resume.rng;
-    for s in resume.step..20 {
+    let mut rng_c = resume.state.rng;
+    for s in resume.state.step..20 {
         train_step(&c, &mut opt_c, &mut rng_c, s);
     }
     for ((na, pa), (_, pc)) in a.named_parameters().iter().zip(c.named_parameters()) {
@@ -171,6 +174,10 @@ fn resume_continues_bit_for_bit() {
     kernels::parallel::set_num_threads(0);
 }
 
+fn state_at(step: u64, rng: &Rng) -> TrainState {
+    TrainState { step, rng: rng.clone(), data: BTreeMap::new() }
+}
+
 #[test]
 fn bad_checkpoints_fail_by_name_and_leave_the_model_unchanged() {
     let model = Small::new(5);
@@ -178,7 +185,7 @@ fn bad_checkpoints_fail_by_name_and_leave_the_model_unchanged() {
     let mut rng = Rng::new(1);
     train_step(&model, &mut opt, &mut rng, 0);
     let good = tmp("good.safetensors");
-    save_checkpoint(&good, &model, &opt, 1, &rng, &BTreeMap::new()).unwrap();
+    save_checkpoint(&good, &model, &opt, &state_at(1, &rng), &BTreeMap::new()).unwrap();
 
     let target = Small::new(6);
     let mut target_opt = AdamW::new(decay_groups(target.named_parameters(), 0.01, 0.0), 0.9, 0.999, 1e-8);
@@ -219,7 +226,7 @@ fn bad_checkpoints_fail_by_name_and_leave_the_model_unchanged() {
     let small = OnlyFc1(Linear::new(6, 8, true, &mut Rng::new(0)));
     let small_opt = AdamW::new(decay_groups(small.named_parameters(), 0.01, 0.0), 0.9, 0.999, 1e-8);
     let partial = tmp("partial.safetensors");
-    save_checkpoint(&partial, &small, &small_opt, 0, &rng, &BTreeMap::new()).unwrap();
+    save_checkpoint(&partial, &small, &small_opt, &state_at(0, &rng), &BTreeMap::new()).unwrap();
     let e = load_checkpoint(&partial, &target, &mut target_opt).unwrap_err().to_string();
     assert!(e.contains("missing") && e.contains("ln.weight") && e.contains("fc2.weight"), "{e}");
     unchanged(&target);

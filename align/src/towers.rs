@@ -1,0 +1,135 @@
+//! The two towers of a dual encoder, behind traits, and the registry that builds them by name.
+//!
+//! An image tower maps a batch of NHWC images to one feature vector per image; a text tower
+//! maps a token batch to one vector per caption, already projected to the image tower's width
+//! (the paper: BERT's [CLS] state through one linear layer). The dual encoder, the trainer,
+//! evaluation and the command line see only these traits, so a new tower is one file that
+//! implements one of them plus one line in [`IMAGE_TOWERS`] or [`TEXT_TOWERS`].
+
+use autograd::Var;
+use nn::{Buffer, Ctx, Module};
+use tensor::{Result, Rng};
+
+use crate::bert::{BertConfig, TextTower as BertTextTower, TokenBatch};
+use crate::efficientnet::{EfficientNet, EfficientNetConfig};
+use crate::error::AlignError;
+
+/// Images (N, H, W, 3) in [-1, 1] -> features (N, feature_dim), not normalised.
+pub trait ImageTower: Module + Send + Sync {
+    fn features(&self, images: &Var, ctx: &mut Ctx) -> Result<Var>;
+    /// Width of the features, which is the width of the shared embedding space.
+    fn feature_dim(&self) -> usize;
+}
+
+/// Token batch -> embeddings (batch, embed_dim), not normalised.
+pub trait TextTower: Module + Send + Sync {
+    fn embed(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var>;
+}
+
+/// What a tower builder may read from the run's configuration.
+pub struct TowerOptions<'a> {
+    /// The architecture name given on the command line (`b0`, `vit-tiny`, `mini`, ...).
+    pub arch: &'a str,
+    /// Square image side in pixels (image towers).
+    pub resolution: usize,
+    /// Longest token sequence (text towers).
+    pub max_tokens: usize,
+    /// Vocabulary size (text towers).
+    pub vocab_size: usize,
+    /// Width of the shared embedding space (text towers project to it).
+    pub embed_dim: usize,
+    pub bn_momentum: f32,
+    pub drop_connect: f32,
+    pub dropout: f32,
+}
+
+/// A builder returns `None` when the name is not one of its architectures.
+pub type ImageTowerBuilder = fn(&TowerOptions, &mut Rng) -> Option<Result<Box<dyn ImageTower>>>;
+pub type TextTowerBuilder = fn(&TowerOptions, &mut Rng) -> Option<Result<Box<dyn TextTower>>>;
+
+/// Every image tower `--image-tower` accepts, tried in order.
+pub const IMAGE_TOWERS: &[(&str, ImageTowerBuilder)] =
+    &[("efficientnet b0..b7, l2, lite0..lite4, tiny", efficientnet_tower)];
+
+/// Every text tower `--text-tower` accepts, tried in order.
+pub const TEXT_TOWERS: &[(&str, TextTowerBuilder)] = &[("bert tiny, mini, small, medium, base, large", bert_tower)];
+
+pub fn build_image_tower(opts: &TowerOptions, rng: &mut Rng) -> std::result::Result<Box<dyn ImageTower>, AlignError> {
+    for (_, build) in IMAGE_TOWERS {
+        if let Some(tower) = build(opts, rng) {
+            return Ok(tower?);
+        }
+    }
+    let known: Vec<&str> = IMAGE_TOWERS.iter().map(|(names, _)| *names).collect();
+    Err(AlignError::config("image tower", format!("unknown '{}' (known: {})", opts.arch, known.join("; "))))
+}
+
+pub fn build_text_tower(opts: &TowerOptions, rng: &mut Rng) -> std::result::Result<Box<dyn TextTower>, AlignError> {
+    for (_, build) in TEXT_TOWERS {
+        if let Some(tower) = build(opts, rng) {
+            return Ok(tower?);
+        }
+    }
+    let known: Vec<&str> = TEXT_TOWERS.iter().map(|(names, _)| *names).collect();
+    Err(AlignError::config("text tower", format!("unknown '{}' (known: {})", opts.arch, known.join("; "))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// EfficientNet: pooled features of the last block (ALIGN uses no head conv)
+// ---------------------------------------------------------------------------------------------
+
+/// EfficientNet as ALIGN's image tower. The head conv and classifier exist (the network keeps
+/// torchvision's and lukemelas' layout) but get no gradient, so they are not trained
+/// parameters; their batch-norm statistics stay in the buffers so every checkpoint written
+/// with them loads.
+pub struct EfficientNetTower(pub EfficientNet);
+
+const EFFICIENTNET_HEAD: [&str; 5] = ["_conv_head.weight", "_bn1.weight", "_bn1.bias", "_fc.weight", "_fc.bias"];
+
+impl Module for EfficientNetTower {
+    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        let mut all = vec![];
+        self.0.parameters(prefix, &mut all);
+        let head: Vec<String> = EFFICIENTNET_HEAD.iter().map(|n| nn::module::join(prefix, n)).collect();
+        out.extend(all.into_iter().filter(|(n, _)| !head.contains(n)));
+    }
+    fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
+        self.0.buffers(prefix, out);
+    }
+}
+
+impl ImageTower for EfficientNetTower {
+    fn features(&self, images: &Var, ctx: &mut Ctx) -> Result<Var> {
+        self.0.features(images, ctx)
+    }
+    fn feature_dim(&self) -> usize {
+        self.0.config.feature_dim()
+    }
+}
+
+fn efficientnet_tower(opts: &TowerOptions, rng: &mut Rng) -> Option<Result<Box<dyn ImageTower>>> {
+    let mut config = EfficientNetConfig::by_name(opts.arch)?;
+    config.num_classes = 1; // the classifier is not used by ALIGN
+    config.bn_momentum = opts.bn_momentum;
+    config.drop_connect = opts.drop_connect;
+    Some(Ok(Box::new(EfficientNetTower(EfficientNet::new(config, rng)))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// BERT: [CLS] state -> linear projection
+// ---------------------------------------------------------------------------------------------
+
+impl TextTower for BertTextTower {
+    fn embed(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
+        self.forward(tokens, ctx)
+    }
+}
+
+fn bert_tower(opts: &TowerOptions, rng: &mut Rng) -> Option<Result<Box<dyn TextTower>>> {
+    let mut config = BertConfig::by_name(opts.arch)?;
+    config.vocab_size = opts.vocab_size;
+    config.hidden_dropout = opts.dropout;
+    config.attention_dropout = opts.dropout;
+    config.max_position_embeddings = config.max_position_embeddings.max(opts.max_tokens);
+    Some(Ok(Box::new(BertTextTower::new(config, opts.embed_dim, rng))))
+}

@@ -1,0 +1,262 @@
+//! The trainer's tests: short real runs on the built-in corpus, a manifest and shards; exact
+//! resume; names and the temperature's start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn quiet() -> RunOptions {
+    RunOptions { quiet: true, ..Default::default() }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("align-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `n` rendered scenes (large enough for the size filter) and a TSV manifest of them
+/// into `dir/images` and `dir/pairs.tsv`; returns the manifest's lines.
+fn write_scene_manifest(dir: &Path, n: u64) -> Vec<Vec<u8>> {
+    let img_dir = dir.join("images");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let mut lines: Vec<Vec<u8>> = vec![];
+    for i in 0..n {
+        let mut scene = crate::data::Scene::generate(3, i);
+        scene.width = 240;
+        scene.height = 260;
+        scene.render().save(img_dir.join(format!("{i}.png"))).unwrap();
+        lines.push(format!("images/{i}.png\t{} number {i}", scene.clean_caption(i as usize)).into_bytes());
+    }
+    lines
+}
+
+fn small() -> TrainConfig {
+    TrainConfig {
+        image_arch: "tiny".into(),
+        resolution: 32,
+        text_arch: "tiny".into(),
+        max_tokens: 16,
+        batch_size: 8,
+        steps: 4,
+        warmup: 1,
+        train_pairs: 600,
+        held_out: 20,
+        vocab_size: 120,
+        checkpoint_every: 2,
+        ..TrainConfig::tiny()
+    }
+}
+
+#[test]
+fn a_short_run_logs_checkpoints_evaluates_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("align-train-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = small();
+    let s = train(&cfg, &dir, &quiet()).unwrap();
+    assert!(s.final_loss.is_finite());
+    assert!(s.held_out.i2t_r10 >= 0.0 && s.held_out.i2t_r10 <= 1.0);
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 4);
+    for f in ["checkpoint.safetensors", "vocab.txt", "filters.json", "summary.json"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    // resume to 6 steps: the log continues at step 5
+    let more = TrainConfig { steps: 6, ..cfg };
+    train(&more, &dir, &RunOptions { resume: true, ..quiet() }).unwrap();
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let steps: Vec<u64> =
+        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn a_manifest_with_bad_records_trains_and_counts_every_skip() {
+    let dir = std::env::temp_dir().join(format!("align-manifest-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let img_dir = dir.join("images");
+    let mut lines = write_scene_manifest(&dir, 24);
+    // a PNG whose header is intact but whose data is cut: passes the size read, fails decoding
+    let good = std::fs::read(img_dir.join("0.png")).unwrap();
+    std::fs::write(img_dir.join("cut.png"), &good[..good.len() / 3]).unwrap();
+    lines.push(b"images/cut.png\ta red circle cut short".to_vec());
+    std::fs::write(img_dir.join("bad.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    lines.push(b"images/bad.jpg\ta blue square that is corrupt".to_vec());
+    std::fs::write(img_dir.join("zero.png"), b"").unwrap();
+    lines.push(b"images/zero.png\ta green star with no bytes".to_vec());
+    lines.push(b"images/missing.png\ta yellow ring that is missing".to_vec());
+    lines.push(b"images/1.png\t".to_vec());
+    lines.push(b"images/2.png\tcaf\xe9 in latin-1, not utf-8".to_vec());
+    lines.push(b"no tab on this line".to_vec());
+    let manifest = dir.join("pairs.tsv");
+    std::fs::write(&manifest, lines.join(&b'\n')).unwrap();
+    let cfg = TrainConfig { data: manifest.display().to_string(), held_out: 2, ..small() };
+    let s = train(&cfg, &dir.join("run"), &quiet()).unwrap();
+    let k = &s.skipped;
+    assert_eq!(
+        (k.missing_image, k.empty_file, k.empty_caption, k.non_utf8_caption, k.malformed_line),
+        (1, 1, 1, 1, 1),
+        "{k:?}"
+    );
+    assert!(k.corrupt_image >= 1, "the unreadable JPEG is counted: {k:?}");
+    assert!(s.final_loss.is_finite());
+    assert_eq!(s.steps, cfg.steps);
+}
+
+#[test]
+fn webdataset_shards_including_a_truncated_one_train_and_report_skips() {
+    let dir = std::env::temp_dir().join(format!("align-shards-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let write_shard = |name: &str, range: std::ops::Range<u64>, extra: bool| -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add = |path: String, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            builder.append_data(&mut h, path, data).unwrap();
+        };
+        for i in range {
+            let mut scene = crate::data::Scene::generate(4, i);
+            scene.width = 230;
+            scene.height = 250;
+            let mut png = Vec::new();
+            scene.render().write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+            add(format!("{i:05}.png"), &png);
+            add(format!("{i:05}.txt"), format!("{} item {i}", scene.clean_caption(i as usize)).as_bytes());
+            add(format!("{i:05}.json"), b"{}");
+        }
+        if extra {
+            add("90000.txt".into(), b"a caption without an image");
+            add("90001.png".into(), b"\x89PNG not really");
+            add("90001.txt".into(), b"a corrupt png");
+            add("90002.txt".into(), b"\xff\xfe not utf-8");
+            let mut scene = crate::data::Scene::generate(4, 1);
+            scene.width = 230;
+            scene.height = 250;
+            let mut png = Vec::new();
+            scene.render().write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+            add("90002.png".into(), &png);
+        }
+        let bytes = builder.into_inner().unwrap();
+        std::fs::write(dir.join(name), &bytes).unwrap();
+        bytes
+    };
+    write_shard("shard-000.tar", 0..14, true);
+    let full = write_shard("shard-001.tar", 14..28, false);
+    // truncate the second shard in the middle of a member
+    std::fs::write(dir.join("shard-001.tar"), &full[..full.len() / 2 + 100]).unwrap();
+    let cfg = TrainConfig { data: dir.display().to_string(), held_out: 2, ..small() };
+    let s = train(&cfg, &dir.join("run"), &quiet()).unwrap();
+    let k = &s.skipped;
+    assert!(k.truncated_member >= 1, "{k:?}");
+    assert_eq!((k.empty_caption, k.corrupt_image, k.non_utf8_caption), (1, 1, 1), "{k:?}");
+    assert!(s.filters.input >= 14 + 5, "{:?}", s.filters);
+    assert!(s.final_loss.is_finite());
+}
+
+#[test]
+fn dual_encoder_names_and_temperature_start() {
+    let m = DualEncoder::new(&small(), 120, &mut Rng::new(0)).unwrap();
+    assert!((m.temperature() - 1.0).abs() < 1e-6, "sigma starts at 1.0");
+    let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"text_tower.bert.embeddings.word_embeddings.weight".to_string()));
+    assert!(names.contains(&"image_tower._blocks.0._bn1.weight".to_string()));
+    assert!(!names.iter().any(|n| n.contains("_conv_head") || n.contains("_fc.")));
+    assert!(names.contains(&"log_temperature".to_string()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact resume: N straight steps and N/2 + resume + N/2 give the same bits
+// ---------------------------------------------------------------------------------------------
+
+/// Every logged loss (as bits) and every tensor of the final checkpoint (model, optimiser
+/// moments and counters, data order) of a run.
+/// (step, loss bits) of every log line, and each checkpoint tensor's bits by name.
+type RunBits = (Vec<(u64, u32)>, BTreeMap<String, Vec<u32>>);
+
+fn run_bits(dir: &Path) -> RunBits {
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let losses = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap() as f32).to_bits())
+        })
+        .collect();
+    let st = tensor::io::safetensors::SafeTensors::open(dir.join("checkpoint.safetensors")).unwrap();
+    let mut tensors = BTreeMap::new();
+    for name in st.names() {
+        let bits = match st.tensor(name) {
+            Ok(t) => t.to_vec().iter().map(|x| x.to_bits()).collect(),
+            Err(_) => st.tensor_i64(name).unwrap().1.iter().map(|&x| x as u32 ^ (x >> 32) as u32).collect(),
+        };
+        tensors.insert(name.to_string(), bits);
+    }
+    (losses, tensors)
+}
+
+/// Runs `cfg` straight through, and again stopped halfway and resumed; asserts both end with
+/// the same losses and checkpoint, bit for bit.
+fn assert_resume_is_exact(cfg: &TrainConfig, name: &str) {
+    let straight = temp_dir(&format!("{name}-straight"));
+    let resumed = temp_dir(&format!("{name}-resumed"));
+    train(cfg, &straight, &quiet()).unwrap();
+    let half = cfg.steps / 2;
+    let first = train(cfg, &resumed, &RunOptions { stop_at: Some(half), ..quiet() }).unwrap();
+    assert!(first.interrupted && first.steps == half, "{first:?}");
+    let second = train(cfg, &resumed, &RunOptions { resume: true, ..quiet() }).unwrap();
+    assert_eq!(second.steps, cfg.steps);
+    let (loss_a, ckpt_a) = run_bits(&straight);
+    let (loss_b, ckpt_b) = run_bits(&resumed);
+    assert_eq!(loss_a.len() as u64, cfg.steps);
+    assert_eq!(loss_a, loss_b, "losses differ between the straight and the resumed run");
+    assert_eq!(ckpt_a.keys().collect::<Vec<_>>(), ckpt_b.keys().collect::<Vec<_>>());
+    for (name, bits) in &ckpt_a {
+        assert!(bits == &ckpt_b[name], "checkpoint tensor {name} differs after resume");
+    }
+    assert!(ckpt_a.contains_key("train.order") && ckpt_a.contains_key("optim.step"));
+}
+
+/// A config whose run crosses epoch boundaries (about 20 kept pairs, batches of 8) and whose
+/// forward passes draw random numbers (dropout, drop-connect): the resumed run must restore
+/// the epoch order, its cursor and the seeds, not only the step.
+fn epochs_and_dropout(cfg: TrainConfig) -> TrainConfig {
+    TrainConfig { steps: 8, checkpoint_every: 0, drop_connect: 0.2, text_dropout: 0.1, ..cfg }
+}
+
+#[test]
+fn resume_is_bitwise_exact_on_the_builtin_corpus() {
+    let cfg = epochs_and_dropout(TrainConfig { train_pairs: 40, ..small() });
+    let data = TrainingData::load(&cfg).unwrap();
+    assert!(
+        data.train.len() * 2 < cfg.steps as usize * cfg.batch_size,
+        "the run must cross epochs: {}",
+        data.train.len()
+    );
+    assert!(!data.train.len().is_multiple_of(cfg.batch_size), "an epoch must end inside a batch");
+    assert_resume_is_exact(&cfg, "resume-builtin");
+}
+
+#[test]
+fn resume_is_bitwise_exact_on_a_manifest() {
+    let dir = temp_dir("resume-manifest");
+    let lines = write_scene_manifest(&dir, 22);
+    let manifest = dir.join("pairs.tsv");
+    std::fs::write(&manifest, lines.join(&b'\n')).unwrap();
+    let cfg = epochs_and_dropout(TrainConfig { data: manifest.display().to_string(), held_out: 2, ..small() });
+    assert_resume_is_exact(&cfg, "resume-manifest");
+}
+
+#[test]
+fn a_checkpoint_of_other_data_is_refused_on_resume() {
+    let dir = temp_dir("resume-other-data");
+    let cfg = TrainConfig { train_pairs: 90, steps: 2, ..small() };
+    train(&cfg, &dir, &quiet()).unwrap();
+    let more = TrainConfig { train_pairs: 200, steps: 4, ..cfg };
+    let e = train(&more, &dir, &RunOptions { resume: true, ..quiet() }).expect_err("other data must be refused");
+    assert!(e.to_string().contains("resume with the data the run trained on"), "{e}");
+}
