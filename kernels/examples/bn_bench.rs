@@ -1,6 +1,6 @@
 //! Batch-norm (+ fused SiLU) kernel timings on EfficientNet-B0 activation shapes.
 //!
-//! `cargo run --release -p kernels --example bn_bench -- [--threads T]` prints one line per
+//! `cargo run --release -p kernels --example bn_bench -- [--threads T] [--no-activation]` prints one line per
 //! shape: milliseconds for the training statistics, the fused forward and the fused backward,
 //! and the memory bandwidth the backward reaches (it reads x and dy and writes dx, twice over).
 //! Compare with `python3 scripts/bench_reference.py bn` (PyTorch batch_norm + silu).
@@ -11,6 +11,8 @@ use kernels::timing::median_ms;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // --no-activation: batch norm alone, without the fused SiLU
+    let no_activation = args.iter().any(|a| a == "--no-activation");
     if let Some(i) = args.iter().position(|a| a == "--threads") {
         kernels::parallel::set_num_threads(args[i + 1].parse().expect("--threads N"));
     }
@@ -33,7 +35,7 @@ fn main() {
                 &rstd,
                 &gamma,
                 &beta,
-                if std::env::var("NOACT").is_ok() { None } else { Some(Activation::Silu) },
+                if no_activation { None } else { Some(Activation::Silu) },
                 &mut y,
                 c,
             )

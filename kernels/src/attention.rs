@@ -28,8 +28,9 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{sgemm_raw, GemmStrides, SendPtr};
+use crate::gemm::{sgemm_raw, GemmStrides};
 use crate::parallel;
+use crate::parallel::SharedPtr;
 use crate::rows;
 use crate::simd::Isa;
 
@@ -107,7 +108,7 @@ pub fn attention_forward(
     let h3 = 3 * shape.hidden();
     let hidden = shape.hidden();
     let isa = Isa::best().supported();
-    let (probs_ptr, out_ptr) = (SendPtr(probs.as_mut_ptr()), SendPtr(out.as_mut_ptr()));
+    let (probs_ptr, out_ptr) = (SharedPtr(probs.as_mut_ptr()), SharedPtr(out.as_mut_ptr()));
     // scratch: S (T, T), then P' (T, T) when dropout is on
     for_each_head(shape, 2 * t * t, |b, h, scratch| {
         let (probs_ptr, out_ptr) = (probs_ptr, out_ptr);
@@ -157,10 +158,10 @@ pub fn attention_backward(
     let AttentionShape { seq: t, heads, head_dim: dh, .. } = shape;
     let (hidden, h3) = (shape.hidden(), 3 * shape.hidden());
     let isa = Isa::best().supported();
-    let dqkv_ptr = SendPtr(d_qkv.as_mut_ptr());
+    let dqkv_ptr = SharedPtr(d_qkv.as_mut_ptr());
     // scratch: dP (T, T) and a second (T, T) for P' and then dS
     for_each_head(shape, 2 * t * t, |b, h, scratch| {
-        let d_qkv_base = dqkv_ptr; // the whole SendPtr, not its raw field
+        let d_qkv_base = dqkv_ptr; // the whole SharedPtr, not its raw field
         let (d_probs, second) = scratch.split_at_mut(t * t);
         let task = b * heads + h;
         let p = &probs[task * t * t..(task + 1) * t * t];

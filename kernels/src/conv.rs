@@ -479,7 +479,7 @@ mod tests {
 // =============================================================================================
 
 use crate::gemm::{pack_rows_transposed, sgemm, GemmStrides, PanelGemm, MAX_PANEL_WIDTH};
-use crate::parallel;
+use crate::parallel::{self, SharedPtr};
 use crate::simd::Isa;
 use crate::vec::Scalar;
 use rayon::prelude::*;
@@ -807,7 +807,7 @@ pub(crate) fn conv2d_forward_direct_with(isa: Isa, x: &[f32], w: &[f32], y: &mut
     // (kdim, C_out) weight in NR-wide panels per block of K, shared by all threads
     let packed_w = gemm.pack_b(kdim, g.c_out, w, g.c_out);
     let padded = gemm.padded_cols(g.c_out);
-    let yp = SyncSlice(y.as_mut_ptr());
+    let yp = SharedPtr(y.as_mut_ptr());
     let blocks = pixel_blocks(g);
     parallel::install(|| {
         blocks.par_iter().for_each_init(
@@ -824,7 +824,7 @@ pub(crate) fn conv2d_forward_direct_with(isa: Isa, x: &[f32], w: &[f32], y: &mut
                             // SAFETY: this block alone writes output pixels p0.. of image n;
                             // the tile lies inside y (asserted above).
                             unsafe {
-                                let c = yp.ptr().add((n * p + p0 + i0) * g.c_out + jr);
+                                let c = yp.get().add((n * p + p0 + i0) * g.c_out + jr);
                                 let beta = if pc == 0 { 0.0 } else { 1.0 };
                                 gemm.tile(
                                     kcb,
@@ -855,7 +855,7 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
     let (mr, nr, kc) = (gemm.mr, gemm.nr, gemm.kc);
     let packed_w = gemm.pack_b(kdim, g.c_out, w, g.c_out);
     let padded = gemm.padded_cols(g.c_out);
-    let yp = SyncSlice(y.as_mut_ptr());
+    let yp = SharedPtr(y.as_mut_ptr());
     let blocks = pixel_blocks_of(g, GATHER_BLOCK);
     let pointwise = g.is_pointwise();
     // Per block of K, the taps as runs from a window corner, for the tiles inside the image.
@@ -892,7 +892,7 @@ fn conv2d_forward_gather(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32], 
                             // the tile lies inside y (asserted by the caller); every row
                             // pointer has its run's floats (a pixel's channels or the zero row).
                             unsafe {
-                                let c = yp.ptr().add((n * p + p0 + i0) * g.c_out + jr);
+                                let c = yp.get().add((n * p + p0 + i0) * g.c_out + jr);
                                 let beta = if pc == 0 { 0.0 } else { 1.0 };
                                 let cols = nr.min(g.c_out - jr);
                                 if inside {
@@ -923,7 +923,7 @@ fn conv1x1_forward_k_pairs(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32]
     let pixels = g.batch * g.in_h * g.in_w;
     assert!(x.len() >= pixels * ci && y.len() >= pixels * co && w.len() >= ci * co);
     let b = crate::gemm::interleave_k_pairs(w, ci, co);
-    let yp = SyncSlice(y.as_mut_ptr());
+    let yp = SharedPtr(y.as_mut_ptr());
     // blocks of 8-pixel tiles, a few per thread
     let block = (pixels.div_ceil(8 * parallel::num_threads() * 8) * 8).clamp(64, 4096);
     parallel::install(|| {
@@ -935,24 +935,10 @@ fn conv1x1_forward_k_pairs(gemm: &PanelGemm, x: &[f32], w: &[f32], y: &mut [f32]
                 let a: [*const f32; 8] = std::array::from_fn(|r| x[(t0 + r.min(rows - 1)) * ci..].as_ptr());
                 // SAFETY: pixel rows have C_in floats each; the tile's output rows t0.. belong
                 // to this block alone and lie inside y (asserted above).
-                unsafe { gemm.k_pairs_tile(&a, ci, b.as_ptr(), yp.ptr().add(t0 * co), co, rows, co) };
+                unsafe { gemm.k_pairs_tile(&a, ci, b.as_ptr(), yp.get().add(t0 * co), co, rows, co) };
             }
         });
     });
-}
-
-/// A pointer that blocks writing disjoint regions may share (also the Winograd path's).
-#[derive(Clone, Copy)]
-pub(crate) struct SyncSlice(pub(crate) *mut f32);
-// SAFETY: only used to hand disjoint regions to worker threads.
-unsafe impl Sync for SyncSlice {}
-unsafe impl Send for SyncSlice {}
-
-impl SyncSlice {
-    /// Through a method, so closures capture the Sync wrapper, not its raw-pointer field.
-    pub(crate) fn ptr(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// dx from dy: per block, dcol = dy W^T, then col2im-add (images in parallel; pointwise: one GEMM).

@@ -25,7 +25,7 @@
 //! run one product per thread when there are at least as many products as threads.
 
 use crate::memory::HugeBuffer;
-use crate::parallel;
+use crate::parallel::{self, SharedPtr};
 use crate::simd::Isa;
 
 /// Row / column strides of the three operands, in elements.
@@ -161,6 +161,72 @@ pub fn sgemm_bias_with(
     }
 }
 
+/// Cache-block sizes of the blocked GEMM: `kc` elements of K per packed block, `mc` rows of A
+/// per packed block (rounded up to whole micro-panels), `nc` columns of B per packed panel
+/// (likewise). [`CacheBlocking::default_for`] gives the sizes every product uses; other sizes
+/// change only the speed, never the result beyond rounding (the sum over K is split at other
+/// places), which is what tuning runs and the tests of the loop edges rely on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheBlocking {
+    pub kc: usize,
+    pub mc: usize,
+    pub nc: usize,
+}
+
+impl CacheBlocking {
+    pub fn default_for(isa: Isa) -> CacheBlocking {
+        let bl = default_blocking(isa.supported());
+        CacheBlocking { kc: bl.kc, mc: bl.mc, nc: bl.nc }
+    }
+}
+
+/// [`sgemm_with`] with chosen cache-block sizes (see [`CacheBlocking`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_blocked(
+    isa: Isa,
+    threads: usize,
+    blocking: CacheBlocking,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+) {
+    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
+    assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
+    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let isa = isa.supported();
+    let mut bl = default_blocking(isa);
+    bl.kc = blocking.kc.max(1);
+    bl.mc = blocking.mc.max(1).next_multiple_of(bl.mr);
+    bl.nc = blocking.nc.max(1).next_multiple_of(bl.nr);
+    // SAFETY: bounds were checked above; the raw-pointer routines stay inside those extents.
+    unsafe {
+        sgemm_raw_blocked(
+            isa,
+            bl,
+            threads.max(1),
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            b.as_ptr(),
+            beta,
+            c.as_mut_ptr(),
+            s,
+            std::ptr::null(),
+        )
+    }
+}
+
 /// B packed once for many products against it: a layer's weight at inference, where the same
 /// W meets a new batch of inputs on every call. [`sgemm_packed_b`] skips the packing that
 /// [`sgemm`] redoes on every call (about 5% of a BERT-base forward, where every weight is
@@ -198,7 +264,7 @@ impl PackedB {
         if k > 0 && n > 0 {
             let s = GemmStrides { a_row: 0, a_col: 0, b_row, b_col, c_row: 0, c_col: 0 };
             // SAFETY: B's extent was checked above.
-            unsafe { pack_b_whole(isa, blocking(isa), k, n, b.as_ptr(), s, &mut data) };
+            unsafe { pack_b_whole(isa, default_blocking(isa), k, n, b.as_ptr(), s, &mut data) };
         }
         PackedB { isa, k, n, data }
     }
@@ -245,7 +311,7 @@ pub fn sgemm_packed_b(
         let isa = packed.isa;
         multiply_rows_packed_b(
             isa,
-            blocking(isa),
+            default_blocking(isa),
             threads.max(1),
             m,
             k,
@@ -289,7 +355,8 @@ pub fn sgemm_batched(
     let threads = parallel::num_threads();
     let isa = Isa::best();
     let flops_per_product = 2 * m * n * k;
-    let (ap, bp, cp) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
+    let (ap, bp, cp) =
+        (SharedPtr(a.as_ptr() as *mut f32), SharedPtr(b.as_ptr() as *mut f32), SharedPtr(c.as_mut_ptr()));
     if threads > 1 && batch >= threads && flops_per_product < (1 << 24) {
         parallel::install(|| {
             use rayon::prelude::*;
@@ -410,7 +477,8 @@ pub fn sgemm_offsets(
     let threads = parallel::num_threads();
     let isa = Isa::best();
     let batch = a_offsets.len();
-    let (ap, bp, cp) = (SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32), SendPtr(c.as_mut_ptr()));
+    let (ap, bp, cp) =
+        (SharedPtr(a.as_ptr() as *mut f32), SharedPtr(b.as_ptr() as *mut f32), SharedPtr(c.as_mut_ptr()));
     let run = |i: usize, t: usize| {
         let (ap, bp, cp) = (ap, bp, cp);
         // SAFETY: bounds checked above; callers guarantee disjoint C regions.
@@ -442,20 +510,6 @@ pub fn sgemm_offsets(
     }
 }
 
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: used only to hand disjoint regions of one buffer to worker threads.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that a closure captures the whole Send wrapper rather
-    /// than its raw-pointer field).
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Cache blocking and micro-tile of one instruction set.
 #[derive(Clone, Copy)]
 struct Blocking {
@@ -464,51 +518,15 @@ struct Blocking {
     kc: usize,
     mc: usize,
     nc: usize,
-    /// Loop order: classic Goto (B micro-panel resident in L1) or A-resident (see gemm_serial).
-    b_in_l1: bool,
-}
-
-/// The blocking for `isa`: the defaults, or the tuning hooks ALIGN_GEMM_KC / _MC / _NC /
-/// _ORDER from the environment. Read once per process rather than on every call: four
-/// environment lookups (a lock and a String each) are not free next to one of attention's
-/// 64 x 64 x 64 products, a few microseconds of arithmetic.
-fn blocking(isa: Isa) -> Blocking {
-    static TUNED: std::sync::OnceLock<[Blocking; 3]> = std::sync::OnceLock::new();
-    let table = TUNED.get_or_init(|| [Isa::Portable, Isa::Avx2, Isa::Avx512].map(blocking_from_env));
-    match isa {
-        Isa::Portable => table[0],
-        Isa::Avx2 => table[1],
-        Isa::Avx512 => table[2],
-    }
-}
-
-fn blocking_from_env(isa: Isa) -> Blocking {
-    let mut bl = default_blocking(isa);
-    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
-    if let Some(kc) = env("ALIGN_GEMM_KC") {
-        bl.kc = kc;
-    }
-    if let Some(mc) = env("ALIGN_GEMM_MC") {
-        bl.mc = mc.next_multiple_of(bl.mr);
-    }
-    if let Some(nc) = env("ALIGN_GEMM_NC") {
-        bl.nc = nc.next_multiple_of(bl.nr);
-    }
-    match std::env::var("ALIGN_GEMM_ORDER").as_deref() {
-        Ok("b_in_l1") => bl.b_in_l1 = true,
-        Ok("a_in_l1") => bl.b_in_l1 = false,
-        _ => {}
-    }
-    bl
 }
 
 fn default_blocking(isa: Isa) -> Blocking {
     match isa {
         // mc covers 2048 rows (172 micro-panels): B is then packed once for the 2048-row shapes
         // of the benchmark and of BERT batches; with 1536, twice (pack_b was 5% of 2048^3).
-        Isa::Avx512 => Blocking { mr: 12, nr: 32, kc: 384, mc: 2064, nc: 256, b_in_l1: false },
-        Isa::Avx2 => Blocking { mr: 6, nr: 16, kc: 384, mc: 1536, nc: 384, b_in_l1: false },
-        Isa::Portable => Blocking { mr: 4, nr: 8, kc: 256, mc: 512, nc: 256, b_in_l1: false },
+        Isa::Avx512 => Blocking { mr: 12, nr: 32, kc: 384, mc: 2064, nc: 256 },
+        Isa::Avx2 => Blocking { mr: 6, nr: 16, kc: 384, mc: 1536, nc: 384 },
+        Isa::Portable => Blocking { mr: 4, nr: 8, kc: 256, mc: 512, nc: 256 },
     }
 }
 
@@ -592,6 +610,27 @@ pub(crate) unsafe fn sgemm_raw_bias(
     s: GemmStrides,
     bias: *const f32,
 ) {
+    sgemm_raw_blocked(isa, default_blocking(isa), threads, m, k, n, alpha, a, b, beta, c, s, bias)
+}
+
+/// The GEMM driver with given blocking: the matrix-vector path, or the blocked loops on one
+/// thread or split across threads.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw_blocked(
+    isa: Isa,
+    bl: Blocking,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+    bias: *const f32,
+) {
     if k == 0 || alpha == 0.0 {
         scale_c(m, n, beta, c, s, bias);
         return;
@@ -600,7 +639,6 @@ pub(crate) unsafe fn sgemm_raw_bias(
         gemv_path(m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
-    let bl = blocking(isa);
     let work = 2 * m * n * k;
     // Below ~1 MFLOP threading costs more than it saves.
     let threads = if work < (1 << 20) { 1 } else { threads };
@@ -612,31 +650,23 @@ pub(crate) unsafe fn sgemm_raw_bias(
     // when it fits there. (With M = 2048, as in BERT-base's projections, it streamed from
     // L3 into the kernel at half speed.)
     let a_block_fits_l2 = m * bl.kc <= SHARED_A_MAX_FLOATS;
-    if !bl.b_in_l1 && m < n && a_block_fits_l2 && n >= 4 * threads * bl.nr && s.c_col == 1 {
+    if m < n && a_block_fits_l2 && n >= 4 * threads * bl.nr && s.c_col == 1 {
         gemm_parallel_cols(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
-        return;
-    }
-    if !bl.b_in_l1 && m >= 4 * threads * bl.mr && chunked_row_split() {
-        gemm_parallel_rows(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
         return;
     }
     // Otherwise C is split into `threads` blocks along its longer side, on micro-tile
     // boundaries, each computed by the serial blocked GEMM: one hand-off per thread and no
-    // joins, as OpenBLAS splits. Each block packs its own copy of B (rows split), which the
-    // row chunks of gemm_parallel_rows avoid; but their shared packing phase and one join
-    // per block of K cost more on this host. Measured in the seventh session on two threads,
-    // each product after a 0.3 s pause as in `bench_reference.py gemm --interleave`, median
-    // speedup over numpy's OpenBLAS in the same pairs: 1024^3 0.98 / 1.10 here against 0.82
-    // / 0.85 with row chunks, 2048 x 768 x 3072 1.21 / 1.15 against 1.19 / 1.08; back to
-    // back in one process 1-3% ahead, and BERT-mini training and BERT-base inference the same
-    // (1.001, 1.002). ALIGN_GEMM_SPLIT=chunks restores the row chunks.
+    // joins, as OpenBLAS splits. Each block packs its own copy of B (rows split); packing B
+    // once and handing out row chunks (as `sgemm_packed_b` does for a pre-packed B) costs a
+    // shared packing phase and one join per block of K, which measured slower on two threads
+    // (1024^3: 0.82 of OpenBLAS against 0.98 with one block per thread).
     // Few rows or few columns (the column split above did not apply) take this path as well.
     let split_n = n >= m;
     let (len, unit) = if split_n { (n, bl.nr) } else { (m, bl.mr) };
     let units = len.div_ceil(unit);
     let parts = threads.min(units);
-    let (ap, bp, cp) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(c));
-    let bias = SendPtr(bias as *mut f32);
+    let (ap, bp, cp) = (SharedPtr(a as *mut f32), SharedPtr(b as *mut f32), SharedPtr(c));
+    let bias = SharedPtr(bias as *mut f32);
     parallel::install(|| {
         use rayon::prelude::*;
         (0..parts).into_par_iter().for_each(|t| {
@@ -685,43 +715,6 @@ pub(crate) unsafe fn sgemm_raw_bias(
     });
 }
 
-/// Whether threaded products with many rows use [`gemm_parallel_rows`] (`ALIGN_GEMM_SPLIT=chunks`,
-/// read once) rather than one block of C per thread (the default; see sgemm_raw_bias).
-fn chunked_row_split() -> bool {
-    static CHUNKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHUNKS.get_or_init(|| std::env::var("ALIGN_GEMM_SPLIT").as_deref() == Ok("chunks"))
-}
-
-/// Several threads, enough rows (with `ALIGN_GEMM_SPLIT=chunks`): B is packed once, up front and in parallel, into the layout
-/// the micro-kernel reads (every block of K, every NR-wide panel); then row chunks of C are
-/// handed out to the threads as they come free. Each chunk packs its own rows of A and runs
-/// the A-resident loops of [`gemm_serial`] against the shared B. Nothing is packed twice
-/// (splitting C into one part per thread packed all of B in every part), and a core slowed
-/// by a neighbour takes fewer chunks instead of holding up a fixed share of the product.
-/// Every element of C is still computed by one thread in the serial order of K, so results
-/// are bitwise the same as with one thread.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parallel_rows(
-    isa: Isa,
-    bl: Blocking,
-    threads: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    s: GemmStrides,
-    bias: *const f32,
-) {
-    let mut packed_b = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    pack_b_whole(isa, bl, k, n, b, s, &mut packed_b);
-    multiply_rows_packed_b(isa, bl, threads, m, k, n, alpha, a, packed_b.as_ptr(), beta, c, s, bias);
-    return_shared(packed_b);
-}
-
 /// All of B (k x n, strides of `s`), packed for [`multiply_rows_packed_b`] into `out` (grown
 /// as needed): (K, padded N), block pc starting at pc * padded_n, its panel at column jr
 /// kcb * jr further on, holding [kcb][NR]. Packed in runs of up to 8 panels, so that B is read
@@ -735,14 +728,14 @@ unsafe fn pack_b_whole(
     s: GemmStrides,
     out: &mut HugeBuffer,
 ) {
-    let bp = SendPtr(b as *mut f32);
+    let bp = SharedPtr(b as *mut f32);
     pack_shared(k, bl.kc, n, bl.nr, 8, out, |pc, kcb, jr, cols, panel| {
         // SAFETY: the caller's B holds rows pc.. and columns jr.. (strides of `s`)
         unsafe { pack_b(isa, kcb, cols, bl.nr, bp.get().add(pc * s.b_row + jr * s.b_col), s.b_row, s.b_col, panel) }
     });
 }
 
-/// The threaded loops of [`gemm_parallel_rows`] against a B already packed by
+/// The threaded loops of [`sgemm_packed_b`] against a B already packed by
 /// [`pack_b_whole`] (at `packed_b`): row chunks of C handed out to the threads as they come
 /// free, each packing its own rows of A.
 #[allow(clippy::too_many_arguments)]
@@ -763,10 +756,10 @@ unsafe fn multiply_rows_packed_b(
 ) {
     let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
     let padded_n = n.div_ceil(nr) * nr;
-    let pb = SendPtr(packed_b as *mut f32);
+    let pb = SharedPtr(packed_b as *mut f32);
     // Row chunks: about four per thread, whole micro-panels, at most one cache block tall.
     let chunk = m.div_ceil(4 * threads).next_multiple_of(mr).min(bl.mc);
-    let (ap, cp, biasp) = (SendPtr(a as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
+    let (ap, cp, biasp) = (SharedPtr(a as *mut f32), SharedPtr(c), SharedPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
     parallel::install_with(threads, || {
         for_each_chunk_block(kc, m.div_ceil(chunk), k, |q, pc| {
@@ -805,7 +798,7 @@ unsafe fn multiply_rows_packed_b(
     });
 }
 
-/// The threaded loop of [`gemm_parallel_rows`] and [`gemm_parallel_cols`]: `body(q, pc)` for
+/// The threaded loop of [`multiply_rows_packed_b`] and [`gemm_parallel_cols`]: `body(q, pc)` for
 /// every chunk q < `chunks` and every block of K starting at pc. Loop 4 (blocks of K) runs
 /// outside the threads: every chunk works through block pc before any starts block pc + 1,
 /// so the block of the shared operand that a thread's chunks read stays in its L2 from one
@@ -859,7 +852,7 @@ fn pack_shared(
     let run = run * unit;
     let items: Vec<(usize, usize)> =
         (0..k).step_by(kc).flat_map(|pc| (0..len).step_by(run).map(move |start| (pc, start))).collect();
-    let base = SendPtr(packed.as_mut_ptr());
+    let base = SharedPtr(packed.as_mut_ptr());
     parallel::install(|| {
         items.par_iter().for_each(|&(pc, start)| {
             let kcb = kc.min(k - pc);
@@ -885,7 +878,7 @@ fn return_shared(buffer: HugeBuffer) {
 /// this Xeon's 1 MB L2.
 const SHARED_A_MAX_FLOATS: usize = 128 * 1024;
 
-/// Several threads, fewer rows than columns: the mirror image of [`gemm_parallel_rows`]. A,
+/// Several threads, fewer rows than columns: the mirror image of [`multiply_rows_packed_b`]. A,
 /// the smaller operand, is packed once and shared; column chunks of C (whole NR-wide panels)
 /// are handed out, each packing its own columns of B. With row chunks, every chunk read the
 /// whole (kc x N) block of packed B again, more than L2 holds when N = 1024: the weight
@@ -913,16 +906,16 @@ unsafe fn gemm_parallel_cols(
     // Packed A, (K, padded M): block pc starts at pc * padded_m; its micro-panel at row ir
     // starts kcb * ir further on and holds [kcb][MR]. Packed in runs of up to 16
     // micro-panels, so that a transposed A is still read in long runs (see pack_a).
-    let ap = SendPtr(a as *mut f32);
+    let ap = SharedPtr(a as *mut f32);
     let mut packed_a = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     pack_shared(k, kc, m, mr, 16, &mut packed_a, |pc, kcb, ir, rows, out| {
         // SAFETY: the caller's A holds rows ir.. and columns pc.. (strides of `s`)
         unsafe { pack_a(isa, rows, kcb, mr, ap.get().add(ir * s.a_row + pc * s.a_col), s.a_row, s.a_col, out) }
     });
-    let pa = SendPtr(packed_a.as_mut_ptr());
+    let pa = SharedPtr(packed_a.as_mut_ptr());
     // Column chunks: about four per thread, whole NR-wide panels, at most nc wide.
     let chunk = n.div_ceil(4 * threads).next_multiple_of(nr).min(bl.nc);
-    let (bp, cp, biasp) = (SendPtr(b as *mut f32), SendPtr(c), SendPtr(bias as *mut f32));
+    let (bp, cp, biasp) = (SharedPtr(b as *mut f32), SharedPtr(c), SharedPtr(bias as *mut f32));
     let tiles = TileKernels::new(isa, bl);
     parallel::install(|| {
         for_each_chunk_block(kc, n.div_ceil(chunk), k, |q, pc| {
@@ -954,8 +947,7 @@ unsafe fn gemm_parallel_cols(
 thread_local! {
     static PACK_A: std::cell::RefCell<HugeBuffer> = const { std::cell::RefCell::new(HugeBuffer::new()) };
     static PACK_B: std::cell::RefCell<HugeBuffer> = const { std::cell::RefCell::new(HugeBuffer::new()) };
-    /// All of B (or of A), packed once for the threads of [`gemm_parallel_rows`] (or
-    /// [`gemm_parallel_cols`]).
+    /// All of A, packed once for the threads of [`gemm_parallel_cols`].
     static SHARED_PACKED: std::cell::RefCell<HugeBuffer> = const { std::cell::RefCell::new(HugeBuffer::new()) };
 }
 
@@ -1141,57 +1133,6 @@ unsafe fn gemm_serial(
             pa.grow(a_need);
             pb.grow(b_need);
             let tiles = TileKernels { kernel, edge: edge_kernel, mr, nr };
-            let run_tile = |a_panel: *const f32,
-                            b_panel: *const f32,
-                            row: usize,
-                            col: usize,
-                            kc: usize,
-                            mr_eff: usize,
-                            nr_eff: usize,
-                            beta_block: f32,
-                            first_block: bool| {
-                let c_tile = c.add(row * s.c_row + col * s.c_col);
-                // the bias goes in once, with the first block of K
-                let bias_tile = if first_block && !bias.is_null() { bias.add(col) } else { std::ptr::null() };
-                tiles.run(kc, a_panel, b_panel, c_tile, s, alpha, beta_block, bias_tile, mr_eff, nr_eff);
-            };
-            if bl.b_in_l1 {
-                // Classic Goto order: the packed B panel lives in L3, the packed A block in L2,
-                // one NR-wide B micro-panel in L1 while MR-tall A micro-panels stream past it.
-                // Loop 5: column panels of B and C.
-                for jc in (0..n).step_by(bl.nc) {
-                    let nc = bl.nc.min(n - jc);
-                    // Loop 4: blocks of K; pack B[pc.., jc..] into NR-wide micro-panels.
-                    for pc in (0..k).step_by(bl.kc) {
-                        let kc = bl.kc.min(k - pc);
-                        let beta_block = if pc == 0 { beta } else { 1.0 };
-                        pack_b(isa, kc, nc, nr, b.add(pc * s.b_row + jc * s.b_col), s.b_row, s.b_col, &mut pb);
-                        // Loop 3: row blocks of A; pack A[ic.., pc..] into MR-tall micro-panels.
-                        for ic in (0..m).step_by(bl.mc) {
-                            let mc = bl.mc.min(m - ic);
-                            pack_a(isa, mc, kc, mr, a.add(ic * s.a_row + pc * s.a_col), s.a_row, s.a_col, &mut pa);
-                            // Loop 2: NR-wide micro-panels of B (one stays in L1 ...
-                            for jr in (0..nc).step_by(nr) {
-                                // Loop 1: ... while the MR-tall micro-panels of A stream from L2).
-                                for ir in (0..mc).step_by(mr) {
-                                    run_tile(
-                                        pa.as_ptr().add(ir * kc),
-                                        pb.as_ptr().add(jr * kc),
-                                        ic + ir,
-                                        jc + jr,
-                                        kc,
-                                        mr.min(mc - ir),
-                                        nr.min(nc - jr),
-                                        beta_block,
-                                        pc == 0,
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-                return;
-            }
             // A-resident order: the packed A block lives in L3, the packed B panel in L2, one
             // MR-tall A micro-panel in L1 while NR-wide B micro-panels stream past it (the
             // kernel prefetches them). Suits wide register tiles whose B panel would fill L1.

@@ -147,3 +147,21 @@ mod tests {
         }
     }
 }
+
+/// A raw pointer into one output buffer that parallel workers share, each writing its own
+/// disjoint region (rows of a matrix, images of a batch, tiles of a GEMM). Rust's borrow
+/// checker cannot see that the regions are disjoint; the kernel that creates a `SharedPtr`
+/// is responsible for it, and says how at the place it splits the work.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedPtr(pub(crate) *mut f32);
+// SAFETY: only ever handed to workers that read shared inputs or write disjoint regions.
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// The pointer (a method, so that a closure captures the whole `Send` wrapper rather
+    /// than its raw-pointer field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

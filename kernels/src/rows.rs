@@ -243,8 +243,8 @@ pub fn layer_norm_forward_with(
         }
     };
     // Statistics and normalisation in one sweep per row block (the row stays in L1).
-    let mean_ptr = SyncPtr(mean.as_mut_ptr());
-    let rstd_ptr = SyncPtr(rstd.as_mut_ptr());
+    let mean_ptr = crate::parallel::SharedPtr(mean.as_mut_ptr());
+    let rstd_ptr = crate::parallel::SharedPtr(rstd.as_mut_ptr());
     for_row_blocks(y, cols, |first, out| {
         let (mean_ptr, rstd_ptr) = (&mean_ptr, &rstd_ptr);
         for (r, yr) in out.chunks_exact_mut(cols).enumerate() {
@@ -253,8 +253,8 @@ pub fn layer_norm_forward_with(
             let (m, s) = stats(xr);
             // SAFETY: each row index is written by exactly one block.
             unsafe {
-                *mean_ptr.0.add(row) = m;
-                *rstd_ptr.0.add(row) = s;
+                *mean_ptr.get().add(row) = m;
+                *rstd_ptr.get().add(row) = s;
             }
             match isa {
                 #[cfg(target_arch = "x86_64")]
@@ -270,12 +270,6 @@ pub fn layer_norm_forward_with(
         }
     });
 }
-
-/// A raw pointer that row blocks share; each block writes only its own rows.
-struct SyncPtr(*mut f32);
-// SAFETY: used only for disjoint per-row writes from the row-block workers.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
 
 /// Layer-norm backward; writes dx and accumulates (+=) dgamma, dbeta.
 #[allow(clippy::too_many_arguments)]

@@ -45,15 +45,15 @@
 //!
 //! Used by `conv::conv2d_forward` for 3x3 stride-1 convolutions with enough channels on
 //! AVX-512 (and so by the stride-1 input gradient, itself such a convolution);
-//! `ALIGN_WINOGRAD=0` turns it off.
+//! `conv::conv2d_forward_direct` is the same convolution without it.
 
-use crate::conv::{ConvGeometry, SyncSlice};
+use crate::conv::ConvGeometry;
 use crate::gemm::PanelGemm;
 use crate::parallel;
+use crate::parallel::SharedPtr;
 use crate::simd::Isa;
 use crate::vec::{F32Vec, Scalar};
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 /// Outputs per tile side.
 const OUT: usize = 4;
@@ -66,13 +66,7 @@ const POSITIONS: usize = SIDE * SIDE;
 /// channels enough that 36 GEMMs of K = C_in outweigh the transforms (at C_in = 3, an image
 /// stem, the transforms would cost more than the multiplications saved).
 pub(crate) fn applies(g: &ConvGeometry, gemm: &PanelGemm) -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    let enabled = *ENABLED.get_or_init(|| std::env::var("ALIGN_WINOGRAD").map(|v| v != "0").unwrap_or(true));
-    enabled
-        && gemm.can_gather()
-        && (g.k_h, g.k_w, g.stride_h, g.stride_w) == (3, 3, 1, 1)
-        && g.c_in >= 16
-        && g.c_out >= 16
+    gemm.can_gather() && (g.k_h, g.k_w, g.stride_h, g.stride_w) == (3, 3, 1, 1) && g.c_in >= 16 && g.c_out >= 16
 }
 
 /// G applied to the three taps along one axis (scalar: the weight transform runs once).
@@ -449,7 +443,7 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
         (0..g.batch).flat_map(|n| (0..tiles).step_by(BLOCK_TILES).map(move |t0| (n, t0))).collect();
     let img_in = g.in_h * g.in_w * ci;
     let img_out = g.out_h * g.out_w * co;
-    let yp = SyncSlice(y.as_mut_ptr());
+    let yp = SharedPtr(y.as_mut_ptr());
     parallel::install(|| {
         work.par_iter().for_each_init(
             // one 12-tile group's V and M, and a zero row for the padding
@@ -462,7 +456,7 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
                     zeros,
                     // SAFETY: image n's output, inside y (asserted above); this block's tiles
                     // write only their own pixels of it
-                    y_img: unsafe { yp.ptr().add(n * img_out) },
+                    y_img: unsafe { yp.get().add(n * img_out) },
                 };
                 let end = tiles.min(t0 + BLOCK_TILES);
                 // Group by group, so V and M stay in L1 / L2 from one pass to the next.

@@ -2,7 +2,9 @@
 //! alpha / beta, every instruction set the machine has and 1 or 2 threads; and bitwise equality
 //! between thread counts.
 
-use kernels::gemm::{gemm_reference, sgemm_batched, sgemm_bias_with, sgemm_with, GemmStrides};
+use kernels::gemm::{
+    gemm_reference, sgemm_batched, sgemm_bias_with, sgemm_blocked, sgemm_with, CacheBlocking, GemmStrides,
+};
 use kernels::Isa;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -196,6 +198,46 @@ fn prepacked_b_gives_the_same_bits_as_sgemm() {
                         want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
                         "({m}, {k}, {n}) tb {tb} threads {threads} bias {with_bias}"
                     );
+                }
+            }
+        }
+    }
+}
+
+/// Small and odd cache blocks put every loop's edge inside the test sizes: K split into many
+/// blocks (the beta of later blocks is 1), row blocks of one micro-panel, column panels of one
+/// micro-tile, on one thread and on two (where the split and the shared packing meet them).
+#[test]
+fn every_blocking_gives_the_reference_result() {
+    for isa in Isa::available() {
+        let default = CacheBlocking::default_for(isa);
+        for blocking in [
+            CacheBlocking { kc: 1, mc: 1, nc: 1 },
+            CacheBlocking { kc: 7, mc: 13, nc: 17 },
+            CacheBlocking { kc: 64, mc: 50, nc: 40 },
+            default,
+        ] {
+            // the last two are large enough (over 2^20 flops) to be split across two threads
+            for (m, k, n) in [(33, 65, 47), (130, 17, 70), (7, 300, 129), (257, 33, 9), (200, 150, 70), (40, 120, 300)]
+            {
+                for &(ta, tb) in &[(false, false), (true, true), (false, true)] {
+                    for threads in [1, 2] {
+                        let s = strides(m, k, n, ta, tb, false);
+                        let a = data(m * k, (m + k) as u64);
+                        let b = data(k * n, (k + 3 * n) as u64);
+                        let c0 = data((n + 2) * m, 5);
+                        let mut want = c0.clone();
+                        gemm_reference(m, k, n, 0.5, &a, &b, 0.25, &mut want, s);
+                        let mut got = c0.clone();
+                        sgemm_blocked(isa, threads, blocking, m, k, n, 0.5, &a, &b, 0.25, &mut got, s);
+                        let tol = 1e-5 * (k as f32).sqrt();
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= tol * (1.0 + w.abs()),
+                                "{isa:?} {blocking:?} t{threads} m{m} k{k} n{n}: C[{i}] = {g}, want {w}"
+                            );
+                        }
+                    }
                 }
             }
         }
