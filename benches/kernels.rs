@@ -14,6 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use kernels::conv::{self, ConvGeometry, Padding};
 use kernels::gemm::{sgemm_batched, sgemm_with, GemmStrides};
+use kernels::pooling;
 use kernels::rows::{self, Activation};
 use kernels::Isa;
 
@@ -250,10 +251,10 @@ fn convolutions(c: &mut Criterion) {
             group.throughput(Throughput::Bytes((6 * g.output_len() * 4) as u64));
             group.bench_function(BenchmarkId::new("se_pool_scale", &case.name), |b| {
                 b.iter(|| {
-                    conv::global_avg_pool_forward(&y, &mut pooled, n, pixels, ch);
-                    conv::channel_scale_forward(&y, &scale, &mut dx[..g.output_len()], n, pixels, ch);
-                    conv::channel_scale_backward(&y, &scale, &dy, &mut dpix, &mut dscale, n, pixels, ch);
-                    conv::global_avg_pool_backward(&dscale, &mut dpix, n, pixels, ch);
+                    pooling::global_avg_pool_forward(&y, &mut pooled, n, pixels, ch);
+                    pooling::channel_scale_forward(&y, &scale, &mut dx[..g.output_len()], n, pixels, ch);
+                    pooling::channel_scale_backward(&y, &scale, &dy, &mut dpix, &mut dscale, n, pixels, ch);
+                    pooling::global_avg_pool_backward(&dscale, &mut dpix, n, pixels, ch);
                 })
             });
         } else {

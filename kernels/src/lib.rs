@@ -21,6 +21,7 @@ pub mod memory;
 pub mod norm;
 pub mod optim;
 pub mod parallel;
+pub mod pooling;
 pub mod reduce;
 pub mod rows;
 pub mod simd;
@@ -28,7 +29,6 @@ pub mod softmax;
 pub mod timing;
 pub mod vec;
 pub mod vmath;
-pub mod winograd;
 
 pub use conv::{ConvGeometry, Padding};
 pub use gemm::{gemm_reference, sgemm, sgemm_batched, sgemm_bias, sgemm_bias_with, sgemm_with, GemmStrides};

@@ -4,6 +4,7 @@
 //! `kernels::conv` for the geometry and padding rules (TF "SAME", "VALID", explicit).
 
 use kernels::conv::{self as k, ConvGeometry, Padding};
+use kernels::pooling;
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
@@ -104,12 +105,12 @@ pub fn global_avg_pool(x: &Var) -> Result<Var> {
     let s = xv.shape().to_vec();
     let (n, pixels, c) = (s[0], s[1] * s[2], s[3]);
     let mut y = vec![0.0f32; n * c];
-    k::global_avg_pool_forward(slice_of(&xv), &mut y, n, pixels, c);
+    pooling::global_avg_pool_forward(slice_of(&xv), &mut y, n, pixels, c);
     let out = Tensor::from_vec(y, &[n, c])?;
     Ok(Var::from_fn(out, &[x], "global_avg_pool", move |dy, _| {
         let dy = dy.contiguous();
         let mut dx = vec![0.0f32; n * pixels * c];
-        k::global_avg_pool_backward(slice_of(&dy), &mut dx, n, pixels, c);
+        pooling::global_avg_pool_backward(slice_of(&dy), &mut dx, n, pixels, c);
         Ok(vec![Some(Tensor::from_vec(dx, &s)?)])
     }))
 }
@@ -126,12 +127,12 @@ pub fn channel_scale(x: &Var, s: &Var) -> Result<Var> {
     let (n, pixels, c) = (xs[0], xs[1] * xs[2], xs[3]);
     let (xv, sv) = (x.value().contiguous(), s.value().contiguous());
     let mut y = vec![0.0f32; xv.numel()];
-    k::channel_scale_forward(slice_of(&xv), slice_of(&sv), &mut y, n, pixels, c);
+    pooling::channel_scale_forward(slice_of(&xv), slice_of(&sv), &mut y, n, pixels, c);
     let out = Tensor::from_vec(y, xv.shape())?;
     Ok(Var::from_fn(out, &[x, s], "channel_scale", move |g, needs| {
         let g = g.contiguous();
         let (mut dx, mut ds) = (vec![0.0f32; xv.numel()], vec![0.0f32; n * c]);
-        k::channel_scale_backward(slice_of(&xv), slice_of(&sv), slice_of(&g), &mut dx, &mut ds, n, pixels, c);
+        pooling::channel_scale_backward(slice_of(&xv), slice_of(&sv), slice_of(&g), &mut dx, &mut ds, n, pixels, c);
         Ok(vec![
             maybe(needs[0], || Tensor::from_vec(dx, xv.shape()))?,
             maybe(needs[1], || Tensor::from_vec(ds, &[n, c]))?,

@@ -47,7 +47,7 @@
 //! AVX-512 (and so by the stride-1 input gradient, itself such a convolution);
 //! `conv::conv2d_forward_direct` is the same convolution without it.
 
-use crate::conv::ConvGeometry;
+use super::ConvGeometry;
 use crate::gemm::PanelGemm;
 use crate::parallel;
 use crate::parallel::SharedPtr;
