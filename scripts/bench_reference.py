@@ -13,7 +13,7 @@ With `--threads 1` the interleaved comparisons pin both sides to one CPU (`--cpu
 the last): the host's two vCPUs run up to 1.5x apart. Whole programs (conv, rows) are
 alternated in rounds with scripts/alternate_runs.py.
 
-Run it in the same session as the Rust side (`cargo run --release -p kernels --example
+Run it in the same sitting as the Rust side (`cargo run --release -p kernels --example
 gemm_bench -- --threads 1`, `cargo bench --bench kernels`): the machines are shared and noisy,
 so only ratios measured together mean anything. Thread counts are set through the environment
 before numpy / torch load.
@@ -243,7 +243,7 @@ def dual(threads, runs):
     (weight decay 1e-5; written out below, torch has none), no dropout or drop-connect (the tiny
     recipe). Batch 64, TOKENS tokens per caption (default 24, about what our padded-to-longest
     batches of built-in captions hold). Compare with the pairs/s that `align train --steps 40`
-    logs (log.jsonl), run in the same session."""
+    logs (log.jsonl), run in the same sitting."""
     import torch
     import torch.nn.functional as F
     from efficientnet_lite_pytorch import EfficientNet

@@ -176,7 +176,7 @@ def nn_optim():
 
     Model: fc1 Linear(6, 8) -> ln LayerNorm(8) -> GELU -> fc2 Linear(8, 3, bias=False), mean
     cross-entropy. Groups: rank >= 2 parameters decay; biases and LayerNorm parameters do not
-    (and skip LAMB's trust ratio). LAMB is written out in plain torch code per SPEC.md.
+    (and skip LAMB's trust ratio). LAMB is written out in plain torch code per docs/paper.md.
     """
     import numpy as np
     import torch
@@ -225,7 +225,7 @@ def nn_optim():
     run("adamw", lambda P: torch.optim.AdamW(groups(P, 0.01, 0.1), lr=0.01, betas=(0.9, 0.999), eps=1e-8, foreach=False))
 
     class Lamb:
-        """LAMB exactly as SPEC.md; no_decay group: wd 0 and trust ratio 1."""
+        """LAMB exactly as docs/paper.md; no_decay group: wd 0 and trust ratio 1."""
 
         def __init__(self, P, lr, wd, b1=0.9, b2=0.999, eps=1e-6):
             self.P, self.lr, self.wd, self.b1, self.b2, self.eps = P, lr, wd, b1, b2, eps

@@ -5,7 +5,7 @@
 
 Pairs per second between two logged steps (default 10 and the last), so start-up (data
 generation, the first steps' allocations) does not count. Compare with
-`python3 scripts/bench_reference.py dual --threads 2`, run interleaved in the same session.
+`python3 scripts/bench_reference.py dual --threads 2`, run interleaved in the same sitting.
 """
 import json
 import sys

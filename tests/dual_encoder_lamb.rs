@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use align::bert::{Bert, BertConfig, TextTower, TokenBatch};
 use align::efficientnet::{EfficientNet, EfficientNetConfig, StageArgs};
 use align::model::DualEncoder;
-use align::towers::EfficientNetTower;
 use autograd::ops::contrastive::contrastive_loss;
 use autograd::Var;
 use nn::layers::Linear;
@@ -28,6 +27,7 @@ fn three_lamb_steps_of_a_micro_dual_encoder_match_pytorch() {
         StageArgs { repeats: 1, kernel: 5, stride: 2, expand: 6, in_ch: 16, out_ch: 24 },
     ];
     icfg.drop_connect = 0.0;
+    icfg.num_classes = 0; // pooled features only, as ALIGN's image tower
     let tcfg = BertConfig {
         vocab_size: 50,
         hidden_size: 16,
@@ -41,7 +41,7 @@ fn three_lamb_steps_of_a_micro_dual_encoder_match_pytorch() {
     };
     let mut rng = Rng::new(0);
     let model = DualEncoder {
-        image: Box::new(EfficientNetTower(EfficientNet::new(icfg, &mut rng))),
+        image: Box::new(EfficientNet::new(icfg, &mut rng)),
         text: Box::new(TextTower { bert: Bert::new(tcfg, &mut rng), projection: Linear::new(16, 24, true, &mut rng) }),
         log_temperature: Var::parameter(Tensor::scalar(0.0)),
     };

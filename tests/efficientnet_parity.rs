@@ -54,7 +54,9 @@ fn torchvision_weights_load_by_name_and_reproduce_its_logits() {
     let x = Var::constant(fx.tensor("input_nhwc").unwrap());
     let (logits, pooled) = autograd::no_grad(|| -> tensor::Result<_> {
         let ctx = &mut Ctx::eval();
-        let head = model.bn_head.forward_with(&model.head.forward(&model.forward_blocks(&x, ctx)?)?, ctx, model.act)?;
+        let classifier = model.head.as_ref().expect("built with classes");
+        let head =
+            classifier.bn.forward_with(&classifier.conv.forward(&model.forward_blocks(&x, ctx)?)?, ctx, model.act)?;
         Ok((model.logits(&x, ctx)?.value(), autograd::ops::conv::global_avg_pool(&head)?.value()))
     })
     .unwrap();

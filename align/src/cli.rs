@@ -181,7 +181,7 @@ pub struct TrainArgs {
     /// Warm-up steps.
     #[arg(long)]
     pub warmup: Option<u64>,
-    /// Image tower: b0..b7, l2, lite0..lite4, tiny.
+    /// Image tower: b0..b7, l2, lite0..lite4, tiny (EfficientNet), vit-tiny, vit-micro (ViT).
     #[arg(long)]
     pub image_tower: Option<String>,
     /// Image resolution (square crops).

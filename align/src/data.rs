@@ -1,5 +1,5 @@
 //! Training data: the built-in synthetic image / alt-text corpus, ALIGN's frequency filters
-//! (SPEC.md "Data filtering"), and the image pipeline (resize, random crop, flip).
+//! (docs/paper.md "Data filtering"), and the image pipeline (resize, random crop, flip).
 //!
 //! The built-in corpus is generated deterministically from (seed, index): scenes of one or two
 //! objects (8 shapes x 8 colours, several sizes and positions) on textured backgrounds, rendered

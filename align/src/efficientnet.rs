@@ -1,6 +1,6 @@
 //! EfficientNet (Tan & Le 2019), the ALIGN image tower, and its Lite variants.
 //!
-//! Follows the TF reference (tensorflow/tpu) as SPEC.md summarises it: compound scaling of
+//! Follows the TF reference (tensorflow/tpu) as docs/paper.md summarises it: compound scaling of
 //! width, depth and resolution; MBConv blocks (1x1 expand -> BN -> act -> depthwise k x k ->
 //! BN -> act -> squeeze-excite -> 1x1 project -> BN, residual with drop-connect when stride 1
 //! and in == out); TF "SAME" padding; batch norm with TF momentum 0.99 (PyTorch 0.01) and eps
@@ -59,7 +59,7 @@ pub struct StageArgs {
     pub out_ch: usize,
 }
 
-/// The B0 block table of SPEC.md.
+/// The B0 block table of docs/paper.md.
 pub const B0_STAGES: [StageArgs; 7] = [
     StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 1, in_ch: 32, out_ch: 16 },
     StageArgs { repeats: 2, kernel: 3, stride: 2, expand: 6, in_ch: 16, out_ch: 24 },
@@ -154,7 +154,7 @@ impl EfficientNetConfig {
         })
     }
 
-    /// SPEC.md's channel rounding: max(8, floor((c w + 4) / 8) * 8), plus 8 if that lost >10%.
+    /// docs/paper.md's channel rounding: max(8, floor((c w + 4) / 8) * 8), plus 8 if that lost >10%.
     pub fn round_channels(&self, c: usize) -> usize {
         let scaled = c as f64 * self.width;
         let mut r = (((scaled + 4.0) / 8.0).floor() as usize * 8).max(8);
@@ -264,11 +264,18 @@ pub struct EfficientNet {
     pub stem: Conv2d,
     pub bn_stem: BatchNorm2d,
     pub blocks: Vec<MBConv>,
-    pub head: Conv2d,
-    pub bn_head: BatchNorm2d,
+    /// The ImageNet head; absent when the configuration asks for 0 classes (ALIGN's image
+    /// tower uses the pooled last block only).
+    pub head: Option<ClassifierHead>,
+    pub act: Activation,
+}
+
+/// 1x1 head conv -> BN -> activation -> pool -> dropout -> linear classifier.
+pub struct ClassifierHead {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
     pub dropout: Dropout,
     pub classifier: Linear,
-    pub act: Activation,
 }
 
 const BN_MOMENTUM: f32 = 0.01; // = TF's decay 0.99
@@ -306,17 +313,14 @@ impl EfficientNet {
             .collect();
         let feat = config.feature_dim();
         let head_c = config.head_channels();
-        EfficientNet {
-            stem: Conv2d::new(3, stem_c, 3, 2, pad(3), false, rng),
-            bn_stem: BatchNorm2d::new(stem_c, momentum, eps),
-            blocks,
-            head: Conv2d::new(feat, head_c, 1, 1, pad(1), false, rng),
-            bn_head: BatchNorm2d::new(head_c, momentum, eps),
+        let stem = Conv2d::new(3, stem_c, 3, 2, pad(3), false, rng);
+        let head = (config.num_classes > 0).then(|| ClassifierHead {
+            conv: Conv2d::new(feat, head_c, 1, 1, pad(1), false, rng),
+            bn: BatchNorm2d::new(head_c, momentum, eps),
             dropout: Dropout { p: config.dropout },
             classifier: Linear::new(head_c, config.num_classes, true, rng),
-            act,
-            config,
-        }
+        });
+        EfficientNet { stem, bn_stem: BatchNorm2d::new(stem_c, momentum, eps), blocks, head, act, config }
     }
 
     /// Output of the last block: (N, H/32, W/32, C_last), from NHWC images (N, H, W, 3).
@@ -342,10 +346,14 @@ impl EfficientNet {
 
     /// ImageNet logits: head conv -> BN -> act -> pool -> dropout -> classifier. (N, classes)
     pub fn logits(&self, images: &Var, ctx: &mut Ctx) -> Result<Var> {
+        let head = self.head.as_ref().ok_or_else(|| TensorError::Shape {
+            op: "efficientnet",
+            msg: "built without a classifier head (num_classes 0): use features()".into(),
+        })?;
         let x = self.forward_blocks(images, ctx)?;
-        let x = self.bn_head.forward_with(&self.head.forward(&x)?, ctx, self.act)?;
-        let pooled = self.dropout.forward(&cv::global_avg_pool(&x)?, ctx)?;
-        self.classifier.forward(&pooled)
+        let x = head.bn.forward_with(&head.conv.forward(&x)?, ctx, self.act)?;
+        let pooled = head.dropout.forward(&cv::global_avg_pool(&x)?, ctx)?;
+        head.classifier.forward(&pooled)
     }
 
     /// Loads a PyTorch state dict in lukemelas' naming or torchvision's (as `tensor::io::torch`
@@ -405,16 +413,20 @@ impl Module for EfficientNet {
         for (i, b) in self.blocks.iter().enumerate() {
             b.parameters(&join(prefix, &format!("_blocks.{i}")), out);
         }
-        self.head.parameters(&join(prefix, "_conv_head"), out);
-        self.bn_head.parameters(&join(prefix, "_bn1"), out);
-        self.classifier.parameters(&join(prefix, "_fc"), out);
+        if let Some(head) = &self.head {
+            head.conv.parameters(&join(prefix, "_conv_head"), out);
+            head.bn.parameters(&join(prefix, "_bn1"), out);
+            head.classifier.parameters(&join(prefix, "_fc"), out);
+        }
     }
     fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
         self.bn_stem.buffers(&join(prefix, "_bn0"), out);
         for (i, b) in self.blocks.iter().enumerate() {
             b.buffers(&join(prefix, &format!("_blocks.{i}")), out);
         }
-        self.bn_head.buffers(&join(prefix, "_bn1"), out);
+        if let Some(head) = &self.head {
+            head.bn.buffers(&join(prefix, "_bn1"), out);
+        }
     }
 }
 

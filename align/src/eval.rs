@@ -1,4 +1,4 @@
-//! What people do with trained embeddings, measured the way the paper measures it (SPEC.md,
+//! What people do with trained embeddings, measured the way the paper measures it (docs/paper.md,
 //! "Evaluation protocols"): grouped image<->text retrieval, zero-shot classification with prompt
 //! ensembling, KNN on image embeddings, an embedding index with text / image / image+text
 //! search (the paper's Figure 5), and the colour-swap query benchmark on the built-in corpus.

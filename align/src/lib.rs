@@ -18,3 +18,4 @@ pub mod report;
 pub mod retrieval;
 pub mod towers;
 pub mod train;
+pub mod vit;

@@ -107,7 +107,7 @@ enum Command {
         #[command(subcommand)]
         what: DataCommand,
     },
-    /// Tour of the tensor engine and checkpoint I/O (the default until the trainer lands).
+    /// Tour of the tensor engine and checkpoint I/O.
     Demo {
         /// Directory for the demo checkpoint.
         #[arg(long, default_value = "runs/demo")]

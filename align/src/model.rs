@@ -86,3 +86,37 @@ pub fn token_batch(tok: &WordPiece, texts: &[&str], max_tokens: usize) -> tensor
     );
     TokenBatch::from_encodings(&encs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bert::{Bert, BertConfig, TextTower as Bert2Embedding};
+    use crate::efficientnet::{EfficientNet, EfficientNetConfig};
+    use nn::module::check_state_lists;
+
+    fn config(image: &str, text: &str) -> TrainConfig {
+        TrainConfig { image_arch: image.into(), text_arch: text.into(), resolution: 32, ..TrainConfig::tiny() }
+    }
+
+    #[test]
+    fn every_model_lists_saves_and_loads_all_it_owns() {
+        for (image, text) in [("tiny", "tiny"), ("b0", "mini"), ("lite0", "tiny"), ("vit-micro", "tiny")] {
+            check_state_lists(|| DualEncoder::new(&config(image, text), 60, &mut Rng::new(1)).unwrap())
+                .unwrap_or_else(|e| panic!("{image} + {text}: {e}"));
+        }
+        // the networks on their own, with their classification parts
+        for name in ["b0", "lite0"] {
+            let cfg = EfficientNetConfig::by_name(name).unwrap();
+            check_state_lists(|| EfficientNet::new(cfg.clone(), &mut Rng::new(2)))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        check_state_lists(|| Bert::new(BertConfig::tiny(), &mut Rng::new(3))).unwrap();
+        check_state_lists(|| Bert2Embedding::new(BertConfig::tiny(), 24, &mut Rng::new(4))).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_tower_names_the_known_ones() {
+        let e = DualEncoder::new(&config("b9", "tiny"), 60, &mut Rng::new(0)).err().unwrap().to_string();
+        assert!(e.contains("unknown 'b9'") && e.contains("vit-tiny"), "{e}");
+    }
+}

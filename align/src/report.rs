@@ -96,7 +96,7 @@ pub fn write_report(run: &Path, out: &Path) -> Result<()> {
         std::fs::read_to_string(run.join(name)).ok().and_then(|s| serde_json::from_str(&s).ok())
     };
     if let Some(f) = read_json("filters.json") {
-        body.push_str("<h2>Data filters (SPEC.md) and skipped records</h2><div class=\"grid\">");
+        body.push_str("<h2>Data filters and skipped records</h2><div class=\"grid\">");
         body.push_str(&table(&json_rows(&f["filters"])));
         body.push_str(&table(&json_rows(&f["skipped"])));
         body.push_str("</div>");

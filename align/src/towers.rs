@@ -7,7 +7,7 @@
 //! implements one of them plus one line in [`IMAGE_TOWERS`] or [`TEXT_TOWERS`].
 
 use autograd::Var;
-use nn::{Buffer, Ctx, Module};
+use nn::{Ctx, Module};
 use tensor::{Result, Rng};
 
 use crate::bert::{BertConfig, TextTower as BertTextTower, TokenBatch};
@@ -49,7 +49,7 @@ pub type TextTowerBuilder = fn(&TowerOptions, &mut Rng) -> Option<Result<Box<dyn
 
 /// Every image tower `--image-tower` accepts, tried in order.
 pub const IMAGE_TOWERS: &[(&str, ImageTowerBuilder)] =
-    &[("efficientnet b0..b7, l2, lite0..lite4, tiny", efficientnet_tower)];
+    &[("efficientnet b0..b7, l2, lite0..lite4, tiny", efficientnet_tower), ("vit-tiny, vit-micro", crate::vit::build)];
 
 /// Every text tower `--text-tower` accepts, tried in order.
 pub const TEXT_TOWERS: &[(&str, TextTowerBuilder)] = &[("bert tiny, mini, small, medium, base, large", bert_tower)];
@@ -78,41 +78,21 @@ pub fn build_text_tower(opts: &TowerOptions, rng: &mut Rng) -> std::result::Resu
 // EfficientNet: pooled features of the last block (ALIGN uses no head conv)
 // ---------------------------------------------------------------------------------------------
 
-/// EfficientNet as ALIGN's image tower. The head conv and classifier exist (the network keeps
-/// torchvision's and lukemelas' layout) but get no gradient, so they are not trained
-/// parameters; their batch-norm statistics stay in the buffers so every checkpoint written
-/// with them loads.
-pub struct EfficientNetTower(pub EfficientNet);
-
-const EFFICIENTNET_HEAD: [&str; 5] = ["_conv_head.weight", "_bn1.weight", "_bn1.bias", "_fc.weight", "_fc.bias"];
-
-impl Module for EfficientNetTower {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        let mut all = vec![];
-        self.0.parameters(prefix, &mut all);
-        let head: Vec<String> = EFFICIENTNET_HEAD.iter().map(|n| nn::module::join(prefix, n)).collect();
-        out.extend(all.into_iter().filter(|(n, _)| !head.contains(n)));
-    }
-    fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
-        self.0.buffers(prefix, out);
-    }
-}
-
-impl ImageTower for EfficientNetTower {
+impl ImageTower for EfficientNet {
     fn features(&self, images: &Var, ctx: &mut Ctx) -> Result<Var> {
-        self.0.features(images, ctx)
+        EfficientNet::features(self, images, ctx)
     }
     fn feature_dim(&self) -> usize {
-        self.0.config.feature_dim()
+        self.config.feature_dim()
     }
 }
 
 fn efficientnet_tower(opts: &TowerOptions, rng: &mut Rng) -> Option<Result<Box<dyn ImageTower>>> {
     let mut config = EfficientNetConfig::by_name(opts.arch)?;
-    config.num_classes = 1; // the classifier is not used by ALIGN
+    config.num_classes = 0; // pooled features only: no head conv, no classifier
     config.bn_momentum = opts.bn_momentum;
     config.drop_connect = opts.drop_connect;
-    Some(Ok(Box::new(EfficientNetTower(EfficientNet::new(config, rng)))))
+    Some(Ok(Box::new(EfficientNet::new(config, rng))))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@
 //! # Ok::<(), tensor::TensorError>(())
 //! ```
 //!
-//! Design notes: see `var.rs` (graph ownership, freeing, backward-twice) and DESIGN.md.
+//! Design notes: see `var.rs` (graph ownership, freeing, backward-twice) and
+//! `docs/architecture.md`.
 
 #![cfg_attr(test, allow(clippy::cloned_ref_to_slice_refs))]
 
@@ -25,4 +26,4 @@ pub mod numeric;
 pub mod ops;
 mod var;
 
-pub use var::{is_grad_enabled, no_grad, profile, Backward, FnBackward, Var};
+pub use var::{is_grad_enabled, no_grad, profile, track_parameters, Backward, FnBackward, Var};

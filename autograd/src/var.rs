@@ -100,6 +100,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+thread_local! {
+    /// While [`track_parameters`] runs: every parameter created on this thread.
+    static CREATED_PARAMETERS: std::cell::RefCell<Option<Vec<Var>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns its result with every parameter ([`Var::parameter`]) it created on
+/// this thread. Tests use it to check that a module lists every parameter it owns.
+pub fn track_parameters<R>(f: impl FnOnce() -> R) -> (R, Vec<Var>) {
+    let outer = CREATED_PARAMETERS.with(|t| t.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let created = CREATED_PARAMETERS.with(|t| std::mem::replace(&mut *t.borrow_mut(), outer)).unwrap_or_default();
+    // a tracker around this one sees these parameters too
+    CREATED_PARAMETERS.with(|t| {
+        if let Some(list) = t.borrow_mut().as_mut() {
+            list.extend(created.iter().cloned());
+        }
+    });
+    (result, created)
+}
+
 impl Var {
     fn make(value: Tensor, requires_grad: bool, node: Option<Node>) -> Var {
         let is_leaf = node.is_none();
@@ -121,7 +141,13 @@ impl Var {
 
     /// A leaf that requires a gradient (a parameter or an input under test).
     pub fn parameter(value: Tensor) -> Var {
-        Var::make(value, true, None)
+        let v = Var::make(value, true, None);
+        CREATED_PARAMETERS.with(|t| {
+            if let Some(list) = t.borrow_mut().as_mut() {
+                list.push(v.clone());
+            }
+        });
+        v
     }
 
     /// The output of an op: records `op` when grad mode is on and some input requires a

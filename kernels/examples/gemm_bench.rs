@@ -5,7 +5,7 @@
 //!
 //! Prints one line per shape, `gemm M K N GFLOPS` (M x K times K x N, row-major), the median of
 //! several timed runs after a warm-up. Compare with `python3 scripts/bench_reference.py gemm`,
-//! which prints numpy's (OpenBLAS) figures in the same format: run both in one session.
+//! which prints numpy's (OpenBLAS) figures in the same format: run both in one sitting.
 
 use std::time::Instant;
 

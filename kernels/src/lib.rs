@@ -4,7 +4,7 @@
 //! `&[f32]` / `&mut [f32]` buffers plus sizes and strides (in elements), so it can be read,
 //! tested and benchmarked on its own.
 //!
-//! Conventions (see `shared/DESIGN.md`):
+//! Conventions (`docs/conventions.md`):
 //! - every optimised kernel has a plain scalar reference beside it, and tests compare the two;
 //! - threading goes through [`parallel`], one place that decides how many threads a kernel may use,
 //!   so a run can be made single-threaded and bitwise deterministic.

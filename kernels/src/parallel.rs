@@ -61,9 +61,8 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 ///
 /// One thread means one: `f` runs on a pool of a single worker (or directly, when the caller
 /// already is such a worker), so the parallel iterators inside it run sequentially. Running
-/// `f` on the caller's thread instead, as this did up to the fifth session, handed those
-/// iterators to rayon's global pool, one thread per core: `set_num_threads(1)` left the
-/// convolution and depthwise kernels on every core, and their "one thread" timings were not.
+/// `f` on the caller's thread instead would hand those iterators to rayon's global pool, one
+/// thread per core, and a "one thread" kernel would quietly use every core.
 pub fn install_with<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     if threads <= 1 {
         if rayon::current_num_threads() == 1 {

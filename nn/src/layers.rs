@@ -463,7 +463,43 @@ impl Module for MultiHeadSelfAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::module::check_state_lists;
     use crate::optim::{single_group, Optimizer, Sgd};
+
+    #[test]
+    fn every_layer_lists_saves_and_loads_all_it_owns() {
+        let rng = || Rng::new(3);
+        check_state_lists(|| Linear::new(5, 3, true, &mut rng())).unwrap();
+        check_state_lists(|| Linear::new(5, 3, false, &mut rng())).unwrap();
+        check_state_lists(|| Embedding::new(7, 4, 0.02, &mut rng())).unwrap();
+        check_state_lists(|| LayerNorm::new(6, 1e-5)).unwrap();
+        check_state_lists(|| Conv2d::new(3, 4, 3, 2, Padding::Same, true, &mut rng())).unwrap();
+        check_state_lists(|| DepthwiseConv2d::new(4, 5, 1, Padding::Same, &mut rng())).unwrap();
+        check_state_lists(|| BatchNorm2d::new(4, 0.1, 1e-3)).unwrap();
+        check_state_lists(|| SqueezeExcite::new(8, 2, Activation::Silu, &mut rng())).unwrap();
+        check_state_lists(|| MultiHeadSelfAttention::new(8, 2, 0.0, &mut rng()).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_forgotten_parameter_or_buffer_is_caught() {
+        // a layer whose `parameters` leaves out its bias, and one that forgets a buffer
+        struct NoBias(Linear);
+        impl Module for NoBias {
+            fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+                out.push((crate::module::join(prefix, "weight"), self.0.weight.clone()));
+            }
+        }
+        let e = check_state_lists(|| NoBias(Linear::new(5, 3, true, &mut Rng::new(0)))).unwrap_err();
+        assert!(e.contains("shape [3]") && e.contains("listed 0 times"), "{e}");
+        struct NoStats(BatchNorm2d);
+        impl Module for NoStats {
+            fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+                self.0.parameters(prefix, out);
+            }
+        }
+        let e = check_state_lists(|| NoStats(BatchNorm2d::new(4, 0.1, 1e-3))).unwrap_err();
+        assert!(e.contains("buffer") && e.contains("listed 0 times"), "{e}");
+    }
     use autograd::gradcheck::{check_gradients, GradcheckOptions};
     use autograd::ops::reduce;
 

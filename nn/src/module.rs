@@ -31,9 +31,24 @@ impl Ctx {
 #[derive(Clone)]
 pub struct Buffer(Arc<RwLock<Tensor>>);
 
+thread_local! {
+    /// While [`track_created`] runs: every buffer created on this thread.
+    static CREATED_BUFFERS: std::cell::RefCell<Option<Vec<Buffer>>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Buffer {
     pub fn new(t: Tensor) -> Buffer {
-        Buffer(Arc::new(RwLock::new(t)))
+        let b = Buffer(Arc::new(RwLock::new(t)));
+        CREATED_BUFFERS.with(|c| {
+            if let Some(list) = c.borrow_mut().as_mut() {
+                list.push(b.clone());
+            }
+        });
+        b
+    }
+    /// Is this the same buffer (not merely equal contents)?
+    pub fn same_as(&self, other: &Buffer) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
     pub fn get(&self) -> Tensor {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -171,4 +186,80 @@ pub trait Module {
         }
         Ok(report)
     }
+}
+
+/// Runs `build` and returns what it built with every parameter and buffer it created on this
+/// thread.
+pub fn track_created<M>(build: impl FnOnce() -> M) -> (M, Vec<Var>, Vec<Buffer>) {
+    let outer = CREATED_BUFFERS.with(|c| c.borrow_mut().replace(Vec::new()));
+    let (module, params) = autograd::track_parameters(build);
+    let buffers = CREATED_BUFFERS.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
+    CREATED_BUFFERS.with(|c| {
+        if let Some(list) = c.borrow_mut().as_mut() {
+            list.extend(buffers.iter().cloned());
+        }
+    });
+    (module, params, buffers)
+}
+
+/// Checks a module's lists against what it owns: every parameter and buffer that `build`
+/// creates must be listed exactly once, under a unique name, and the whole state must survive
+/// a safetensors file written from one instance and loaded (strictly) into a second one whose
+/// values were overwritten. Returns the first problem found. Every model's tests call this, so
+/// a layer that forgets a line in `parameters` or `buffers` (a weight never trained, never
+/// saved) fails them.
+pub fn check_state_lists<M: Module>(build: impl Fn() -> M) -> std::result::Result<(), String> {
+    let (module, params, buffers) = track_created(&build);
+    let listed = module.named_parameters();
+    let listed_buffers = module.named_buffers();
+    for p in &params {
+        let n = listed.iter().filter(|(_, q)| q.same_as(p)).count();
+        if n != 1 {
+            return Err(format!("a parameter of shape {:?} is listed {n} times (want once)", p.shape()));
+        }
+    }
+    for b in &buffers {
+        let n = listed_buffers.iter().filter(|(_, c)| c.same_as(b)).count();
+        if n != 1 {
+            return Err(format!("a buffer of shape {:?} is listed {n} times (want once)", b.get().shape()));
+        }
+    }
+    let mut names: Vec<&String> = listed.iter().map(|(n, _)| n).chain(listed_buffers.iter().map(|(n, _)| n)).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("two tensors share the name '{}'", w[0]));
+    }
+    // save from `module`, load into a second instance whose values all differ
+    let state = module.state_dict();
+    let other = build();
+    for (i, (_, p)) in other.named_parameters().iter().enumerate() {
+        p.set_value(Tensor::full(&p.shape(), i as f32 + 0.5)).map_err(|e| e.to_string())?;
+    }
+    for (i, (_, b)) in other.named_buffers().iter().enumerate() {
+        b.set(Tensor::full(b.get().shape(), -(i as f32) - 0.5));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "align-state-lists-{}-{:?}.safetensors",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let entries: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tensor::io::safetensors::save_f32(&path, &entries, &BTreeMap::new()).map_err(|e| e.to_string())?;
+    let file = tensor::io::safetensors::SafeTensors::open(&path).map_err(|e| e.to_string())?;
+    let loaded: BTreeMap<String, Tensor> = file
+        .names()
+        .map(|n| file.tensor(n).map(|t| (n.to_string(), t)))
+        .collect::<Result<_>>()
+        .map_err(|e| e.to_string())?;
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    other.load_state_dict(&loaded, true).map_err(|e| e.to_string())?;
+    let reloaded = other.state_dict();
+    for (name, want) in &state {
+        let got = reloaded.get(name).ok_or_else(|| format!("'{name}' missing after loading"))?;
+        if got.to_vec().iter().map(|x| x.to_bits()).ne(want.to_vec().iter().map(|x| x.to_bits())) {
+            return Err(format!("'{name}' differs after a save and a load"));
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Optimisers over parameter groups: SGD with momentum (and Nesterov), AdamW, and LAMB (You et
-//! al. 2019, exactly as SPEC.md writes it); global gradient-norm clipping.
+//! al. 2019, exactly as docs/paper.md writes it); global gradient-norm clipping.
 //!
 //! Each group has its own learning rate and weight decay. [`decay_groups`] builds the usual
 //! split: matrices and conv kernels decay; biases and normalisation parameters (every
@@ -294,7 +294,7 @@ impl Optimizer for AdamW {
 
 // ---------------------------------------------------------------------------------------------
 
-/// LAMB (You et al. 2019), per SPEC.md:
+/// LAMB (You et al. 2019), per docs/paper.md:
 ///   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  m^ = m / (1 - b1^t);  v^ = v / (1 - b2^t)
 ///   u = m^ / (sqrt(v^) + eps) + wd w;  r = ||w|| / ||u|| (1 if either norm is 0)
 ///   w = w - lr r u
@@ -309,7 +309,7 @@ pub struct Lamb {
 }
 
 impl Lamb {
-    /// Defaults from SPEC.md: b1 0.9, b2 0.999, eps 1e-6.
+    /// Defaults from docs/paper.md: b1 0.9, b2 0.999, eps 1e-6.
     pub fn new(groups: Vec<ParamGroup>) -> Lamb {
         Lamb { groups, beta1: 0.9, beta2: 0.999, eps: 1e-6, slots: Slots::default(), steps: 0 }
     }

@@ -1,11 +1,11 @@
 //! Character classes of the BERT basic tokenizer, as Hugging Face `tokenizers` implements them
-//! (which our parity tests compare against), with the rules of SPEC.md:
+//! (which our parity tests compare against), with the rules of docs/paper.md:
 //! - whitespace: tab, LF, CR, or Unicode White_Space (Rust's `char::is_whitespace`);
 //! - control (dropped): any "Other" category (Cc, Cf, Cn, Co) except tab, LF, CR. HF uses the
 //!   `unicode_categories` tables, so we do too: characters newer than those tables count as
 //!   unassigned and are dropped exactly as HF drops them;
 //! - punctuation: ASCII 33-47, 58-64, 91-96, 123-126, or any Unicode P* category;
-//! - CJK ideographs: the blocks of SPEC.md (Hangul and Kana are not among them).
+//! - CJK ideographs: the blocks of docs/paper.md (Hangul and Kana are not among them).
 
 use unicode_categories::UnicodeCategories;
 

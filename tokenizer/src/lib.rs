@@ -2,7 +2,7 @@
 //!
 //! Depends on nothing else in the workspace. Follows Hugging Face `tokenizers`'
 //! BertWordPieceTokenizer rule for rule (the parity tests compare every id of a 2,400-line
-//! multilingual corpus) and SPEC.md.
+//! multilingual corpus) and docs/paper.md.
 //!
 //! ```
 //! use tokenizer::{WordPiece, BertOptions, EncodeOptions, Padding};

@@ -260,3 +260,13 @@ fn a_checkpoint_of_other_data_is_refused_on_resume() {
     let e = train(&more, &dir, &RunOptions { resume: true, ..quiet() }).expect_err("other data must be refused");
     assert!(e.to_string().contains("resume with the data the run trained on"), "{e}");
 }
+
+#[test]
+fn a_vision_transformer_tower_trains() {
+    let dir = temp_dir("train-vit");
+    let cfg = TrainConfig { image_arch: "vit-micro".into(), steps: 3, ..small() };
+    let s = train(&cfg, &dir, &quiet()).unwrap();
+    assert!(s.final_loss.is_finite() && s.steps == 3, "{s:?}");
+    let names = crate::eval::LoadedModel::open(&dir).unwrap().model.named_parameters();
+    assert!(names.iter().any(|(n, _)| n == "image_tower.embeddings.cls_token"));
+}

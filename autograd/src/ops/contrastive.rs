@@ -1,4 +1,4 @@
-//! ALIGN's symmetric contrastive loss as one fused op (Jia et al. 2021, SPEC.md "Loss").
+//! ALIGN's symmetric contrastive loss as one fused op (Jia et al. 2021, docs/paper.md "Loss").
 //!
 //! For L2-normalised image embeddings x (N, D) and text embeddings y (N, D), pair i matching:
 //!   Z = x y^T / sigma,   L = CE(Z, I) + CE(Z^T, I)

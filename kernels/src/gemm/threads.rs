@@ -99,7 +99,7 @@ pub(super) unsafe fn multiply_rows_packed_b(
 /// The chunks of a block go to threads as they come free, with a join between blocks. A
 /// static schedule (thread t carries the t-th run of chunks through every block, one join
 /// per product) measured the same, alternated call by call in one process
-/// (`gemm_bench --threads 2 --bert-mini`, sixth session), so the join is not where
+/// (`gemm_bench --threads 2 --bert-mini`), so the join is not where
 /// two-thread time goes, and the dynamic one still balances a core slowed by a neighbour.
 pub(super) fn for_each_chunk_block(kc: usize, chunks: usize, k: usize, body: impl Fn(usize, usize) + Sync) {
     use rayon::prelude::*;
