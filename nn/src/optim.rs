@@ -401,3 +401,49 @@ pub fn clip_grad_norm(params: &[(String, Var)], max_norm: f32) -> f32 {
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_grad(values: &[f32], grad: &[f32]) -> Var {
+        let p = Var::parameter(Tensor::from_vec(values.to_vec(), &[values.len()]).unwrap());
+        p.set_grad(Some(Tensor::from_vec(grad.to_vec(), &[grad.len()]).unwrap()));
+        p
+    }
+
+    #[test]
+    fn clip_grad_norm_scales_every_gradient_by_the_global_norm() {
+        // gradients (3, 4) and (12): global norm 13
+        let a = with_grad(&[1.0, 1.0], &[3.0, 4.0]);
+        let b = with_grad(&[1.0], &[12.0]);
+        let no_grad = Var::parameter(Tensor::from_vec(vec![5.0], &[1]).unwrap());
+        let params =
+            vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone()), ("c".to_string(), no_grad.clone())];
+        let norm = clip_grad_norm(&params, 6.5);
+        assert!((norm - 13.0).abs() < 1e-6, "returns the norm before clipping: {norm}");
+        let scale = 6.5 / (13.0 + 1e-6);
+        let got: Vec<f32> = a.grad().unwrap().to_vec().into_iter().chain(b.grad().unwrap().to_vec()).collect();
+        let want = [3.0 * scale, 4.0 * scale, 12.0 * scale];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        assert!(no_grad.grad().is_none(), "a parameter without a gradient stays without one");
+        // under the bound nothing changes, and the norm is still reported
+        let norm = clip_grad_norm(&params, 100.0);
+        assert!((norm - 6.5).abs() < 1e-5);
+        assert_eq!(a.grad().unwrap().to_vec(), vec![3.0 * scale, 4.0 * scale]);
+    }
+
+    #[test]
+    fn clip_grad_norm_is_exact_for_long_gradients_across_chunks() {
+        // 300,000 elements of 0.5: norm sqrt(75,000), over the threaded chunked path
+        let n = 300_000;
+        let p = with_grad(&vec![0.0; n], &vec![0.5; n]);
+        let norm = clip_grad_norm(&[("p".to_string(), p.clone())], 1.0);
+        assert!((norm as f64 - (n as f64 * 0.25).sqrt()).abs() < 1e-3, "{norm}");
+        let g = p.grad().unwrap().to_vec();
+        let after: f64 = g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        assert!((after - 1.0).abs() < 1e-5, "clipped to the bound: {after}");
+    }
+}
