@@ -21,11 +21,31 @@ fn s(p: &Path) -> &str {
 }
 
 /// A tiny run plus a folder of rendered scenes with manifests.
-fn setup() -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("align-eval-cli-{}", std::process::id()));
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("align-eval-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let run = dir.join("run");
-    align(&["train", "--train-pairs", "600", "--batch-size", "4", "--steps", "2", "--out", s(&run)]);
+    align(&[
+        "train",
+        "--image-tower",
+        "tiny",
+        "--text-tower",
+        "tiny",
+        "--resolution",
+        "32",
+        "--max-tokens",
+        "16",
+        "--train-pairs",
+        "600",
+        "--batch-size",
+        "16",
+        "--steps",
+        "200",
+        "--warmup",
+        "10",
+        "--out",
+        s(&run),
+    ]);
     let images = dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
     let (mut captions, mut labels) = (vec![], vec![]);
@@ -51,7 +71,7 @@ fn setup() -> (PathBuf, PathBuf) {
 
 #[test]
 fn eval_embed_search_and_report_work_on_a_trained_run() {
-    let (dir, run) = setup();
+    let (dir, run) = setup("plumbing");
     // retrieval: 12 images with 2 captions each; the missing image is skipped
     let r: serde_json::Value = serde_json::from_str(&align(&[
         "eval",
@@ -177,4 +197,168 @@ fn bad_inputs_are_clear_errors() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_align")).args(["search", "--index", "/nonexistent.idx"]).output().unwrap();
     assert!(!out.status.success());
+}
+
+/// Recall@1/5/10 both ways computed here from the model's embeddings, independently of the
+/// library's metric code: an image query hits when any of its captions ranks within K, ties
+/// counted against the query.
+fn recall_by_hand(img: &[f32], txt: &[f32], d: usize, owner: &[usize]) -> [f64; 6] {
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let (n_img, n_txt) = (img.len() / d, txt.len() / d);
+    let sim = |i: usize, t: usize| dot(&img[i * d..(i + 1) * d], &txt[t * d..(t + 1) * d]);
+    let mut i2t = vec![];
+    for i in 0..n_img {
+        let best = (0..n_txt).filter(|&t| owner[t] == i).map(|t| sim(i, t)).fold(f32::NEG_INFINITY, f32::max);
+        i2t.push(1 + (0..n_txt).filter(|&t| owner[t] != i && sim(i, t) >= best).count());
+    }
+    let mut t2i = vec![];
+    for t in 0..n_txt {
+        let best = sim(owner[t], t);
+        t2i.push(1 + (0..n_img).filter(|&i| i != owner[t] && sim(i, t) >= best).count());
+    }
+    let at = |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64 / ranks.len() as f64;
+    [at(&i2t, 1), at(&i2t, 5), at(&i2t, 10), at(&t2i, 1), at(&t2i, 5), at(&t2i, 10)]
+}
+
+#[test]
+fn eval_commands_give_the_answers_computed_by_hand() {
+    let (dir, run) = setup("known-answers");
+    let lm = align::eval::LoadedModel::open(&run).unwrap();
+    let d = lm.dim();
+    let images: Vec<PathBuf> = (0..12).map(|i| dir.join("images").join(format!("{i:02}.png"))).collect();
+    let (img, kept) = lm.embed_files(&images).unwrap();
+    assert_eq!(kept.len(), 12);
+    let manifest = std::fs::read_to_string(dir.join("captions.tsv")).unwrap();
+    let (mut texts, mut owner) = (vec![], vec![]);
+    for line in manifest.lines().filter(|l| !l.contains("missing.png")) {
+        let (path, caption) = line.split_once('\t').unwrap();
+        owner.push(path.trim_start_matches("images/")[..2].parse::<usize>().unwrap());
+        texts.push(caption.to_string());
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let txt = lm.embed_texts(&refs).unwrap();
+
+    // retrieval, grouped captions
+    let r: serde_json::Value = serde_json::from_str(&align(&[
+        "eval",
+        "retrieval",
+        "--checkpoint",
+        s(&run),
+        "--data",
+        s(&dir.join("captions.tsv")),
+        "--json",
+    ]))
+    .unwrap();
+    let want = recall_by_hand(&img, &txt, d, &owner);
+    for (key, w) in ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"].iter().zip(want) {
+        let got = r[key].as_f64().unwrap();
+        assert!((got - w).abs() < 1e-6, "{key}: cli {got}, by hand {w}");
+    }
+
+    // zero-shot with two templates: class embedding = normalised mean of normalised prompts
+    std::fs::write(dir.join("two_templates.txt"), "a {} shape\na photo of something {}\n").unwrap();
+    let classes: Vec<&str> = align::data::COLOURS.iter().map(|c| c.0).collect();
+    let mut class_emb = vec![];
+    for c in &classes {
+        let prompts = [format!("a {c} shape"), format!("a photo of something {c}")];
+        let e = lm.embed_texts(&[prompts[0].as_str(), prompts[1].as_str()]).unwrap();
+        let mean: Vec<f32> = (0..d).map(|j| e[j] + e[d + j]).collect();
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+        class_emb.extend(mean.iter().map(|x| x / norm));
+    }
+    let labels: Vec<usize> = std::fs::read_to_string(dir.join("labels.tsv"))
+        .unwrap()
+        .lines()
+        .map(|l| classes.iter().position(|c| *c == l.split_once('\t').unwrap().1).unwrap())
+        .collect();
+    let (mut top1, mut top5) = (0, 0);
+    for (i, &label) in labels.iter().enumerate() {
+        let scores: Vec<f32> = (0..classes.len())
+            .map(|c| img[i * d..(i + 1) * d].iter().zip(&class_emb[c * d..(c + 1) * d]).map(|(a, b)| a * b).sum())
+            .collect();
+        // rank of the true class, ties against it
+        let rank = 1 + scores.iter().enumerate().filter(|&(c, &v)| c != label && v > scores[label]).count();
+        top1 += (rank == 1) as usize;
+        top5 += (rank <= 5) as usize;
+    }
+    let z: serde_json::Value = serde_json::from_str(&align(&[
+        "eval",
+        "zeroshot",
+        "--checkpoint",
+        s(&run),
+        "--data",
+        s(&dir.join("labels.tsv")),
+        "--classes",
+        s(&dir.join("classes.txt")),
+        "--templates",
+        s(&dir.join("two_templates.txt")),
+        "--json",
+    ]))
+    .unwrap();
+    assert!((z["top1"].as_f64().unwrap() - top1 as f64 / 12.0).abs() < 1e-6, "{z} vs {top1}/12");
+    assert!((z["top5"].as_f64().unwrap() - top5 as f64 / 12.0).abs() < 1e-6, "{z} vs {top5}/12");
+
+    // KNN of the labelled images against themselves: with k = 1 each image finds itself
+    // (100%); larger k mix in similarity-weighted votes of the others (equal scores rank by
+    // gallery order, equal votes go to the lower class)
+    let sims = align::eval::similarity(&img, &img, d).unwrap(); // (12, 12)
+    let correct = |k: usize| -> usize {
+        (0..12)
+            .filter(|&q| {
+                let row = &sims[q * 12..(q + 1) * 12];
+                let mut order: Vec<usize> = (0..12).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                let mut votes = vec![0.0f32; classes.len()];
+                for &g in &order[..k] {
+                    votes[labels[g]] += row[g];
+                }
+                (0..classes.len()).fold(0, |b, c| if votes[c] > votes[b] { c } else { b }) == labels[q]
+            })
+            .count()
+    };
+    assert_eq!(correct(1), 12);
+    // a k whose accuracy differs from k = 1's, so that an ignored k cannot pass
+    let other_k = (2..=12).find(|&k| correct(k) != 12).expect("every k scores 100%; pick other images");
+    for k in [1usize, other_k] {
+        let got: serde_json::Value = serde_json::from_str(&align(&[
+            "eval",
+            "knn",
+            "--checkpoint",
+            s(&run),
+            "--train",
+            s(&dir.join("labels.tsv")),
+            "--test",
+            s(&dir.join("labels.tsv")),
+            "--k",
+            &k.to_string(),
+            "--json",
+        ]))
+        .unwrap();
+        let want = correct(k) as f64 / 12.0;
+        assert!((got["top1"].as_f64().unwrap() - want).abs() < 1e-6, "k {k}: {got} vs {want}");
+    }
+
+    // arithmetic with K = the whole gallery but the query: every colour that appears in two
+    // or more gallery scenes is found, with or without the text, so both rates are 1
+    let gallery = 40u64;
+    let scenes: Vec<align::data::Scene> =
+        (0..gallery).map(|i| align::data::Scene::generate(lm.config.seed, (3u64 << 40) + i)).collect();
+    let every_colour_twice =
+        (0..classes.len()).all(|c| scenes.iter().filter(|sc| sc.objects.iter().any(|o| o.colour == c)).count() >= 2);
+    assert!(every_colour_twice, "the gallery must hold every colour twice for this known answer");
+    let a: serde_json::Value = serde_json::from_str(&align(&[
+        "eval",
+        "arithmetic",
+        "--checkpoint",
+        s(&run),
+        "--gallery",
+        &gallery.to_string(),
+        "--queries",
+        "5",
+        "--k",
+        &(gallery - 1).to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!((a["hit_rate"].as_f64(), a["baseline_hit_rate"].as_f64()), (Some(1.0), Some(1.0)), "{a}");
 }

@@ -1,0 +1,120 @@
+//! The tool subcommands through the real `align` binary: `tokenize` (known ids from a
+//! hand-made vocabulary), `bert-features` (all-MiniLM-L6-v2's [CLS] and mean features against
+//! the transformers fixture) and `demo`.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Runs `align args` with `stdin`; returns stdout, failing the test on a non-zero exit.
+fn align_with_input(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_align"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "align {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("align-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ids_of(out: &str) -> Vec<Vec<u64>> {
+    out.lines().map(|l| serde_json::from_str::<Vec<u64>>(l).unwrap()).collect()
+}
+
+#[test]
+fn tokenize_prints_the_wordpiece_ids_of_each_line() {
+    let dir = temp_dir("tokenize");
+    let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "##s", "the", ",", ".", "Cat"];
+    let path = dir.join("vocab.txt");
+    std::fs::write(&path, vocab.join("\n")).unwrap();
+    let p = path.to_str().unwrap();
+    // uncased: "The" -> the; "cats" -> cat ##s; "." its own token; an empty line -> [CLS] [SEP]
+    let out = align_with_input(&["tokenize", "--vocab", p], "The cats.\n\nA Cat, a dog\n");
+    assert_eq!(ids_of(&out), vec![vec![2, 8, 6, 7, 10, 3], vec![2, 3], vec![2, 5, 6, 9, 5, 1, 3]]);
+    // cased: "The" is unknown, "Cat" is its own entry
+    let out = align_with_input(&["tokenize", "--vocab", p, "--cased"], "The cats.\nA Cat\n");
+    assert_eq!(ids_of(&out), vec![vec![2, 1, 6, 7, 10, 3], vec![2, 1, 11, 3]]);
+    // truncation keeps [CLS] ... [SEP] within the limit
+    let out = align_with_input(&["tokenize", "--vocab", p, "--max-len", "4"], "the cats the cats\n");
+    assert_eq!(ids_of(&out), vec![vec![2, 8, 6, 3]]);
+    // a missing vocabulary is an error naming it
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_align")).args(["tokenize", "--vocab", "/nonexistent/vocab.txt"]).output();
+    let out = out.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vocab.txt"));
+}
+
+/// The sentences of the transformers fixture (`scripts/make_fixtures.py`, BERT_SENTENCES).
+const SENTENCES: [&str; 9] = [
+    "A photo of a cat.",
+    "Two dogs are running on the beach at sunset, chasing a red ball.",
+    "hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "An espresso in a white cup on a wooden table, next to a croissant and a newspaper.",
+    "Zürich, naïve café!",
+    "中文句子",
+    "A very long caption that keeps going and going so that it is clearly the longest sentence in this little batch of examples.",
+    "",
+];
+
+#[test]
+fn bert_features_match_transformers_on_minilm() {
+    let fx = tensor::io::safetensors::SafeTensors::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/bert_minilm.safetensors"),
+    )
+    .unwrap();
+    let (shape, ids) = fx.tensor_i64("ids").unwrap();
+    let (_, mask) = fx.tensor_i64("mask").unwrap();
+    let hidden = fx.tensor("last_hidden").unwrap().to_vec(); // (9, T, 384)
+    let (t, h) = (shape[1], 384);
+    let model = common::minilm_dir();
+    let input: String = SENTENCES.iter().map(|s| format!("{s}\n")).collect();
+    // batches of 4: the padding differs from the fixture's single batch, the features must not
+    let out = align_with_input(&["bert-features", "--model", model.to_str().unwrap(), "--batch-size", "4"], &input);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 9);
+    let mut worst = 0.0f32;
+    for (i, row) in rows.iter().enumerate() {
+        let real = (0..t).filter(|&p| mask[i * t + p] == 1).count();
+        let want_ids: Vec<u64> = ids[i * t..i * t + real].iter().map(|&x| x as u64).collect();
+        let got_ids: Vec<u64> = row["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(got_ids, want_ids, "ids of sentence {i}");
+        let cls: Vec<f32> = row["cls"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let mean: Vec<f32> = row["mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        for j in 0..h {
+            let want_cls = hidden[(i * t) * h + j];
+            let want_mean = (0..real).map(|p| hidden[(i * t + p) * h + j]).sum::<f32>() / real as f32;
+            worst = worst.max((cls[j] - want_cls).abs()).max((mean[j] - want_mean).abs());
+        }
+    }
+    assert!(worst <= 1e-4, "max |diff| against transformers: {worst:e}");
+}
+
+#[test]
+fn demo_tours_tensors_and_writes_a_checkpoint() {
+    let dir = temp_dir("demo");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_align")).args(["demo", "--out", dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in ["shares data  = true", "x @ w", "zero-copy=true"] {
+        assert!(stdout.contains(needle), "demo output lacks '{needle}':\n{stdout}");
+    }
+    let file = dir.join("demo.safetensors");
+    let st = tensor::io::safetensors::SafeTensors::open(&file).unwrap();
+    assert!(st.len() > 0);
+}
