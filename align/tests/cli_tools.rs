@@ -116,5 +116,5 @@ fn demo_tours_tensors_and_writes_a_checkpoint() {
     }
     let file = dir.join("demo.safetensors");
     let st = tensor::io::safetensors::SafeTensors::open(&file).unwrap();
-    assert!(st.len() > 0);
+    assert!(!st.is_empty());
 }

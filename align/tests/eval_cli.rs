@@ -212,9 +212,9 @@ fn recall_by_hand(img: &[f32], txt: &[f32], d: usize, owner: &[usize]) -> [f64; 
         i2t.push(1 + (0..n_txt).filter(|&t| owner[t] != i && sim(i, t) >= best).count());
     }
     let mut t2i = vec![];
-    for t in 0..n_txt {
-        let best = sim(owner[t], t);
-        t2i.push(1 + (0..n_img).filter(|&i| i != owner[t] && sim(i, t) >= best).count());
+    for (t, &own) in owner.iter().enumerate() {
+        let best = sim(own, t);
+        t2i.push(1 + (0..n_img).filter(|&i| i != own && sim(i, t) >= best).count());
     }
     let at = |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64 / ranks.len() as f64;
     [at(&i2t, 1), at(&i2t, 5), at(&i2t, 10), at(&t2i, 1), at(&t2i, 5), at(&t2i, 10)]
