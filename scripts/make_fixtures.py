@@ -11,7 +11,7 @@ CI never needs torch. Run one group or all of them:
     python3 scripts/make_fixtures.py [group ...]
 
 Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
-efficientnet_torchvision, efficientnet_train, contrastive, dual_encoder_lamb
+efficientnet_torchvision, efficientnet_train, efficientnet_residual, contrastive, dual_encoder_lamb
 """
 import json
 import os
@@ -585,11 +585,13 @@ def contrastive():
 
 
 def dual_encoder_lamb():
-    """Three LAMB steps of a micro dual encoder: image tower = stem + 2 SE MBConv blocks of the
+    """Five LAMB steps of a micro dual encoder: image tower = stem + 2 SE MBConv blocks of the
     efficientnet_train model, pooled (no head); text tower = 1-layer BERT (hidden 16) with [CLS] ->
     Linear(16, 24); both L2-normalised; contrastive loss (label smoothing 0.1) with learnable
-    t = ln(sigma) from 0. LAMB per SPEC (lr 1e-2, wd 1e-5; rank <= 1 parameters excluded from decay
-    and trust ratio), written in plain torch. Records the loss of each step."""
+    t = ln(sigma) from 0. LAMB per docs/paper.md (lr 1e-2; weight decay 0.1, large enough that
+    leaving it out moves the parameters well past the tests' tolerance; rank <= 1 parameters
+    excluded from decay and trust ratio), written in plain torch. Records the loss of each step
+    and every parameter after the last one."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -649,10 +651,10 @@ def dual_encoder_lamb():
 
     m = {k: torch.zeros_like(v) for k, v in T.items()}
     v = {k: torch.zeros_like(v) for k, v in T.items()}
-    lr, wd, b1, b2, eps = 1e-2, 1e-5, 0.9, 0.999, 1e-6
+    lr, wd, b1, b2, eps = 1e-2, 0.1, 0.9, 0.999, 1e-6
     out = {"images": images, "ids": ids, "mask": mask}
     out.update({"param." + k: val for k, val in P.items()})
-    for step in range(1, 4):
+    for step in range(1, 6):
         for p in T.values():
             p.grad = None
         loss = loss_fn()
@@ -670,11 +672,69 @@ def dual_encoder_lamb():
                     wn, un = w.norm().item(), u.norm().item()
                     r = wn / un if wn > 0 and un > 0 else 1.0
                 w.sub_(lr * r * u)
+    out.update({"after." + k: w.detach().numpy().astype(np.float32) for k, w in T.items()})
     save_fixture("dual_encoder_lamb.safetensors", out)
-    print("losses", [out[f"loss{i}"][0] for i in range(3)])
+    print("losses", [out[f"loss{i}"][0] for i in range(5)])
 
 
-GROUPS = {"dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def efficientnet_residual():
+    """An MBConv block with its skip connection and drop-connect against PyTorch: stem 3x3 s2
+    (3->32) + BN + SiLU, MBConv(k3 s1 e1 32->16, SE), MBConv(k3 s1 e6 16->16, SE) whose branch
+    is added to its input after drop-connect at rate 0.25 (the second of two blocks at
+    drop_connect 0.5): keep mask [1, 0, 1, 1], kept samples scaled by 1 / 0.75, sample 1's
+    branch dropped. Pooled features (no head) dotted with fixed weights give the loss; records
+    it and every parameter gradient (float64, training-mode batch norm)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    g = np.random.default_rng(31)
+    P = {}
+
+    def add(name, shape, scale=0.3, offset=0.0):
+        P[name] = (offset + g.standard_normal(shape) * scale).astype(np.float32)
+
+    def bn(prefix, c):
+        add(prefix + ".weight", (c,), 0.1, 1.0)
+        add(prefix + ".bias", (c,), 0.1)
+
+    add("_conv_stem.weight", (3, 3, 3, 32)); bn("_bn0", 32)
+    add("_blocks.0._depthwise_conv.weight", (3, 3, 32)); bn("_blocks.0._bn1", 32)
+    add("_blocks.0._se_reduce.weight", (8, 32)); add("_blocks.0._se_reduce.bias", (8,), 0.1)
+    add("_blocks.0._se_expand.weight", (32, 8)); add("_blocks.0._se_expand.bias", (32,), 0.1)
+    add("_blocks.0._project_conv.weight", (1, 1, 32, 16)); bn("_blocks.0._bn2", 16)
+    add("_blocks.1._expand_conv.weight", (1, 1, 16, 96)); bn("_blocks.1._bn0", 96)
+    add("_blocks.1._depthwise_conv.weight", (3, 3, 96)); bn("_blocks.1._bn1", 96)
+    add("_blocks.1._se_reduce.weight", (4, 96)); add("_blocks.1._se_reduce.bias", (4,), 0.1)
+    add("_blocks.1._se_expand.weight", (96, 4)); add("_blocks.1._se_expand.bias", (96,), 0.1)
+    add("_blocks.1._project_conv.weight", (1, 1, 96, 16)); bn("_blocks.1._bn2", 16)
+    T = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in P.items()}
+    images = g.standard_normal((4, 16, 16, 3)).astype(np.float32)
+    readout = g.standard_normal((4, 16)).astype(np.float32)
+    keep = np.array([1.0, 0.0, 1.0, 1.0])
+
+    x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
+    x = F.silu(bn_train(conv_hwio(x, T["_conv_stem.weight"], 2), T, "_bn0"))
+    h = F.silu(bn_train(depthwise_hwc(x, T["_blocks.0._depthwise_conv.weight"], 1), T, "_blocks.0._bn1"))
+    h = squeeze_excite(h, T, "_blocks.0")
+    x = bn_train(conv_hwio(h, T["_blocks.0._project_conv.weight"], 1), T, "_blocks.0._bn2")  # 32 -> 16: no skip
+    h = F.silu(bn_train(conv_hwio(x, T["_blocks.1._expand_conv.weight"], 1), T, "_blocks.1._bn0"))
+    h = F.silu(bn_train(depthwise_hwc(h, T["_blocks.1._depthwise_conv.weight"], 1), T, "_blocks.1._bn1"))
+    h = squeeze_excite(h, T, "_blocks.1")
+    h = bn_train(conv_hwio(h, T["_blocks.1._project_conv.weight"], 1), T, "_blocks.1._bn2")
+    x = x + h * torch.tensor(keep / 0.75)[:, None, None, None]  # drop-connect, then the skip
+    features = x.mean(dim=(2, 3))
+    loss = (features * torch.tensor(readout, dtype=torch.float64)).sum()
+    loss.backward()
+    out = {"images": images, "readout": readout, "keep": keep.astype(np.float32),
+           "features": features.detach().numpy().astype(np.float32), "loss": np.array([loss.item()], dtype=np.float32)}
+    out.update({"param." + k: v for k, v in P.items()})
+    out.update({"grad." + k: T[k].grad.numpy().astype(np.float32) for k in P})
+    save_fixture("efficientnet_residual.safetensors", out)
+
+
+
+GROUPS = {"efficientnet_residual": efficientnet_residual, "dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

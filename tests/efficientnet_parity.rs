@@ -180,3 +180,66 @@ fn small_efficientnet_training_loss_and_gradients_match_pytorch() {
     }
     assert_eq!(checked, sd.len());
 }
+
+/// An MBConv block with its skip connection and drop-connect against PyTorch (fixture
+/// `efficientnet_residual`): the second block (16 -> 16, stride 1) adds its branch, dropped for
+/// sample 1 and scaled by 1 / 0.75 for the others, to its input. Features, loss and every
+/// parameter gradient in training mode.
+#[test]
+fn mbconv_with_skip_and_drop_connect_matches_pytorch() {
+    use align::efficientnet::StageArgs;
+    use nn::layers::DropPath;
+    use nn::Module;
+    use std::collections::BTreeMap;
+    let fx = SafeTensors::open(common::fixture("efficientnet_residual.safetensors")).unwrap();
+    let mut cfg = EfficientNetConfig::by_name("b0").unwrap();
+    cfg.stages = vec![
+        StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 1, in_ch: 32, out_ch: 16 },
+        StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 6, in_ch: 16, out_ch: 16 },
+    ];
+    cfg.num_classes = 0;
+    cfg.drop_connect = 0.5; // block i of 2 drops at 0.5 * i / 2: the second at 0.25
+    let model = EfficientNet::new(cfg, &mut Rng::new(0));
+    assert!(!model.blocks[0].residual && model.blocks[1].residual);
+    assert_eq!(model.blocks[1].drop_path.p, 0.25);
+    let sd: BTreeMap<String, tensor::Tensor> =
+        fx.names().filter_map(|n| n.strip_prefix("param.").map(|p| (p.to_string(), fx.tensor(n).unwrap()))).collect();
+    let report = model.load_state_dict(&sd, false).unwrap();
+    assert!(
+        report.unexpected.is_empty()
+            && report.missing.iter().all(|n| n.contains("running_") || n.contains("num_batches")),
+        "{report}"
+    );
+    // The fixture's keep mask is [1, 0, 1, 1]. The block's drop path is the only random draw
+    // of this forward, so the seed whose first draw is that mask reproduces it.
+    let want_scales = [1.0 / 0.75, 0.0, 1.0 / 0.75, 1.0 / 0.75];
+    let seed = (0..10_000u64)
+        .find(|&s| DropPath { p: 0.25 }.sample_scales(4, &mut Ctx::train(s)) == want_scales)
+        .expect("a seed that draws the fixture's mask");
+    let images = Var::constant(fx.tensor("images").unwrap());
+    let features = model.features(&images, &mut Ctx::train(seed)).unwrap();
+    Tolerance::scaled(1e-5, 0.0).assert(
+        "features",
+        &features.value().to_vec(),
+        &fx.tensor("features").unwrap().to_vec(),
+    );
+    let readout = Var::constant(fx.tensor("readout").unwrap());
+    let loss = autograd::ops::reduce::sum_all(&autograd::ops::elementwise::mul(&features, &readout).unwrap()).unwrap();
+    Tolerance::new(1e-5, 1e-6).assert("loss", &[loss.value().item().unwrap()], &fx.tensor("loss").unwrap().to_vec());
+    loss.backward().unwrap();
+    let largest = model
+        .named_parameters()
+        .iter()
+        .flat_map(|(n, _)| fx.tensor(&format!("grad.{n}")).unwrap().to_vec())
+        .fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    for (name, p) in model.named_parameters() {
+        let want = fx.tensor(&format!("grad.{name}")).unwrap().to_vec();
+        // as in the test above: zero-in-exact-arithmetic gradients judged against the model's scale
+        let tol = if want.iter().all(|v| v.abs() < 1e-12) {
+            Tolerance::new(0.0, 1e-4 * largest)
+        } else {
+            Tolerance::scaled(1e-4, 1e-8)
+        };
+        tol.assert(&format!("grad.{name}"), &p.grad().unwrap().to_vec(), &want);
+    }
+}
