@@ -184,7 +184,7 @@ mod tests {
         let vit =
             Vit::new(VitConfig { patch: 4, width: 8, depth: 1, heads: 2, resolution: 8 }, &mut Rng::new(2)).unwrap();
         let images = Tensor::randn(&[2, 8, 8, 3], 0.0, 1.0, 3);
-        let opts = GradcheckOptions { eps: 1e-2, atol: 1e-3, rtol: 1e-2, ..Default::default() };
+        let opts = GradcheckOptions::default();
         check_gradients(&[images], |x| vit.features(&x[0], &mut Ctx::eval()), &opts).unwrap();
     }
 }
