@@ -11,12 +11,13 @@
 
 use align::efficientnet::EfficientNetConfig;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kernels::activation::{self, Activation};
 use kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use kernels::conv::{self, ConvGeometry, Padding};
 use kernels::gemm::{sgemm_batched, sgemm_with, GemmStrides};
 use kernels::pooling;
-use kernels::rows::{self, Activation};
 use kernels::Isa;
+use kernels::{norm, softmax};
 
 fn data(n: usize) -> Vec<f32> {
     (0..n).map(|i| ((i * 7919) % 2000) as f32 / 500.0 - 2.0).collect()
@@ -93,7 +94,7 @@ fn row_kernels(c: &mut Criterion) {
     let x = data(256 * 16384);
     let mut y = vec![0.0f32; x.len()];
     g.throughput(Throughput::Bytes((x.len() * 8) as u64));
-    g.bench_function("softmax/256x16384", |b| b.iter(|| rows::softmax_forward(&x, &mut y, 16384, 1.0, None)));
+    g.bench_function("softmax/256x16384", |b| b.iter(|| softmax::softmax_forward(&x, &mut y, 16384, 1.0, None)));
 
     let x = data(2048 * 768);
     let (gm, bt) = (vec![1.0f32; 768], vec![0.0f32; 768]);
@@ -101,14 +102,16 @@ fn row_kernels(c: &mut Criterion) {
     let (mut mean, mut rstd) = (vec![0.0f32; 2048], vec![0.0f32; 2048]);
     g.throughput(Throughput::Bytes((x.len() * 8) as u64));
     g.bench_function("layer_norm/2048x768", |b| {
-        b.iter(|| rows::layer_norm_forward(&x, &gm, &bt, &mut y, &mut mean, &mut rstd, 768, 1e-5))
+        b.iter(|| norm::layer_norm_forward(&x, &gm, &bt, &mut y, &mut mean, &mut rstd, 768, 1e-5))
     });
 
     let x = data(2048 * 3072);
     let mut y = vec![0.0f32; x.len()];
     g.throughput(Throughput::Bytes((x.len() * 8) as u64));
-    g.bench_function("gelu/2048x3072", |b| b.iter(|| rows::activation_forward(Activation::GeluErf, &x, &mut y)));
-    g.bench_function("gelu_tanh/2048x3072", |b| b.iter(|| rows::activation_forward(Activation::GeluTanh, &x, &mut y)));
+    g.bench_function("gelu/2048x3072", |b| b.iter(|| activation::activation_forward(Activation::GeluErf, &x, &mut y)));
+    g.bench_function("gelu_tanh/2048x3072", |b| {
+        b.iter(|| activation::activation_forward(Activation::GeluTanh, &x, &mut y))
+    });
     g.finish();
 }
 

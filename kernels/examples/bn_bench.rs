@@ -5,8 +5,8 @@
 //! and the memory bandwidth the backward reaches (it reads x and dy and writes dx, twice over).
 //! Compare with `python3 scripts/bench_reference.py bn` (PyTorch batch_norm + silu).
 
+use kernels::activation::Activation;
 use kernels::batchnorm::{batch_norm_backward, batch_norm_forward, batch_norm_stats};
-use kernels::rows::Activation;
 use kernels::timing::median_ms;
 
 fn main() {

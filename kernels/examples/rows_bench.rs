@@ -6,7 +6,8 @@
 //! Prints the median time of several runs for softmax (256, 16384), layer norm (2048, 768) and
 //! GELU (2048, 3072), forward.
 
-use kernels::rows::{self, Activation};
+use kernels::activation::{self, Activation};
+use kernels::{norm, softmax};
 
 use kernels::timing::median_ms;
 
@@ -23,13 +24,13 @@ fn main() {
         let mut y = vec![0.0; 4096];
         let t = median_ms(5, || {
             for _ in 0..1000 {
-                rows::activation_forward(Activation::GeluErf, &x, &mut y)
+                activation::activation_forward(Activation::GeluErf, &x, &mut y)
             }
         });
         println!("gelu in-cache: {:.3} ns/element", t * 1e6 / 4096e3);
         let t = median_ms(5, || {
             for _ in 0..1000 {
-                rows::softmax_forward(&x, &mut y, 4096, 1.0, None)
+                softmax::softmax_forward(&x, &mut y, 4096, 1.0, None)
             }
         });
         println!("softmax in-cache: {:.3} ns/element", t * 1e6 / 4096e3);
@@ -37,7 +38,10 @@ fn main() {
     }
     let x = data(256 * 16384);
     let mut y = vec![0.0; x.len()];
-    println!("softmax 256x16384 fwd {:.3} ms", median_ms(runs, || rows::softmax_forward(&x, &mut y, 16384, 1.0, None)));
+    println!(
+        "softmax 256x16384 fwd {:.3} ms",
+        median_ms(runs, || softmax::softmax_forward(&x, &mut y, 16384, 1.0, None))
+    );
 
     let x = data(2048 * 768);
     let (g, b) = (vec![1.0; 768], vec![0.0; 768]);
@@ -45,13 +49,13 @@ fn main() {
     let (mut m, mut r) = (vec![0.0; 2048], vec![0.0; 2048]);
     println!(
         "layer_norm 2048x768 fwd {:.3} ms",
-        median_ms(runs, || rows::layer_norm_forward(&x, &g, &b, &mut y, &mut m, &mut r, 768, 1e-5))
+        median_ms(runs, || norm::layer_norm_forward(&x, &g, &b, &mut y, &mut m, &mut r, 768, 1e-5))
     );
 
     let x = data(2048 * 3072);
     let mut y = vec![0.0; x.len()];
     println!(
         "gelu 2048x3072 fwd {:.3} ms",
-        median_ms(runs, || rows::activation_forward(Activation::GeluErf, &x, &mut y))
+        median_ms(runs, || activation::activation_forward(Activation::GeluErf, &x, &mut y))
     );
 }

@@ -31,8 +31,8 @@ use rayon::prelude::*;
 use crate::gemm::{sgemm_raw, GemmStrides};
 use crate::parallel;
 use crate::parallel::SharedPtr;
-use crate::rows;
 use crate::simd::Isa;
+use crate::softmax;
 
 /// Sizes of one attention call. `hidden = heads * head_dim`; the fused input has `3 * hidden`
 /// columns laid out [Q | K | V], each head's slice `h * head_dim ..` within its block.
@@ -124,7 +124,7 @@ pub fn attention_forward(
             let s_qk = GemmStrides { a_row: h3, a_col: 1, b_row: 1, b_col: h3, c_row: t, c_col: 1 };
             sgemm_raw(isa, 1, t, dh, t, 1.0, q, q.add(hidden), 0.0, scores.as_mut_ptr(), s_qk);
             let mask = additive_mask.map(|m| &m[b * t..(b + 1) * t]);
-            rows::softmax_rows_serial(isa, scores, p, t, scale, mask);
+            softmax::softmax_rows_serial(isa, scores, p, t, scale, mask);
             let p_used: &[f32] = match dropout {
                 Some(d) => {
                     let d = &d[task * t * t..(task + 1) * t * t];
@@ -190,7 +190,7 @@ pub fn attention_backward(
             sgemm_raw(isa, 1, t, t, dh, 1.0, p_used.as_ptr(), d_o, 0.0, dv, s_pdo);
             // dS = scale * P * (dP - rowsum(dP * P)), into the second scratch (P' is done)
             let d_scores = &mut *second;
-            rows::softmax_backward_rows_serial(isa, p, d_probs, d_scores, t, scale);
+            softmax::softmax_backward_rows_serial(isa, p, d_probs, d_scores, t, scale);
             // dQ = dS K: (T, T) x (T, dh)
             let s_dsk = GemmStrides { a_row: t, a_col: 1, b_row: h3, b_col: 1, c_row: h3, c_col: 1 };
             sgemm_raw(isa, 1, t, t, dh, 1.0, d_scores.as_ptr(), k, 0.0, dq, s_dsk);

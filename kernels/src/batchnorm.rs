@@ -1,7 +1,7 @@
 //! Batch norm over channels-last data, fast path: threaded over blocks of rows, vectorised
 //! along channels, with an optional fused activation (batch norm -> SiLU is every EfficientNet
 //! stage's pattern; fusing saves writing and re-reading the pre-activation tensor in forward and
-//! backward). The scalar references these are tested against are in [`crate::norm`].
+//! backward). The scalar references these are tested against are in [`reference`].
 //!
 //! Data is seen as (rows = N*H*W, channels). Per-channel sums are accumulated in f64 (the loops
 //! are memory-bound, so the wider accumulator costs nothing measurable), per block of rows and
@@ -16,8 +16,8 @@
 
 use rayon::prelude::*;
 
+use crate::activation::{activation_backward_with, activation_forward_with, Activation};
 use crate::parallel;
-use crate::rows::{activation_backward_with, activation_forward_with, Activation};
 use crate::simd::Isa;
 
 /// Floats per task: big enough to amortise scheduling, small enough to stay in L2.
@@ -306,10 +306,117 @@ pub fn batch_norm_backward_with(
     });
 }
 
+/// The scalar definitions (f64 accumulation) the fast kernels are tested against.
+pub mod reference {
+    /// Per-channel mean and biased variance of (rows, channels) data.
+    pub fn batch_norm_stats(x: &[f32], channels: usize, mean: &mut [f32], var: &mut [f32]) {
+        let rows = x.len().checked_div(channels).unwrap_or(0);
+        let mut sum = vec![0.0f64; channels];
+        let mut sq = vec![0.0f64; channels];
+        for row in x.chunks_exact(channels.max(1)).take(rows) {
+            for c in 0..channels {
+                sum[c] += row[c] as f64;
+            }
+        }
+        sum.iter_mut().for_each(|s| *s /= rows.max(1) as f64);
+        for row in x.chunks_exact(channels.max(1)).take(rows) {
+            for c in 0..channels {
+                sq[c] += (row[c] as f64 - sum[c]).powi(2);
+            }
+        }
+        for c in 0..channels {
+            mean[c] = sum[c] as f32;
+            var[c] = (sq[c] / rows.max(1) as f64) as f32;
+        }
+    }
+
+    /// y = (x - mean[c]) * rstd[c] * gamma[c] + beta[c] over (rows, channels).
+    pub fn batch_norm_apply(
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        y: &mut [f32],
+        channels: usize,
+    ) {
+        for (xr, yr) in x.chunks_exact(channels.max(1)).zip(y.chunks_exact_mut(channels.max(1))) {
+            for c in 0..channels {
+                yr[c] = (xr[c] - mean[c]) * rstd[c] * gamma[c] + beta[c];
+            }
+        }
+    }
+
+    /// Batch-norm backward. `training` selects whether mean and rstd were batch statistics (their
+    /// dependence on x is differentiated) or fixed running statistics. Accumulates dgamma, dbeta.
+    ///   training: dx = gamma * rstd / M * (M * dy - sum(dy) - n * sum(dy * n))
+    ///   eval:     dx = gamma * rstd * dy
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_backward(
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+        channels: usize,
+        training: bool,
+    ) {
+        if channels == 0 {
+            return;
+        }
+        let rows = x.len() / channels;
+        let mut sum_dy = vec![0.0f64; channels];
+        let mut sum_dy_n = vec![0.0f64; channels];
+        for (xr, dyr) in x.chunks_exact(channels).zip(dy.chunks_exact(channels)) {
+            for c in 0..channels {
+                let n = (xr[c] - mean[c]) * rstd[c];
+                sum_dy[c] += dyr[c] as f64;
+                sum_dy_n[c] += (dyr[c] * n) as f64;
+            }
+        }
+        for c in 0..channels {
+            dgamma[c] += sum_dy_n[c] as f32;
+            dbeta[c] += sum_dy[c] as f32;
+        }
+        let m = rows.max(1) as f32;
+        for ((xr, dyr), dxr) in
+            x.chunks_exact(channels).zip(dy.chunks_exact(channels)).zip(dx.chunks_exact_mut(channels))
+        {
+            for c in 0..channels {
+                let k = gamma[c] * rstd[c];
+                dxr[c] = if training {
+                    let n = (xr[c] - mean[c]) * rstd[c];
+                    k * (dyr[c] - (sum_dy[c] as f32) / m - n * (sum_dy_n[c] as f32) / m)
+                } else {
+                    k * dyr[c]
+                };
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn batch_norm_stats_are_per_channel() {
+            // rows: (1, 10), (3, 30) -> means (2, 20), vars (1, 100)
+            let x = [1.0, 10.0, 3.0, 30.0];
+            let (mut m, mut v) = ([0.0; 2], [0.0; 2]);
+            batch_norm_stats(&x, 2, &mut m, &mut v);
+            assert_eq!(m, [2.0, 20.0]);
+            assert_eq!(v, [1.0, 100.0]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::reference;
     use super::*;
-    use crate::norm as reference;
 
     fn data(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);

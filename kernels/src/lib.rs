@@ -23,9 +23,10 @@ pub mod optim;
 pub mod parallel;
 pub mod pooling;
 pub mod reduce;
-pub mod rows;
 pub mod simd;
 pub mod softmax;
+#[cfg(test)]
+mod test_data;
 pub mod timing;
 pub mod vec;
 pub mod vmath;

@@ -164,3 +164,42 @@ impl SharedPtr {
         self.0
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Row and element blocks for the row kernels (softmax, layer norm, activations)
+// ---------------------------------------------------------------------------------------------
+
+/// Below this many elements a kernel stays on the calling thread.
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+
+/// Runs `f(first_row, rows_out)` over row blocks of `out` (rows of `cols`), in parallel when large.
+pub(crate) fn for_row_blocks(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if cols == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / cols;
+    let threads = num_threads();
+    if threads <= 1 || out.len() < PARALLEL_MIN || rows < 2 {
+        f(0, out);
+        return;
+    }
+    let rows_per_block = rows.div_ceil(threads * 4).max(1);
+    use rayon::prelude::*;
+    install(|| {
+        out.par_chunks_mut(rows_per_block * cols).enumerate().for_each(|(i, chunk)| f(i * rows_per_block, chunk));
+    });
+}
+
+/// Elementwise map over (x -> out), in parallel when large.
+pub(crate) fn for_elem_blocks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let threads = num_threads();
+    if threads <= 1 || out.len() < PARALLEL_MIN {
+        f(0, out);
+        return;
+    }
+    let block = out.len().div_ceil(threads * 4).next_multiple_of(64);
+    use rayon::prelude::*;
+    install(|| {
+        out.par_chunks_mut(block).enumerate().for_each(|(i, chunk)| f(i * block, chunk));
+    });
+}

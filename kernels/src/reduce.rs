@@ -285,6 +285,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::{data, SIZES};
 
     fn matrix(rows: usize, cols: usize) -> Vec<f32> {
         (0..rows * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect()
@@ -331,6 +332,20 @@ mod tests {
         let want: Vec<f32> = total.iter().map(|&v| v as f32).collect();
         for isa in Isa::available() {
             assert_eq!(column_sums_with(isa, &x, cols), want, "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn reductions_match_reference() {
+        for isa in Isa::available() {
+            for &n in &SIZES {
+                let x = data(n, 1, 3.0);
+                let y = data(n, 2, 3.0);
+                let tol = 1e-5 * n as f32;
+                assert!((sum_with(isa, &x) - sum_reference(&x)).abs() < tol);
+                assert_eq!(max_with(isa, &x), max_reference(&x));
+                assert!((dot_with(isa, &x, &y) - dot_reference(&x, &y)).abs() < tol);
+            }
         }
     }
 }

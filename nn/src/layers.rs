@@ -281,7 +281,7 @@ impl BatchNorm2d {
         }
     }
 
-    fn forward_act(&self, x: &Var, ctx: &Ctx, act: Option<kernels::rows::Activation>) -> Result<Var> {
+    fn forward_act(&self, x: &Var, ctx: &Ctx, act: Option<kernels::activation::Activation>) -> Result<Var> {
         if !ctx.training {
             let mode = norm::BatchNormMode::Eval {
                 running_mean: self.running_mean.get(),
@@ -352,12 +352,12 @@ impl Activation {
     }
 
     /// The vectorised kernel a fused op (batch norm + activation) can apply, if there is one.
-    pub fn fused_kernel(self) -> Option<kernels::rows::Activation> {
+    pub fn fused_kernel(self) -> Option<kernels::activation::Activation> {
         match self {
-            Activation::Silu => Some(kernels::rows::Activation::Silu),
-            Activation::Gelu => Some(kernels::rows::Activation::GeluErf),
-            Activation::GeluTanh => Some(kernels::rows::Activation::GeluTanh),
-            Activation::Sigmoid => Some(kernels::rows::Activation::Sigmoid),
+            Activation::Silu => Some(kernels::activation::Activation::Silu),
+            Activation::Gelu => Some(kernels::activation::Activation::GeluErf),
+            Activation::GeluTanh => Some(kernels::activation::Activation::GeluTanh),
+            Activation::Sigmoid => Some(kernels::activation::Activation::Sigmoid),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@
 //! which avoids materialising two log-softmax graphs and is stable for any temperature.
 
 use kernels::gemm::{sgemm, GemmStrides};
-use kernels::rows;
+use kernels::softmax;
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
@@ -62,10 +62,10 @@ pub fn contrastive_loss(x: &Var, y: &Var, log_temperature: &Var, smoothing: f32)
     );
     // row and column log-softmax
     let mut lr = vec![0.0f32; n * n];
-    rows::log_softmax_forward(&z, &mut lr, n, 1.0, None);
+    softmax::log_softmax_forward(&z, &mut lr, n, 1.0, None);
     let zt: Vec<f32> = (0..n * n).map(|k| z[(k % n) * n + k / n]).collect(); // transpose
     let mut lc_t = vec![0.0f32; n * n];
-    rows::log_softmax_forward(&zt, &mut lc_t, n, 1.0, None);
+    softmax::log_softmax_forward(&zt, &mut lc_t, n, 1.0, None);
     let off = smoothing / n as f32;
     let on = 1.0 - smoothing + off;
     let mut total = 0.0f64;

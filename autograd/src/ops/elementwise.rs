@@ -4,7 +4,7 @@
 //! Broadcast gradients are reduced back to each input's shape by `Tensor::sum_to_shape`,
 //! the one place where that reduction lives.
 
-use kernels::rows::{self, Activation};
+use kernels::activation::{self as kernel, Activation};
 use tensor::{Result, Tensor};
 
 use super::maybe;
@@ -133,12 +133,12 @@ fn activation(x: &Var, name: &'static str, act: Activation) -> Var {
     let xv = x.value().contiguous();
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let mut y = tensor::recycled_vec(xs.len()); // written in full by the kernel
-    rows::activation_forward(act, xs, &mut y);
+    kernel::activation_forward(act, xs, &mut y);
     let out = Tensor::from_vec(y, xv.shape()).expect("same shape");
     Var::from_fn(out, &[x], name, move |g, _| {
         let gc = g.contiguous();
         let mut dx = tensor::recycled_vec(xv.numel());
-        rows::activation_backward(
+        kernel::activation_backward(
             act,
             xv.as_contiguous_slice().expect("contiguous"),
             gc.as_contiguous_slice().expect("contiguous"),

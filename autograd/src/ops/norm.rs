@@ -5,8 +5,9 @@
 //! and differentiates through them; in eval mode it uses fixed running statistics and is an
 //! affine map per channel.
 
+use kernels::activation::Activation;
 use kernels::batchnorm as bn;
-use kernels::rows;
+use kernels::norm as kernel;
 use tensor::{Result, Tensor, TensorError};
 
 use super::maybe;
@@ -29,14 +30,14 @@ pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
     let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let (gs, bs) = (gv.as_contiguous_slice().expect("contiguous"), bv.as_contiguous_slice().expect("contiguous"));
-    rows::layer_norm_forward(xs, gs, bs, &mut y, &mut mean, &mut rstd, c, eps);
+    kernel::layer_norm_forward(xs, gs, bs, &mut y, &mut mean, &mut rstd, c, eps);
     let out = Tensor::from_vec(y, xv.shape())?;
     Ok(Var::from_fn(out, &[x, gamma, beta], "layer_norm", move |g, needs| {
         let gc = g.contiguous();
         let mut dx = tensor::recycled_vec(xv.numel());
         let mut dgamma = vec![0.0f32; c];
         let mut dbeta = vec![0.0f32; c];
-        rows::layer_norm_backward(
+        kernel::layer_norm_backward(
             xv.as_contiguous_slice().expect("contiguous"),
             gv.as_contiguous_slice().expect("contiguous"),
             &mean,
@@ -86,7 +87,7 @@ pub fn batch_norm_act(
     gamma: &Var,
     beta: &Var,
     mode: &BatchNormMode,
-    act: Option<rows::Activation>,
+    act: Option<Activation>,
 ) -> Result<BatchNormOutput> {
     let xv = x.value().contiguous();
     let c =
@@ -135,7 +136,7 @@ pub fn batch_norm_act(
     };
     let name = match act {
         None => "batch_norm",
-        Some(rows::Activation::Silu) => "batch_norm_silu",
+        Some(Activation::Silu) => "batch_norm_silu",
         Some(_) => "batch_norm_act",
     };
     let y = Var::from_fn(out, &[x, gamma, beta], name, move |g, needs| {
@@ -208,7 +209,7 @@ mod tests {
         for mode in [train, eval] {
             check_gradients(
                 &[x.clone(), g.clone(), b.clone()],
-                |v| Ok(batch_norm_act(&v[0], &v[1], &v[2], &mode, Some(rows::Activation::Silu))?.y),
+                |v| Ok(batch_norm_act(&v[0], &v[1], &v[2], &mode, Some(Activation::Silu))?.y),
                 &o,
             )
             .unwrap();

@@ -3,7 +3,7 @@
 //! (dx = y * (dy - sum(dy * y))), and cross-entropy's is simply (softmax - target) / N, which is
 //! both cheaper and more stable than chaining log and softmax.
 
-use kernels::rows;
+use kernels::softmax as kernel;
 use tensor::{Result, Tensor, TensorError};
 
 use crate::Var;
@@ -36,10 +36,10 @@ fn check_rank(op: &'static str, x: &Tensor) -> Result<()> {
 pub fn softmax(x: &Var) -> Result<Var> {
     let xv = x.value();
     check_rank("softmax", &xv)?;
-    let y = rowwise(&xv, |x, y, c| rows::softmax_forward(x, y, c, 1.0, None));
+    let y = rowwise(&xv, |x, y, c| kernel::softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
     Ok(Var::from_fn(y, &[x], "softmax", move |g, _| {
-        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::softmax_backward(y, dy, dx, c, 1.0)))])
+        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| kernel::softmax_backward(y, dy, dx, c, 1.0)))])
     }))
 }
 
@@ -47,10 +47,10 @@ pub fn softmax(x: &Var) -> Result<Var> {
 pub fn log_softmax(x: &Var) -> Result<Var> {
     let xv = x.value();
     check_rank("log_softmax", &xv)?;
-    let y = rowwise(&xv, |x, y, c| rows::log_softmax_forward(x, y, c, 1.0, None));
+    let y = rowwise(&xv, |x, y, c| kernel::log_softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
     Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| {
-        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::log_softmax_backward(y, dy, dx, c, 1.0)))])
+        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| kernel::log_softmax_backward(y, dy, dx, c, 1.0)))])
     }))
 }
 
@@ -77,11 +77,11 @@ pub fn attention_softmax(scores: &Var, scale: f32, key_mask: Option<&Tensor>) ->
         Some(m) => Some(m.to_vec().iter().map(|&v| if v > 0.0 { 0.0 } else { -1e9 }).collect()),
         None => None,
     };
-    let mask = additive.as_ref().map(|v| rows::RowMask { values: v, rows_per_mask: h * tq });
-    let y = rowwise(&sv, |x, y, c| rows::softmax_forward(x, y, c, scale, mask));
+    let mask = additive.as_ref().map(|v| kernel::RowMask { values: v, rows_per_mask: h * tq });
+    let y = rowwise(&sv, |x, y, c| kernel::softmax_forward(x, y, c, scale, mask));
     let saved = y.clone();
     Ok(Var::from_fn(y, &[scores], "attention_softmax", move |g, _| {
-        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| rows::softmax_backward(y, dy, dx, c, scale)))])
+        Ok(vec![Some(rowwise2(&saved, g, |y, dy, dx, c| kernel::softmax_backward(y, dy, dx, c, scale)))])
     }))
 }
 
@@ -105,7 +105,7 @@ pub fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> Result<
     if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
         return Err(TensorError::Index { op: "cross_entropy", index: bad, size: c });
     }
-    let logp = rowwise(&lv, |x, y, c| rows::log_softmax_forward(x, y, c, 1.0, None));
+    let logp = rowwise(&lv, |x, y, c| kernel::log_softmax_forward(x, y, c, 1.0, None));
     let lp = logp.as_contiguous_slice().expect("contiguous");
     let off = smoothing / c as f32;
     let on = 1.0 - smoothing + off;
