@@ -225,8 +225,8 @@ pub struct Pair {
     pub index: u64,
     /// Image file of a manifest record.
     pub file: Option<std::path::PathBuf>,
-    /// Encoded image bytes of a WebDataset shard member.
-    pub bytes: Option<std::sync::Arc<Vec<u8>>>,
+    /// Where a WebDataset shard member's encoded image lies (read when its batch is prepared).
+    pub member: Option<ShardSlice>,
     pub text: String,
 }
 
@@ -255,16 +255,42 @@ impl SkipReport {
     }
 }
 
-/// The image and caption bytes found for one key of a shard.
-type ShardMember = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// The bytes of one tar member inside its shard: images are read from here when their batch
+/// is prepared, so a dataset of shards never has to fit in memory (only its captions and these
+/// positions do), and any record can be read in any order, which the trainer's shuffled epochs
+/// and exact resume rely on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSlice {
+    pub shard: std::sync::Arc<std::path::PathBuf>,
+    /// Byte offset of the member's data in the shard file.
+    pub offset: u64,
+    pub len: u64,
+}
 
-/// One readable WebDataset record: image width, height, alt-text, encoded image.
-pub type ShardRecord = (u32, u32, String, std::sync::Arc<Vec<u8>>);
+impl ShardSlice {
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&*self.shard)?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut data = vec![0u8; self.len as usize];
+        file.read_exact(&mut data)?;
+        Ok(data)
+    }
+}
 
-/// Reads WebDataset tar shards as img2dataset writes them (`key.jpg` / `key.png` + `key.txt`
-/// [+ `key.json`]), sequentially, without unpacking to disk. `path` is a `.tar` file or a folder
-/// of them (read in name order). Records with no image, no caption, a non-UTF-8 or empty caption,
-/// an undecodable image header, or cut off by a truncated shard are counted, never fatal.
+/// The image (where it lies, and its header's width and height, or None when the header does
+/// not decode) and the caption bytes found for one key of a shard.
+type ShardMember = (Option<(ShardSlice, Option<(u32, u32)>)>, Option<Vec<u8>>);
+
+/// One readable WebDataset record: image width, height, alt-text, where the image lies.
+pub type ShardRecord = (u32, u32, String, ShardSlice);
+
+/// Indexes WebDataset tar shards as img2dataset writes them (`key.jpg` / `key.png` + `key.txt`
+/// [+ `key.json`]): one sequential pass, without unpacking to disk, that keeps each record's
+/// caption, image size and the image's position in its shard, never the images themselves.
+/// `path` is a `.tar` file or a folder of them (read in name order). Records with no image, no
+/// caption, a non-UTF-8 or empty caption, an undecodable image header, or cut off by a
+/// truncated shard are counted, never fatal.
 pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRecord>, SkipReport)> {
     use std::io::Read;
     let io = crate::error::io_error(path);
@@ -283,6 +309,7 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
     let mut records = vec![];
     for shard in shards {
         let file = std::fs::File::open(&shard).map_err(crate::error::io_error(&shard))?;
+        let shard = std::sync::Arc::new(shard);
         let mut archive = tar::Archive::new(file);
         // key -> (image bytes, caption bytes)
         let mut members: std::collections::BTreeMap<String, ShardMember> = Default::default();
@@ -297,6 +324,7 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
             };
             let Ok(name) = entry.path().map(|p| p.to_string_lossy().into_owned()) else { continue };
             let Some((key, ext)) = name.rsplit_once('.') else { continue };
+            let (offset, len) = (entry.raw_file_position(), entry.size());
             let mut data = Vec::new();
             if entry.read_to_end(&mut data).is_err() {
                 skips.truncated_member += 1;
@@ -304,7 +332,15 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
             }
             let slot = members.entry(key.to_string()).or_default();
             match ext.to_lowercase().as_str() {
-                "jpg" | "jpeg" | "png" | "webp" => slot.0 = Some(data),
+                "jpg" | "jpeg" | "png" | "webp" => {
+                    // the header gives the size filter its numbers; the bytes are dropped here
+                    let dims = image::ImageReader::new(std::io::Cursor::new(&data))
+                        .with_guessed_format()
+                        .ok()
+                        .and_then(|r| r.into_dimensions().ok());
+                    let slice = ShardSlice { shard: shard.clone(), offset, len };
+                    slot.0 = Some((slice, if data.is_empty() { Some((0, 0)) } else { dims }));
+                }
                 "txt" => slot.1 = Some(data),
                 _ => {}
             }
@@ -327,16 +363,13 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
                 skips.empty_caption += 1;
                 continue;
             }
-            if img.is_empty() {
+            let (slice, dims) = img;
+            if slice.len == 0 {
                 skips.empty_file += 1;
                 continue;
             }
-            let dims = image::ImageReader::new(std::io::Cursor::new(&img))
-                .with_guessed_format()
-                .ok()
-                .and_then(|r| r.into_dimensions().ok());
             match dims {
-                Some((w, h)) => records.push((w, h, cap, std::sync::Arc::new(img))),
+                Some((w, h)) => records.push((w, h, cap, slice)),
                 None => skips.corrupt_image += 1,
             }
         }
@@ -477,7 +510,7 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
     let (kept, report) = apply_filters(&records, 200, 5);
     let train_pairs = kept
         .into_iter()
-        .map(|i| Pair { index: i as u64, file: None, bytes: None, text: records[i].2.clone() })
+        .map(|i| Pair { index: i as u64, file: None, member: None, text: records[i].2.clone() })
         .collect();
     let base = 1u64 << 40;
     let held: Vec<Pair> = (0..held_out as u64)
@@ -486,7 +519,7 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
             // full descriptions (size, colour, shape, and background or layout), as evaluation
             // captions are in COCO / Flickr30K: a caption that names only "a red circle" fits
             // dozens of the 1,000 images equally well, which no model can rank
-            Pair { index: base + i, file: None, bytes: None, text: s.clean_caption(2 * (i as usize % 2)) }
+            Pair { index: base + i, file: None, member: None, text: s.clean_caption(2 * (i as usize % 2)) }
         })
         .collect();
     (train_pairs, held, report)
@@ -516,9 +549,9 @@ pub fn image_batch_checked(
                     (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize)
                 }
             };
-            let img = match (&p.file, &p.bytes) {
+            let img = match (&p.file, &p.member) {
                 (Some(path), _) => crate::images::load_rgb(path).ok()?,
-                (None, Some(bytes)) => image::load_from_memory(bytes).ok()?.to_rgb8(),
+                (None, Some(member)) => image::load_from_memory(&member.read().ok()?).ok()?.to_rgb8(),
                 (None, None) => {
                     // built-in scenes are drawn straight at the resized size (resizing is then a no-op)
                     let scene = Scene::generate(seed, p.index);

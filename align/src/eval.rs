@@ -136,7 +136,7 @@ impl LoadedModel {
     /// Embeddings of image files (see [`Embedder::embed_pairs`]).
     pub fn embed_files(&self, files: &[PathBuf]) -> Result<(Vec<f32>, Vec<usize>)> {
         let pairs: Vec<Pair> =
-            files.iter().map(|f| Pair { index: 0, file: Some(f.clone()), bytes: None, text: String::new() }).collect();
+            files.iter().map(|f| Pair { index: 0, file: Some(f.clone()), member: None, text: String::new() }).collect();
         self.embed_pairs(&pairs)
     }
 }
@@ -579,7 +579,7 @@ pub fn eval_arithmetic(lm: &LoadedModel, gallery_size: usize, queries: usize, k:
     let base = 3u64 << 40;
     let scenes: Vec<Scene> = (0..gallery_size as u64).map(|i| Scene::generate(seed, base + i)).collect();
     let pairs: Vec<Pair> = (0..gallery_size as u64)
-        .map(|i| Pair { index: base + i, file: None, bytes: None, text: String::new() })
+        .map(|i| Pair { index: base + i, file: None, member: None, text: String::new() })
         .collect();
     let (emb, kept) = lm.embed_pairs(&pairs)?;
     let d = lm.dim();

@@ -126,7 +126,7 @@ fn example_queries(lm: &LoadedModel) -> Result<String> {
     let (pairs, queries): (Vec<Pair>, Vec<String>) = if lm.config.data == "builtin" {
         let base = 3u64 << 40;
         let pairs: Vec<Pair> = (0..gallery_size as u64)
-            .map(|i| Pair { index: base + i, file: None, bytes: None, text: String::new() })
+            .map(|i| Pair { index: base + i, file: None, member: None, text: String::new() })
             .collect();
         let queries = [
             "a red circle",
@@ -143,7 +143,7 @@ fn example_queries(lm: &LoadedModel) -> Result<String> {
             .iter()
             .rev()
             .take(gallery_size)
-            .map(|r| Pair { index: 0, file: Some(r.3.clone()), bytes: None, text: r.2.clone() })
+            .map(|r| Pair { index: 0, file: Some(r.3.clone()), member: None, text: r.2.clone() })
             .collect();
         let queries = pairs.iter().step_by(pairs.len().max(4) / 4).take(4).map(|p| p.text.clone()).collect();
         (pairs, queries)

@@ -338,14 +338,50 @@ fn eval_commands_give_the_answers_computed_by_hand() {
         assert!((got["top1"].as_f64().unwrap() - want).abs() < 1e-6, "k {k}: {got} vs {want}");
     }
 
-    // arithmetic with K = the whole gallery but the query: every colour that appears in two
-    // or more gallery scenes is found, with or without the text, so both rates are 1
-    let gallery = 40u64;
+    // arithmetic, by hand: the first `queries` single-object gallery scenes (colour a) are the
+    // queries, each with a target colour b drawn as the command documents (seeded stream,
+    // b != a); a query normalise(image + text(b) - text(a)) hits when an object of colour b is
+    // among its top K other scenes; the baseline asks the same of the image alone
+    let (gallery, queries, k) = (40u64, 8usize, 3usize);
+    let base = 3u64 << 40;
     let scenes: Vec<align::data::Scene> =
-        (0..gallery).map(|i| align::data::Scene::generate(lm.config.seed, (3u64 << 40) + i)).collect();
-    let every_colour_twice =
-        (0..classes.len()).all(|c| scenes.iter().filter(|sc| sc.objects.iter().any(|o| o.colour == c)).count() >= 2);
-    assert!(every_colour_twice, "the gallery must hold every colour twice for this known answer");
+        (0..gallery).map(|i| align::data::Scene::generate(lm.config.seed, base + i)).collect();
+    let pairs: Vec<align::data::Pair> = (0..gallery)
+        .map(|i| align::data::Pair { index: base + i, file: None, member: None, text: String::new() })
+        .collect();
+    let (emb, decoded) = lm.embed_pairs(&pairs).unwrap();
+    assert_eq!(decoded.len(), gallery as usize);
+    let words = lm.embed_texts(&classes).unwrap();
+    let unit = |v: Vec<f32>| -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    };
+    let hit = |query: &[f32], own: usize, b: usize| -> bool {
+        let mut order: Vec<(f32, usize)> = (0..gallery as usize)
+            .filter(|&r| r != own)
+            .map(|r| (query.iter().zip(&emb[r * d..(r + 1) * d]).map(|(x, y)| x * y).sum::<f32>(), r))
+            .collect();
+        order.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        order[..k].iter().any(|&(_, r)| scenes[r].objects.iter().any(|o| o.colour == b))
+    };
+    let mut rng = tensor::Rng::new(lm.config.seed ^ 0xF165);
+    let (mut hits, mut base_hits, mut n) = (0, 0, 0);
+    for (row, scene) in scenes.iter().enumerate() {
+        if n == queries {
+            break;
+        }
+        if scene.objects.len() != 1 {
+            continue;
+        }
+        let a = scene.objects[0].colour;
+        let b = (a + 1 + rng.below(classes.len() - 1)) % classes.len();
+        let image = &emb[row * d..(row + 1) * d];
+        let query = unit((0..d).map(|j| image[j] + words[b * d + j] - words[a * d + j]).collect());
+        hits += hit(&query, row, b) as usize;
+        base_hits += hit(image, row, b) as usize;
+        n += 1;
+    }
+    assert_eq!(n, queries);
     let a: serde_json::Value = serde_json::from_str(&align(&[
         "eval",
         "arithmetic",
@@ -354,11 +390,13 @@ fn eval_commands_give_the_answers_computed_by_hand() {
         "--gallery",
         &gallery.to_string(),
         "--queries",
-        "5",
+        &queries.to_string(),
         "--k",
-        &(gallery - 1).to_string(),
+        &k.to_string(),
         "--json",
     ]))
     .unwrap();
-    assert_eq!((a["hit_rate"].as_f64(), a["baseline_hit_rate"].as_f64()), (Some(1.0), Some(1.0)), "{a}");
+    let rate = |h: usize| h as f64 / queries as f64;
+    assert!((a["hit_rate"].as_f64().unwrap() - rate(hits)).abs() < 1e-6, "{a} vs {hits}/{queries}");
+    assert!((a["baseline_hit_rate"].as_f64().unwrap() - rate(base_hits)).abs() < 1e-6, "{a} vs {base_hits}/{queries}");
 }

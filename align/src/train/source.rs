@@ -2,14 +2,21 @@
 //! paths and alt-texts, or WebDataset shards), cleaned by the paper's frequency filters and
 //! split into training pairs and a held-out set for retrieval; and the WordPiece vocabulary
 //! trained on the kept alt-texts.
+//!
+//! Only captions, image sizes and where each image lies are kept in memory: a manifest's images
+//! stay in their files and a shard's in the shard (`data::ShardSlice`), and both are read when
+//! their batch is prepared. Every record can therefore be read in any order, so the trainer
+//! shuffles whole epochs and resumes exactly from a saved order and cursor; a shuffle buffer
+//! over a sequential stream would give neither a uniform shuffle nor a cheap exact resume.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokenizer::trainer::{train as train_vocab, write_vocab, TrainerOptions};
 use tokenizer::{BertOptions, WordPiece};
 
-use crate::data::{apply_filters, builtin_corpus, read_manifest, read_shards, FilterReport, Pair, SkipReport};
+use crate::data::{
+    apply_filters, builtin_corpus, read_manifest, read_shards, FilterReport, Pair, ShardSlice, SkipReport,
+};
 use crate::error::{io_error, AlignError, Result};
 use crate::train::TrainConfig;
 
@@ -48,7 +55,7 @@ impl TrainingData {
     fn load_user_data(source: &Path, held_out: usize) -> Result<TrainingData> {
         let shards = source.is_dir() || source.extension().is_some_and(|e| e == "tar");
         // (width, height, caption) for the filters, and where each image's bytes are
-        type ImageRef = (Option<PathBuf>, Option<Arc<Vec<u8>>>);
+        type ImageRef = (Option<PathBuf>, Option<ShardSlice>);
         let (meta, images, skipped): (Vec<(u32, u32, String)>, Vec<ImageRef>, SkipReport) = if shards {
             let (records, skipped) = read_shards(source)?;
             let (meta, images) = records.into_iter().map(|(w, h, t, b)| ((w, h, t), (None, Some(b)))).unzip();
@@ -66,7 +73,7 @@ impl TrainingData {
             .map(|i| Pair {
                 index: i as u64,
                 file: images[i].0.clone(),
-                bytes: images[i].1.clone(),
+                member: images[i].1.clone(),
                 text: meta[i].2.clone(),
             })
             .collect();
