@@ -93,7 +93,7 @@ fn two_layer_bert_loss_and_gradients_match_pytorch() {
     let (_, targets) = fx.tensor_i64("targets").unwrap();
     let targets: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
     let hidden = bert.forward(&tokens, &mut Ctx::train(0)).unwrap();
-    let logits = head.forward(&cls_state(&hidden).unwrap()).unwrap();
+    let logits = head.forward(&cls_state(&hidden).unwrap(), &mut Ctx::train(0)).unwrap();
     let loss = softmax::cross_entropy(&logits, &targets, 0.1).unwrap();
     Tolerance::new(1e-5, 0.0).assert("loss", &[loss.value().item().unwrap()], &fx.tensor("loss").unwrap().to_vec());
     loss.backward().unwrap();

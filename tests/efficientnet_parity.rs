@@ -55,8 +55,11 @@ fn torchvision_weights_load_by_name_and_reproduce_its_logits() {
     let (logits, pooled) = autograd::no_grad(|| -> tensor::Result<_> {
         let ctx = &mut Ctx::eval();
         let classifier = model.head.as_ref().expect("built with classes");
-        let head =
-            classifier.bn.forward_with(&classifier.conv.forward(&model.forward_blocks(&x, ctx)?)?, ctx, model.act)?;
+        let head = classifier.bn.forward_with(
+            &classifier.conv.forward(&model.forward_blocks(&x, ctx)?, ctx)?,
+            ctx,
+            model.act,
+        )?;
         Ok((model.logits(&x, ctx)?.value(), autograd::ops::conv::global_avg_pool(&head)?.value()))
     })
     .unwrap();

@@ -175,14 +175,14 @@ pub struct BertLayer {
 
 impl BertLayer {
     /// x (rows, H) -> [x Wq^T + bq | x Wk^T + bk | x Wv^T + bv] (rows, 3H) in one GEMM.
-    pub fn qkv_projection(&self, x: &Var) -> Result<Var> {
+    pub fn qkv_projection(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         let weights = [&self.query.weight, &self.key.weight, &self.value.weight];
         match (&self.query.bias, &self.key.bias, &self.value.bias) {
             (Some(q), Some(k), Some(v)) => linear_stacked(x, &weights, Some(&[q, k, v])),
             (None, None, None) => linear_stacked(x, &weights, None),
             // mixed biases (no checkpoint we know has them): three projections side by side
             _ => {
-                let parts = [self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?];
+                let parts = [self.query.forward(x, ctx)?, self.key.forward(x, ctx)?, self.value.forward(x, ctx)?];
                 shape::concat(&[&parts[0], &parts[1], &parts[2]], 1)
             }
         }
@@ -235,30 +235,30 @@ impl Bert {
             return Err(TensorError::Index { op: "bert token id", index: bad, size: self.config.vocab_size });
         }
         let e = &self.embeddings;
-        let words = e.word.forward(&tokens.ids, &[b, t])?;
+        let words = e.word.lookup(&tokens.ids, &[b, t])?;
         let positions: Vec<usize> = (0..t).collect();
-        let pos = e.position.forward(&positions, &[1, t])?;
-        let types = e.token_type.forward(&[0], &[1, 1])?;
+        let pos = e.position.lookup(&positions, &[1, t])?;
+        let types = e.token_type.lookup(&[0], &[1, 1])?;
         let x = ew::add(&ew::add(&words, &pos)?, &types)?;
-        let mut x = e.dropout.forward(&e.layer_norm.forward(&x)?, ctx)?;
+        let mut x = e.dropout.forward(&e.layer_norm.forward(&x, ctx)?, ctx)?;
         let heads = self.config.num_heads;
         let dropout = Dropout { p: self.config.hidden_dropout };
         for layer in &self.layers {
             // One projection GEMM for Q, K and V: x (B*T, H) times [Wq; Wk; Wv]^T (3H, H).
             // Concatenating the weights costs 3H*H copies per step and saves two passes over
             // x, two GEMM launches and, in the backward, two (B*T, H) gradient sums.
-            let qkv = layer.qkv_projection(&shape::reshape(&x, &[b * t, h])?)?;
+            let qkv = layer.qkv_projection(&shape::reshape(&x, &[b * t, h])?, ctx)?;
             let qkv = shape::reshape(&qkv, &[b, t, 3 * h])?;
             // (B, T, 3H) -> (B, T, H): every head's softmax(Q K^T / sqrt(dh) + mask) V
             let attn_drop = (ctx.training && self.config.attention_dropout > 0.0)
                 .then_some((self.config.attention_dropout, &mut ctx.rng));
             let context = attention::self_attention(&qkv, heads, Some(&tokens.mask), attn_drop)?;
-            let attn = dropout.forward(&layer.attention_output.forward(&context)?, ctx)?;
-            x = layer.attention_norm.forward(&ew::add(&x, &attn)?)?;
-            let inter = layer.intermediate.forward(&x)?;
+            let attn = dropout.forward(&layer.attention_output.forward(&context, ctx)?, ctx)?;
+            x = layer.attention_norm.forward(&ew::add(&x, &attn)?, ctx)?;
+            let inter = layer.intermediate.forward(&x, ctx)?;
             let inter = if self.config.gelu_tanh { ew::gelu_tanh(&inter) } else { ew::gelu(&inter) };
-            let out = dropout.forward(&layer.output.forward(&inter)?, ctx)?;
-            x = layer.output_norm.forward(&ew::add(&x, &out)?)?;
+            let out = dropout.forward(&layer.output.forward(&inter, ctx)?, ctx)?;
+            x = layer.output_norm.forward(&ew::add(&x, &out)?, ctx)?;
         }
         Ok(x)
     }
@@ -342,7 +342,7 @@ impl TextTower {
     /// Unnormalised text embeddings (batch, embed_dim).
     pub fn forward(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
         let hidden = self.bert.forward(tokens, ctx)?;
-        self.projection.forward(&cls_state(&hidden)?)
+        self.projection.forward(&cls_state(&hidden)?, ctx)
     }
 }
 

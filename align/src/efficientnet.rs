@@ -221,13 +221,13 @@ impl MBConv {
     pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         let mut h = x.clone();
         if let Some((conv, bn)) = &self.expand {
-            h = bn.forward_with(&conv.forward(&h)?, ctx, self.act)?;
+            h = bn.forward_with(&conv.forward(&h, ctx)?, ctx, self.act)?;
         }
-        h = self.bn_depthwise.forward_with(&self.depthwise.forward(&h)?, ctx, self.act)?;
+        h = self.bn_depthwise.forward_with(&self.depthwise.forward(&h, ctx)?, ctx, self.act)?;
         if let Some(se) = &self.se {
-            h = se.forward(&h)?;
+            h = se.forward(&h, ctx)?;
         }
-        h = self.bn_project.forward(&self.project.forward(&h)?, ctx)?;
+        h = self.bn_project.forward(&self.project.forward(&h, ctx)?, ctx)?;
         if self.residual {
             h = ew::add(&self.drop_path.forward(&h, ctx)?, x)?;
         }
@@ -332,7 +332,7 @@ impl EfficientNet {
                 msg: format!("images must be (N, H, W, 3), got {s:?}"),
             });
         }
-        let mut x = self.bn_stem.forward_with(&self.stem.forward(images)?, ctx, self.act)?;
+        let mut x = self.bn_stem.forward_with(&self.stem.forward(images, ctx)?, ctx, self.act)?;
         for b in &self.blocks {
             x = b.forward(&x, ctx)?;
         }
@@ -351,9 +351,9 @@ impl EfficientNet {
             msg: "built without a classifier head (num_classes 0): use features()".into(),
         })?;
         let x = self.forward_blocks(images, ctx)?;
-        let x = head.bn.forward_with(&head.conv.forward(&x)?, ctx, self.act)?;
+        let x = head.bn.forward_with(&head.conv.forward(&x, ctx)?, ctx, self.act)?;
         let pooled = head.dropout.forward(&cv::global_avg_pool(&x)?, ctx)?;
-        head.classifier.forward(&pooled)
+        head.classifier.forward(&pooled, ctx)
     }
 
     /// Loads a PyTorch state dict in lukemelas' naming or torchvision's (as `tensor::io::torch`

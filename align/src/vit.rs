@@ -61,9 +61,9 @@ pub struct VitBlock {
 impl VitBlock {
     /// x (N, T, D) -> (N, T, D)
     fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
-        let x = ew::add(x, &self.attention.forward(&self.norm_attention.forward(x)?, None, ctx)?)?;
-        let hidden = ew::gelu(&self.mlp_in.forward(&self.norm_mlp.forward(&x)?)?);
-        ew::add(&x, &self.mlp_out.forward(&hidden)?)
+        let x = ew::add(x, &self.attention.forward(&self.norm_attention.forward(x, ctx)?, ctx)?)?;
+        let hidden = ew::gelu(&self.mlp_in.forward(&self.norm_mlp.forward(&x, ctx)?, ctx)?);
+        ew::add(&x, &self.mlp_out.forward(&hidden, ctx)?)
     }
 }
 
@@ -114,13 +114,13 @@ impl ImageTower for Vit {
             return Err(TensorError::Shape { op: "vit", msg: format!("images must be (N, {r}, {r}, 3), got {s:?}") });
         }
         let (n, d) = (s[0], self.config.width);
-        let patches = shape::reshape(&self.patch_embedding.forward(images)?, &[n, self.config.patches(), d])?;
+        let patches = shape::reshape(&self.patch_embedding.forward(images, ctx)?, &[n, self.config.patches(), d])?;
         let cls = shape::broadcast_to(&self.cls_token, &[n, 1, d])?;
         let mut x = ew::add(&shape::concat(&[&cls, &patches], 1)?, &self.position_embeddings)?; // (N, 1 + P, D)
         for block in &self.blocks {
             x = block.forward(&x, ctx)?;
         }
-        let x = self.final_norm.forward(&x)?;
+        let x = self.final_norm.forward(&x, ctx)?;
         shape::reshape(&shape::narrow(&x, 1, 0, 1)?, &[n, d])
     }
 

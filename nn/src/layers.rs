@@ -16,7 +16,7 @@ use kernels::Padding;
 use tensor::{Result, Rng, Tensor, TensorError};
 
 use crate::init;
-use crate::module::{join, Buffer, Ctx, Module};
+use crate::module::{join, Buffer, Ctx, Forward, Module};
 
 /// y = x W^T + b, x (..., in) -> (..., out).
 pub struct Linear {
@@ -42,7 +42,7 @@ impl Linear {
         }
     }
 
-    pub fn forward(&self, x: &Var) -> Result<Var> {
+    pub fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Result<Var> {
         // Flatten leading axes so the whole batch is one GEMM (and the weight gradient one GEMM
         // too, instead of a batch of small products summed afterwards).
         let s = x.shape();
@@ -79,8 +79,9 @@ impl Embedding {
         Embedding { weight: Var::parameter(init::normal(&[num, dim], 0.0, std, rng)) }
     }
 
-    /// ids (any shape) -> (ids..., dim).
-    pub fn forward(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Var> {
+    /// ids (any shape) -> (ids..., dim). (A lookup of integer ids, not a function of a tensor,
+    /// so it is not a [`Forward`] layer.)
+    pub fn lookup(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Var> {
         let rows = shape::index_select(&self.weight, 0, ids)?;
         let mut out_shape = ids_shape.to_vec();
         out_shape.push(self.weight.shape()[1]);
@@ -105,7 +106,7 @@ impl LayerNorm {
     pub fn new(dim: usize, eps: f32) -> LayerNorm {
         LayerNorm { weight: Var::parameter(Tensor::ones(&[dim])), bias: Var::parameter(Tensor::zeros(&[dim])), eps }
     }
-    pub fn forward(&self, x: &Var) -> Result<Var> {
+    pub fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Result<Var> {
         norm::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
@@ -199,7 +200,7 @@ impl Conv2d {
             padding,
         }
     }
-    pub fn forward(&self, x: &Var) -> Result<Var> {
+    pub fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Result<Var> {
         let y = cv::conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
             Some(b) => ew::add(&y, b),
@@ -228,7 +229,7 @@ impl DepthwiseConv2d {
     pub fn new(channels: usize, k: usize, stride: usize, padding: Padding, rng: &mut Rng) -> DepthwiseConv2d {
         DepthwiseConv2d { weight: Var::parameter(init::kaiming_normal(&[k, k, channels], k * k, rng)), stride, padding }
     }
-    pub fn forward(&self, x: &Var) -> Result<Var> {
+    pub fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Result<Var> {
         cv::depthwise_conv2d(x, &self.weight, self.stride, self.padding)
     }
 }
@@ -268,16 +269,16 @@ impl BatchNorm2d {
         }
     }
 
-    pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+    pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         self.forward_act(x, ctx, None)
     }
 
     /// act(batch_norm(x)) through the fused kernel when the activation has one (SiLU, sigmoid,
     /// GELU); otherwise batch norm followed by the separate activation.
-    pub fn forward_with(&self, x: &Var, ctx: &Ctx, act: Activation) -> Result<Var> {
+    pub fn forward_with(&self, x: &Var, ctx: &mut Ctx, act: Activation) -> Result<Var> {
         match act.fused_kernel() {
             Some(k) => self.forward_act(x, ctx, Some(k)),
-            None => Ok(act.forward(&self.forward_act(x, ctx, None)?)),
+            None => act.forward(&self.forward_act(x, ctx, None)?, ctx),
         }
     }
 
@@ -338,8 +339,8 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn forward(self, x: &Var) -> Var {
-        match self {
+    pub fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Result<Var> {
+        Ok(match self {
             Activation::Relu => ew::relu(x),
             Activation::Relu6 => ew::relu6(x),
             Activation::Silu => ew::silu(x),
@@ -348,7 +349,7 @@ impl Activation {
             Activation::Sigmoid => ew::sigmoid(x),
             Activation::Tanh => ew::tanh(x),
             Activation::Identity => x.clone(),
-        }
+        })
     }
 
     /// The vectorised kernel a fused op (batch norm + activation) can apply, if there is one.
@@ -380,10 +381,10 @@ impl SqueezeExcite {
             act,
         }
     }
-    pub fn forward(&self, x: &Var) -> Result<Var> {
+    pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         let s = cv::global_avg_pool(x)?;
-        let s = self.act.forward(&self.reduce.forward(&s)?);
-        let s = ew::sigmoid(&self.expand.forward(&s)?);
+        let s = self.act.forward(&self.reduce.forward(&s, ctx)?, ctx)?;
+        let s = ew::sigmoid(&self.expand.forward(&s, ctx)?);
         cv::channel_scale(x, &s)
     }
 }
@@ -423,16 +424,21 @@ impl MultiHeadSelfAttention {
         })
     }
 
+    /// Unmasked: every position attends to every other.
+    pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
+        self.forward_masked(x, None, ctx)
+    }
+
     /// x (B, T, D); `mask` (B, T): 1 for tokens, 0 for padding (keys at padding get no weight).
-    pub fn forward(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Var> {
+    pub fn forward_masked(&self, x: &Var, mask: Option<&Tensor>, ctx: &mut Ctx) -> Result<Var> {
         let s = x.shape();
         let (b, t, d) = (s[0], s[1], s[2]);
         let dh = d / self.heads;
         let heads =
             |v: Var| -> Result<Var> { shape::permute(&shape::reshape(&v, &[b, t, self.heads, dh])?, &[0, 2, 1, 3]) };
-        let q = heads(self.query.forward(x)?)?;
-        let k = heads(self.key.forward(x)?)?;
-        let v = heads(self.value.forward(x)?)?;
+        let q = heads(self.query.forward(x, ctx)?)?;
+        let k = heads(self.key.forward(x, ctx)?)?;
+        let v = heads(self.value.forward(x, ctx)?)?;
         let mut scores = ew::mul_scalar(&matmul(&q, &shape::transpose(&k, 2, 3)?)?, 1.0 / (dh as f32).sqrt());
         if let Some(m) = mask {
             if m.shape() != [b, t] {
@@ -447,7 +453,7 @@ impl MultiHeadSelfAttention {
         let probs = self.attn_dropout.forward(&softmax::softmax(&scores)?, ctx)?;
         let ctx_heads = matmul(&probs, &v)?;
         let merged = shape::reshape(&shape::permute(&ctx_heads, &[0, 2, 1, 3])?, &[b, t, d])?;
-        self.output.forward(&merged)
+        self.output.forward(&merged, ctx)
     }
 }
 
@@ -459,6 +465,29 @@ impl Module for MultiHeadSelfAttention {
         self.output.parameters(&join(prefix, "output"), out);
     }
 }
+
+// Every layer above follows the one forward convention (`Forward`): `forward(x, ctx)`.
+macro_rules! forward_layers {
+    ($($layer:ty),*) => {$(
+        impl Forward for $layer {
+            fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
+                <$layer>::forward(self, x, ctx)
+            }
+        }
+    )*};
+}
+forward_layers!(
+    Linear,
+    LayerNorm,
+    Dropout,
+    DropPath,
+    Conv2d,
+    DepthwiseConv2d,
+    BatchNorm2d,
+    Activation,
+    SqueezeExcite,
+    MultiHeadSelfAttention
+);
 
 #[cfg(test)]
 mod tests {
@@ -516,18 +545,22 @@ mod tests {
         }
         let x2 = Tensor::from_vec(x2, &[1, 5, 8]).unwrap();
         let mut ctx = Ctx::eval();
-        let y1 = mha.forward(&Var::constant(x), Some(&mask), &mut ctx).unwrap().value();
-        let y2 = mha.forward(&Var::constant(x2), Some(&mask), &mut ctx).unwrap().value();
+        let y1 = mha.forward_masked(&Var::constant(x), Some(&mask), &mut ctx).unwrap().value();
+        let y2 = mha.forward_masked(&Var::constant(x2), Some(&mask), &mut ctx).unwrap().value();
         let (a, b) = (y1.narrow(1, 0, 3).unwrap().to_vec(), y2.narrow(1, 0, 3).unwrap().to_vec());
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() < 1e-5, "real tokens must not see padding: {p} vs {q}");
         }
         let xin = Tensor::randn(&[2, 3, 8], 0.0, 1.0, 3);
         let m2 = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]).unwrap();
-        check_gradients(&[xin], |v| mha.forward(&v[0], Some(&m2), &mut Ctx::eval()), &GradcheckOptions::default())
-            .unwrap();
+        check_gradients(
+            &[xin],
+            |v| mha.forward_masked(&v[0], Some(&m2), &mut Ctx::eval()),
+            &GradcheckOptions::default(),
+        )
+        .unwrap();
         assert!(mha
-            .forward(&Var::constant(Tensor::zeros(&[1, 5, 8])), Some(&Tensor::ones(&[1, 4])), &mut ctx)
+            .forward_masked(&Var::constant(Tensor::zeros(&[1, 5, 8])), Some(&Tensor::ones(&[1, 4])), &mut ctx)
             .is_err());
         assert!(MultiHeadSelfAttention::new(10, 3, 0.0, &mut rng).is_err());
     }
@@ -564,7 +597,7 @@ mod tests {
         let before = se.reduce.weight.value().to_vec();
         let mut opt = Sgd::new(single_group(se.named_parameters(), 0.1, 0.0), 0.0, false);
         let x = Var::constant(Tensor::randn(&[2, 3, 3, 8], 0.0, 1.0, 1));
-        reduce::sum_all(&se.forward(&x).unwrap()).unwrap().backward().unwrap();
+        reduce::sum_all(&se.forward(&x, &mut Ctx::eval()).unwrap()).unwrap().backward().unwrap();
         assert!(se.reduce.weight.grad().is_none());
         assert!(se.expand.weight.grad().is_some());
         opt.step().unwrap();
@@ -575,13 +608,13 @@ mod tests {
     fn conv_layers_and_embedding_shapes() {
         let mut rng = Rng::new(0);
         let conv = Conv2d::new(3, 16, 3, 2, Padding::Same, false, &mut rng);
-        let y = conv.forward(&Var::constant(Tensor::zeros(&[2, 9, 9, 3]))).unwrap();
+        let y = conv.forward(&Var::constant(Tensor::zeros(&[2, 9, 9, 3])), &mut Ctx::eval()).unwrap();
         assert_eq!(y.shape(), [2, 5, 5, 16]);
         let dw = DepthwiseConv2d::new(16, 5, 1, Padding::Same, &mut rng);
-        assert_eq!(dw.forward(&y).unwrap().shape(), [2, 5, 5, 16]);
+        assert_eq!(dw.forward(&y, &mut Ctx::eval()).unwrap().shape(), [2, 5, 5, 16]);
         let emb = Embedding::new(10, 4, 0.02, &mut rng);
-        let e = emb.forward(&[1, 2, 3, 9, 0, 0], &[2, 3]).unwrap();
+        let e = emb.lookup(&[1, 2, 3, 9, 0, 0], &[2, 3]).unwrap();
         assert_eq!(e.shape(), [2, 3, 4]);
-        assert!(emb.forward(&[10], &[1]).is_err());
+        assert!(emb.lookup(&[10], &[1]).is_err());
     }
 }

@@ -27,6 +27,17 @@ impl Ctx {
     }
 }
 
+/// The forward convention every layer follows: the input, then the context, then a `Result`.
+///
+/// `ctx` says training or evaluation and carries the random stream for dropout and
+/// drop-connect. A layer whose output depends on neither still takes it, so that any layer can
+/// stand where another stood (a block of one tower where a block of another was) and a caller
+/// never has to know which layers are stochastic. Inputs that are not one tensor (token ids,
+/// a padding mask as well as the tensor) get their own clearly named method beside it.
+pub trait Forward {
+    fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var>;
+}
+
 /// Non-trained state shared between a module and whoever saves it.
 #[derive(Clone)]
 pub struct Buffer(Arc<RwLock<Tensor>>);
