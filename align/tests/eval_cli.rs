@@ -16,6 +16,11 @@ fn align(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `align args` with `--json` among them, parsed.
+fn align_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&align(args)).unwrap()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -73,23 +78,15 @@ fn setup(name: &str) -> (PathBuf, PathBuf) {
 fn eval_embed_search_and_report_work_on_a_trained_run() {
     let (dir, run) = setup("plumbing");
     // retrieval: 12 images with 2 captions each; the missing image is skipped
-    let r: serde_json::Value = serde_json::from_str(&align(&[
-        "eval",
-        "retrieval",
-        "--checkpoint",
-        s(&run),
-        "--data",
-        s(&dir.join("captions.tsv")),
-        "--json",
-    ]))
-    .unwrap();
+    let r =
+        align_json(&["eval", "retrieval", "--checkpoint", s(&run), "--data", s(&dir.join("captions.tsv")), "--json"]);
     assert_eq!((r["images"].as_u64(), r["captions"].as_u64()), (Some(12), Some(24)), "{r}");
     assert_eq!(r["skipped"]["missing_image"].as_u64(), Some(1));
     let r10 = r["i2t_r10"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&r10));
 
     // zero-shot with the default CLIP templates and with a given template file
-    let z: serde_json::Value = serde_json::from_str(&align(&[
+    let z = align_json(&[
         "eval",
         "zeroshot",
         "--checkpoint",
@@ -99,8 +96,7 @@ fn eval_embed_search_and_report_work_on_a_trained_run() {
         "--classes",
         s(&dir.join("classes.txt")),
         "--json",
-    ]))
-    .unwrap();
+    ]);
     assert_eq!(z["images"].as_u64(), Some(12));
     assert!(z["top5"].as_f64().unwrap() >= z["top1"].as_f64().unwrap());
     std::fs::write(dir.join("templates.txt"), "a {} shape\nsomething {}\n").unwrap();
@@ -118,7 +114,7 @@ fn eval_embed_search_and_report_work_on_a_trained_run() {
     ]);
 
     // KNN (the model is barely trained, so only the plumbing is checked)
-    let k: serde_json::Value = serde_json::from_str(&align(&[
+    let k = align_json(&[
         "eval",
         "knn",
         "--checkpoint",
@@ -130,8 +126,7 @@ fn eval_embed_search_and_report_work_on_a_trained_run() {
         "--k",
         "1",
         "--json",
-    ]))
-    .unwrap();
+    ]);
     assert_eq!(k["images"].as_u64(), Some(12), "{k}");
     assert!((0.0..=1.0).contains(&k["top1"].as_f64().unwrap()), "{k}");
 
@@ -163,18 +158,8 @@ fn eval_embed_search_and_report_work_on_a_trained_run() {
     assert!(page.contains("data:image/png;base64,") && !page.contains("src=\"http"));
 
     // the colour-swap benchmark and the report
-    let a: serde_json::Value = serde_json::from_str(&align(&[
-        "eval",
-        "arithmetic",
-        "--checkpoint",
-        s(&run),
-        "--gallery",
-        "60",
-        "--queries",
-        "10",
-        "--json",
-    ]))
-    .unwrap();
+    let a =
+        align_json(&["eval", "arithmetic", "--checkpoint", s(&run), "--gallery", "60", "--queries", "10", "--json"]);
     assert_eq!(a["queries"].as_u64(), Some(10));
     let report = dir.join("report.html");
     align(&["report", "--run", s(&run), "--out", s(&report)]);
@@ -239,16 +224,8 @@ fn eval_commands_give_the_answers_computed_by_hand() {
     let txt = lm.embed_texts(&refs).unwrap();
 
     // retrieval, grouped captions
-    let r: serde_json::Value = serde_json::from_str(&align(&[
-        "eval",
-        "retrieval",
-        "--checkpoint",
-        s(&run),
-        "--data",
-        s(&dir.join("captions.tsv")),
-        "--json",
-    ]))
-    .unwrap();
+    let r =
+        align_json(&["eval", "retrieval", "--checkpoint", s(&run), "--data", s(&dir.join("captions.tsv")), "--json"]);
     let want = recall_by_hand(&img, &txt, d, &owner);
     for (key, w) in ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"].iter().zip(want) {
         let got = r[key].as_f64().unwrap();
@@ -281,7 +258,7 @@ fn eval_commands_give_the_answers_computed_by_hand() {
         top1 += (rank == 1) as usize;
         top5 += (rank <= 5) as usize;
     }
-    let z: serde_json::Value = serde_json::from_str(&align(&[
+    let z = align_json(&[
         "eval",
         "zeroshot",
         "--checkpoint",
@@ -293,8 +270,7 @@ fn eval_commands_give_the_answers_computed_by_hand() {
         "--templates",
         s(&dir.join("two_templates.txt")),
         "--json",
-    ]))
-    .unwrap();
+    ]);
     assert!((z["top1"].as_f64().unwrap() - top1 as f64 / 12.0).abs() < 1e-6, "{z} vs {top1}/12");
     assert!((z["top5"].as_f64().unwrap() - top5 as f64 / 12.0).abs() < 1e-6, "{z} vs {top5}/12");
 
@@ -320,7 +296,7 @@ fn eval_commands_give_the_answers_computed_by_hand() {
     // a k whose accuracy differs from k = 1's, so that an ignored k cannot pass
     let other_k = (2..=12).find(|&k| correct(k) != 12).expect("every k scores 100%; pick other images");
     for k in [1usize, other_k] {
-        let got: serde_json::Value = serde_json::from_str(&align(&[
+        let got = align_json(&[
             "eval",
             "knn",
             "--checkpoint",
@@ -332,8 +308,7 @@ fn eval_commands_give_the_answers_computed_by_hand() {
             "--k",
             &k.to_string(),
             "--json",
-        ]))
-        .unwrap();
+        ]);
         let want = correct(k) as f64 / 12.0;
         assert!((got["top1"].as_f64().unwrap() - want).abs() < 1e-6, "k {k}: {got} vs {want}");
     }
@@ -382,7 +357,7 @@ fn eval_commands_give_the_answers_computed_by_hand() {
         n += 1;
     }
     assert_eq!(n, queries);
-    let a: serde_json::Value = serde_json::from_str(&align(&[
+    let a = align_json(&[
         "eval",
         "arithmetic",
         "--checkpoint",
@@ -394,8 +369,7 @@ fn eval_commands_give_the_answers_computed_by_hand() {
         "--k",
         &k.to_string(),
         "--json",
-    ]))
-    .unwrap();
+    ]);
     let rate = |h: usize| h as f64 / queries as f64;
     assert!((a["hit_rate"].as_f64().unwrap() - rate(hits)).abs() < 1e-6, "{a} vs {hits}/{queries}");
     assert!((a["baseline_hit_rate"].as_f64().unwrap() - rate(base_hits)).abs() < 1e-6, "{a} vs {base_hits}/{queries}");

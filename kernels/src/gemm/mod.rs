@@ -107,6 +107,14 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
+/// Panics if a buffer is too short for its shape and strides (a caller bug, not user input):
+/// the raw-pointer routines rely on these bounds.
+fn check_operands(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &[f32], s: GemmStrides) {
+    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
+    assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
+    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+}
+
 /// The fast GEMM with the best instruction set and the configured thread count.
 /// Panics if a buffer is too short for its shape and strides (a caller bug, not user input).
 #[allow(clippy::too_many_arguments)]
@@ -167,9 +175,7 @@ pub fn sgemm_bias_with(
     s: GemmStrides,
     bias: Option<&[f32]>,
 ) {
-    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
-    assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
-    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+    check_operands(m, k, n, a, b, c, s);
     assert!(bias.is_none_or(|v| v.len() >= n), "sgemm: bias shorter than N");
     if m == 0 || n == 0 {
         return;
@@ -217,9 +223,7 @@ pub fn sgemm_blocked(
     c: &mut [f32],
     s: GemmStrides,
 ) {
-    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
-    assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
-    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+    check_operands(m, k, n, a, b, c, s);
     if m == 0 || n == 0 {
         return;
     }
