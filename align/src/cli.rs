@@ -6,15 +6,15 @@ use std::path::Path;
 use tokenizer::{BertOptions, EncodeOptions, WordPiece};
 
 use crate::bert::{cls_state, masked_mean, Bert, BertConfig, TokenBatch};
+use crate::error::{io_error, AlignError, Result};
 
 /// `align tokenize`: stdin lines -> JSON arrays of ids on stdout.
-pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<(), String> {
+pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<()> {
     let mut tok = if vocab.is_dir() {
         WordPiece::from_dir(vocab)
     } else {
         WordPiece::from_vocab_file(vocab, BertOptions::default())
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     if cased {
         tok.options.do_lower_case = false;
         tok.options.strip_accents = Some(false);
@@ -27,7 +27,7 @@ pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<(),
     let mut reader = stdin.lock();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("stdin: {e}"))?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(io_error(Path::new("stdin")))?;
         if n == 0 {
             break;
         }
@@ -41,19 +41,19 @@ pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<(),
         let line = String::from_utf8_lossy(&buf);
         let ids = tok.encode(&line, &opts).ids;
         let json = serde_json::to_string(&ids).expect("ids serialise");
-        writeln!(out, "{json}").map_err(|e| format!("stdout: {e}"))?;
+        writeln!(out, "{json}").map_err(io_error(Path::new("stdout")))?;
     }
-    out.flush().map_err(|e| format!("stdout: {e}"))
+    out.flush().map_err(io_error(Path::new("stdout")))
 }
 
 /// Reads stdin lines (invalid UTF-8 replaced), without their line endings.
-fn stdin_lines() -> Result<Vec<String>, String> {
+fn stdin_lines() -> Result<Vec<String>> {
     let mut lines = vec![];
     let mut buf = Vec::new();
     let mut reader = std::io::stdin().lock();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("stdin: {e}"))?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(io_error(Path::new("stdin")))?;
         if n == 0 {
             return Ok(lines);
         }
@@ -65,12 +65,12 @@ fn stdin_lines() -> Result<Vec<String>, String> {
 }
 
 /// `align bert-features`: one JSON object per input line.
-pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Result<(), String> {
-    let cfg = BertConfig::from_json_file(model_dir.join("config.json")).map_err(|e| e.to_string())?;
-    let tok = WordPiece::from_dir(model_dir).map_err(|e| e.to_string())?;
+pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Result<()> {
+    let cfg = BertConfig::from_json_file(model_dir.join("config.json"))?;
+    let tok = WordPiece::from_dir(model_dir)?;
     let max_len = max_len.clamp(2, cfg.max_position_embeddings);
     let bert = Bert::new(cfg, &mut tensor::Rng::new(0));
-    bert.load_hf_safetensors(model_dir.join("model.safetensors")).map_err(|e| e.to_string())?;
+    bert.load_hf_safetensors(model_dir.join("model.safetensors"))?;
     let lines = stdin_lines()?;
     let opts = EncodeOptions { max_len: Some(max_len), ..Default::default() };
     let stdout = std::io::stdout();
@@ -78,21 +78,20 @@ pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Res
     for chunk in lines.chunks(batch_size.max(1)) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let encs = tok.encode_batch(&texts, &opts);
-        let tokens = TokenBatch::from_encodings(&encs).map_err(|e| e.to_string())?;
+        let tokens = TokenBatch::from_encodings(&encs)?;
         let (cls, mean) = autograd::no_grad(|| -> tensor::Result<_> {
             let hidden = bert.forward(&tokens, &mut nn::Ctx::eval())?;
             Ok((cls_state(&hidden)?.value(), masked_mean(&hidden, &tokens.mask)?.value()))
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let h = cls.shape()[1];
         let (cls, mean) = (cls.to_vec(), mean.to_vec());
         for (i, e) in encs.iter().enumerate() {
             let obj =
                 serde_json::json!({"ids": e.ids, "cls": &cls[i * h..(i + 1) * h], "mean": &mean[i * h..(i + 1) * h]});
-            writeln!(out, "{obj}").map_err(|e| format!("stdout: {e}"))?;
+            writeln!(out, "{obj}").map_err(io_error(Path::new("stdout")))?;
         }
     }
-    out.flush().map_err(|e| format!("stdout: {e}"))
+    out.flush().map_err(io_error(Path::new("stdout")))
 }
 
 /// ImageNet class names (torchvision's list), shipped with the project.
@@ -108,12 +107,12 @@ pub fn classify_images(
     arch: &str,
     images: &[std::path::PathBuf],
     k: usize,
-) -> Result<Vec<ImageResult>, String> {
+) -> Result<Vec<ImageResult>> {
     use crate::efficientnet::{EfficientNet, EfficientNetConfig};
     use crate::images::{load_image_tensor, Normalisation};
     let mut cfg = EfficientNetConfig::by_name(arch)
-        .ok_or_else(|| format!("unknown architecture '{arch}' (b0..b7, l2, lite0..lite4)"))?;
-    let tensors = tensor::io::torch::load_state_dict(weights).map_err(|e| e.to_string())?;
+        .ok_or_else(|| AlignError::config("--arch", format!("unknown '{arch}' (b0..b7, l2, lite0..lite4)")))?;
+    let tensors = tensor::io::torch::load_state_dict(weights)?;
     // torchvision's weights need its padding and eps, which its parameter names reveal
     if crate::efficientnet::is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str())) {
         cfg = cfg.torchvision();
@@ -122,8 +121,8 @@ pub fn classify_images(
     let crop = cfg.resolution as u32;
     let resize = (crop as f32 / 0.875).round() as u32; // the usual 224 / 256 ratio
     let model = EfficientNet::new(cfg, &mut tensor::Rng::new(0));
-    model.load_pytorch(&tensors).map_err(|e| format!("{}: {e}", weights.display()))?;
-    let classify_one = |path: &Path| -> Result<Vec<(usize, f32)>, String> {
+    model.load_pytorch(&tensors).map_err(|e| AlignError::data(weights, e.to_string()))?;
+    let classify_one = |path: &Path| -> ImageResult {
         let x = load_image_tensor(path, resize, crop, norm).map_err(|e| e.to_string())?;
         let probs = autograd::no_grad(|| -> tensor::Result<tensor::Tensor> {
             let logits = model.logits(&autograd::Var::constant(x), &mut nn::Ctx::eval())?;
@@ -137,7 +136,7 @@ pub fn classify_images(
 }
 
 /// `align classify`: top-5 ImageNet classes per image.
-pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Result<(), String> {
+pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Result<()> {
     let names: Vec<&str> = IMAGENET_CLASSES.lines().collect();
     let results = classify_images(weights, arch, images, 5)?;
     let mut failed = 0;
@@ -156,7 +155,11 @@ pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Re
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} of {} images could not be read", images.len()));
+        return Err(AlignError::Data {
+            file: "images".into(),
+            record: None,
+            msg: format!("{failed} of {} could not be read", images.len()),
+        });
     }
     Ok(())
 }
@@ -222,7 +225,7 @@ pub struct TrainArgs {
 }
 
 /// `align train`.
-pub fn train(args: &TrainArgs) -> Result<(), String> {
+pub fn train(args: &TrainArgs) -> Result<()> {
     use crate::train::TrainConfig;
     let (config, data, out, resume, seed) =
         (args.config.as_str(), args.data.as_str(), &args.out, args.resume, args.seed);
@@ -245,11 +248,12 @@ pub fn train(args: &TrainArgs) -> Result<(), String> {
             println!("(printed, not trained: it needs the paper's 1024 TPUv3 cores)");
             return Ok(());
         }
-        other => return Err(format!("unknown config '{other}' (tiny, paper)")),
+        other => return Err(AlignError::config("--config", format!("unknown '{other}' (tiny, paper)"))),
     };
     if data != "builtin" && !Path::new(data).exists() {
-        return Err(format!(
-            "--data {data}: not `builtin`, a manifest (.tsv / .csv / .jsonl), a .tar shard or a folder of shards"
+        return Err(AlignError::config(
+            "--data",
+            format!("{data}: not `builtin`, a manifest (.tsv / .csv / .jsonl), a .tar shard or a folder of shards"),
         ));
     }
     cfg.data = data.to_string();
@@ -296,7 +300,7 @@ pub fn train(args: &TrainArgs) -> Result<(), String> {
     }
     crate::train::install_interrupt_handler();
     let opts = crate::train::RunOptions { resume, quiet: false, stop_at: args.stop_at };
-    let summary = crate::train::train(&cfg, out, &opts).map_err(|e| e.to_string())?;
+    let summary = crate::train::train(&cfg, out, &opts)?;
     if summary.interrupted {
         println!(
             "stopped at step {} of {}; resume with: align train --resume --out {}",
@@ -322,8 +326,8 @@ pub fn train(args: &TrainArgs) -> Result<(), String> {
 // Evaluation, embedding index and search
 // ---------------------------------------------------------------------------------------------
 
-fn open_model(checkpoint: &Path) -> Result<crate::eval::LoadedModel, String> {
-    crate::eval::LoadedModel::open(checkpoint).map_err(|e| format!("{}: {e}", checkpoint.display()))
+fn open_model(checkpoint: &Path) -> Result<crate::eval::LoadedModel> {
+    crate::eval::LoadedModel::open(checkpoint)
 }
 
 fn print_skips(skipped: &crate::data::SkipReport) {
@@ -333,9 +337,9 @@ fn print_skips(skipped: &crate::data::SkipReport) {
 }
 
 /// `align eval retrieval`
-pub fn eval_retrieval(checkpoint: &Path, data: &Path, json: bool) -> Result<(), String> {
+pub fn eval_retrieval(checkpoint: &Path, data: &Path, json: bool) -> Result<()> {
     let lm = open_model(checkpoint)?;
-    let r = crate::eval::eval_retrieval(&lm, data).map_err(|e| e.to_string())?;
+    let r = crate::eval::eval_retrieval(&lm, data)?;
     if json {
         println!("{}", serde_json::to_string(&r).expect("json"));
     } else {
@@ -361,14 +365,14 @@ pub fn eval_zeroshot(
     classes: &Path,
     templates: Option<&Path>,
     json: bool,
-) -> Result<(), String> {
+) -> Result<()> {
     let lm = open_model(checkpoint)?;
-    let classes = crate::eval::read_lines(classes).map_err(|e| e.to_string())?;
+    let classes = crate::eval::read_lines(classes)?;
     let templates = match templates {
-        Some(p) => crate::eval::read_lines(p).map_err(|e| e.to_string())?,
+        Some(p) => crate::eval::read_lines(p)?,
         None => crate::eval::parse_lines(crate::eval::CLIP_TEMPLATES),
     };
-    let a = crate::eval::eval_zeroshot(&lm, data, &classes, &templates).map_err(|e| e.to_string())?;
+    let a = crate::eval::eval_zeroshot(&lm, data, &classes, &templates)?;
     if json {
         println!("{}", serde_json::to_string(&a).expect("json"));
     } else {
@@ -386,9 +390,9 @@ pub fn eval_zeroshot(
 }
 
 /// `align eval knn`
-pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bool) -> Result<(), String> {
+pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bool) -> Result<()> {
     let lm = open_model(checkpoint)?;
-    let a = crate::eval::eval_knn(&lm, train, test, k).map_err(|e| e.to_string())?;
+    let a = crate::eval::eval_knn(&lm, train, test, k)?;
     if json {
         println!("{}", serde_json::to_string(&a).expect("json"));
     } else {
@@ -399,9 +403,9 @@ pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bo
 }
 
 /// `align eval arithmetic`
-pub fn eval_arithmetic(checkpoint: &Path, gallery: usize, queries: usize, k: usize, json: bool) -> Result<(), String> {
+pub fn eval_arithmetic(checkpoint: &Path, gallery: usize, queries: usize, k: usize, json: bool) -> Result<()> {
     let lm = open_model(checkpoint)?;
-    let r = crate::eval::eval_arithmetic(&lm, gallery, queries, k).map_err(|e| e.to_string())?;
+    let r = crate::eval::eval_arithmetic(&lm, gallery, queries, k)?;
     if json {
         println!("{}", serde_json::to_string(&r).expect("json"));
     } else {
@@ -418,14 +422,14 @@ pub fn eval_arithmetic(checkpoint: &Path, gallery: usize, queries: usize, k: usi
 }
 
 /// `align embed`
-pub fn embed(checkpoint: &Path, images: &Path, out: &Path) -> Result<(), String> {
+pub fn embed(checkpoint: &Path, images: &Path, out: &Path) -> Result<()> {
     let lm = open_model(checkpoint)?;
-    let files = crate::eval::list_images(images).map_err(|e| e.to_string())?;
+    let files = crate::eval::list_images(images)?;
     if files.is_empty() {
-        return Err(format!("{}: no images found", images.display()));
+        return Err(AlignError::data(images, "no images found"));
     }
-    let index = crate::eval::EmbeddingIndex::build(&lm, &files).map_err(|e| e.to_string())?;
-    index.save(out).map_err(|e| e.to_string())?;
+    let index = crate::eval::EmbeddingIndex::build(&lm, &files)?;
+    index.save(out)?;
     let bad = files.len() - index.paths.len();
     println!(
         "{} images embedded ({}-d) into {}{}",
@@ -448,13 +452,13 @@ pub fn search(
     minus: &[String],
     top: usize,
     html: Option<&Path>,
-) -> Result<(), String> {
+) -> Result<()> {
     use crate::eval::{EmbeddingIndex, Query};
-    let idx = EmbeddingIndex::load(index).map_err(|e| e.to_string())?;
+    let idx = EmbeddingIndex::load(index)?;
     let ck = checkpoint.map(Path::to_path_buf).unwrap_or_else(|| idx.checkpoint.clone());
     let lm = open_model(&ck)?;
     if lm.dim() != idx.dim {
-        return Err(format!("the index holds {}-d embeddings, the model makes {}-d", idx.dim, lm.dim()));
+        return Err(AlignError::data(index, format!("holds {}-d embeddings, the model makes {}-d", idx.dim, lm.dim())));
     }
     let (query, title) = match (text, image) {
         (Some(t), None) => (Query::Text(t), format!("\"{t}\"")),
@@ -464,17 +468,17 @@ pub fn search(
             minus.iter().for_each(|t| title.push_str(&format!(" - \"{t}\"")));
             (Query::Image { path: p, plus, minus }, title)
         }
-        _ => return Err("give exactly one of --text or --image".into()),
+        _ => return Err(AlignError::config("--text / --image", "give exactly one of them")),
     };
-    let q = crate::eval::query_vector(&lm, &query).map_err(|e| e.to_string())?;
-    let hits = idx.search(&q, top).map_err(|e| e.to_string())?;
+    let q = crate::eval::query_vector(&lm, &query)?;
+    let hits = idx.search(&q, top)?;
     for (i, s) in &hits {
         println!("{s:.4}\t{}", idx.paths[*i].display());
     }
     if let Some(h) = html {
         let rows: Vec<(std::path::PathBuf, f32)> = hits.iter().map(|&(i, s)| (idx.paths[i].clone(), s)).collect();
         let page = crate::eval::results_html(&format!("search: {title}"), &rows);
-        std::fs::write(h, page).map_err(|e| format!("{}: {e}", h.display()))?;
+        std::fs::write(h, page).map_err(io_error(h))?;
         eprintln!("wrote {}", h.display());
     }
     Ok(())

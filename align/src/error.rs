@@ -30,6 +30,10 @@ pub enum AlignError {
     /// An engine error: tensor shapes, autograd, checkpoint contents.
     #[error(transparent)]
     Tensor(#[from] TensorError),
+
+    /// A vocabulary that cannot be read or used (the message names the file).
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
 }
 
 pub type Result<T, E = AlignError> = std::result::Result<T, E>;

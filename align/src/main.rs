@@ -215,14 +215,12 @@ fn main() -> ExitCode {
         ),
         Command::Report { run, out } => {
             let out = out.unwrap_or_else(|| run.join("report.html"));
-            align::report::write_report(&run, &out)
-                .map_err(|e| e.to_string())
-                .map(|()| println!("wrote {}", out.display()))
+            align::report::write_report(&run, &out).map(|()| println!("wrote {}", out.display()))
         }
         Command::Data { what } => match what {
-            DataCommand::Mnist { csv, out } => align::mnist::build(csv.as_deref(), &out).map_err(|e| e.to_string()),
+            DataCommand::Mnist { csv, out } => align::mnist::build(csv.as_deref(), &out),
         },
-        Command::Demo { out } => align::demo::run(&out).map_err(|e| e.to_string()),
+        Command::Demo { out } => align::demo::run(&out).map_err(align::error::AlignError::from),
         Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
         Command::Classify { weights, arch, images } => align::cli::classify(&weights, &arch, &images),
         Command::BertFeatures { model, max_len, batch_size } => align::cli::bert_features(&model, max_len, batch_size),
