@@ -14,7 +14,6 @@ use std::path::Path;
 use autograd::ops::{attention, elementwise as ew, matmul::linear_stacked, reduce, shape};
 use autograd::Var;
 use nn::layers::{Dropout, Embedding, LayerNorm, Linear};
-use nn::module::join;
 use nn::{Ctx, LoadReport, Module};
 use tensor::io::safetensors::SafeTensors;
 use tensor::{Result, Rng, Tensor, TensorError};
@@ -154,22 +153,37 @@ impl TokenBatch {
     }
 }
 
+#[derive(Module)]
 pub struct BertEmbeddings {
+    #[module(name = "word_embeddings")]
     pub word: Embedding,
+    #[module(name = "position_embeddings")]
     pub position: Embedding,
+    #[module(name = "token_type_embeddings")]
     pub token_type: Embedding,
+    #[module(name = "LayerNorm")]
     pub layer_norm: LayerNorm,
+    #[module(skip)]
     pub dropout: Dropout,
 }
 
+#[derive(Module)]
 pub struct BertLayer {
+    #[module(name = "attention.self.query")]
     pub query: Linear,
+    #[module(name = "attention.self.key")]
     pub key: Linear,
+    #[module(name = "attention.self.value")]
     pub value: Linear,
+    #[module(name = "attention.output.dense")]
     pub attention_output: Linear,
+    #[module(name = "attention.output.LayerNorm")]
     pub attention_norm: LayerNorm,
+    #[module(name = "intermediate.dense")]
     pub intermediate: Linear,
+    #[module(name = "output.dense")]
     pub output: Linear,
+    #[module(name = "output.LayerNorm")]
     pub output_norm: LayerNorm,
 }
 
@@ -189,9 +203,12 @@ impl BertLayer {
     }
 }
 
+#[derive(Module)]
 pub struct Bert {
+    #[module(skip)]
     pub config: BertConfig,
     pub embeddings: BertEmbeddings,
+    #[module(name = "encoder.layer")]
     pub layers: Vec<BertLayer>,
 }
 
@@ -291,28 +308,6 @@ impl Bert {
     }
 }
 
-impl Module for Bert {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        let e = &self.embeddings;
-        let p = join(prefix, "embeddings");
-        e.word.parameters(&join(&p, "word_embeddings"), out);
-        e.position.parameters(&join(&p, "position_embeddings"), out);
-        e.token_type.parameters(&join(&p, "token_type_embeddings"), out);
-        e.layer_norm.parameters(&join(&p, "LayerNorm"), out);
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = join(prefix, &format!("encoder.layer.{i}"));
-            l.query.parameters(&join(&p, "attention.self.query"), out);
-            l.key.parameters(&join(&p, "attention.self.key"), out);
-            l.value.parameters(&join(&p, "attention.self.value"), out);
-            l.attention_output.parameters(&join(&p, "attention.output.dense"), out);
-            l.attention_norm.parameters(&join(&p, "attention.output.LayerNorm"), out);
-            l.intermediate.parameters(&join(&p, "intermediate.dense"), out);
-            l.output.parameters(&join(&p, "output.dense"), out);
-            l.output_norm.parameters(&join(&p, "output.LayerNorm"), out);
-        }
-    }
-}
-
 /// Final hidden state of [CLS] (position 0): (batch, hidden).
 pub fn cls_state(hidden: &Var) -> Result<Var> {
     let s = hidden.shape();
@@ -329,8 +324,10 @@ pub fn masked_mean(hidden: &Var, mask: &Tensor) -> Result<Var> {
 }
 
 /// ALIGN's text tower: BERT, then [CLS] through one Linear layer to the embedding width.
+#[derive(Module)]
 pub struct TextTower {
     pub bert: Bert,
+    #[module(name = "text_projection")]
     pub projection: Linear,
 }
 
@@ -343,13 +340,6 @@ impl TextTower {
     pub fn forward(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
         let hidden = self.bert.forward(tokens, ctx)?;
         self.projection.forward(&cls_state(&hidden)?, ctx)
-    }
-}
-
-impl Module for TextTower {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        self.bert.parameters(&join(prefix, "bert"), out);
-        self.projection.parameters(&join(prefix, "text_projection"), out);
     }
 }
 

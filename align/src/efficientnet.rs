@@ -23,7 +23,6 @@ use autograd::ops::elementwise as ew;
 use autograd::Var;
 use kernels::Padding;
 use nn::layers::{Activation, BatchNorm2d, Conv2d, DepthwiseConv2d, DropPath, Dropout, Linear, SqueezeExcite};
-use nn::module::{join, Buffer};
 use nn::{Ctx, LoadReport, Module};
 use tensor::{Result, Rng, Tensor, TensorError};
 
@@ -204,24 +203,45 @@ impl EfficientNetConfig {
     }
 }
 
-/// One MBConv block.
+/// One MBConv block. Checkpoint names are lukemelas' (`_expand_conv`, `_bn0`, `_depthwise_conv`,
+/// `_bn1`, `_se_reduce`, `_se_expand`, `_project_conv`, `_bn2`), flat under the block.
+#[derive(Module)]
 pub struct MBConv {
-    pub expand: Option<(Conv2d, BatchNorm2d)>,
+    #[module(flatten)]
+    pub expand: Option<ExpandConv>,
+    #[module(name = "_depthwise_conv")]
     pub depthwise: DepthwiseConv2d,
+    #[module(name = "_bn1")]
     pub bn_depthwise: BatchNorm2d,
+    /// Names its layers `_se_reduce` / `_se_expand` itself.
+    #[module(flatten)]
     pub se: Option<SqueezeExcite>,
+    #[module(name = "_project_conv")]
     pub project: Conv2d,
+    #[module(name = "_bn2")]
     pub bn_project: BatchNorm2d,
+    #[module(skip)]
     pub act: Activation,
+    #[module(skip)]
     pub residual: bool,
+    #[module(skip)]
     pub drop_path: DropPath,
+}
+
+/// The 1x1 expansion of an MBConv block and its batch norm (absent at expansion ratio 1).
+#[derive(Module)]
+pub struct ExpandConv {
+    #[module(name = "_expand_conv")]
+    pub conv: Conv2d,
+    #[module(name = "_bn0")]
+    pub bn: BatchNorm2d,
 }
 
 impl MBConv {
     pub fn forward(&self, x: &Var, ctx: &mut Ctx) -> Result<Var> {
         let mut h = x.clone();
-        if let Some((conv, bn)) = &self.expand {
-            h = bn.forward_with(&conv.forward(&h, ctx)?, ctx, self.act)?;
+        if let Some(e) = &self.expand {
+            h = e.bn.forward_with(&e.conv.forward(&h, ctx)?, ctx, self.act)?;
         }
         h = self.bn_depthwise.forward_with(&self.depthwise.forward(&h, ctx)?, ctx, self.act)?;
         if let Some(se) = &self.se {
@@ -235,46 +255,34 @@ impl MBConv {
     }
 }
 
-impl Module for MBConv {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        if let Some((conv, bn)) = &self.expand {
-            conv.parameters(&join(prefix, "_expand_conv"), out);
-            bn.parameters(&join(prefix, "_bn0"), out);
-        }
-        self.depthwise.parameters(&join(prefix, "_depthwise_conv"), out);
-        self.bn_depthwise.parameters(&join(prefix, "_bn1"), out);
-        if let Some(se) = &self.se {
-            se.reduce.parameters(&join(prefix, "_se_reduce"), out);
-            se.expand.parameters(&join(prefix, "_se_expand"), out);
-        }
-        self.project.parameters(&join(prefix, "_project_conv"), out);
-        self.bn_project.parameters(&join(prefix, "_bn2"), out);
-    }
-    fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
-        if let Some((_, bn)) = &self.expand {
-            bn.buffers(&join(prefix, "_bn0"), out);
-        }
-        self.bn_depthwise.buffers(&join(prefix, "_bn1"), out);
-        self.bn_project.buffers(&join(prefix, "_bn2"), out);
-    }
-}
-
+#[derive(Module)]
 pub struct EfficientNet {
+    #[module(skip)]
     pub config: EfficientNetConfig,
+    #[module(name = "_conv_stem")]
     pub stem: Conv2d,
+    #[module(name = "_bn0")]
     pub bn_stem: BatchNorm2d,
+    #[module(name = "_blocks")]
     pub blocks: Vec<MBConv>,
     /// The ImageNet head; absent when the configuration asks for 0 classes (ALIGN's image
     /// tower uses the pooled last block only).
+    #[module(flatten)]
     pub head: Option<ClassifierHead>,
+    #[module(skip)]
     pub act: Activation,
 }
 
 /// 1x1 head conv -> BN -> activation -> pool -> dropout -> linear classifier.
+#[derive(Module)]
 pub struct ClassifierHead {
+    #[module(name = "_conv_head")]
     pub conv: Conv2d,
+    #[module(name = "_bn1")]
     pub bn: BatchNorm2d,
+    #[module(skip)]
     pub dropout: Dropout,
+    #[module(name = "_fc")]
     pub classifier: Linear,
 }
 
@@ -295,8 +303,9 @@ impl EfficientNet {
             .map(|(i, &(k, s, e, cin, cout))| {
                 let mid = cin * e;
                 MBConv {
-                    expand: (e != 1).then(|| {
-                        (Conv2d::new(cin, mid, 1, 1, pad(1), false, rng), BatchNorm2d::new(mid, momentum, eps))
+                    expand: (e != 1).then(|| ExpandConv {
+                        conv: Conv2d::new(cin, mid, 1, 1, pad(1), false, rng),
+                        bn: BatchNorm2d::new(mid, momentum, eps),
                     }),
                     depthwise: DepthwiseConv2d::new(mid, k, s, pad(k), rng),
                     bn_depthwise: BatchNorm2d::new(mid, momentum, eps),
@@ -403,30 +412,6 @@ impl EfficientNet {
             });
         }
         Ok(report)
-    }
-}
-
-impl Module for EfficientNet {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        self.stem.parameters(&join(prefix, "_conv_stem"), out);
-        self.bn_stem.parameters(&join(prefix, "_bn0"), out);
-        for (i, b) in self.blocks.iter().enumerate() {
-            b.parameters(&join(prefix, &format!("_blocks.{i}")), out);
-        }
-        if let Some(head) = &self.head {
-            head.conv.parameters(&join(prefix, "_conv_head"), out);
-            head.bn.parameters(&join(prefix, "_bn1"), out);
-            head.classifier.parameters(&join(prefix, "_fc"), out);
-        }
-    }
-    fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
-        self.bn_stem.buffers(&join(prefix, "_bn0"), out);
-        for (i, b) in self.blocks.iter().enumerate() {
-            b.buffers(&join(prefix, &format!("_blocks.{i}")), out);
-        }
-        if let Some(head) = &self.head {
-            head.bn.buffers(&join(prefix, "_bn1"), out);
-        }
     }
 }
 

@@ -15,7 +15,6 @@ use autograd::ops::{elementwise as ew, shape};
 use autograd::Var;
 use kernels::Padding;
 use nn::layers::{Conv2d, LayerNorm, Linear, MultiHeadSelfAttention};
-use nn::module::join;
 use nn::{Ctx, Module};
 use tensor::{Result, Rng, TensorError};
 
@@ -50,11 +49,16 @@ impl VitConfig {
 }
 
 /// One pre-norm encoder block.
+#[derive(Module)]
 pub struct VitBlock {
+    #[module(name = "layernorm_before")]
     pub norm_attention: LayerNorm,
     pub attention: MultiHeadSelfAttention,
+    #[module(name = "layernorm_after")]
     pub norm_mlp: LayerNorm,
+    #[module(name = "intermediate.dense")]
     pub mlp_in: Linear,
+    #[module(name = "output.dense")]
     pub mlp_out: Linear,
 }
 
@@ -67,14 +71,21 @@ impl VitBlock {
     }
 }
 
+#[derive(Module)]
 pub struct Vit {
+    #[module(skip)]
     pub config: VitConfig,
+    #[module(name = "embeddings.patch_embeddings.projection")]
     pub patch_embedding: Conv2d,
     /// (1, 1, D)
+    #[module(name = "embeddings.cls_token")]
     pub cls_token: Var,
     /// (1, 1 + patches, D)
+    #[module(name = "embeddings.position_embeddings")]
     pub position_embeddings: Var,
+    #[module(name = "encoder.layer")]
     pub blocks: Vec<VitBlock>,
+    #[module(name = "layernorm")]
     pub final_norm: LayerNorm,
 }
 
@@ -126,24 +137,6 @@ impl ImageTower for Vit {
 
     fn feature_dim(&self) -> usize {
         self.config.width
-    }
-}
-
-impl Module for Vit {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        let emb = join(prefix, "embeddings");
-        out.push((join(&emb, "cls_token"), self.cls_token.clone()));
-        out.push((join(&emb, "position_embeddings"), self.position_embeddings.clone()));
-        self.patch_embedding.parameters(&join(&emb, "patch_embeddings.projection"), out);
-        for (i, b) in self.blocks.iter().enumerate() {
-            let layer = join(prefix, &format!("encoder.layer.{i}"));
-            b.norm_attention.parameters(&join(&layer, "layernorm_before"), out);
-            b.attention.parameters(&join(&layer, "attention"), out);
-            b.norm_mlp.parameters(&join(&layer, "layernorm_after"), out);
-            b.mlp_in.parameters(&join(&layer, "intermediate.dense"), out);
-            b.mlp_out.parameters(&join(&layer, "output.dense"), out);
-        }
-        self.final_norm.parameters(&join(prefix, "layernorm"), out);
     }
 }
 

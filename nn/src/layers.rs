@@ -16,9 +16,11 @@ use kernels::Padding;
 use tensor::{Result, Rng, Tensor, TensorError};
 
 use crate::init;
-use crate::module::{join, Buffer, Ctx, Forward, Module};
+use crate::module::{Buffer, Ctx, Forward};
+use crate::Module;
 
 /// y = x W^T + b, x (..., in) -> (..., out).
+#[derive(Module)]
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
@@ -60,16 +62,8 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((join(prefix, "weight"), self.weight.clone()));
-        if let Some(b) = &self.bias {
-            out.push((join(prefix, "bias"), b.clone()));
-        }
-    }
-}
-
 /// Lookup table (num, dim).
+#[derive(Module)]
 pub struct Embedding {
     pub weight: Var,
 }
@@ -89,16 +83,12 @@ impl Embedding {
     }
 }
 
-impl Module for Embedding {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((join(prefix, "weight"), self.weight.clone()));
-    }
-}
-
 /// Layer norm over the last axis with weight and bias.
+#[derive(Module)]
 pub struct LayerNorm {
     pub weight: Var,
     pub bias: Var,
+    #[module(skip)]
     pub eps: f32,
 }
 
@@ -108,13 +98,6 @@ impl LayerNorm {
     }
     pub fn forward(&self, x: &Var, _ctx: &mut Ctx) -> Result<Var> {
         norm::layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
-
-impl Module for LayerNorm {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((join(prefix, "weight"), self.weight.clone()));
-        out.push((join(prefix, "bias"), self.bias.clone()));
     }
 }
 
@@ -174,10 +157,13 @@ impl DropPath {
 }
 
 /// Dense 2-D convolution on NHWC input; weight (KH, KW, C_in, C_out).
+#[derive(Module)]
 pub struct Conv2d {
     pub weight: Var,
     pub bias: Option<Var>,
+    #[module(skip)]
     pub stride: usize,
+    #[module(skip)]
     pub padding: Padding,
 }
 
@@ -209,19 +195,13 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((join(prefix, "weight"), self.weight.clone()));
-        if let Some(b) = &self.bias {
-            out.push((join(prefix, "bias"), b.clone()));
-        }
-    }
-}
-
 /// Depthwise convolution (one k x k filter per channel); weight (KH, KW, C).
+#[derive(Module)]
 pub struct DepthwiseConv2d {
     pub weight: Var,
+    #[module(skip)]
     pub stride: usize,
+    #[module(skip)]
     pub padding: Padding,
 }
 
@@ -234,25 +214,22 @@ impl DepthwiseConv2d {
     }
 }
 
-impl Module for DepthwiseConv2d {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((join(prefix, "weight"), self.weight.clone()));
-    }
-}
-
 /// Batch norm over the channel (last) axis of NHWC input.
 ///
 /// Momentum follows PyTorch: running = (1 - momentum) * running + momentum * batch, so
 /// TensorFlow's decay 0.99 is momentum 0.01 here (EfficientNet's setting, with eps 1e-3).
 /// The running variance is updated with the unbiased batch variance, as PyTorch does, while
 /// the batch is normalised with the biased one.
+#[derive(Module)]
 pub struct BatchNorm2d {
     pub weight: Var,
     pub bias: Var,
     pub running_mean: Buffer,
     pub running_var: Buffer,
     pub num_batches_tracked: Buffer,
+    #[module(skip)]
     pub momentum: f32,
+    #[module(skip)]
     pub eps: f32,
 }
 
@@ -313,18 +290,6 @@ impl BatchNorm2d {
     }
 }
 
-impl Module for BatchNorm2d {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((join(prefix, "weight"), self.weight.clone()));
-        out.push((join(prefix, "bias"), self.bias.clone()));
-    }
-    fn buffers(&self, prefix: &str, out: &mut Vec<(String, Buffer)>) {
-        out.push((join(prefix, "running_mean"), self.running_mean.clone()));
-        out.push((join(prefix, "running_var"), self.running_var.clone()));
-        out.push((join(prefix, "num_batches_tracked"), self.num_batches_tracked.clone()));
-    }
-}
-
 /// Element-wise activations by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -365,11 +330,16 @@ impl Activation {
 }
 
 /// Squeeze-and-excitation: pool -> 1x1 reduce (bias) -> act -> 1x1 expand (bias) -> sigmoid ->
-/// channel scale. The 1x1 convs on a pooled (N, C) tensor are Linear layers; names follow
-/// EfficientNet ports (`conv_reduce`, `conv_expand`).
+/// channel scale. The 1x1 convs on a pooled (N, C) tensor are Linear layers; names follow the
+/// EfficientNet checkpoints (lukemelas' `_se_reduce`, `_se_expand`), which list them flat
+/// beside the rest of the block.
+#[derive(Module)]
 pub struct SqueezeExcite {
+    #[module(name = "_se_reduce")]
     pub reduce: Linear,
+    #[module(name = "_se_expand")]
     pub expand: Linear,
+    #[module(skip)]
     pub act: Activation,
 }
 
@@ -389,20 +359,16 @@ impl SqueezeExcite {
     }
 }
 
-impl Module for SqueezeExcite {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        self.reduce.parameters(&join(prefix, "conv_reduce"), out);
-        self.expand.parameters(&join(prefix, "conv_expand"), out);
-    }
-}
-
 /// Multi-head self-attention with a padding mask.
+#[derive(Module)]
 pub struct MultiHeadSelfAttention {
     pub query: Linear,
     pub key: Linear,
     pub value: Linear,
     pub output: Linear,
+    #[module(skip)]
     pub heads: usize,
+    #[module(skip)]
     pub attn_dropout: Dropout,
 }
 
@@ -457,15 +423,6 @@ impl MultiHeadSelfAttention {
     }
 }
 
-impl Module for MultiHeadSelfAttention {
-    fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        self.query.parameters(&join(prefix, "query"), out);
-        self.key.parameters(&join(prefix, "key"), out);
-        self.value.parameters(&join(prefix, "value"), out);
-        self.output.parameters(&join(prefix, "output"), out);
-    }
-}
-
 // Every layer above follows the one forward convention (`Forward`): `forward(x, ctx)`.
 macro_rules! forward_layers {
     ($($layer:ty),*) => {$(
@@ -507,6 +464,51 @@ mod tests {
         check_state_lists(|| BatchNorm2d::new(4, 0.1, 1e-3)).unwrap();
         check_state_lists(|| SqueezeExcite::new(8, 2, Activation::Silu, &mut rng())).unwrap();
         check_state_lists(|| MultiHeadSelfAttention::new(8, 2, 0.0, &mut rng()).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn derived_lists_follow_fields_renames_vectors_options_and_flattening() {
+        #[derive(Module)]
+        struct Pair {
+            #[module(name = "_first")]
+            a: Linear,
+            #[module(name = "_second")]
+            b: BatchNorm2d,
+        }
+        #[derive(Module)]
+        struct Net {
+            scale: Var,
+            #[module(name = "encoder.layer")]
+            layers: Vec<LayerNorm>,
+            missing: Option<Linear>,
+            #[module(flatten)]
+            pair: Option<Pair>,
+            #[module(skip)]
+            _width: usize,
+        }
+        let net = Net {
+            scale: Var::parameter(Tensor::ones(&[1])),
+            layers: vec![LayerNorm::new(2, 1e-5), LayerNorm::new(2, 1e-5)],
+            missing: None,
+            pair: Some(Pair { a: Linear::new(2, 2, false, &mut Rng::new(0)), b: BatchNorm2d::new(2, 0.1, 1e-3) }),
+            _width: 2,
+        };
+        let names: Vec<String> = net.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "scale",
+                "encoder.layer.0.weight",
+                "encoder.layer.0.bias",
+                "encoder.layer.1.weight",
+                "encoder.layer.1.bias",
+                "_first.weight",
+                "_second.weight",
+                "_second.bias"
+            ]
+        );
+        let buffers: Vec<String> = net.named_buffers().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(buffers, ["_second.running_mean", "_second.running_var", "_second.num_batches_tracked"]);
     }
 
     #[test]
@@ -585,7 +587,7 @@ mod tests {
         let mut rng = Rng::new(0);
         let se = SqueezeExcite::new(8, 2, Activation::Silu, &mut rng);
         let names: Vec<String> = se.named_parameters().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["conv_reduce.weight", "conv_reduce.bias", "conv_expand.weight", "conv_expand.bias"]);
+        assert_eq!(names, ["_se_reduce.weight", "_se_reduce.bias", "_se_expand.weight", "_se_expand.bias"]);
         assert_eq!(se.num_parameters(), 8 * 2 + 2 + 2 * 8 + 8);
         let bn = BatchNorm2d::new(4, 0.01, 1e-3);
         assert_eq!(
@@ -593,7 +595,7 @@ mod tests {
             ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"]
         );
         // frozen parameters get no gradient and no update
-        assert_eq!(se.set_frozen("conv_reduce", true), 2);
+        assert_eq!(se.set_frozen("_se_reduce", true), 2);
         let before = se.reduce.weight.value().to_vec();
         let mut opt = Sgd::new(single_group(se.named_parameters(), 0.1, 0.0), 0.0, false);
         let x = Var::constant(Tensor::randn(&[2, 3, 3, 8], 0.0, 1.0, 1));

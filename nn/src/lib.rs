@@ -30,3 +30,8 @@ pub mod optim;
 pub mod schedule;
 
 pub use module::{Buffer, Ctx, Forward, LoadReport, Module};
+/// `#[derive(Module)]`: see `nn_derive`.
+pub use nn_derive::Module;
+
+// lets the derive's `::nn::...` paths resolve inside this crate too
+extern crate self as nn;

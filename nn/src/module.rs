@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use autograd::Var;
+pub use autograd::Var;
 use tensor::{Result, Rng, Tensor, TensorError};
 
 /// Forward-pass context: mode and randomness.
@@ -109,6 +109,56 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// What `#[derive(Module)]` asks of every field it lists: a parameter, a buffer, a sub-module,
+/// or an `Option` / `Vec` of those, each listing itself under `name`.
+pub trait StateField {
+    fn field_parameters(&self, name: &str, out: &mut Vec<(String, Var)>);
+    fn field_buffers(&self, _name: &str, _out: &mut Vec<(String, Buffer)>) {}
+}
+
+impl StateField for Var {
+    fn field_parameters(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        out.push((name.to_string(), self.clone()));
+    }
+}
+
+impl StateField for Buffer {
+    fn field_parameters(&self, _name: &str, _out: &mut Vec<(String, Var)>) {}
+    fn field_buffers(&self, name: &str, out: &mut Vec<(String, Buffer)>) {
+        out.push((name.to_string(), self.clone()));
+    }
+}
+
+impl<T: StateField> StateField for Option<T> {
+    fn field_parameters(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        if let Some(t) = self {
+            t.field_parameters(name, out);
+        }
+    }
+    fn field_buffers(&self, name: &str, out: &mut Vec<(String, Buffer)>) {
+        if let Some(t) = self {
+            t.field_buffers(name, out);
+        }
+    }
+}
+
+/// Items are named `name.0`, `name.1`, ... (PyTorch's `ModuleList`).
+impl<T: StateField> StateField for Vec<T> {
+    fn field_parameters(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        for (i, t) in self.iter().enumerate() {
+            t.field_parameters(&join(name, &i.to_string()), out);
+        }
+    }
+    fn field_buffers(&self, name: &str, out: &mut Vec<(String, Buffer)>) {
+        for (i, t) in self.iter().enumerate() {
+            t.field_buffers(&join(name, &i.to_string()), out);
+        }
+    }
+}
+
+/// Lists parameters and buffers under PyTorch's dotted names. Derive it
+/// (`#[derive(nn::Module)]`) rather than writing it: the derive lists every field, and a field
+/// that is neither state nor marked `#[module(skip)]` does not compile.
 pub trait Module {
     /// Appends `(full name, parameter)` for every parameter under `prefix`.
     fn parameters(&self, prefix: &str, out: &mut Vec<(String, Var)>);
