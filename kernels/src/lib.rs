@@ -17,6 +17,8 @@ pub mod attention;
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 pub mod memory;
 pub mod norm;
 pub mod optim;
