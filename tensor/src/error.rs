@@ -19,6 +19,11 @@ pub enum TensorError {
     #[error("{op}: index {index} out of range for size {size}")]
     Index { op: &'static str, index: usize, size: usize },
 
+    /// A tensor on the wrong device for an op (operands on different devices, a GPU tensor
+    /// where only the CPU path exists), or a device that cannot be opened.
+    #[error("{op}: {msg}")]
+    Device { op: &'static str, msg: String },
+
     /// Misuse of an autograd graph (backward twice, backward from a non-scalar without a gradient).
     #[error("autograd: {0}")]
     Graph(String),
@@ -33,6 +38,10 @@ pub enum TensorError {
 }
 
 impl TensorError {
+    pub(crate) fn device(op: &'static str, msg: impl Into<String>) -> Self {
+        TensorError::Device { op, msg: msg.into() }
+    }
+
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         TensorError::Shape { op, msg: msg.into() }
     }

@@ -22,6 +22,12 @@ impl Tensor {
                 ));
             }
         }
+        if tensors.iter().any(|t| t.device().is_gpu()) {
+            #[cfg(feature = "wgpu")]
+            return crate::gpu::concat(tensors, axis);
+            #[cfg(not(feature = "wgpu"))]
+            unreachable!("no GPU tensors exist without the wgpu feature");
+        }
         let outer: usize = first.shape()[..axis].iter().product();
         let inner: usize = first.shape()[axis + 1..].iter().product();
         let total_axis: usize = tensors.iter().map(|t| t.shape()[axis]).sum();
@@ -62,6 +68,15 @@ impl Tensor {
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
             return Err(TensorError::Index { op: "index_select", index: bad, size: n });
         }
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            let moved = self.transpose(0, axis)?;
+            return crate::gpu::index_select0(&moved, indices)?.transpose(0, axis)?.contiguous().reshape(&{
+                let mut shape = self.shape().to_vec();
+                shape[axis] = indices.len();
+                shape
+            });
+        }
         let src = self.contiguous();
         let s = src.as_contiguous_slice().expect("contiguous");
         let outer: usize = self.shape()[..axis].iter().product();
@@ -81,6 +96,8 @@ impl Tensor {
     /// PyTorch's `gather`: `out[i][j][k] = self[index[i][j][k]][j][k]` for `axis` 0, and so on.
     /// `index` holds whole numbers, has the same rank, and is no larger on the other axes.
     pub fn gather(&self, axis: usize, index: &Tensor) -> Result<Tensor> {
+        self.require_cpu("gather")?;
+        index.require_cpu("gather")?;
         self.check_axis("gather", axis)?;
         if index.rank() != self.rank() || (0..self.rank()).any(|d| d != axis && index.shape()[d] > self.shape()[d]) {
             return Err(TensorError::shape(
@@ -116,6 +133,17 @@ impl Tensor {
     /// Adds the rows of `src` into a copy of `self` at `indices` along `axis` (repeated indices
     /// accumulate). The adjoint of [`Tensor::index_select`]: an embedding's gradient.
     pub fn index_add(&self, axis: usize, indices: &[usize], src: &Tensor) -> Result<Tensor> {
+        if self.device().is_gpu() || src.device().is_gpu() {
+            crate::device::same_device("index_add", &[self, src])?;
+            if axis != 0 {
+                return Err(TensorError::Device {
+                    op: "index_add",
+                    msg: format!("on {} runs along axis 0 only", self.device()),
+                });
+            }
+            #[cfg(feature = "wgpu")]
+            return crate::gpu::index_add0(self, indices, src);
+        }
         let mut out = self.contiguous();
         out.index_add_in_place(axis, indices, src)?;
         Ok(out)
@@ -134,6 +162,11 @@ impl Tensor {
         let n = self.shape()[axis];
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
             return Err(TensorError::Index { op: "index_add", index: bad, size: n });
+        }
+        if self.device().is_gpu() || src.device().is_gpu() {
+            crate::device::same_device("index_add", &[self, src])?;
+            *self = self.index_add(axis, indices, src)?;
+            return Ok(());
         }
         let src = src.contiguous();
         let s = src.as_contiguous_slice().expect("contiguous");
@@ -155,6 +188,8 @@ impl Tensor {
     /// Adds `src` into a copy of `self` at the positions `index` names along `axis`
     /// (PyTorch's `scatter_add`, the adjoint of [`Tensor::gather`]).
     pub fn scatter_add(&self, axis: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.require_cpu("scatter_add")?;
+        src.require_cpu("scatter_add")?;
         self.check_axis("scatter_add", axis)?;
         if index.shape() != src.shape()
             || index.rank() != self.rank()

@@ -22,7 +22,10 @@
 //! What this crate is not: an autograd engine (see `autograd`) or a place for fast kernels
 //! (see `kernels`).
 
+mod device;
 pub mod error;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 mod index;
 pub mod io;
 pub mod layout;
@@ -35,6 +38,7 @@ pub mod storage;
 mod tensor;
 pub mod tolerance;
 
+pub use device::{same_device, Device};
 pub use error::{Result, TensorError};
 pub use layout::{broadcast_shapes, Layout};
 pub use random::Rng;

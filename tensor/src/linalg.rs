@@ -28,6 +28,11 @@ impl Tensor {
             ));
         }
         let batch = broadcast_shapes("matmul", &self.shape()[..ra - 2], &other.shape()[..rb - 2])?;
+        if self.device().is_gpu() || other.device().is_gpu() {
+            crate::device::same_device("matmul", &[self, other])?;
+            #[cfg(feature = "wgpu")]
+            return crate::gpu::matmul(self, other);
+        }
         let mut a_shape = batch.clone();
         a_shape.extend([m, k]);
         let mut b_shape = batch.clone();

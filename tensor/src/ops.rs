@@ -16,9 +16,30 @@ use kernels::parallel::{for_each_chunk, for_each_row_block};
 /// costs more than the loop.
 const ELEMENTWISE_CHUNK: usize = 32 * 1024;
 
+/// Runs a unary op on the GPU when the tensor is there (`kernels::gpu::ops::Unary`).
+macro_rules! on_gpu {
+    ($t:expr, $op:expr) => {
+        #[cfg(feature = "wgpu")]
+        if $t.device().is_gpu() {
+            #[allow(unused_imports)]
+            use kernels::{activation::Activation, gpu::ops::Unary};
+            return crate::gpu::unary_or_panic($t, $op);
+        }
+    };
+}
+
 impl Tensor {
     /// Applies `f` to every element, returning a new contiguous tensor.
+    ///
+    /// # Panics
+    /// On a GPU tensor: a Rust closure cannot run there (use the named ops, which have GPU
+    /// kernels, or move the tensor with `to_cpu`).
     pub fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
+        assert!(
+            !self.device().is_gpu(),
+            "Tensor::map runs a Rust closure on the CPU; this tensor is on {}",
+            self.device()
+        );
         let data: Vec<f32> = match self.as_contiguous_slice() {
             Some(s) => {
                 let mut out = recycled_vec(s.len());
@@ -36,7 +57,32 @@ impl Tensor {
 
     /// Combines two tensors elementwise after broadcasting them to a common shape.
     /// `op` names the operation in the error when the shapes do not broadcast.
+    /// Operands on a GPU run the named op's kernel there (add, sub, mul, div, maximum,
+    /// minimum, pow); other ops on GPU tensors are an error.
     pub fn zip_map(&self, other: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+        if self.device().is_gpu() || other.device().is_gpu() {
+            crate::device::same_device(op, &[self, other])?;
+            #[cfg(feature = "wgpu")]
+            {
+                use kernels::gpu::ops::Binary;
+                let kernel = match op {
+                    "add" => Binary::Add,
+                    "sub" => Binary::Sub,
+                    "mul" => Binary::Mul,
+                    "div" => Binary::Div,
+                    "maximum" => Binary::Max,
+                    "minimum" => Binary::Min,
+                    "pow" => Binary::Pow,
+                    _ => {
+                        return Err(crate::TensorError::Device {
+                            op,
+                            msg: format!("has no GPU kernel; the operands are on {}", self.device()),
+                        })
+                    }
+                };
+                return crate::gpu::binary(self, other, kernel, op);
+            }
+        }
         if self.shape() == other.shape() {
             if let (Some(a), Some(b)) = (self.as_contiguous_slice(), other.as_contiguous_slice()) {
                 let mut data = recycled_vec(a.len());
@@ -129,6 +175,9 @@ impl Tensor {
 
     /// `cond != 0 ? on_true : on_false`, all three broadcast together.
     pub fn where_cond(cond: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        for t in [cond, on_true, on_false] {
+            t.require_cpu("where")?;
+        }
         let shape = broadcast_shapes("where", cond.shape(), on_true.shape())?;
         let shape = broadcast_shapes("where", &shape, on_false.shape())?;
         let c = cond.broadcast_to(&shape)?.to_vec();
@@ -140,53 +189,73 @@ impl Tensor {
 
     // unary maths
     pub fn neg(&self) -> Tensor {
+        on_gpu!(self, Unary::Affine { alpha: -1.0, beta: 0.0 });
         self.map(|x| -x)
     }
     pub fn abs(&self) -> Tensor {
+        on_gpu!(self, Unary::Abs);
         self.map(f32::abs)
     }
     pub fn exp(&self) -> Tensor {
+        on_gpu!(self, Unary::Exp);
         self.map(f32::exp)
     }
     pub fn ln(&self) -> Tensor {
+        on_gpu!(self, Unary::Log);
         self.map(f32::ln)
     }
     pub fn sqrt(&self) -> Tensor {
+        on_gpu!(self, Unary::Sqrt);
         self.map(f32::sqrt)
     }
     pub fn rsqrt(&self) -> Tensor {
+        on_gpu!(self, Unary::Powf(-0.5));
         self.map(|x| 1.0 / x.sqrt())
     }
     pub fn square(&self) -> Tensor {
+        on_gpu!(self, Unary::Square);
         self.map(|x| x * x)
     }
     pub fn tanh(&self) -> Tensor {
+        on_gpu!(self, Unary::Tanh);
         self.map(f32::tanh)
     }
     pub fn sigmoid(&self) -> Tensor {
+        on_gpu!(self, Unary::Activation(Activation::Sigmoid));
         self.map(|x| 1.0 / (1.0 + (-x).exp()))
     }
     pub fn relu(&self) -> Tensor {
+        on_gpu!(self, Unary::Relu);
         self.map(|x| if x > 0.0 { x } else { 0.0 })
     }
 
     // scalar ops
     pub fn add_scalar(&self, s: f32) -> Tensor {
+        on_gpu!(self, Unary::Affine { alpha: 1.0, beta: s });
         self.map(|x| x + s)
     }
     pub fn sub_scalar(&self, s: f32) -> Tensor {
+        on_gpu!(self, Unary::Affine { alpha: 1.0, beta: -s });
         self.map(|x| x - s)
     }
     pub fn mul_scalar(&self, s: f32) -> Tensor {
+        on_gpu!(self, Unary::Affine { alpha: s, beta: 0.0 });
         self.map(|x| x * s)
     }
     pub fn div_scalar(&self, s: f32) -> Tensor {
+        on_gpu!(self, Unary::Affine { alpha: 1.0 / s, beta: 0.0 });
         self.map(|x| x / s)
     }
     pub fn powf(&self, e: f32) -> Tensor {
+        on_gpu!(self, Unary::Powf(e));
         self.map(|x| x.powf(e))
     }
     pub fn clamp(&self, lo: f32, hi: f32) -> Tensor {
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            let bound = |v: f32| Tensor::full_on(&[], v, self.device()).expect("the tensor's device is open");
+            return self.maximum(&bound(lo)).and_then(|t| t.minimum(&bound(hi))).expect("same device, scalar operand");
+        }
         self.map(|x| x.max(lo).min(hi))
     }
 }

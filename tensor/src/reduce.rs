@@ -36,6 +36,7 @@ impl Tensor {
         reduce: impl Fn(&[f32]) -> f32,
     ) -> Result<Tensor> {
         let axes = self.normalise_axes(op, axes)?;
+        self.require_cpu(op)?;
         let kept: Vec<usize> = (0..self.rank()).filter(|d| !axes.contains(d)).collect();
         let perm: Vec<usize> = kept.iter().chain(axes.iter()).copied().collect();
         let arranged = self.permute(&perm)?.contiguous();
@@ -55,6 +56,10 @@ impl Tensor {
     pub fn sum(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
         // Fast path: leading axes of a contiguous tensor (bias gradients): add rows together.
         let sorted = self.normalise_axes("sum", axes)?;
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            return crate::gpu::reduce(self, "sum", &sorted, keepdim);
+        }
         if !sorted.is_empty()
             && self.is_contiguous()
             && sorted.iter().enumerate().all(|(i, &a)| i == a)
@@ -77,12 +82,22 @@ impl Tensor {
 
     /// Mean over `axes`; NaN for an empty run, as in NumPy.
     pub fn mean(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            let sorted = self.normalise_axes("mean", axes)?;
+            return crate::gpu::reduce(self, "mean", &sorted, keepdim);
+        }
         self.reduce_runs("mean", axes, keepdim, |r| (r.iter().map(|&x| x as f64).sum::<f64>() / r.len() as f64) as f32)
     }
 
     /// Maximum over `axes`; NaN propagates. Errors on an empty run.
     pub fn max(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
         self.check_nonempty_runs("max", axes)?;
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            let sorted = self.normalise_axes("max", axes)?;
+            return crate::gpu::reduce(self, "max", &sorted, keepdim);
+        }
         self.reduce_runs("max", axes, keepdim, |r| r.iter().copied().fold(f32::NEG_INFINITY, nan_max))
     }
 
@@ -92,11 +107,22 @@ impl Tensor {
         self.reduce_runs("min", axes, keepdim, |r| r.iter().copied().fold(f32::INFINITY, nan_min))
     }
 
+    /// The sum of every element (a GPU tensor is summed there and the one value read back).
     pub fn sum_all(&self) -> f32 {
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            let axes: Vec<usize> = (0..self.rank()).collect();
+            return crate::gpu::reduce(self, "sum", &axes, false)
+                .and_then(|t| t.item())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         self.to_vec().iter().map(|&x| x as f64).sum::<f64>() as f32
     }
 
     pub fn mean_all(&self) -> f32 {
+        if self.device().is_gpu() {
+            return self.sum_all() / self.numel() as f32;
+        }
         (self.to_vec().iter().map(|&x| x as f64).sum::<f64>() / self.numel() as f64) as f32
     }
 
@@ -134,6 +160,7 @@ impl Tensor {
     /// The `k` largest (or smallest) values along `axis`, sorted, and their indices.
     /// Ties keep the lower index first. NaN sorts as largest.
     pub fn topk(&self, k: usize, axis: usize, largest: bool) -> Result<(Tensor, Tensor)> {
+        self.require_cpu("topk")?;
         self.check_axis("topk", axis)?;
         let n = self.shape()[axis];
         if k > n {

@@ -27,6 +27,10 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 enum Buffer {
     Owned(Vec<f32>),
+    /// Device memory on a GPU: the elements never pass through host memory unless a caller
+    /// reads them back (`Tensor::to_cpu`).
+    #[cfg(feature = "wgpu")]
+    Gpu(kernels::gpu::GpuBuffer),
     /// `len` f32 values starting at byte `start` of `bytes`; `start` is 4-byte aligned in memory.
     Mapped {
         bytes: SharedBytes,
@@ -62,6 +66,31 @@ impl Storage {
         Some(Storage { buf: Buffer::Mapped { bytes, start, len } })
     }
 
+    /// Storage in GPU memory. Not counted in [`live_buffers`] (host memory); the device's own
+    /// pool counts it (`kernels::gpu::Gpu::pool_stats`).
+    #[cfg(feature = "wgpu")]
+    pub fn gpu(buffer: kernels::gpu::GpuBuffer) -> Self {
+        Storage { buf: Buffer::Gpu(buffer) }
+    }
+
+    /// Where the elements live.
+    pub fn device(&self) -> crate::Device {
+        match &self.buf {
+            #[cfg(feature = "wgpu")]
+            Buffer::Gpu(b) => crate::Device::Gpu(b.gpu().index),
+            _ => crate::Device::Cpu,
+        }
+    }
+
+    /// The device buffer of a GPU storage.
+    #[cfg(feature = "wgpu")]
+    pub fn gpu_buffer(&self) -> Option<&kernels::gpu::GpuBuffer> {
+        match &self.buf {
+            Buffer::Gpu(b) => Some(b),
+            _ => None,
+        }
+    }
+
     fn count(len: usize) {
         LIVE_BUFFERS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(len * 4, Ordering::Relaxed);
@@ -71,6 +100,8 @@ impl Storage {
         match &self.buf {
             Buffer::Owned(v) => v.len(),
             Buffer::Mapped { len, .. } => *len,
+            #[cfg(feature = "wgpu")]
+            Buffer::Gpu(b) => b.len(),
         }
     }
 
@@ -78,8 +109,15 @@ impl Storage {
         self.len() == 0
     }
 
+    /// The elements of a host buffer.
+    ///
+    /// # Panics
+    /// On a GPU storage: its elements are not in host memory. Ops check the device first and
+    /// return an error; reading GPU data back is explicit (`Tensor::to_cpu`).
     pub fn as_slice(&self) -> &[f32] {
         match &self.buf {
+            #[cfg(feature = "wgpu")]
+            Buffer::Gpu(b) => panic!("{b:?}: GPU data is read on the host only through Tensor::to_cpu"),
             Buffer::Owned(v) => v,
             Buffer::Mapped { bytes, start, len } => {
                 let all: &[u8] = (**bytes).as_ref();
@@ -92,7 +130,7 @@ impl Storage {
     pub fn as_mut_slice(&mut self) -> Option<&mut [f32]> {
         match &mut self.buf {
             Buffer::Owned(v) => Some(v),
-            Buffer::Mapped { .. } => None,
+            _ => None,
         }
     }
 
@@ -103,6 +141,10 @@ impl Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
+        #[cfg(feature = "wgpu")]
+        if matches!(self.buf, Buffer::Gpu(_)) {
+            return; // the GpuBuffer returns itself to its device's pool
+        }
         LIVE_BUFFERS.fetch_sub(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(self.len() * 4, Ordering::Relaxed);
         if let Buffer::Owned(v) = &mut self.buf {

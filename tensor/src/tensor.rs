@@ -168,8 +168,9 @@ impl Tensor {
     }
 
     /// The elements as a contiguous slice when the layout allows it without copying.
+    /// `None` for a GPU tensor, whose elements are not in host memory.
     pub fn as_contiguous_slice(&self) -> Option<&[f32]> {
-        if self.is_contiguous() {
+        if self.is_contiguous() && !self.device().is_gpu() {
             let start = self.layout.offset;
             Some(&self.storage.as_slice()[start..start + self.numel()])
         } else {
@@ -177,8 +178,15 @@ impl Tensor {
         }
     }
 
-    /// All elements in row-major order (copied).
+    /// All elements in row-major order (copied; a GPU tensor is read back, waiting for the GPU).
+    ///
+    /// # Panics
+    /// When a GPU read-back fails (a lost device); `to_cpu` reports that as an error instead.
     pub fn to_vec(&self) -> Vec<f32> {
+        if self.device().is_gpu() {
+            let host = self.to_cpu().unwrap_or_else(|e| panic!("{e}"));
+            return host.as_contiguous_slice().expect("to_cpu gives a contiguous tensor").to_vec();
+        }
         if let Some(s) = self.as_contiguous_slice() {
             let mut out = crate::storage::recycled_vec(s.len());
             kernels::parallel::for_each_chunk(&mut out, 64 * 1024, |start, o| {
@@ -236,6 +244,9 @@ impl Tensor {
                 format!("tensor of shape {:?} is not a single value", self.shape()),
             ));
         }
+        if self.device().is_gpu() {
+            return self.to_cpu()?.item();
+        }
         Ok(self.storage.as_slice()[self.layout.offset])
     }
 
@@ -249,6 +260,9 @@ impl Tensor {
                 return Err(TensorError::shape("get", format!("index {i} out of range for axis {d} of size {n}")));
             }
         }
+        if self.device().is_gpu() {
+            return self.to_cpu()?.get(index);
+        }
         Ok(self.storage.as_slice()[self.layout.offset_of(index)])
     }
 
@@ -257,13 +271,25 @@ impl Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
+        #[cfg(feature = "wgpu")]
+        if self.device().is_gpu() {
+            return crate::gpu::contiguous(self).unwrap_or_else(|e| panic!("{e}"));
+        }
         Tensor::from_contiguous(self.to_vec(), self.shape())
     }
 
     /// Mutable row-major access to this tensor's elements. Copies into a fresh private buffer
     /// first if the storage is shared with another tensor, memory-mapped, or this view does not
     /// cover the whole buffer contiguously.
+    ///
+    /// # Panics
+    /// On a GPU tensor (its elements are not in host memory).
     pub fn data_mut(&mut self) -> &mut [f32] {
+        assert!(
+            !self.device().is_gpu(),
+            "data_mut on a tensor on {}: GPU tensors are changed by GPU ops",
+            self.device()
+        );
         let whole = self.is_contiguous() && self.layout.offset == 0 && self.numel() == self.storage.len();
         let private = whole && !self.storage.is_mapped() && Arc::get_mut(&mut self.storage).is_some();
         if !private {
@@ -302,7 +328,7 @@ impl Tensor {
             Some(strides) => {
                 Ok(self.with_layout(Layout { shape: shape.to_vec(), strides, offset: self.layout.offset }))
             }
-            None => Ok(Tensor::from_contiguous(self.to_vec(), shape)),
+            None => self.contiguous().reshape(shape),
         }
     }
 
