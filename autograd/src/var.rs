@@ -263,7 +263,7 @@ impl Var {
                 value.shape()
             )));
         }
-        self.backward_with(Tensor::ones(value.shape()))
+        self.backward_with(Tensor::full_on(value.shape(), 1.0, value.device())?)
     }
 
     /// Backpropagates `grad` (shaped like this output) through the graph.

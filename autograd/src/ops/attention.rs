@@ -29,6 +29,13 @@ pub fn self_attention(
         return Err(bad(format!("qkv {sh:?} must be (B, T, 3 * H) with H a multiple of {heads} heads")));
     }
     let (batch, seq, hidden) = (sh[0], sh[1], sh[2] / 3);
+    if key_mask.is_some_and(|m| m.shape() != [batch, seq]) {
+        return Err(bad(format!("mask {:?} must be [{batch}, {seq}]", key_mask.map(|m| m.shape().to_vec()))));
+    }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[qkv]) {
+        return super::gpu::self_attention(qkv, heads, key_mask, dropout);
+    }
     let shape = AttentionShape { batch, seq, heads, head_dim: hidden / heads };
     let additive: Option<Vec<f32>> = match key_mask {
         Some(m) if m.shape() != [batch, seq] => {

@@ -43,6 +43,10 @@ pub fn contrastive_loss(x: &Var, y: &Var, log_temperature: &Var, smoothing: f32)
             msg: format!("label smoothing {smoothing} outside [0, 1]"),
         });
     }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x, y, log_temperature]) {
+        return super::gpu::contrastive_loss(x, y, log_temperature, smoothing);
+    }
     let (n, d) = (xv.shape()[0], xv.shape()[1]);
     let t = tv.item()?;
     let inv_sigma = (-t).exp();

@@ -12,6 +12,10 @@ pub fn dropout(x: &Var, p: f32, rng: &mut Rng) -> Result<Var> {
     if p == 0.0 {
         return Ok(x.clone());
     }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::dropout(x, p, rng);
+    }
     let xv = x.value();
     let scale = 1.0 / (1.0 - p);
     let mask: Vec<f32> = (0..xv.numel()).map(|_| if rng.next_f32() >= p { scale } else { 0.0 }).collect();

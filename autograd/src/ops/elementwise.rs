@@ -81,6 +81,10 @@ pub fn mul_scalar(x: &Var, s: f32) -> Var {
 
 /// x ^ p for a constant exponent p.
 pub fn pow_scalar(x: &Var, p: f32) -> Var {
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::pow_scalar(x, p);
+    }
     let xv = x.value();
     let out = xv.powf(p);
     Var::from_fn(out, &[x], "pow", move |g, _| {
@@ -95,6 +99,10 @@ pub fn pow_scalar(x: &Var, p: f32) -> Var {
 
 /// Which value the derivative is computed from: the input, the output, or both.
 fn unary(x: &Var, name: &'static str, f: fn(f32) -> f32, df: fn(f32, f32) -> f32) -> Var {
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::unary(x, name).unwrap_or_else(|e| panic!("{e}"));
+    }
     let xv = x.value();
     let y = xv.map(f);
     let saved_y = y.clone();
@@ -130,6 +138,10 @@ pub fn tanh(x: &Var) -> Var {
 
 /// y = act(x) through the vectorised kernel; saves x for the backward.
 fn activation(x: &Var, name: &'static str, act: Activation) -> Var {
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::activation(x, name, act).unwrap_or_else(|e| panic!("{e}"));
+    }
     let xv = x.value().contiguous();
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let mut y = tensor::recycled_vec(xs.len()); // written in full by the kernel

@@ -38,6 +38,12 @@ pub fn linear_stacked(x: &Var, ws: &[&Var], bs: Option<&[&Var]>) -> Result<Var> 
     if ws.is_empty() || bs.is_some_and(|bs| bs.len() != ws.len()) {
         return Err(bad(format!("{} weights and {:?} biases", ws.len(), bs.map(|b| b.len()))));
     }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        let w = super::shape::concat(ws, 0)?;
+        let b = bs.map(|bs| super::shape::concat(bs, 0)).transpose()?;
+        return linear(x, &w, b.as_ref());
+    }
     let wants_grad = crate::is_grad_enabled()
         && (x.requires_grad() || ws.iter().chain(bs.unwrap_or(&[])).any(|v| v.requires_grad()));
     let xv = x.value().contiguous();
@@ -101,6 +107,13 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         Some(b) => Some(b.value().contiguous()),
         None => None,
     };
+    if xv.device().is_gpu() || wv.device().is_gpu() {
+        let mut all = vec![&xv, &wv];
+        all.extend(bv.as_ref());
+        tensor::same_device("linear", &all)?;
+        #[cfg(feature = "wgpu")]
+        return super::gpu::linear(x, w, b);
+    }
     let (xd, wd) = (xv.as_contiguous_slice().expect("contiguous"), wv.as_contiguous_slice().expect("contiguous"));
     // (rows, out): every element is written by the GEMM (beta = 0), the bias added in its store
     let mut y = tensor::recycled_vec(rows * out);

@@ -6,6 +6,8 @@ pub mod contrastive;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+#[cfg(feature = "wgpu")]
+mod gpu;
 pub mod matmul;
 pub mod norm;
 pub mod packed_weights;

@@ -25,6 +25,10 @@ pub fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
             msg: format!("gamma {:?} / beta {:?} must be [{c}] for input {:?}", gv.shape(), bv.shape(), xv.shape()),
         });
     }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x, gamma, beta]) {
+        return super::gpu::layer_norm(x, gamma, beta, eps);
+    }
     let rows = xv.numel().checked_div(c).unwrap_or(0);
     let mut y = tensor::recycled_vec(xv.numel()); // written in full by the kernel
     let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);

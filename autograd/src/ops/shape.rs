@@ -42,6 +42,9 @@ pub fn slice(x: &Var, axis: usize, start: usize, end: usize, step: usize) -> Res
     let out = xv.slice(axis, start, end, step)?;
     let in_shape = xv.shape().to_vec();
     Ok(Var::from_fn(out, &[x], "slice", move |g, _| {
+        if g.device().is_gpu() {
+            return Ok(vec![Some(pad_along(g, &in_shape, axis, start, step)?)]);
+        }
         // Scatter g into zeros of the input shape through the same slice layout.
         let strides = contiguous_strides(&in_shape);
         let mut data = vec![0.0f32; in_shape.iter().product()];
@@ -54,6 +57,29 @@ pub fn slice(x: &Var, axis: usize, start: usize, end: usize, step: usize) -> Res
         for_each_offset_pair(g.shape(), (&slice_strides, offset), (&g_strides, 0), |dst, src| data[dst] += gs[src]);
         Ok(vec![Some(Tensor::from_vec(data, &in_shape)?)])
     }))
+}
+
+/// The gradient of a step-1 slice on a GPU: `g` placed at `start` along `axis` between zero
+/// blocks, by concatenation (no host copy).
+fn pad_along(g: &Tensor, in_shape: &[usize], axis: usize, start: usize, step: usize) -> Result<Tensor> {
+    if step != 1 {
+        return Err(tensor::TensorError::Device { op: "slice", msg: format!("the GPU backward takes step 1, not {step}") });
+    }
+    let mut parts = Vec::new();
+    let block = |len: usize| {
+        let mut s = in_shape.to_vec();
+        s[axis] = len;
+        Tensor::zeros_on(&s, g.device())
+    };
+    let after = in_shape[axis] - start - g.shape()[axis];
+    if start > 0 {
+        parts.push(block(start)?);
+    }
+    parts.push(g.clone());
+    if after > 0 {
+        parts.push(block(after)?);
+    }
+    Tensor::concat(&parts, axis)
 }
 
 pub fn narrow(x: &Var, axis: usize, start: usize, len: usize) -> Result<Var> {
@@ -103,7 +129,8 @@ pub fn index_select(table: &Var, axis: usize, indices: &[usize]) -> Result<Var> 
     let shape = tv.shape().to_vec();
     let indices = indices.to_vec();
     Ok(Var::from_fn(out, &[table], "index_select", move |g, _| {
-        let mut grad = Tensor::zeros(&shape); // uniquely owned: the scatter-add writes in place
+        // uniquely owned: the scatter-add writes in place
+        let mut grad = Tensor::zeros_on(&shape, g.device())?;
         grad.index_add_in_place(axis, &indices, g)?;
         Ok(vec![Some(grad)])
     }))

@@ -36,6 +36,10 @@ fn check_rank(op: &'static str, x: &Tensor) -> Result<()> {
 pub fn softmax(x: &Var) -> Result<Var> {
     let xv = x.value();
     check_rank("softmax", &xv)?;
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::softmax(x, "softmax", 1.0, None, false);
+    }
     let y = rowwise(&xv, |x, y, c| kernel::softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
     Ok(Var::from_fn(y, &[x], "softmax", move |g, _| {
@@ -47,6 +51,10 @@ pub fn softmax(x: &Var) -> Result<Var> {
 pub fn log_softmax(x: &Var) -> Result<Var> {
     let xv = x.value();
     check_rank("log_softmax", &xv)?;
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::softmax(x, "log_softmax", 1.0, None, true);
+    }
     let y = rowwise(&xv, |x, y, c| kernel::log_softmax_forward(x, y, c, 1.0, None));
     let saved = y.clone();
     Ok(Var::from_fn(y, &[x], "log_softmax", move |g, _| {
@@ -77,6 +85,10 @@ pub fn attention_softmax(scores: &Var, scale: f32, key_mask: Option<&Tensor>) ->
         Some(m) => Some(m.to_vec().iter().map(|&v| if v > 0.0 { 0.0 } else { -1e9 }).collect()),
         None => None,
     };
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[scores]) {
+        return super::gpu::attention_softmax(scores, scale, key_mask);
+    }
     let mask = additive.as_ref().map(|v| kernel::RowMask { values: v, rows_per_mask: h * tq });
     let y = rowwise(&sv, |x, y, c| kernel::softmax_forward(x, y, c, scale, mask));
     let saved = y.clone();
@@ -104,6 +116,10 @@ pub fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> Result<
     let (n, c) = (lv.shape()[0], lv.shape()[1]);
     if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
         return Err(TensorError::Index { op: "cross_entropy", index: bad, size: c });
+    }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[logits]) {
+        return super::gpu::cross_entropy(logits, targets, smoothing);
     }
     let logp = rowwise(&lv, |x, y, c| kernel::log_softmax_forward(x, y, c, 1.0, None));
     let lp = logp.as_contiguous_slice().expect("contiguous");

@@ -142,6 +142,8 @@ pub enum Unary {
     Powf(f32),
     Fill(f32),
     Square,
+    /// 1 where x > 0, else 0 (the derivative of relu)
+    Step,
 }
 
 impl Unary {
@@ -159,6 +161,7 @@ impl Unary {
             Unary::Powf(p) => (12, p, 0.0),
             Unary::Fill(v) => (13, 0.0, v),
             Unary::Square => (14, 0.0, 0.0),
+            Unary::Step => (15, 0.0, 0.0),
         }
     }
 }

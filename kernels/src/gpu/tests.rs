@@ -141,6 +141,7 @@ fn unary_maps_follow_the_cpu_formulas_on_strided_views() {
         (Unary::Powf(1.5), &positive, |v| v.powf(1.5)),
         (Unary::Fill(3.25), &x, |_| 3.25),
         (Unary::Square, &x, |v| v * v),
+        (Unary::Step, &x, |v| if v > 0.0 { 1.0 } else { 0.0 }),
     ];
     for (op, input, f) in cases {
         let buffer = g.upload(input).unwrap();

@@ -21,6 +21,7 @@ fn apply(op: u32, x: f32, alpha: f32, beta: f32) -> f32 {
         case 12u: { return pow(x, alpha); }
         case 13u: { return beta; }
         case 14u: { return x * x; }
+        case 15u: { return select(0.0, 1.0, x > 0.0); }
         default: { return x; }
     }
 }
