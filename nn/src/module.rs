@@ -195,6 +195,20 @@ pub trait Module {
         count
     }
 
+    /// Moves every parameter and buffer to `device` (a copy per tensor not already there).
+    /// Gradients are dropped: they belong to the old values.
+    fn to_device(&self, device: tensor::Device) -> Result<()> {
+        device.check_available()?;
+        for (_, p) in self.named_parameters() {
+            p.set_value(p.value().to_device(device)?)?;
+            p.zero_grad();
+        }
+        for (_, b) in self.named_buffers() {
+            b.set(b.get().to_device(device)?);
+        }
+        Ok(())
+    }
+
     /// Parameters and buffers by name.
     fn state_dict(&self) -> BTreeMap<String, Tensor> {
         let mut sd = BTreeMap::new();

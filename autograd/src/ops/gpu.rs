@@ -92,7 +92,13 @@ pub(crate) fn layer_norm(x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<V
 }
 
 /// softmax(scale * x + mask) or its log over the last axis; the backward uses only the output.
-pub(crate) fn softmax(x: &Var, name: &'static str, scale: f32, mask: Option<(Tensor, usize)>, log: bool) -> Result<Var> {
+pub(crate) fn softmax(
+    x: &Var,
+    name: &'static str,
+    scale: f32,
+    mask: Option<(Tensor, usize)>,
+    log: bool,
+) -> Result<Var> {
     let y = tg::softmax_rows(&x.value(), scale, mask.as_ref().map(|(m, per)| (m, *per)), log)?;
     let saved = y.clone();
     Ok(Var::from_fn(y, &[x], name, move |g, _| Ok(vec![Some(tg::softmax_rows_backward(&saved, g, scale, log)?)])))
@@ -135,7 +141,8 @@ pub(crate) fn self_attention(
     let head_dim = hidden / heads;
     // (B, T, 3, heads, dh) -> (3, B, heads, T, dh): q, k, v as strided views
     let split = shape::permute(&shape::reshape(qkv, &[batch, seq, 3, heads, head_dim])?, &[2, 0, 3, 1, 4])?;
-    let part = |i: usize| -> Result<Var> { shape::reshape(&shape::narrow(&split, 0, i, 1)?, &[batch, heads, seq, head_dim]) };
+    let part =
+        |i: usize| -> Result<Var> { shape::reshape(&shape::narrow(&split, 0, i, 1)?, &[batch, heads, seq, head_dim]) };
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let scores = matmul(&q, &shape::transpose(&k, 2, 3)?)?;
     let mut probs = attention_softmax(&scores, 1.0 / (head_dim as f32).sqrt(), key_mask)?;
@@ -202,7 +209,9 @@ mod tests {
     //! Every differentiable op on the GPU device against the same op on the CPU: the value and
     //! every input's gradient within 1e-4 of its tensor's scale.
 
-    use super::super::{attention, contrastive, dropout as drop_op, elementwise as ew, matmul, norm, reduce, shape, softmax};
+    use super::super::{
+        attention, contrastive, dropout as drop_op, elementwise as ew, matmul, norm, reduce, shape, softmax,
+    };
     use crate::Var;
     use tensor::{Device, Rng, Tensor};
 
@@ -282,7 +291,9 @@ mod tests {
 
     #[test]
     fn norms_softmaxes_attention_and_losses() {
-        compare("layer_norm", &[r(&[6, 33], 14), r(&[33], 15), r(&[33], 16)], |v| norm::layer_norm(&v[0], &v[1], &v[2], 1e-5));
+        compare("layer_norm", &[r(&[6, 33], 14), r(&[33], 15), r(&[33], 16)], |v| {
+            norm::layer_norm(&v[0], &v[1], &v[2], 1e-5)
+        });
         compare("softmax", &[r(&[4, 9], 17)], |v| softmax::softmax(&v[0]));
         compare("log_softmax", &[r(&[4, 9], 18)], |v| softmax::log_softmax(&v[0]));
         let mask = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0], &[2, 4]).unwrap();

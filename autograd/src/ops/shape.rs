@@ -63,7 +63,10 @@ pub fn slice(x: &Var, axis: usize, start: usize, end: usize, step: usize) -> Res
 /// blocks, by concatenation (no host copy).
 fn pad_along(g: &Tensor, in_shape: &[usize], axis: usize, start: usize, step: usize) -> Result<Tensor> {
     if step != 1 {
-        return Err(tensor::TensorError::Device { op: "slice", msg: format!("the GPU backward takes step 1, not {step}") });
+        return Err(tensor::TensorError::Device {
+            op: "slice",
+            msg: format!("the GPU backward takes step 1, not {step}"),
+        });
     }
     let mut parts = Vec::new();
     let block = |len: usize| {
