@@ -345,6 +345,22 @@ pub fn activation_grad(x: &Tensor, dy: &Tensor, act: Activation) -> Result<Tenso
     Ok(from_buffer(dx, x.shape()))
 }
 
+/// One pass of an NHWC convolution (`kernels::gpu::ops::conv`): `a`, `b` as the pass takes them,
+/// the result shaped `out_shape`.
+pub fn conv(
+    pass: k::ConvPass,
+    depthwise: bool,
+    g: &kernels::conv::ConvGeometry,
+    a: &Tensor,
+    b: &Tensor,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    crate::device::same_device("conv", &[a, b])?;
+    let (a, b) = (contiguous(a)?, contiguous(b)?);
+    let y = k::conv(pass, depthwise, g, buffer("conv", &a)?, buffer("conv", &b)?).map_err(err("conv"))?;
+    Ok(from_buffer(y, out_shape))
+}
+
 /// Inverted dropout with the counter-based mask of (seed, element index).
 pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let x = contiguous(x)?;

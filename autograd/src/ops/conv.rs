@@ -42,6 +42,10 @@ pub fn conv2d(x: &Var, w: &Var, stride: usize, padding: Padding) -> Result<Var> 
     }
     let ws = wv.shape().to_vec();
     let g = geometry("conv2d", &xv, ws[0], ws[1], ws[3], stride, padding)?;
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x, w]) {
+        return super::gpu::conv(x, w, false, g);
+    }
     let mut y = vec![0.0f32; g.output_len()];
     k::conv2d_forward(slice_of(&xv), slice_of(&wv), &mut y, &g);
     let out = Tensor::from_vec(y, &[g.batch, g.out_h, g.out_w, g.c_out])?;
@@ -73,6 +77,10 @@ pub fn depthwise_conv2d(x: &Var, w: &Var, stride: usize, padding: Padding) -> Re
     }
     let ws = wv.shape().to_vec();
     let g = geometry("depthwise_conv2d", &xv, ws[0], ws[1], ws[2], stride, padding)?;
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x, w]) {
+        return super::gpu::conv(x, w, true, g);
+    }
     let mut y = vec![0.0f32; g.output_len()];
     k::depthwise_forward(slice_of(&xv), slice_of(&wv), &mut y, &g);
     let out = Tensor::from_vec(y, &[g.batch, g.out_h, g.out_w, g.c_out])?;
@@ -102,6 +110,10 @@ pub fn global_avg_pool(x: &Var) -> Result<Var> {
             msg: format!("input must be NHWC, got {:?}", xv.shape()),
         });
     }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x]) {
+        return super::gpu::global_avg_pool(x);
+    }
     let s = xv.shape().to_vec();
     let (n, pixels, c) = (s[0], s[1] * s[2], s[3]);
     let mut y = vec![0.0f32; n * c];
@@ -123,6 +135,10 @@ pub fn channel_scale(x: &Var, s: &Var) -> Result<Var> {
             op: "channel_scale",
             msg: format!("scale {ss:?} must be (N, C) for input {xs:?}"),
         });
+    }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x, s]) {
+        return super::gpu::channel_scale(x, s);
     }
     let (n, pixels, c) = (xs[0], xs[1] * xs[2], xs[3]);
     let (xv, sv) = (x.value().contiguous(), s.value().contiguous());

@@ -204,6 +204,125 @@ pub(crate) fn cross_entropy(logits: &Var, targets: &[usize], smoothing: f32) -> 
     }))
 }
 
+/// NHWC convolution on the GPU: a pointwise dense conv (1x1, stride 1, no padding) is a matrix
+/// product (x (N*H*W, C_in) times w (C_in, C_out)) on the tiled matmul; the rest run the direct
+/// conv shaders, forward and both gradients.
+pub(crate) fn conv(x: &Var, w: &Var, depthwise: bool, g: kernels::conv::ConvGeometry) -> Result<Var> {
+    use kernels::gpu::ops::ConvPass;
+    let (xv, wv) = (x.value(), w.value());
+    tensor::same_device("conv2d", &[&xv, &wv])?;
+    let (x_shape, w_shape) = (xv.shape().to_vec(), wv.shape().to_vec());
+    let y_shape = [g.batch, g.out_h, g.out_w, g.c_out];
+    let name = if depthwise { "depthwise_conv2d" } else { "conv2d" };
+    let pointwise = !depthwise
+        && g.k_h == 1
+        && g.k_w == 1
+        && g.stride_h == 1
+        && g.stride_w == 1
+        && g.pad_top == 0
+        && g.pad_left == 0;
+    if pointwise {
+        let pixels = g.batch * g.in_h * g.in_w;
+        let (x2, w2) = (xv.reshape(&[pixels, g.c_in])?, wv.reshape(&[g.c_in, g.c_out])?);
+        let y = x2.matmul(&w2)?.reshape(&y_shape)?;
+        return Ok(Var::from_fn(y, &[x, w], name, move |dy, needs| {
+            let dy2 = dy.reshape(&[pixels, g.c_out])?;
+            Ok(vec![
+                maybe(needs[0], || dy2.matmul(&w2.t()?)?.reshape(&x_shape))?,
+                maybe(needs[1], || x2.t()?.matmul(&dy2)?.reshape(&w_shape))?,
+            ])
+        }));
+    }
+    let y = tg::conv(ConvPass::Forward, depthwise, &g, &xv, &wv, &y_shape)?;
+    Ok(Var::from_fn(y, &[x, w], name, move |dy, needs| {
+        Ok(vec![
+            maybe(needs[0], || tg::conv(ConvPass::BackwardInput, depthwise, &g, dy, &wv, &x_shape))?,
+            maybe(needs[1], || tg::conv(ConvPass::BackwardWeight, depthwise, &g, &xv, dy, &w_shape))?,
+        ])
+    }))
+}
+
+/// Mean over H and W of (N, H, W, C); the gradient spreads g / (H W) back over every pixel.
+pub(crate) fn global_avg_pool(x: &Var) -> Result<Var> {
+    let xv = x.value();
+    let s = xv.shape().to_vec();
+    let (n, pixels, c) = (s[0], s[1] * s[2], s[3]);
+    let y = xv.mean(&[1, 2], false)?;
+    Ok(Var::from_fn(y, &[x], "global_avg_pool", move |g, _| {
+        let spread = g.reshape(&[n, 1, 1, c])?.mul_scalar(1.0 / pixels as f32);
+        Ok(vec![Some(Tensor::zeros_on(&s, g.device())?.add(&spread)?)])
+    }))
+}
+
+/// x (N, H, W, C) times s (N, C) broadcast over H and W (squeeze-excite).
+pub(crate) fn channel_scale(x: &Var, s: &Var) -> Result<Var> {
+    let (xv, sv) = (x.value(), s.value());
+    let (n, c) = (xv.shape()[0], xv.shape()[3]);
+    let s4 = sv.reshape(&[n, 1, 1, c])?;
+    let y = xv.mul(&s4)?;
+    Ok(Var::from_fn(y, &[x, s], "channel_scale", move |g, needs| {
+        Ok(vec![maybe(needs[0], || g.mul(&s4))?, maybe(needs[1], || g.mul(&xv)?.sum(&[1, 2], false))?])
+    }))
+}
+
+/// act(batch_norm(x)) over channels-last x, as tensor ops: statistics by column reductions,
+/// the normalisation and affine map broadcast over rows, the activation's fused derivative.
+pub(crate) fn batch_norm_act(
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    mode: &super::norm::BatchNormMode,
+    act: Option<Activation>,
+) -> Result<super::norm::BatchNormOutput> {
+    use super::norm::{BatchNormMode, BatchNormOutput};
+    let (xv, gv, bv) = (x.value(), gamma.value(), beta.value());
+    tensor::same_device("batch_norm", &[&xv, &gv, &bv])?;
+    let shape = xv.shape().to_vec();
+    let c = *shape.last().unwrap_or(&1);
+    let rows = xv.numel() / c.max(1);
+    let x2 = xv.reshape(&[rows, c])?;
+    let (mean, var, eps, training) = match mode {
+        BatchNormMode::Train { eps } => {
+            let mean = x2.mean(&[0], false)?;
+            let var = x2.sub(&mean)?.square().mean(&[0], false)?;
+            (mean, var, *eps, true)
+        }
+        BatchNormMode::Eval { running_mean, running_var, eps } => {
+            (running_mean.to_device(xv.device())?, running_var.to_device(xv.device())?, *eps, false)
+        }
+    };
+    let rstd = var.add_scalar(eps).rsqrt();
+    let xhat = x2.sub(&mean)?.mul(&rstd)?;
+    let pre = xhat.mul(&gv)?.add(&bv)?;
+    let y = match act {
+        Some(a) => tg::activation(&pre, a)?,
+        None => pre.clone(),
+    };
+    let name = if act.is_some() { "batch_norm_act" } else { "batch_norm" };
+    let y = Var::from_fn(y.reshape(&shape)?, &[x, gamma, beta], name, move |g, needs| {
+        let g2 = g.reshape(&[rows, c])?;
+        let dpre = match act {
+            Some(a) => tg::activation_grad(&pre, &g2, a)?,
+            None => g2,
+        };
+        let dxhat = dpre.mul(&gv)?;
+        let dx = if training {
+            // rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), column means over the batch
+            let centred = dxhat.sub(&dxhat.mean(&[0], false)?)?;
+            centred.sub(&xhat.mul(&dxhat.mul(&xhat)?.mean(&[0], false)?)?)?.mul(&rstd)?
+        } else {
+            dxhat.mul(&rstd)?
+        };
+        Ok(vec![
+            maybe(needs[0], || dx.reshape(&shape))?,
+            maybe(needs[1], || dpre.mul(&xhat)?.sum(&[0], false))?,
+            maybe(needs[2], || dpre.sum(&[0], false))?,
+        ])
+    });
+    let (batch_mean, batch_var) = if training { (Some(mean), Some(var)) } else { (None, None) };
+    Ok(BatchNormOutput { y, batch_mean, batch_var })
+}
+
 #[cfg(test)]
 mod tests {
     //! Every differentiable op on the GPU device against the same op on the CPU: the value and
@@ -319,5 +438,43 @@ mod tests {
         assert!((700..800).contains(&kept), "{kept}");
         reduce::sum_all(&y).unwrap().backward().unwrap();
         assert_eq!(x.grad().unwrap().to_vec(), yv, "the gradient of sum(dropout(1)) is the mask itself");
+    }
+
+    #[test]
+    fn convolutions_pooling_and_batch_norm() {
+        use super::super::conv as cv;
+        use super::super::norm::{batch_norm_act, BatchNormMode};
+        use kernels::activation::Activation;
+        use kernels::conv::Padding;
+        let x = r(&[2, 7, 6, 3], 30);
+        for (k, stride, pad) in [
+            (3, 1, Padding::Same),
+            (3, 2, Padding::Same),
+            (1, 1, Padding::Valid),
+            (3, 2, Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 }),
+        ] {
+            compare(&format!("conv2d k{k} s{stride} {pad:?}"), &[x.clone(), r(&[k, k, 3, 4], 31)], |v| {
+                cv::conv2d(&v[0], &v[1], stride, pad)
+            });
+            compare(&format!("depthwise k{k} s{stride} {pad:?}"), &[x.clone(), r(&[k, k, 3], 32)], |v| {
+                cv::depthwise_conv2d(&v[0], &v[1], stride, pad)
+            });
+        }
+        compare("global_avg_pool", &[x.clone()], |v| cv::global_avg_pool(&v[0]));
+        compare("channel_scale", &[x.clone(), r(&[2, 3], 33)], |v| cv::channel_scale(&v[0], &v[1]));
+        let (gamma, beta) = (r(&[3], 34).abs().add_scalar(0.5), r(&[3], 35));
+        for act in [None, Some(Activation::Silu)] {
+            compare(&format!("batch_norm train {act:?}"), &[x.clone(), gamma.clone(), beta.clone()], |v| {
+                Ok(batch_norm_act(&v[0], &v[1], &v[2], &BatchNormMode::Train { eps: 1e-3 }, act)?.y)
+            });
+            let mode = BatchNormMode::Eval {
+                running_mean: r(&[3], 36),
+                running_var: r(&[3], 37).abs().add_scalar(0.5),
+                eps: 1e-3,
+            };
+            compare(&format!("batch_norm eval {act:?}"), &[x.clone(), gamma.clone(), beta.clone()], |v| {
+                Ok(batch_norm_act(&v[0], &v[1], &v[2], &mode, act)?.y)
+            });
+        }
     }
 }

@@ -106,6 +106,13 @@ pub fn batch_norm_act(
     if c == 0 {
         return Err(TensorError::Shape { op: "batch_norm", msg: "zero channels".into() });
     }
+    #[cfg(feature = "wgpu")]
+    if super::gpu::on_gpu(&[x, gamma, beta]) {
+        if matches!(mode, BatchNormMode::Train { .. }) && xv.numel() == 0 {
+            return Err(TensorError::Shape { op: "batch_norm", msg: "training mode needs a non-empty batch".into() });
+        }
+        return super::gpu::batch_norm_act(x, gamma, beta, mode, act);
+    }
     let xs = xv.as_contiguous_slice().expect("contiguous");
     let (mut mean, mut var) = (vec![0.0f32; c], vec![0.0f32; c]);
     let (training, eps) = match mode {

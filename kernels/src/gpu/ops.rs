@@ -758,3 +758,60 @@ pub fn lamb(
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions (NHWC)
+// ---------------------------------------------------------------------------------------------
+
+const CONV: Shader = shader!("conv");
+
+/// Which pass of which convolution [`conv`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// (x, w) -> y
+    Forward,
+    /// (dy, w) -> dx
+    BackwardInput,
+    /// (x, dy) -> dw
+    BackwardWeight,
+}
+
+/// One pass of a dense (w: KH, KW, C_in, C_out) or depthwise (w: KH, KW, C) NHWC convolution
+/// with the geometry's strides and padding (`kernels::conv` is the CPU reference). Dense 1x1
+/// convolutions with stride 1 and no padding are matrix products: use [`matmul`] for them.
+pub fn conv(
+    pass: ConvPass,
+    depthwise: bool,
+    g: &crate::conv::ConvGeometry,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+) -> Result<GpuBuffer> {
+    let (x_len, y_len) = (g.input_len(), g.output_len());
+    let w_len = if depthwise { g.k_h * g.k_w * g.c_in } else { g.k_h * g.k_w * g.c_in * g.c_out };
+    let (a_len, b_len, out_len) = match pass {
+        ConvPass::Forward => (x_len, w_len, y_len),
+        ConvPass::BackwardInput => (y_len, w_len, x_len),
+        ConvPass::BackwardWeight => (x_len, y_len, w_len),
+    };
+    check_len("conv operand", a, a_len)?;
+    check_len("conv operand", b, b_len)?;
+    let gpu = a.gpu();
+    let out = gpu.uninit(out_len)?;
+    let mut p = Vec::with_capacity(14);
+    for v in [
+        g.batch, g.in_h, g.in_w, g.c_in, g.c_out, g.k_h, g.k_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.out_h,
+        g.out_w, out_len,
+    ] {
+        p.push(word("conv size", v)?);
+    }
+    let entry = match (depthwise, pass) {
+        (false, ConvPass::Forward) => "conv_forward",
+        (false, ConvPass::BackwardInput) => "conv_backward_input",
+        (false, ConvPass::BackwardWeight) => "conv_backward_weight",
+        (true, ConvPass::Forward) => "depthwise_forward",
+        (true, ConvPass::BackwardInput) => "depthwise_backward_input",
+        (true, ConvPass::BackwardWeight) => "depthwise_backward_weight",
+    };
+    gpu.dispatch(&CONV, entry, &p, &[a.all(), b.all(), out.all()], grid(gpu, out_len.div_ceil(64)))?;
+    Ok(out)
+}

@@ -425,3 +425,56 @@ fn the_pool_reuses_buffers_and_work_is_batched_into_few_submissions() {
     assert!(g.submissions() - submissions <= 2 + 300 / super::MAX_PENDING_DISPATCHES as u64 + 8);
     assert_eq!(last.len(), m * n);
 }
+
+#[test]
+fn convolutions_match_the_cpu_kernels_for_strides_and_paddings() {
+    use super::ops::ConvPass;
+    use crate::conv::{self as cpu, ConvGeometry, Padding};
+    let g = device();
+    let cases = [
+        (1, 5, 5, 3, 4, (3, 3), 1, Padding::Same),
+        (2, 7, 6, 5, 3, (3, 3), 2, Padding::Same), // odd sizes, stride 2: TF's uneven SAME padding
+        (2, 9, 8, 4, 6, (5, 5), 2, Padding::Same),
+        (1, 6, 7, 3, 5, (3, 3), 2, Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 }), // torchvision
+        (3, 4, 4, 2, 7, (1, 1), 1, Padding::Valid),
+        (1, 6, 5, 3, 2, (2, 3), 1, Padding::Valid),
+    ];
+    for (i, &(n, h, w, c_in, c_out, k, stride, pad)) in cases.iter().enumerate() {
+        let what = format!("case {i}");
+        let geo = ConvGeometry::new(n, h, w, c_in, c_out, k, (stride, stride), pad).unwrap();
+        let x = data(geo.input_len(), 40 + i as u32, 1.0);
+        let wd = data(k.0 * k.1 * c_in * c_out, 50 + i as u32, 1.0);
+        let dy = data(geo.output_len(), 60 + i as u32, 1.0);
+        let (gx, gw, gdy) = (g.upload(&x).unwrap(), g.upload(&wd).unwrap(), g.upload(&dy).unwrap());
+        let mut y = vec![0.0; geo.output_len()];
+        cpu::conv2d_forward(&x, &wd, &mut y, &geo);
+        let got = ops::conv(ConvPass::Forward, false, &geo, &gx, &gw).unwrap().to_vec().unwrap();
+        close_to_scale(&format!("{what} forward"), &got, &y, TOL);
+        let mut dx = vec![0.0; geo.input_len()];
+        cpu::conv2d_backward_input(&dy, &wd, &mut dx, &geo);
+        let got = ops::conv(ConvPass::BackwardInput, false, &geo, &gdy, &gw).unwrap().to_vec().unwrap();
+        close_to_scale(&format!("{what} dx"), &got, &dx, TOL);
+        let mut dw = vec![0.0; wd.len()];
+        cpu::conv2d_backward_weight(&x, &dy, &mut dw, &geo);
+        let got = ops::conv(ConvPass::BackwardWeight, false, &geo, &gx, &gdy).unwrap().to_vec().unwrap();
+        close_to_scale(&format!("{what} dw"), &got, &dw, TOL);
+
+        // depthwise over c_in channels
+        let dgeo = ConvGeometry::new(n, h, w, c_in, c_in, k, (stride, stride), pad).unwrap();
+        let dwk = data(k.0 * k.1 * c_in, 70 + i as u32, 1.0);
+        let ddy = data(dgeo.output_len(), 80 + i as u32, 1.0);
+        let (gdw, gddy) = (g.upload(&dwk).unwrap(), g.upload(&ddy).unwrap());
+        let mut y = vec![0.0; dgeo.output_len()];
+        cpu::depthwise_forward(&x, &dwk, &mut y, &dgeo);
+        let got = ops::conv(ConvPass::Forward, true, &dgeo, &gx, &gdw).unwrap().to_vec().unwrap();
+        close_to_scale(&format!("{what} depthwise forward"), &got, &y, TOL);
+        let mut dx = vec![0.0; dgeo.input_len()];
+        cpu::depthwise_backward_input(&ddy, &dwk, &mut dx, &dgeo);
+        let got = ops::conv(ConvPass::BackwardInput, true, &dgeo, &gddy, &gdw).unwrap().to_vec().unwrap();
+        close_to_scale(&format!("{what} depthwise dx"), &got, &dx, TOL);
+        let mut dw = vec![0.0; dwk.len()];
+        cpu::depthwise_backward_weight(&x, &ddy, &mut dw, &dgeo);
+        let got = ops::conv(ConvPass::BackwardWeight, true, &dgeo, &gx, &gddy).unwrap().to_vec().unwrap();
+        close_to_scale(&format!("{what} depthwise dw"), &got, &dw, TOL);
+    }
+}
