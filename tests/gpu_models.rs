@@ -110,3 +110,74 @@ fn a_bert_training_step_on_the_gpu_matches_the_cpu() {
         assert!(diff <= 1e-4 * scale.max(1e-6 * largest), "{name}: max |diff| {diff:e}, scale {scale:e}");
     }
 }
+
+#[test]
+fn lite0_logits_on_the_gpu_match_pytorch_and_the_cpu() {
+    use align::efficientnet::{EfficientNet, EfficientNetConfig};
+    use tensor::io::torch::load_state_dict;
+    let model = EfficientNet::new(EfficientNetConfig::by_name("lite0").unwrap(), &mut Rng::new(0));
+    model.load_pytorch(&load_state_dict(common::lite0_pth()).unwrap()).unwrap();
+    let fx = SafeTensors::open(common::fixture("efficientnet_lite0.safetensors")).unwrap();
+    let input = fx.tensor("input_nhwc").unwrap();
+    let logits =
+        |x: Tensor| autograd::no_grad(|| model.logits(&autograd::Var::constant(x), &mut Ctx::eval())).unwrap().value();
+    let cpu = logits(input.clone()).to_vec();
+    model.to_device(GPU).unwrap();
+    let gpu = logits(input.to_device(GPU).unwrap());
+    assert_eq!(gpu.device(), GPU);
+    let gpu = gpu.to_vec();
+    let (vs_cpu, _) = worst_diff(&gpu, &cpu, |_| true);
+    let (vs_torch, _) = worst_diff(&gpu, &fx.tensor("logits").unwrap().to_vec(), |_| true);
+    assert!(vs_cpu <= 1e-3 && vs_torch <= 1e-3, "lite0 logits: {vs_cpu:e} from the CPU, {vs_torch:e} from PyTorch");
+}
+
+#[test]
+fn lamb_and_adamw_steps_on_the_gpu_match_the_cpu() {
+    use nn::optim::{AdamW, Lamb, Optimizer, ParamGroup};
+    let run = |device: Device, lamb: bool| {
+        let w = autograd::Var::parameter(Tensor::randn(&[7, 5], 0.0, 1.0, 3).to_device(device).unwrap());
+        let b = autograd::Var::parameter(Tensor::randn(&[5], 0.0, 1.0, 4).to_device(device).unwrap());
+        let groups = vec![
+            ParamGroup {
+                name: "decay".into(),
+                params: vec![("w".into(), w.clone())],
+                lr: 0.01,
+                lr_scale: 1.0,
+                weight_decay: 0.1,
+                no_trust_ratio: false,
+            },
+            ParamGroup {
+                name: "no_decay".into(),
+                params: vec![("b".into(), b.clone())],
+                lr: 0.01,
+                lr_scale: 1.0,
+                weight_decay: 0.0,
+                no_trust_ratio: true,
+            },
+        ];
+        let mut opt: Box<dyn Optimizer> =
+            if lamb { Box::new(Lamb::new(groups)) } else { Box::new(AdamW::new(groups, 0.9, 0.999, 1e-8)) };
+        for step in 0..3 {
+            let gw = Tensor::randn(&[7, 5], 0.0, 0.1, 10 + step).to_device(device).unwrap();
+            let gb = Tensor::randn(&[5], 0.0, 0.1, 20 + step).to_device(device).unwrap();
+            w.set_grad(Some(gw));
+            b.set_grad(Some(gb));
+            opt.step().unwrap();
+        }
+        let (_, state) = opt.state();
+        (w.value().to_vec(), b.value().to_vec(), state.iter().map(|(n, t)| (n.clone(), t.to_vec())).collect::<Vec<_>>())
+    };
+    for lamb in [true, false] {
+        let (cw, cb, cs) = run(Device::Cpu, lamb);
+        let (gw, gb, gs) = run(GPU, lamb);
+        for (what, g, c) in [("w", &gw, &cw), ("b", &gb, &cb)] {
+            let (diff, scale) = worst_diff(g, c, |_| true);
+            assert!(diff <= 1e-5 * scale, "lamb {lamb} {what}: {diff:e}");
+        }
+        assert_eq!(gs.len(), cs.len(), "state entries");
+        for ((n, g), (_, c)) in gs.iter().zip(&cs) {
+            let (diff, scale) = worst_diff(g, c, |_| true);
+            assert!(diff <= 1e-4 * scale, "lamb {lamb} state {n}: {diff:e}");
+        }
+    }
+}

@@ -135,6 +135,13 @@ impl DropPath {
 /// contiguous block (a broadcast multiply by an (N, 1, 1, 1) tensor would index per element).
 fn scale_samples(x: &Var, scale: Vec<f32>) -> Result<Var> {
     let xv = x.value().contiguous();
+    if xv.device().is_gpu() {
+        // On a GPU the broadcast multiply is one kernel either way.
+        let mut shape = vec![1; xv.rank()];
+        shape[0] = scale.len();
+        let factors = Var::constant(Tensor::from_vec(scale, &shape)?.to_device(xv.device())?);
+        return autograd::ops::elementwise::mul(x, &factors);
+    }
     let per = xv.numel() / scale.len().max(1);
     let apply = move |t: &Tensor, scale: &[f32]| -> Result<Tensor> {
         let t = t.contiguous();

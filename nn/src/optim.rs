@@ -90,6 +90,8 @@ pub trait Optimizer {
 #[derive(Default, Clone)]
 struct Slots {
     by_param: BTreeMap<String, Vec<Vec<f32>>>,
+    /// The slots of parameters on a GPU, as tensors on that GPU.
+    on_device: BTreeMap<String, Vec<Tensor>>,
 }
 
 impl Slots {
@@ -101,6 +103,14 @@ impl Slots {
         let mut out = vec![];
         for g in groups {
             for (n, p) in &g.params {
+                if let Some(slots) = self.on_device.get(n) {
+                    for (slot, t) in names.iter().zip(slots) {
+                        // checkpoints hold host tensors
+                        let host = t.to_cpu().unwrap_or_else(|e| panic!("optimizer state of {n}: {e}"));
+                        out.push((format!("{n}.{slot}"), host));
+                    }
+                    continue;
+                }
                 if let Some(slots) = self.by_param.get(n) {
                     for (slot, data) in names.iter().zip(slots) {
                         out.push((
@@ -155,6 +165,58 @@ fn state_err(name: &str, msg: &str) -> TensorError {
     TensorError::Format { file: "optimizer state".into(), tensor: Some(name.to_string()), msg: msg.to_string() }
 }
 
+#[cfg(feature = "wgpu")]
+/// The device slots of parameter `name` (zeros on `device` at its first step, or the
+/// host state a checkpoint restored, moved there).
+fn device_slots<'a>(slots: &'a mut Slots, name: &str, count: usize, like: &Tensor) -> Result<&'a mut Vec<Tensor>> {
+    if !slots.on_device.contains_key(name) {
+        let restored = slots.by_param.remove(name);
+        let tensors = match restored {
+            Some(host) => host
+                .into_iter()
+                .map(|v| Tensor::from_vec(v, like.shape())?.to_device(like.device()))
+                .collect::<Result<Vec<_>>>()?,
+            None => (0..count).map(|_| Tensor::zeros_on(like.shape(), like.device())).collect::<Result<Vec<_>>>()?,
+        };
+        slots.on_device.insert(name.to_string(), tensors);
+    }
+    Ok(slots.on_device.get_mut(name).expect("inserted above"))
+}
+
+/// The parameters of the groups that have a gradient and live on a GPU, with their group.
+fn gpu_params(groups: &[ParamGroup]) -> Vec<(&ParamGroup, &String, &Var, Tensor)> {
+    let mut out = vec![];
+    for g in groups {
+        for (name, p) in &g.params {
+            if let Some(grad) = p.grad().filter(|_| p.requires_grad()) {
+                if grad.device().is_gpu() {
+                    out.push((g, name, p, grad));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A parameter's value, ready to be updated in place on its GPU: when anything else still holds
+/// its buffer, the parameter gets a private copy first (as `Var::update_in_place` does on the host).
+#[cfg(feature = "wgpu")]
+fn private_device_value(p: &Var) -> Result<Tensor> {
+    let w = p.value();
+    // this handle and the parameter's own
+    if std::sync::Arc::strong_count(w.storage()) > 2 || !w.is_contiguous() {
+        let copy = tensor::gpu::unary(&w, kernels::gpu::ops::Unary::Affine { alpha: 1.0, beta: 0.0 })?;
+        p.set_value(copy.clone())?;
+        return Ok(copy);
+    }
+    Ok(w)
+}
+
+#[cfg(feature = "wgpu")]
+fn device_err(e: kernels::gpu::GpuError) -> TensorError {
+    TensorError::Device { op: "optimizer", msg: e.to_string() }
+}
+
 /// Applies `update(param, grad, slots)` to every parameter that has a gradient.
 fn for_each_param(
     groups: &[ParamGroup],
@@ -168,6 +230,9 @@ fn for_each_param(
                 continue;
             }
             let Some(grad) = p.grad() else { continue };
+            if grad.device().is_gpu() {
+                continue; // updated on its GPU by the optimiser's device path
+            }
             let grad = grad.contiguous();
             let is_new = !slots.by_param.contains_key(name);
             let s = slots.get(name, count, grad.numel());
@@ -225,6 +290,12 @@ impl Sgd {
 impl Optimizer for Sgd {
     optimizer_common!(["momentum_buffer"]);
     fn step(&mut self) -> Result<()> {
+        if let Some((_, name, _, grad)) = gpu_params(&self.groups).first() {
+            return Err(TensorError::Device {
+                op: "sgd",
+                msg: format!("{name} is on {}: SGD runs on the CPU only", grad.device()),
+            });
+        }
         let (momentum, nesterov) = (self.momentum, self.nesterov);
         for_each_param(&self.groups, &mut self.slots, 1, |g, w, grad, s, is_new| {
             // PyTorch starts the momentum buffer at the first gradient, not at zero.
@@ -277,6 +348,16 @@ impl Optimizer for AdamW {
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        #[cfg(feature = "wgpu")]
+        for (g, name, p, grad) in gpu_params(&self.groups) {
+            let w = private_device_value(p)?;
+            let s = device_slots(&mut self.slots, name, 2, &w)?;
+            let grad = tensor::gpu::contiguous(&grad)?;
+            let (gb, wb) = (tensor::gpu::buffer("adamw", &grad)?, tensor::gpu::buffer("adamw", &w)?);
+            let (mb, vb) = (tensor::gpu::buffer("adamw", &s[0])?, tensor::gpu::buffer("adamw", &s[1])?);
+            kernels::gpu::ops::adamw(gb, wb, mb, vb, g.lr, g.weight_decay, (b1, b2, eps), self.steps)
+                .map_err(device_err)?;
+        }
         for_each_param(&self.groups, &mut self.slots, 2, |g, w, grad, s, _| {
             let step_size = g.lr / bc1;
             let (m, v) = s.split_at_mut(1);
@@ -321,6 +402,18 @@ impl Optimizer for Lamb {
         self.steps += 1;
         // the step's constants (bias corrections); each group sets its own weight decay
         let step_constants = AdamStep::at(self.beta1, self.beta2, self.eps, 0.0, self.steps);
+        // Parameters on a GPU: the same two passes as kernels there, the trust ratio computed on
+        // the device (no read-back).
+        #[cfg(feature = "wgpu")]
+        for (g, name, p, grad) in gpu_params(&self.groups) {
+            let w = private_device_value(p)?;
+            let s = device_slots(&mut self.slots, name, 2, &w)?;
+            let grad = tensor::gpu::contiguous(&grad)?;
+            let h = AdamStep { weight_decay: g.weight_decay, ..step_constants };
+            let (gb, wb) = (tensor::gpu::buffer("lamb", &grad)?, tensor::gpu::buffer("lamb", &w)?);
+            let (mb, vb) = (tensor::gpu::buffer("lamb", &s[0])?, tensor::gpu::buffer("lamb", &s[1])?);
+            kernels::gpu::ops::lamb(gb, wb, mb, vb, g.lr, &h, !g.no_trust_ratio).map_err(device_err)?;
+        }
         // the update direction u, one buffer for every tensor of the step (the kernel writes
         // all of it, so only growth is zeroed)
         let mut direction: Vec<f32> = Vec::new();
@@ -392,7 +485,21 @@ pub fn clip_grad_norm(params: &[(String, Var)], max_norm: f32) -> f32 {
         };
         chunks.iter().sum::<f64>()
     };
-    let total = grads.iter().map(|(_, g)| sum_sq(g)).sum::<f64>().sqrt() as f32;
+    let total = if grads.iter().any(|(_, g)| g.device().is_gpu()) {
+        // one device scalar summed over the tensors, read back once
+        let mut acc: Option<Tensor> = None;
+        for (_, g) in &grads {
+            let axes: Vec<usize> = (0..g.rank()).collect();
+            let part = g.square().sum(&axes, false).expect("axes in range");
+            acc = Some(match acc {
+                Some(a) => a.add(&part).expect("same device"),
+                None => part,
+            });
+        }
+        acc.map_or(0.0, |a| a.item().expect("one value").sqrt())
+    } else {
+        grads.iter().map(|(_, g)| sum_sq(g)).sum::<f64>().sqrt() as f32
+    };
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
         for (p, g) in grads {
