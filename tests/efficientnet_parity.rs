@@ -119,7 +119,9 @@ fn damaged_pth_files_are_errors() {
 fn classify_puts_a_cat_first_for_chelsea_and_espresso_for_coffee() {
     let data = common::skimage_data();
     let images = vec![data.join("chelsea.png"), data.join("coffee.png"), data.join("no-such-file.png")];
-    let results = align::cli::classify_images(&common::lite0_pth(), "efficientnet-lite0", &images, 5).unwrap();
+    let results =
+        align::cli::classify_images(&common::lite0_pth(), "efficientnet-lite0", &images, 5, tensor::Device::Cpu)
+            .unwrap();
     let names: Vec<&str> = align::cli::IMAGENET_CLASSES.lines().collect();
     assert_eq!(names.len(), 1000);
     let cat = results[0].as_ref().unwrap()[0].0;

@@ -15,6 +15,13 @@ use tensor::{Device, Rng, Tensor};
 
 const GPU: Device = Device::Gpu(0);
 
+/// The tests of this file take turns on the device, so the pool counters one of them reads
+/// are its own.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn batch_from(fx: &SafeTensors) -> TokenBatch {
     let (shape, ids) = fx.tensor_i64("ids").unwrap();
     let (_, mask) = fx.tensor_i64("mask").unwrap();
@@ -39,6 +46,7 @@ fn worst_diff(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> (f32, f32) 
 
 #[test]
 fn minilm_hidden_states_on_the_gpu_match_the_cpu_and_transformers() {
+    let _turn = serial();
     let dir = common::minilm_dir();
     let cfg = BertConfig::from_json_file(dir.join("config.json")).unwrap();
     let bert = Bert::new(cfg, &mut Rng::new(0));
@@ -61,6 +69,7 @@ fn minilm_hidden_states_on_the_gpu_match_the_cpu_and_transformers() {
 
 #[test]
 fn a_bert_training_step_on_the_gpu_matches_the_cpu() {
+    let _turn = serial();
     let cfg = BertConfig {
         vocab_size: 100,
         hidden_size: 32,
@@ -113,6 +122,7 @@ fn a_bert_training_step_on_the_gpu_matches_the_cpu() {
 
 #[test]
 fn lite0_logits_on_the_gpu_match_pytorch_and_the_cpu() {
+    let _turn = serial();
     use align::efficientnet::{EfficientNet, EfficientNetConfig};
     use tensor::io::torch::load_state_dict;
     let model = EfficientNet::new(EfficientNetConfig::by_name("lite0").unwrap(), &mut Rng::new(0));
@@ -133,6 +143,7 @@ fn lite0_logits_on_the_gpu_match_pytorch_and_the_cpu() {
 
 #[test]
 fn lamb_and_adamw_steps_on_the_gpu_match_the_cpu() {
+    let _turn = serial();
     use nn::optim::{AdamW, Lamb, Optimizer, ParamGroup};
     let run = |device: Device, lamb: bool| {
         let w = autograd::Var::parameter(Tensor::randn(&[7, 5], 0.0, 1.0, 3).to_device(device).unwrap());
@@ -178,6 +189,55 @@ fn lamb_and_adamw_steps_on_the_gpu_match_the_cpu() {
         for ((n, g), (_, c)) in gs.iter().zip(&cs) {
             let (diff, scale) = worst_diff(g, c, |_| true);
             assert!(diff <= 1e-4 * scale, "lamb {lamb} state {n}: {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn a_thousand_training_steps_on_the_gpu_keep_device_memory_flat() {
+    let _turn = serial();
+    use autograd::ops::{elementwise as ew, norm};
+    use nn::optim::{Lamb, Optimizer, ParamGroup};
+    let param = |shape: &[usize], seed: u64| {
+        autograd::Var::parameter(Tensor::randn(shape, 0.0, 0.1, seed).to_device(GPU).unwrap())
+    };
+    let (w1, b1, gamma, beta, w2) =
+        (param(&[32, 16], 1), param(&[32], 2), param(&[32], 3), param(&[32], 4), param(&[5, 32], 5));
+    let params: Vec<(String, autograd::Var)> =
+        [("w1", &w1), ("b1", &b1), ("gamma", &gamma), ("beta", &beta), ("w2", &w2)]
+            .iter()
+            .map(|(n, p)| (n.to_string(), (*p).clone()))
+            .collect();
+    let group =
+        ParamGroup { name: "all".into(), params, lr: 1e-3, lr_scale: 1.0, weight_decay: 0.01, no_trust_ratio: false };
+    let mut opt = Lamb::new(vec![group]);
+    let x = Tensor::randn(&[24, 16], 0.0, 1.0, 6).to_device(GPU).unwrap();
+    let targets: Vec<usize> = (0..24).map(|i| i % 5).collect();
+    let gpu = kernels::gpu::gpu(0).unwrap();
+    let mut warm = None;
+    let mut first_loss = f32::NAN;
+    for step in 0..1000 {
+        let h = autograd::ops::matmul::linear(&autograd::Var::constant(x.clone()), &w1, Some(&b1)).unwrap();
+        let h = norm::layer_norm(&ew::gelu(&h), &gamma, &beta, 1e-5).unwrap();
+        let logits = autograd::ops::matmul::linear(&h, &w2, None).unwrap();
+        let loss = softmax::cross_entropy(&logits, &targets, 0.0).unwrap();
+        loss.backward().unwrap();
+        opt.step().unwrap();
+        opt.zero_grad();
+        if step == 0 {
+            first_loss = loss.value().item().unwrap();
+        }
+        if step == 10 {
+            gpu.synchronize().unwrap();
+            warm = Some(gpu.pool_stats());
+        }
+        if step == 999 {
+            gpu.synchronize().unwrap();
+            let (warm, now) = (warm.unwrap(), gpu.pool_stats());
+            assert_eq!(now.device_bytes, warm.device_bytes, "device memory grew: {warm:?} -> {now:?}");
+            assert!(now.reused > warm.reused, "buffers come from the pool");
+            let last = loss.value().item().unwrap();
+            assert!(last < first_loss, "the loop trains: {first_loss} -> {last}");
         }
     }
 }

@@ -7,6 +7,68 @@ use tokenizer::{BertOptions, EncodeOptions, WordPiece};
 
 use crate::bert::{cls_state, masked_mean, Bert, BertConfig, TokenBatch};
 use crate::error::{io_error, AlignError, Result};
+use nn::Module;
+use tensor::Device;
+
+/// Where a command's models run: `--device cpu|gpu|gpu:N`, `--adapter N`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// cpu, gpu or gpu:N (the GPU needs a build with `--features wgpu`; `align devices` lists
+    /// the adapters)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// GPU adapter index, as `align devices` numbers them (implies --device gpu)
+    #[arg(long)]
+    pub adapter: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// The device named, opened: an error (never a quiet CPU run) when a GPU was asked for and
+    /// this build or machine has none.
+    pub fn resolve(&self) -> Result<Device> {
+        let named: Device = self.device.parse().map_err(|e: String| AlignError::config("--device", e))?;
+        let device = match (named, self.adapter) {
+            (_, Some(i)) => Device::Gpu(i),
+            (d, None) => d,
+        };
+        device.check_available().map_err(|e| AlignError::config("--device", e.to_string()))?;
+        Ok(device)
+    }
+}
+
+/// `align devices`: the GPU adapters wgpu finds, with their backend and limits.
+pub fn devices() -> Result<()> {
+    #[cfg(feature = "wgpu")]
+    {
+        let all = kernels::gpu::adapters();
+        if all.is_empty() {
+            return Err(AlignError::config(
+                "devices",
+                "wgpu found no Vulkan, Metal or DX12 adapter (on Linux without a GPU driver: apt-get install mesa-vulkan-drivers libvulkan1)",
+            ));
+        }
+        for a in all {
+            println!(
+                "gpu:{}  {}  [{} {}]  driver {}  max storage binding {} MiB, max buffer {} MiB, workgroup memory {} KiB, {} invocations/workgroup",
+                a.index,
+                a.name,
+                a.backend,
+                a.device_type,
+                if a.driver.is_empty() { "?" } else { &a.driver },
+                a.max_storage_binding_bytes >> 20,
+                a.max_buffer_bytes >> 20,
+                a.max_workgroup_storage_bytes >> 10,
+                a.max_invocations_per_workgroup
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "wgpu"))]
+    Err(AlignError::config(
+        "devices",
+        "this build has no GPU support: rebuild with `cargo build --release -p align --features wgpu`",
+    ))
+}
 
 /// `align tokenize`: stdin lines -> JSON arrays of ids on stdout.
 pub fn tokenize(vocab: &Path, cased: bool, max_len: Option<usize>) -> Result<()> {
@@ -65,12 +127,13 @@ fn stdin_lines() -> Result<Vec<String>> {
 }
 
 /// `align bert-features`: one JSON object per input line.
-pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize) -> Result<()> {
+pub fn bert_features(model_dir: &Path, max_len: usize, batch_size: usize, device: Device) -> Result<()> {
     let cfg = BertConfig::from_json_file(model_dir.join("config.json"))?;
     let tok = WordPiece::from_dir(model_dir)?;
     let max_len = max_len.clamp(2, cfg.max_position_embeddings);
     let bert = Bert::new(cfg, &mut tensor::Rng::new(0));
     bert.load_hf_safetensors(model_dir.join("model.safetensors"))?;
+    bert.to_device(device)?;
     let lines = stdin_lines()?;
     let opts = EncodeOptions { max_len: Some(max_len), ..Default::default() };
     let stdout = std::io::stdout();
@@ -107,6 +170,7 @@ pub fn classify_images(
     arch: &str,
     images: &[std::path::PathBuf],
     k: usize,
+    device: Device,
 ) -> Result<Vec<ImageResult>> {
     use crate::efficientnet::{EfficientNet, EfficientNetConfig};
     use crate::images::{load_image_tensor, Normalisation};
@@ -122,11 +186,13 @@ pub fn classify_images(
     let resize = (crop as f32 / 0.875).round() as u32; // the usual 224 / 256 ratio
     let model = EfficientNet::new(cfg, &mut tensor::Rng::new(0));
     model.load_pytorch(&tensors).map_err(|e| AlignError::data(weights, e.to_string()))?;
+    model.to_device(device)?;
     let classify_one = |path: &Path| -> ImageResult {
-        let x = load_image_tensor(path, resize, crop, norm).map_err(|e| e.to_string())?;
+        let x =
+            load_image_tensor(path, resize, crop, norm).and_then(|x| x.to_device(device)).map_err(|e| e.to_string())?;
         let probs = autograd::no_grad(|| -> tensor::Result<tensor::Tensor> {
             let logits = model.logits(&autograd::Var::constant(x), &mut nn::Ctx::eval())?;
-            Ok(autograd::ops::softmax::softmax(&logits)?.value())
+            autograd::ops::softmax::softmax(&logits)?.value().to_cpu()
         })
         .map_err(|e| e.to_string())?;
         let (top, idx) = probs.topk(k.min(probs.shape()[1]), 1, true).map_err(|e| e.to_string())?;
@@ -136,9 +202,9 @@ pub fn classify_images(
 }
 
 /// `align classify`: top-5 ImageNet classes per image.
-pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf]) -> Result<()> {
+pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf], device: Device) -> Result<()> {
     let names: Vec<&str> = IMAGENET_CLASSES.lines().collect();
-    let results = classify_images(weights, arch, images, 5)?;
+    let results = classify_images(weights, arch, images, 5, device)?;
     let mut failed = 0;
     for (path, r) in images.iter().zip(results) {
         match r {
@@ -222,6 +288,8 @@ pub struct TrainArgs {
     pub stop_at: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// `align train`.
@@ -299,7 +367,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         cfg.temperature_lr_scale = t;
     }
     crate::train::install_interrupt_handler();
-    let opts = crate::train::RunOptions { resume, quiet: false, stop_at: args.stop_at };
+    let device = args.device.resolve()?;
+    let opts = crate::train::RunOptions { resume, quiet: false, stop_at: args.stop_at, device };
     let summary = crate::train::train(&cfg, out, &opts)?;
     if summary.interrupted {
         println!(
@@ -326,8 +395,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 // Evaluation, embedding index and search
 // ---------------------------------------------------------------------------------------------
 
-fn open_model(checkpoint: &Path) -> Result<crate::eval::LoadedModel> {
-    crate::eval::LoadedModel::open(checkpoint)
+fn open_model(checkpoint: &Path, device: Device) -> Result<crate::eval::LoadedModel> {
+    let lm = crate::eval::LoadedModel::open(checkpoint)?;
+    lm.model.to_device(device)?;
+    Ok(lm)
 }
 
 fn print_skips(skipped: &crate::data::SkipReport) {
@@ -337,8 +408,8 @@ fn print_skips(skipped: &crate::data::SkipReport) {
 }
 
 /// `align eval retrieval`
-pub fn eval_retrieval(checkpoint: &Path, data: &Path, json: bool) -> Result<()> {
-    let lm = open_model(checkpoint)?;
+pub fn eval_retrieval(checkpoint: &Path, data: &Path, json: bool, device: Device) -> Result<()> {
+    let lm = open_model(checkpoint, device)?;
     let r = crate::eval::eval_retrieval(&lm, data)?;
     if json {
         println!("{}", serde_json::to_string(&r).expect("json"));
@@ -365,8 +436,9 @@ pub fn eval_zeroshot(
     classes: &Path,
     templates: Option<&Path>,
     json: bool,
+    device: Device,
 ) -> Result<()> {
-    let lm = open_model(checkpoint)?;
+    let lm = open_model(checkpoint, device)?;
     let classes = crate::eval::read_lines(classes)?;
     let templates = match templates {
         Some(p) => crate::eval::read_lines(p)?,
@@ -390,8 +462,8 @@ pub fn eval_zeroshot(
 }
 
 /// `align eval knn`
-pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bool) -> Result<()> {
-    let lm = open_model(checkpoint)?;
+pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bool, device: Device) -> Result<()> {
+    let lm = open_model(checkpoint, device)?;
     let a = crate::eval::eval_knn(&lm, train, test, k)?;
     if json {
         println!("{}", serde_json::to_string(&a).expect("json"));
@@ -403,8 +475,15 @@ pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bo
 }
 
 /// `align eval arithmetic`
-pub fn eval_arithmetic(checkpoint: &Path, gallery: usize, queries: usize, k: usize, json: bool) -> Result<()> {
-    let lm = open_model(checkpoint)?;
+pub fn eval_arithmetic(
+    checkpoint: &Path,
+    gallery: usize,
+    queries: usize,
+    k: usize,
+    json: bool,
+    device: Device,
+) -> Result<()> {
+    let lm = open_model(checkpoint, device)?;
     let r = crate::eval::eval_arithmetic(&lm, gallery, queries, k)?;
     if json {
         println!("{}", serde_json::to_string(&r).expect("json"));
@@ -422,8 +501,8 @@ pub fn eval_arithmetic(checkpoint: &Path, gallery: usize, queries: usize, k: usi
 }
 
 /// `align embed`
-pub fn embed(checkpoint: &Path, images: &Path, out: &Path) -> Result<()> {
-    let lm = open_model(checkpoint)?;
+pub fn embed(checkpoint: &Path, images: &Path, out: &Path, device: Device) -> Result<()> {
+    let lm = open_model(checkpoint, device)?;
     let files = crate::eval::list_images(images)?;
     if files.is_empty() {
         return Err(AlignError::data(images, "no images found"));
@@ -452,11 +531,12 @@ pub fn search(
     minus: &[String],
     top: usize,
     html: Option<&Path>,
+    device: Device,
 ) -> Result<()> {
     use crate::eval::{EmbeddingIndex, Query};
     let idx = EmbeddingIndex::load(index)?;
     let ck = checkpoint.map(Path::to_path_buf).unwrap_or_else(|| idx.checkpoint.clone());
-    let lm = open_model(&ck)?;
+    let lm = open_model(&ck, device)?;
     if lm.dim() != idx.dim {
         return Err(AlignError::data(index, format!("holds {}-d embeddings, the model makes {}-d", idx.dim, lm.dim())));
     }

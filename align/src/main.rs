@@ -28,6 +28,8 @@ enum Command {
         /// Sentences per forward pass.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
     },
     /// Top-5 ImageNet classes of images with an EfficientNet checkpoint (PyTorch .pth).
     Classify {
@@ -42,6 +44,8 @@ enum Command {
         /// JPEG / PNG files
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
     },
     /// Tokenize UTF-8 lines from stdin: one JSON array of WordPiece ids per line ([CLS] ... [SEP]).
     Tokenize {
@@ -59,7 +63,11 @@ enum Command {
     Eval {
         #[command(subcommand)]
         what: EvalCommand,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
     },
+    /// The GPU adapters this build can use (`--device gpu:N`), with their backend and limits.
+    Devices,
     /// Embed images (a folder or a manifest) into a search index (safetensors).
     Embed {
         /// Run directory or its checkpoint.safetensors
@@ -70,6 +78,8 @@ enum Command {
         images: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
     },
     /// Nearest images of an index for a text, an image, or an image plus / minus texts.
     Search {
@@ -93,6 +103,8 @@ enum Command {
         /// Also write a self-contained HTML page with thumbnails
         #[arg(long)]
         html: Option<PathBuf>,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
     },
     /// One self-contained HTML report of a training run (curves, filters, metrics, examples).
     Report {
@@ -190,29 +202,39 @@ fn main() -> ExitCode {
     let default = Command::Train(align::cli::TrainArgs::parse_from(["train"]));
     let result = match cli.command.unwrap_or(default) {
         Command::Train(args) => align::cli::train(&args),
-        Command::Eval { what } => match what {
-            EvalCommand::Retrieval { checkpoint, data, json } => align::cli::eval_retrieval(&checkpoint, &data, json),
+        Command::Devices => align::cli::devices(),
+        Command::Eval { what, device } => device.resolve().and_then(|device| match what {
+            EvalCommand::Retrieval { checkpoint, data, json } => {
+                align::cli::eval_retrieval(&checkpoint, &data, json, device)
+            }
             EvalCommand::Zeroshot { checkpoint, data, classes, templates, json } => {
-                align::cli::eval_zeroshot(&checkpoint, &data, &classes, templates.as_deref(), json)
+                align::cli::eval_zeroshot(&checkpoint, &data, &classes, templates.as_deref(), json, device)
             }
             EvalCommand::Knn { checkpoint, train, test, k, json } => {
-                align::cli::eval_knn(&checkpoint, &train, &test, k, json)
+                align::cli::eval_knn(&checkpoint, &train, &test, k, json, device)
             }
             EvalCommand::Arithmetic { checkpoint, gallery, queries, k, json } => {
-                align::cli::eval_arithmetic(&checkpoint, gallery, queries, k, json)
+                align::cli::eval_arithmetic(&checkpoint, gallery, queries, k, json, device)
             }
-        },
-        Command::Embed { checkpoint, images, out } => align::cli::embed(&checkpoint, &images, &out),
-        Command::Search { index, checkpoint, text, image, plus, minus, top, html } => align::cli::search(
-            &index,
-            checkpoint.as_deref(),
-            text.as_deref(),
-            image.as_deref(),
-            &plus,
-            &minus,
-            top,
-            html.as_deref(),
-        ),
+        }),
+        Command::Embed { checkpoint, images, out, device } => {
+            device.resolve().and_then(|device| align::cli::embed(&checkpoint, &images, &out, device))
+        }
+        Command::Search { index, checkpoint, text, image, plus, minus, top, html, device } => {
+            device.resolve().and_then(|device| {
+                align::cli::search(
+                    &index,
+                    checkpoint.as_deref(),
+                    text.as_deref(),
+                    image.as_deref(),
+                    &plus,
+                    &minus,
+                    top,
+                    html.as_deref(),
+                    device,
+                )
+            })
+        }
         Command::Report { run, out } => {
             let out = out.unwrap_or_else(|| run.join("report.html"));
             align::report::write_report(&run, &out).map(|()| println!("wrote {}", out.display()))
@@ -222,8 +244,12 @@ fn main() -> ExitCode {
         },
         Command::Demo { out } => align::demo::run(&out).map_err(align::error::AlignError::from),
         Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
-        Command::Classify { weights, arch, images } => align::cli::classify(&weights, &arch, &images),
-        Command::BertFeatures { model, max_len, batch_size } => align::cli::bert_features(&model, max_len, batch_size),
+        Command::Classify { weights, arch, images, device } => {
+            device.resolve().and_then(|device| align::cli::classify(&weights, &arch, &images, device))
+        }
+        Command::BertFeatures { model, max_len, batch_size, device } => {
+            device.resolve().and_then(|device| align::cli::bert_features(&model, max_len, batch_size, device))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

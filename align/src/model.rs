@@ -53,7 +53,9 @@ impl DualEncoder {
 
     /// (N, H, W, 3) images -> (N, D) unit rows.
     pub fn embed_images(&self, images: &Tensor, ctx: &mut Ctx) -> tensor::Result<Var> {
-        l2_normalize(&self.image.features(&Var::constant(images.clone()), ctx)?, 1e-12)
+        // the images go to the model's device (a no-op on the CPU)
+        let images = images.to_device(self.log_temperature.value().device())?;
+        l2_normalize(&self.image.features(&Var::constant(images), ctx)?, 1e-12)
     }
 
     /// Token batch -> (N, D) unit rows.

@@ -148,6 +148,9 @@ pub struct RunOptions {
     /// Stop cleanly after this many completed steps, with a checkpoint, as Ctrl-C would (a
     /// later `--resume` continues; the schedule still runs to `steps`).
     pub stop_at: Option<u64>,
+    /// Where the model trains (`--device`): its parameters, activations and optimiser state
+    /// live there; batches are decoded on the host and moved once per step.
+    pub device: tensor::Device,
 }
 
 /// Set by Ctrl-C (see [`install_interrupt_handler`]); the training loop checks it every step,
@@ -224,6 +227,11 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> Result<Tra
     if opts.resume && checkpoint.exists() {
         start = checkpoint.restore(&model, &mut opt, &mut batches)?;
         say(format!("resumed from {} at step {start}", checkpoint.path.display()));
+    }
+    // the model (and, from its first step, the optimiser state) on the training device
+    model.to_device(opts.device)?;
+    if opts.device.is_gpu() {
+        say(format!("device: {}", opts.device));
     }
     let log_path = out_dir.join("log.jsonl");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_error(&log_path))?;

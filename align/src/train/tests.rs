@@ -270,3 +270,33 @@ fn a_vision_transformer_tower_trains() {
     let names = crate::eval::LoadedModel::open(&dir).unwrap().model.named_parameters();
     assert!(names.iter().any(|(n, _)| n == "image_tower.embeddings.cls_token"));
 }
+
+/// `--device gpu`: the same run on the GPU device (lavapipe in CI) follows the CPU run's loss
+/// at every step, and its checkpoint loads on the host.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_run_on_the_gpu_follows_the_cpu_losses_step_by_step() {
+    let losses = |device: tensor::Device, tag: &str| {
+        let dir = std::env::temp_dir().join(format!("align-train-gpu-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = TrainConfig { steps: 20, held_out: 8, checkpoint_every: 0, ..small() };
+        train(&cfg, &dir, &RunOptions { device, ..quiet() }).unwrap();
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        let losses: Vec<f64> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("loss").and_then(|l| l.as_f64()))
+            .collect();
+        let checkpoint = crate::eval::LoadedModel::open(&dir.join("checkpoint.safetensors"));
+        assert!(checkpoint.is_ok(), "the {tag} run's checkpoint loads");
+        let _ = std::fs::remove_dir_all(&dir);
+        losses
+    };
+    let cpu = losses(tensor::Device::Cpu, "cpu");
+    let gpu = losses(tensor::Device::Gpu(0), "gpu");
+    assert_eq!(cpu.len(), 20);
+    assert_eq!(gpu.len(), cpu.len());
+    for (step, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!((g - c).abs() <= 1e-3, "step {}: GPU loss {g} vs CPU {c}", step + 1);
+    }
+}
