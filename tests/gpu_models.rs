@@ -241,3 +241,51 @@ fn a_thousand_training_steps_on_the_gpu_keep_device_memory_flat() {
         }
     }
 }
+
+#[test]
+fn a_dual_encoder_training_step_on_the_gpu_matches_the_cpu() {
+    let _turn = serial();
+    use align::model::DualEncoder;
+    use align::train::{TrainConfig, LABEL_SMOOTHING};
+    use autograd::ops::contrastive::contrastive_loss;
+    // the default recipe's towers (EfficientNet-B0 + BERT-mini) at a small resolution, so
+    // lavapipe runs it in seconds; dropout and drop-connect on, with the same seeds
+    let cfg = TrainConfig { resolution: 64, max_tokens: 12, ..TrainConfig::tiny() };
+    let images = Tensor::rand_uniform(&[8, 64, 64, 3], -1.0, 1.0, 7);
+    let tokens = TokenBatch {
+        ids: (0..8 * 9).map(|i| (i * 17 + 3) % 60).collect(),
+        mask: Tensor::from_vec((0..72).map(|i| if i % 9 < 5 + i / 9 % 4 { 1.0 } else { 0.0 }).collect(), &[8, 9])
+            .unwrap(),
+        batch: 8,
+        seq: 9,
+    };
+    let step = |device: Device| {
+        let model = DualEncoder::new(&cfg, 60, &mut Rng::new(1)).unwrap();
+        model.to_device(device).unwrap();
+        let mut ctx = Ctx::train(5);
+        let x = model.embed_images(&images, &mut ctx).unwrap();
+        let y = model.embed_texts(&tokens, &mut ctx).unwrap();
+        let loss = contrastive_loss(&x, &y, &model.log_temperature, LABEL_SMOOTHING).unwrap();
+        loss.backward().unwrap();
+        let grads: Vec<(String, Vec<f32>)> =
+            model.named_parameters().into_iter().filter_map(|(n, p)| p.grad().map(|g| (n, g.to_vec()))).collect();
+        (loss.value().item().unwrap(), grads)
+    };
+    let (cpu_loss, cpu_grads) = step(Device::Cpu);
+    let (gpu_loss, gpu_grads) = step(GPU);
+    assert!((gpu_loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs(), "loss {gpu_loss} vs {cpu_loss}");
+    assert_eq!(gpu_grads.len(), cpu_grads.len());
+    // Two kinds of gradient are sums that cancel in exact arithmetic, so both devices give
+    // rounding noise there, not values: the key biases (softmax ignores a shift shared by a
+    // row) and each MBConv's projection batch-norm bias (its output reaches the loss only
+    // through the next block's training-mode batch norm, which removes the batch mean). Their
+    // tolerance is 1e-4 of the model's largest gradient instead; every other tensor is held to
+    // 1e-4 of its own scale (measured: at most 2e-5).
+    let largest = cpu_grads.iter().map(|(_, c)| worst_diff(c, c, |_| true).1).fold(0.0, f32::max);
+    for ((name, g), (_, c)) in gpu_grads.iter().zip(&cpu_grads) {
+        let (diff, scale) = worst_diff(g, c, |_| true);
+        let cancelling = name.ends_with("key.bias") || name.ends_with("_bn2.bias");
+        let floor = if cancelling { largest } else { 0.0 };
+        assert!(diff <= 1e-4 * scale.max(floor), "{name}: max |diff| {diff:e}, scale {scale:e}");
+    }
+}
