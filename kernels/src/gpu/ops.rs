@@ -186,12 +186,14 @@ pub fn unary(op: Unary, x: View) -> Result<GpuBuffer> {
     let (code, alpha, beta) = op.code();
     if x.is_contiguous() && n > 0 {
         // As a flat vector, chunk by chunk.
-        let chunk = chunk_elems(gpu);
+        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        // (less one alignment step: a window may start up to that far before its chunk)
+        let chunk = chunk_elems(gpu).saturating_sub(align).max(align);
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
             // The source window starts at an aligned element; the shader's x_offset covers the rest.
-            let src_start = (x.offset + start) / 64 * 64;
+            let src_start = (x.offset + start) / align * align;
             let lead = x.offset + start - src_start;
             let src_len = (lead + len).min(x.buffer.len() - src_start);
             let mut p = vec![word("n", len)?, code, 1, bits(alpha), bits(beta), lead as u32];
