@@ -7,24 +7,13 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use align::bert::{cls_state, Bert, BertConfig, TokenBatch};
+use align::bert::{cls_state, Bert, BertConfig};
 use autograd::ops::softmax;
 use autograd::Var;
 use nn::layers::Linear;
 use nn::{Ctx, Module};
 use tensor::io::safetensors::SafeTensors;
 use tensor::{Rng, Tensor, Tolerance};
-
-fn batch_from(fx: &SafeTensors) -> TokenBatch {
-    let (shape, ids) = fx.tensor_i64("ids").unwrap();
-    let (_, mask) = fx.tensor_i64("mask").unwrap();
-    TokenBatch {
-        ids: ids.iter().map(|&i| i as usize).collect(),
-        mask: Tensor::from_vec(mask.iter().map(|&m| m as f32).collect(), &shape).unwrap(),
-        batch: shape[0],
-        seq: shape[1],
-    }
-}
 
 #[test]
 fn minilm_last_hidden_states_match_transformers() {
@@ -35,7 +24,7 @@ fn minilm_last_hidden_states_match_transformers() {
     let report = bert.load_hf_safetensors(dir.join("model.safetensors")).unwrap();
     assert!(report.unexpected.iter().all(|n| n.starts_with("pooler.")), "{report}");
     let fx = SafeTensors::open(common::fixture("bert_minilm.safetensors")).unwrap();
-    let tokens = batch_from(&fx);
+    let tokens = common::batch_from(&fx);
     assert!(tokens.batch >= 8);
     // our tokenizer produces the same ids
     let tok = tokenizer::WordPiece::from_dir(&dir).unwrap();
@@ -64,17 +53,7 @@ fn minilm_last_hidden_states_match_transformers() {
 #[test]
 fn two_layer_bert_loss_and_gradients_match_pytorch() {
     let fx = SafeTensors::open(common::fixture("bert_train.safetensors")).unwrap();
-    let cfg = BertConfig {
-        vocab_size: 100,
-        hidden_size: 32,
-        num_layers: 2,
-        num_heads: 4,
-        intermediate_size: 64,
-        max_position_embeddings: 16,
-        hidden_dropout: 0.0,
-        attention_dropout: 0.0,
-        ..BertConfig::tiny()
-    };
+    let cfg = common::two_layer_bert_config();
     let bert = Bert::new(cfg, &mut Rng::new(0));
     let head = Linear::new(32, 3, true, &mut Rng::new(1));
     let mut sd = BTreeMap::new();
@@ -89,7 +68,7 @@ fn two_layer_bert_loss_and_gradients_match_pytorch() {
     }
     assert!(bert.load_state_dict(&sd, true).unwrap().is_clean());
     head.load_state_dict(&head_sd, true).unwrap();
-    let tokens = batch_from(&fx);
+    let tokens = common::batch_from(&fx);
     let (_, targets) = fx.tensor_i64("targets").unwrap();
     let targets: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
     let hidden = bert.forward(&tokens, &mut Ctx::train(0)).unwrap();

@@ -22,17 +22,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn batch_from(fx: &SafeTensors) -> TokenBatch {
-    let (shape, ids) = fx.tensor_i64("ids").unwrap();
-    let (_, mask) = fx.tensor_i64("mask").unwrap();
-    TokenBatch {
-        ids: ids.iter().map(|&i| i as usize).collect(),
-        mask: Tensor::from_vec(mask.iter().map(|&m| m as f32).collect(), &shape).unwrap(),
-        batch: shape[0],
-        seq: shape[1],
-    }
-}
-
 /// max |a - b| over the positions where `keep` is true, and max |b| there.
 fn worst_diff(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> (f32, f32) {
     let mut worst = (0.0f32, 0.0f32);
@@ -52,7 +41,7 @@ fn minilm_hidden_states_on_the_gpu_match_the_cpu_and_transformers() {
     let bert = Bert::new(cfg, &mut Rng::new(0));
     bert.load_hf_safetensors(dir.join("model.safetensors")).unwrap();
     let fx = SafeTensors::open(common::fixture("bert_minilm.safetensors")).unwrap();
-    let tokens = batch_from(&fx);
+    let tokens = common::batch_from(&fx);
     let cpu = bert.forward(&tokens, &mut Ctx::eval()).unwrap().value().to_vec();
     bert.to_device(GPU).unwrap();
     let hidden = bert.forward(&tokens, &mut Ctx::eval()).unwrap().value();
@@ -70,17 +59,7 @@ fn minilm_hidden_states_on_the_gpu_match_the_cpu_and_transformers() {
 #[test]
 fn a_bert_training_step_on_the_gpu_matches_the_cpu() {
     let _turn = serial();
-    let cfg = BertConfig {
-        vocab_size: 100,
-        hidden_size: 32,
-        num_layers: 2,
-        num_heads: 4,
-        intermediate_size: 64,
-        max_position_embeddings: 16,
-        hidden_dropout: 0.0,
-        attention_dropout: 0.0,
-        ..BertConfig::tiny()
-    };
+    let cfg = common::two_layer_bert_config();
     let tokens = TokenBatch {
         ids: (0..3 * 7).map(|i| (i * 13 + 5) % 100).collect(),
         mask: Tensor::from_vec((0..21).map(|i| if i % 7 < 5 + i / 7 % 2 { 1.0 } else { 0.0 }).collect(), &[3, 7])

@@ -49,3 +49,31 @@ pub fn lite0_pth() -> PathBuf {
 pub fn skimage_data() -> PathBuf {
     python_package_dir("skimage", "scikit-image", "ALIGN_SKIMAGE_DIR").join("data")
 }
+
+/// The random 2-layer BERT of the `bert_train` fixture (no dropout), shared by the PyTorch
+/// parity test and the GPU-against-CPU test.
+pub fn two_layer_bert_config() -> align::bert::BertConfig {
+    align::bert::BertConfig {
+        vocab_size: 100,
+        hidden_size: 32,
+        num_layers: 2,
+        num_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 16,
+        hidden_dropout: 0.0,
+        attention_dropout: 0.0,
+        ..align::bert::BertConfig::tiny()
+    }
+}
+
+/// The padded token batch a fixture file stores as `ids` and `mask` (int64).
+pub fn batch_from(fx: &tensor::io::safetensors::SafeTensors) -> align::bert::TokenBatch {
+    let (shape, ids) = fx.tensor_i64("ids").unwrap();
+    let (_, mask) = fx.tensor_i64("mask").unwrap();
+    align::bert::TokenBatch {
+        ids: ids.iter().map(|&i| i as usize).collect(),
+        mask: tensor::Tensor::from_vec(mask.iter().map(|&m| m as f32).collect(), &shape).unwrap(),
+        batch: shape[0],
+        seq: shape[1],
+    }
+}
