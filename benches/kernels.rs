@@ -52,6 +52,26 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// bf16 operands, f32 accumulation and output, one group per kernel the machine has
+/// (`gemm-bf16/2t/amx-bf16`, `.../avx512bf16`, `.../widen+avx512f`).
+fn gemm_bf16(c: &mut Criterion) {
+    use kernels::bf16::{gemm_bf16_with, to_bf16_vec, Bf16Kernel};
+    let threads = 2;
+    for kernel in Bf16Kernel::available().into_iter().rev().take(3) {
+        let mut g = c.benchmark_group(format!("gemm-bf16/{threads}t/{}", kernel.name()));
+        g.sample_size(10);
+        for (m, k, n) in [(2048, 768, 3072), (2048, 3072, 768), (2048, 2048, 2048)] {
+            let (a, b) = (to_bf16_vec(&data(m * k)), to_bf16_vec(&data(k * n)));
+            let mut out = vec![0.0f32; m * n];
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::from_parameter(format!("{m}x{k}x{n}")), |bch| {
+                bch.iter(|| gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut out, GemmStrides::row_major(k, n)))
+            });
+        }
+        g.finish();
+    }
+}
+
 fn attention(c: &mut Criterion) {
     // batch x heads small products: scores = Q K^T (K read transposed through strides).
     let mut g = c.benchmark_group("gemm/batched");
@@ -282,5 +302,5 @@ fn convolutions(c: &mut Criterion) {
     kernels::parallel::set_num_threads(0);
 }
 
-criterion_group!(benches, gemm, attention, row_kernels, batch_norm, convolutions);
+criterion_group!(benches, gemm, gemm_bf16, attention, row_kernels, batch_norm, convolutions);
 criterion_main!(benches);

@@ -2,13 +2,18 @@
 //!
 //!     cargo run --release -p kernels --example gemm_bench -- --threads 1 [--isa avx2] [--runs 7]
 //!     ... -- --threads 2 --bert-mini --ab-threads    # one thread against T, alternated call by call
+//!     ... -- --threads 2 --dtype bf16 [--bf16-kernel amx-bf16|avx512bf16|widen]
+//!     ... -- --fma-peak                              # f32 FMA, bf16 dot and AMX tile ceilings
 //!
+//! With `--dtype bf16`, A and B are bf16 and C f32 (`kernels::bf16::gemm_bf16`); the GFLOP/s
+//! count the same 2 M N K flops.
 //! Prints one line per shape, `gemm M K N GFLOPS` (M x K times K x N, row-major), the median of
 //! several timed runs after a warm-up. Compare with `python3 scripts/bench_reference.py gemm`,
 //! which prints numpy's (OpenBLAS) figures in the same format: run both in one sitting.
 
 use std::time::Instant;
 
+use kernels::bf16::{gemm_bf16_with, to_bf16_vec, Bf16Kernel};
 use kernels::gemm::{sgemm_with, GemmStrides};
 use kernels::memory::huge_page_vec;
 use kernels::Isa;
@@ -53,6 +58,14 @@ fn main() {
         // The register-only FMA ceiling, then each kernel shape as a fraction of it, measured
         // back to back (see kernels::gemm::fma_peak).
         println!("fma-peak {:.1}", kernels::gemm::fma_peak(isa, 20_000_000));
+        println!("bf16-dot-peak {:.1}", kernels::bf16::bf16_dot_peak(20_000_000));
+        println!("amx-bf16-peak {:.1}", kernels::bf16::amx_peak(2_000_000));
+        return;
+    }
+    if args.iter().any(|a| a == "--micro") && get("--dtype").as_deref() == Some("bf16") {
+        for kc in [32, 64, 128, 256, 512, 1024] {
+            println!("amx kernel kc {kc}: {:.1} GFLOP/s", kernels::bf16::amx_kernel_peak(kc, 200_000));
+        }
         return;
     }
     if args.iter().any(|a| a == "--micro") {
@@ -103,6 +116,37 @@ fn main() {
             let t = Instant::now();
             sgemm_with(isa, threads, m, k, n, 1.0, a, b, 0.0, c, s);
             println!("{:.4}", t.elapsed().as_secs_f64() * 1e3);
+        }
+        return;
+    }
+    if get("--dtype").as_deref() == Some("bf16") {
+        let kernel = get("--bf16-kernel")
+            .map(|name| Bf16Kernel::from_name(&name).unwrap_or_else(|| panic!("unknown --bf16-kernel {name}")))
+            .unwrap_or_else(Bf16Kernel::best)
+            .supported();
+        eprintln!("# dtype bf16 kernel {}", kernel.name());
+        for (m, k, n, ta, tb) in shapes {
+            let (a, b) = (to_bf16_vec(&matrix(m * k, 7919)), to_bf16_vec(&matrix(k * n, 104729)));
+            let mut c = huge_page_vec(m * n);
+            let s = strides(m, k, n, ta, tb);
+            let mut run = || gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s);
+            run(); // warm-up
+            let mut times: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    run();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let op = if ta {
+                " ta"
+            } else if tb {
+                " tb"
+            } else {
+                ""
+            };
+            println!("gemm {m} {k} {n}{op} {:.1}", 2.0 * (m * n * k) as f64 / times[times.len() / 2] / 1e9);
         }
         return;
     }

@@ -15,6 +15,7 @@
 pub mod activation;
 pub mod attention;
 pub mod batchnorm;
+pub mod bf16;
 pub mod conv;
 pub mod gemm;
 #[cfg(feature = "wgpu")]

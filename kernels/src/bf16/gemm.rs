@@ -1,0 +1,647 @@
+//! bf16 GEMM: C (f32) = alpha * A * B + beta * C, with A and B read as bf16 (either stored as
+//! bf16, or f32 rounded to bf16 while they are packed) and every product accumulated in f32.
+//!
+//! Kernels ([`Bf16Kernel`], chosen at run time like [`Isa`]):
+//! - `Amx`: the AMX tile unit. Four 16x16 f32 accumulator tiles hold a 32x32 block of C; each
+//!   step of 32 along K loads two 16x32 tiles of A and two 32x16 tiles of B ("VNNI" layout:
+//!   row p of a B tile holds the pairs (B[2p][j], B[2p+1][j]) for 16 columns j) and issues four
+//!   `tdpbf16ps`, 16x16x32 multiply-adds each.
+//! - `DotAvx512`: AVX-512 BF16's `vdpbf16ps`, a 12x32 register tile: per pair of K, two vectors
+//!   of B pairs, twelve broadcast A pairs, 24 dot-product-accumulates.
+//! - `Widen(isa)`: no bf16 arithmetic on the CPU: operands widened to f32 (exact) and the f32
+//!   GEMM of that instruction set run on them. This is the path of CPUs without AVX-512 BF16
+//!   and the reference the fast kernels are tested against.
+//!
+//! The tile kernels share one packed layout for B (groups of 16 columns, pairs of K
+//! interleaved: `[K/2][16][2]` per group) and run the BLIS loops of the f32 GEMM
+//! (`crate::gemm`): column blocks of `nc`, K blocks of `kc` (B packed there), row blocks of `mc`
+//! (A packed there), then a 32-column slice of packed B held in L1 against the row panels of
+//! packed A streaming from L2. K is zero-padded to a multiple of 32 in both packs.
+//!
+//! Accuracy: each product of two bf16 values is exact in f32 and the sums are f32 sums, so a
+//! result differs from the f64 sum of the same bf16-rounded operands by the f32 accumulation
+//! error only (about K * 2^-24 of the sum of |products|); the tests hold every kernel to that.
+
+use super::{bf16_bits_to_f32, Bf16Operand};
+use crate::gemm::GemmStrides;
+use crate::parallel;
+use crate::simd::Isa;
+use std::sync::OnceLock;
+
+/// Which bf16 GEMM kernel runs (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bf16Kernel {
+    /// Operands widened to f32, then the f32 GEMM on this instruction set.
+    Widen(Isa),
+    /// AVX-512 BF16 `vdpbf16ps` register tile (12 x 32).
+    DotAvx512,
+    /// AMX-BF16 tiles (32 x 32 block of C in four accumulator tiles).
+    Amx,
+}
+
+impl Bf16Kernel {
+    /// Every bf16 kernel this CPU (and OS) can run, slowest first.
+    pub fn available() -> Vec<Bf16Kernel> {
+        let mut v: Vec<Bf16Kernel> = Isa::available().into_iter().map(Bf16Kernel::Widen).collect();
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            v.push(Bf16Kernel::DotAvx512);
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if super::amx::available() {
+            v.push(Bf16Kernel::Amx);
+        }
+        v
+    }
+
+    /// The fastest available kernel. `ALIGN_BF16=widen|avx512bf16|amx` caps it, to compare
+    /// paths end to end (`ALIGN_ISA` still picks the f32 kernels under `widen`).
+    pub fn best() -> Bf16Kernel {
+        static BEST: OnceLock<Bf16Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let detected = *Bf16Kernel::available().last().expect("widen is always available");
+            let cap = match std::env::var("ALIGN_BF16").ok().as_deref() {
+                Some("widen") => Bf16Kernel::Widen(Isa::best()),
+                Some("avx512bf16") => Bf16Kernel::DotAvx512,
+                _ => Bf16Kernel::Amx,
+            };
+            detected.min(cap)
+        })
+    }
+
+    /// The best kernel at or below `self` that the machine has.
+    pub fn supported(self) -> Bf16Kernel {
+        static DETECTED: OnceLock<Bf16Kernel> = OnceLock::new();
+        let detected = *DETECTED.get_or_init(|| *Bf16Kernel::available().last().expect("widen is always available"));
+        match self.min(detected) {
+            Bf16Kernel::Widen(isa) => Bf16Kernel::Widen(isa.supported()),
+            k => k,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Widen(Isa::Portable) => "widen+portable",
+            Bf16Kernel::Widen(Isa::Avx2) => "widen+avx2",
+            Bf16Kernel::Widen(Isa::Avx512) => "widen+avx512f",
+            Bf16Kernel::DotAvx512 => "avx512bf16",
+            Bf16Kernel::Amx => "amx-bf16",
+        }
+    }
+
+    /// Parses a name printed by [`Bf16Kernel::name`] (or `widen`, the best widening path).
+    pub fn from_name(name: &str) -> Option<Bf16Kernel> {
+        Some(match name {
+            "widen" => Bf16Kernel::Widen(Isa::best()),
+            "widen+portable" => Bf16Kernel::Widen(Isa::Portable),
+            "widen+avx2" => Bf16Kernel::Widen(Isa::Avx2),
+            "widen+avx512f" => Bf16Kernel::Widen(Isa::Avx512),
+            "avx512bf16" => Bf16Kernel::DotAvx512,
+            "amx-bf16" | "amx" => Bf16Kernel::Amx,
+            _ => return None,
+        })
+    }
+}
+
+/// Reference bf16 GEMM: every operand rounded to bf16, each dot product summed in f64. The
+/// oracle of the fast kernels (which sum in f32). `beta == 0` overwrites C without reading it.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_reference<A: Bf16Operand, B: Bf16Operand>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[A],
+    b: &[B],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+) {
+    check(m, k, n, a.len(), b.len(), c.len(), s);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for p in 0..k {
+                let x = bf16_bits_to_f32(a[i * s.a_row + p * s.a_col].bf16_bits());
+                let y = bf16_bits_to_f32(b[p * s.b_row + j * s.b_col].bf16_bits());
+                acc += x as f64 * y as f64;
+            }
+            let dst = &mut c[i * s.c_row + j * s.c_col];
+            let scaled = alpha as f64 * acc;
+            *dst = if beta == 0.0 { scaled as f32 } else { (scaled + beta as f64 * *dst as f64) as f32 };
+        }
+    }
+}
+
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// Panics if a buffer is too short for its shape and strides, or C's elements overlap (a
+/// caller bug: the raw-pointer code below relies on both).
+fn check(m: usize, k: usize, n: usize, a: usize, b: usize, c: usize, s: GemmStrides) {
+    assert!(a >= extent(m, k, s.a_row, s.a_col), "gemm_bf16: A buffer too short");
+    assert!(b >= extent(k, n, s.b_row, s.b_col), "gemm_bf16: B buffer too short");
+    assert!(c >= extent(m, n, s.c_row, s.c_col), "gemm_bf16: C buffer too short");
+    // C written by several threads: distinct (i, j) must be distinct elements.
+    let distinct = m <= 1 && (n <= 1 || s.c_col > 0)
+        || n <= 1 && s.c_row > 0
+        || (s.c_col >= 1 && s.c_row >= n * s.c_col)
+        || (s.c_row >= 1 && s.c_col >= m * s.c_row);
+    assert!(distinct, "gemm_bf16: C strides make elements overlap");
+}
+
+/// The bf16 GEMM with the best kernel and the configured thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16<A: Bf16Operand, B: Bf16Operand>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[A],
+    b: &[B],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+) {
+    gemm_bf16_with(Bf16Kernel::best(), parallel::num_threads(), m, k, n, alpha, a, b, beta, c, s)
+}
+
+/// [`gemm_bf16`] on a chosen kernel (capped to what the machine has) and thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_with<A: Bf16Operand, B: Bf16Operand>(
+    kernel: Bf16Kernel,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[A],
+    b: &[B],
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+) {
+    check(m, k, n, a.len(), b.len(), c.len(), s);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = threads.max(1);
+    match kernel.supported() {
+        Bf16Kernel::Widen(isa) => {
+            // Widen both operands to contiguous f32 (exact), then the f32 GEMM.
+            let a32: Vec<f32> =
+                (0..m * k).map(|e| bf16_bits_to_f32(a[(e / k) * s.a_row + (e % k) * s.a_col].bf16_bits())).collect();
+            let b32: Vec<f32> =
+                (0..k * n).map(|e| bf16_bits_to_f32(b[(e / n) * s.b_row + (e % n) * s.b_col].bf16_bits())).collect();
+            let s32 = GemmStrides { a_row: k, a_col: 1, b_row: n, b_col: 1, c_row: s.c_row, c_col: s.c_col };
+            crate::gemm::sgemm_with(isa, threads, m, k, n, alpha, &a32, &b32, beta, c, s32);
+        }
+        tiled => {
+            if s.c_col != 1 {
+                // The tile kernels store rows of C: gather C into a row-major copy and back.
+                let mut dense = vec![0.0f32; m * n];
+                if beta != 0.0 {
+                    for i in 0..m {
+                        for j in 0..n {
+                            dense[i * n + j] = c[i * s.c_row + j * s.c_col];
+                        }
+                    }
+                }
+                let sd = GemmStrides { c_row: n, c_col: 1, ..s };
+                gemm_bf16_with(tiled, threads, m, k, n, alpha, a, b, beta, &mut dense, sd);
+                for i in 0..m {
+                    for j in 0..n {
+                        c[i * s.c_row + j * s.c_col] = dense[i * n + j];
+                    }
+                }
+                return;
+            }
+            if k == 0 || alpha == 0.0 {
+                for i in 0..m {
+                    for v in &mut c[i * s.c_row..i * s.c_row + n] {
+                        *v = if beta == 0.0 { 0.0 } else { beta * *v };
+                    }
+                }
+                return;
+            }
+            // SAFETY: extents checked above; C rows are disjoint (c_col == 1, checked overlap).
+            unsafe { tiled_threads(tiled, threads, m, k, n, alpha, a.as_ptr(), b.as_ptr(), beta, c.as_mut_ptr(), s) }
+        }
+    }
+}
+
+/// Register / tile block and cache blocking of one tile kernel.
+#[derive(Clone, Copy)]
+struct TileBlocking {
+    /// rows of C per kernel call (the columns are always 32)
+    mr: usize,
+    kc: usize,
+    mc: usize,
+    nc: usize,
+}
+
+fn tile_blocking(kernel: Bf16Kernel) -> TileBlocking {
+    match kernel {
+        // A call reads a 32-row panel of A and a 32-column slice of B, kc deep (32 KB each);
+        // the A block (mc x kc = 128 KB) and the B block (at most 1 MB) sit in L2. Swept on
+        // one thread at 2048 x 768 x 3072 and 2048 x 3072 x 768 (kc 256-1024, mc 64-256, nc
+        // 512-1024): this was best on both, about 700 GFLOP/s.
+        Bf16Kernel::Amx => TileBlocking { mr: 32, kc: 512, mc: 128, nc: 512 },
+        _ => TileBlocking { mr: 12, kc: 384, mc: 192, nc: 768 },
+    }
+}
+
+/// C columns per kernel call: two groups of 16.
+const NR: usize = 32;
+/// K is packed in steps of 32 (one AMX tile depth; the dot kernel walks it in pairs).
+const KSTEP: usize = 32;
+
+/// Where a kernel call reads its rows of A: rows `row_bytes` apart, steps of 32 along K
+/// `step_bytes` apart. The AMX kernel reads packed panels (64, 2048) or, for bf16 A with rows
+/// contiguous in K, A in place (its row stride, 64); the dot kernel reads packed panels only.
+#[derive(Clone, Copy)]
+pub(crate) struct APanel {
+    pub(crate) ptr: *const u16,
+    pub(crate) row_bytes: usize,
+    pub(crate) step_bytes: usize,
+}
+
+/// One kernel call: C[mr x 32] = alpha * Apanel * [Bgroup0 | Bgroup1] + beta * C, `kc` (a
+/// multiple of 32) deep; `beta == 0` never reads C. Full tiles only; `ldc` in elements.
+type TileKernel =
+    unsafe fn(kc: usize, a: APanel, b0: *const u16, b1: *const u16, c: *mut f32, ldc: usize, alpha: f32, beta: f32);
+
+fn tile_kernel(kernel: Bf16Kernel) -> TileKernel {
+    match kernel {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Bf16Kernel::Amx => super::amx::kernel_32x32,
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::DotAvx512 => super::avx512::kernel_dot_12x32,
+        _ => unreachable!("no tile kernel for {kernel:?}"),
+    }
+}
+
+/// Splits C over the threads (along its longer side, on tile boundaries) and runs the
+/// blocked loops on each part.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
+    kernel: Bf16Kernel,
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const A,
+    b: *const B,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+) {
+    let bl = tile_blocking(kernel);
+    let threads = if 2 * m * n * k < (1 << 21) { 1 } else { threads };
+    let split_n = n >= m;
+    let (len, unit) = if split_n { (n, NR) } else { (m, bl.mr) };
+    let units = len.div_ceil(unit);
+    let parts = threads.min(units);
+    let (ap, bp, cp) = (SendPtr(a), SendPtr(b), SendPtr(c as *const f32));
+    let run = |t: usize| {
+        let (ap, bp, cp) = (ap, bp, cp);
+        let start = (units * t / parts) * unit;
+        let end = ((units * (t + 1) / parts) * unit).min(len);
+        if start >= end {
+            return;
+        }
+        // SAFETY: each part covers a disjoint block of C inside the checked extents.
+        unsafe {
+            if split_n {
+                tiled_serial(
+                    kernel,
+                    bl,
+                    m,
+                    k,
+                    end - start,
+                    alpha,
+                    ap.0,
+                    bp.0.add(start * s.b_col),
+                    beta,
+                    (cp.0 as *mut f32).add(start),
+                    s,
+                );
+            } else {
+                tiled_serial(
+                    kernel,
+                    bl,
+                    end - start,
+                    k,
+                    n,
+                    alpha,
+                    ap.0.add(start * s.a_row),
+                    bp.0,
+                    beta,
+                    (cp.0 as *mut f32).add(start * s.c_row),
+                    s,
+                );
+            }
+        }
+    };
+    if parts <= 1 {
+        run(0);
+    } else {
+        parallel::install_with(parts, || {
+            use rayon::prelude::*;
+            (0..parts).into_par_iter().for_each(run);
+        });
+    }
+}
+
+/// A raw pointer handed to the worker threads, which read shared operands through it or write
+/// disjoint blocks of C (the split in [`tiled_threads`] makes them disjoint).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*const T);
+// SAFETY: see the type's comment; every use stays inside the extents `check` verified.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// The blocked loops on one thread (C row-major with row stride `s.c_row`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
+    kernel: Bf16Kernel,
+    bl: TileBlocking,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const A,
+    b: *const B,
+    beta: f32,
+    c: *mut f32,
+    s: GemmStrides,
+) {
+    let micro = tile_kernel(kernel);
+    let ldc = s.c_row;
+    // K blocks of equal size, a multiple of 32 each
+    let k_blocks = k.div_ceil(bl.kc);
+    let kc = k.div_ceil(k_blocks).next_multiple_of(KSTEP);
+    let blocks: Vec<(usize, usize)> = (0..k).step_by(kc).map(|pc| (pc, kc.min(k - pc))).collect();
+    let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
+    // B for the whole of K is packed once per column block and stays in L2 (at most ~1 MB),
+    // so that the row blocks of C below stay in L2 across all K blocks: each C tile is then
+    // re-read from L2, not from memory, between K blocks.
+    let nc = (B_BLOCK_BYTES / (2 * k_padded)).clamp(NR, bl.nc) / NR * NR;
+    let nc_max = nc.min(n.next_multiple_of(NR));
+    let mc_max = bl.mc.min(m.next_multiple_of(bl.mr));
+    PACK_BUFFERS.with_borrow_mut(|(packed_a, packed_b)| {
+        packed_b.resize(nc_max * k_padded, 0);
+        packed_a.resize(mc_max * kc, 0);
+        let mut edge = [0.0f32; 32 * NR];
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        let _tiles = (kernel == Bf16Kernel::Amx).then(super::amx::TileSession::start);
+        for jc in (0..n).step_by(nc) {
+            let nb = nc.min(n - jc);
+            let groups_len = nb.next_multiple_of(NR);
+            let mut offset = 0;
+            for &(pc, kb) in &blocks {
+                let kbp = kb.next_multiple_of(KSTEP);
+                pack_b_groups(
+                    kb,
+                    kbp,
+                    nb,
+                    b.add(pc * s.b_row + jc * s.b_col),
+                    s.b_row,
+                    s.b_col,
+                    &mut packed_b[offset..],
+                );
+                offset += groups_len * kbp;
+            }
+            for ic in (0..m).step_by(bl.mc) {
+                let mb = bl.mc.min(m - ic);
+                let mut offset = 0;
+                for &(pc, kb) in &blocks {
+                    let kbp = kb.next_multiple_of(KSTEP);
+                    let b_block = &packed_b[offset..];
+                    offset += groups_len * kbp;
+                    let beta_here = if pc == 0 { beta } else { 1.0 };
+                    // bf16 A with rows contiguous in K is read in place by the AMX kernel
+                    let a_block = a.add(ic * s.a_row + pc * s.a_col);
+                    let in_place = kernel == Bf16Kernel::Amx && A::STORED_AS_BF16 && s.a_col == 1 && kb == kbp;
+                    if !in_place || !mb.is_multiple_of(bl.mr) {
+                        pack_a_panels(kernel, bl.mr, mb, kb, kbp, a_block, s.a_row, s.a_col, packed_a);
+                    }
+                    for jr in (0..nb).step_by(NR) {
+                        let cols = NR.min(nb - jr);
+                        let b0 = b_block.as_ptr().add((jr / 16) * kbp * 16);
+                        let b1 = b0.add(kbp * 16);
+                        for (q, ir) in (0..mb).step_by(bl.mr).enumerate() {
+                            let rows = bl.mr.min(mb - ir);
+                            let ap = if in_place && rows == bl.mr {
+                                APanel {
+                                    ptr: a_block.add(ir * s.a_row) as *const u16,
+                                    row_bytes: 2 * s.a_row,
+                                    step_bytes: 2 * KSTEP,
+                                }
+                            } else {
+                                APanel {
+                                    ptr: packed_a.as_ptr().add(q * bl.mr * kbp),
+                                    row_bytes: 2 * KSTEP,
+                                    step_bytes: 2 * bl.mr * KSTEP,
+                                }
+                            };
+                            let ct = c.add((ic + ir) * ldc + jc + jr);
+                            if rows == bl.mr && cols == NR {
+                                micro(kbp, ap, b0, b1, ct, ldc, alpha, beta_here);
+                            } else {
+                                // Edge tile: compute into a scratch tile, then merge the valid part.
+                                micro(kbp, ap, b0, b1, edge.as_mut_ptr(), NR, 1.0, 0.0);
+                                for r in 0..rows {
+                                    for j in 0..cols {
+                                        let dst = ct.add(r * ldc + j);
+                                        let v = alpha * edge[r * NR + j];
+                                        *dst = if beta_here == 0.0 { v } else { v + beta_here * *dst };
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Bytes of packed B per column block (all of K): kept well inside a 2 MB L2.
+const B_BLOCK_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Each thread's packing buffers (A panels, B groups), kept between calls: allocating them
+    /// per call cost a page fault per 4 KB of every product.
+    static PACK_BUFFERS: std::cell::RefCell<(Vec<u16>, Vec<u16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Packs B[kb x nb] (strided) into groups of 16 columns, each `[kbp/2][16][2]` (pairs of K
+/// interleaved per column), zero-padded to `kbp` rows and to a whole number of 32-column
+/// slices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_b_groups<B: Bf16Operand>(
+    kb: usize,
+    kbp: usize,
+    nb: usize,
+    b: *const B,
+    rs: usize,
+    cs: usize,
+    out: &mut [u16],
+) {
+    let groups = nb.next_multiple_of(NR) / 16;
+    let out = &mut out[..groups * kbp * 16];
+    let mut run = [0u16; 2 * 16];
+    for g in 0..groups {
+        let group = &mut out[g * kbp * 16..(g + 1) * kbp * 16];
+        let cols = 16.min(nb.saturating_sub(g * 16));
+        if cols < 16 || kb < kbp {
+            group.fill(0);
+        }
+        let src = b.add(g * 16 * cs);
+        if rs == 1 && cols > 0 {
+            // B = W^T (a weight read transposed): column j is a contiguous run of K; a pair of
+            // K for one column is two neighbouring elements.
+            let mut col = vec![0u16; kb];
+            for j in 0..cols {
+                B::bf16_run(src.add(j * cs), &mut col);
+                for (p, &v) in col.iter().enumerate() {
+                    *group.get_unchecked_mut((p / 2) * 32 + 2 * j + (p & 1)) = v;
+                }
+            }
+        } else if cs == 1 && cols == 16 {
+            // Row-major B: interleave two rows of 16 at a time.
+            for pp in 0..kb / 2 {
+                B::bf16_run(src.add(2 * pp * rs), &mut run[..16]);
+                B::bf16_run(src.add((2 * pp + 1) * rs), &mut run[16..]);
+                let row = &mut group[pp * 32..pp * 32 + 32];
+                for j in 0..16 {
+                    row[2 * j] = run[j];
+                    row[2 * j + 1] = run[16 + j];
+                }
+            }
+            if kb % 2 == 1 {
+                B::bf16_run(src.add((kb - 1) * rs), &mut run[..16]);
+                let row = &mut group[(kb / 2) * 32..(kb / 2) * 32 + 32];
+                for j in 0..16 {
+                    row[2 * j] = run[j];
+                }
+            }
+        } else {
+            for p in 0..kb {
+                let row = &mut group[(p / 2) * 32 + (p & 1)..];
+                for j in 0..cols {
+                    *row.get_unchecked_mut(2 * j) = (*src.add(p * rs + j * cs)).bf16_bits();
+                }
+            }
+        }
+    }
+}
+
+/// Packs A[mb x kb] (strided) into row panels of `mr` rows, zero-padded to `kbp` columns and
+/// to whole panels, in the order the kernel reads them: AMX `[kbp/32][32 rows][32]` (two
+/// 16-row tiles per step of K), the dot kernel `[kbp/2][mr][2]` (one broadcast pair per row).
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_a_panels<A: Bf16Operand>(
+    kernel: Bf16Kernel,
+    mr: usize,
+    mb: usize,
+    kb: usize,
+    kbp: usize,
+    a: *const A,
+    rs: usize,
+    cs: usize,
+    out: &mut [u16],
+) {
+    let panels = mb.div_ceil(mr);
+    for q in 0..panels {
+        let panel = &mut out[q * mr * kbp..(q + 1) * mr * kbp];
+        let rows = mr.min(mb - q * mr);
+        if rows < mr || kb < kbp {
+            panel.fill(0);
+        }
+        for r in 0..rows {
+            let src = a.add((q * mr + r) * rs);
+            match (kernel == Bf16Kernel::Amx, cs == 1) {
+                (true, true) => {
+                    // AMX rows are runs of 32 of K: straight copies (or roundings) of A's row.
+                    for step in 0..kb.div_ceil(KSTEP) {
+                        let len = KSTEP.min(kb - step * KSTEP);
+                        let at = step * mr * KSTEP + r * KSTEP;
+                        A::bf16_run(src.add(step * KSTEP), &mut panel[at..at + len]);
+                    }
+                }
+                (true, false) => {
+                    for p in 0..kb {
+                        *panel.get_unchecked_mut((p / KSTEP) * mr * KSTEP + r * KSTEP + p % KSTEP) =
+                            (*src.add(p * cs)).bf16_bits();
+                    }
+                }
+                (false, _) => {
+                    for p in 0..kb {
+                        *panel.get_unchecked_mut((p / 2) * mr * 2 + r * 2 + (p & 1)) = (*src.add(p * cs)).bf16_bits();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dot-product ceiling of AVX-512 BF16 on the calling thread (GFLOP/s): independent chains of
+/// register-only `vdpbf16ps`, 64 flops each. NaN where the CPU lacks the instruction.
+pub fn bf16_dot_peak(iterations: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if Bf16Kernel::DotAvx512.supported() >= Bf16Kernel::DotAvx512 {
+        let start = std::time::Instant::now();
+        // SAFETY: the instruction set was checked above.
+        let flops = unsafe { super::avx512::dot_chains(iterations) } as f64;
+        return flops / start.elapsed().as_secs_f64() / 1e9;
+    }
+    let _ = iterations;
+    f64::NAN
+}
+
+/// AMX tile ceiling on the calling thread (GFLOP/s): `tdpbf16ps` on register-resident tiles,
+/// 16384 flops each. NaN where AMX is unavailable.
+pub fn amx_peak(iterations: usize) -> f64 {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if Bf16Kernel::Amx.supported() == Bf16Kernel::Amx {
+        let start = std::time::Instant::now();
+        // SAFETY: AMX was checked (and permitted) above.
+        let flops = unsafe { super::amx::tile_chains(iterations) } as f64;
+        return flops / start.elapsed().as_secs_f64() / 1e9;
+    }
+    let _ = iterations;
+    f64::NAN
+}
+
+/// Throughput of the bare AMX kernel on cache-resident panels `kc` deep (GFLOP/s on the
+/// calling thread), for tuning: the ceiling the blocked loops can approach. NaN without AMX.
+pub fn amx_kernel_peak(kc: usize, calls: usize) -> f64 {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if Bf16Kernel::Amx.supported() == Bf16Kernel::Amx {
+        let kc = kc.next_multiple_of(KSTEP);
+        let a = vec![0x3f80u16; 32 * kc];
+        let b = vec![0x3c00u16; 32 * kc];
+        let mut c = vec![0.0f32; 32 * NR];
+        let panel = APanel { ptr: a.as_ptr(), row_bytes: 2 * KSTEP, step_bytes: 2 * 32 * KSTEP };
+        let _tiles = super::amx::TileSession::start();
+        let t = std::time::Instant::now();
+        for _ in 0..calls {
+            // SAFETY: AMX checked above; the panels and tile are sized for the kernel.
+            unsafe {
+                super::amx::kernel_32x32(kc, panel, b.as_ptr(), b.as_ptr().add(16 * kc), c.as_mut_ptr(), NR, 1.0, 1.0)
+            };
+        }
+        std::hint::black_box(&c);
+        return (2 * 32 * NR * kc * calls) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    }
+    let _ = (kc, calls);
+    f64::NAN
+}

@@ -1,0 +1,233 @@
+use super::*;
+use crate::gemm::GemmStrides;
+use crate::simd::Isa;
+
+#[test]
+fn rounding_matches_half_on_every_class_of_value() {
+    // every exponent, mantissa patterns around the rounding point, both signs
+    let mut checked = 0;
+    for exp in 0u32..=255 {
+        for low in [
+            0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff, 0x1_0000, 0x1_7fff, 0x1_8000, 0x1_8001, 0x7f_ffff, 0x40_0000,
+            0x7f_8000,
+        ] {
+            for sign in [0u32, 1] {
+                let bits = (sign << 31) | (exp << 23) | (low & 0x7f_ffff);
+                let x = f32::from_bits(bits);
+                let ours = to_bf16(x);
+                let theirs = half::bf16::from_f32(x);
+                if x.is_nan() {
+                    assert!(ours.is_nan(), "{bits:#x} must stay NaN");
+                    assert_eq!(ours.to_bits() & 0x8000, (bits >> 16) as u16 & 0x8000, "NaN sign");
+                } else {
+                    assert_eq!(ours.to_bits(), theirs.to_bits(), "{x:e} ({bits:#010x})");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 6000);
+}
+
+#[test]
+fn rounding_edge_cases_are_pinned() {
+    // ties to even: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 and rounds to 1 (even)
+    assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)).to_bits(), 0x3f80);
+    // ... and 1 + 3 * 2^-8 rounds up to the even 1 + 2^-6
+    assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)).to_bits(), 0x3f82);
+    // just above the tie rounds up
+    assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)).to_bits(), 0x3f81);
+    // f32::MAX is past the largest bf16's rounding boundary: infinity
+    assert_eq!(to_bf16(f32::MAX).to_bits(), 0x7f80);
+    assert_eq!(to_bf16(-f32::MAX).to_bits(), 0xff80);
+    // the largest bf16 itself is exact
+    assert_eq!(to_bf16(f32::from_bits(0x7f7f_0000)).to_bits(), 0x7f7f);
+    assert_eq!(to_bf16(f32::INFINITY).to_bits(), 0x7f80);
+    assert_eq!(to_bf16(f32::NEG_INFINITY).to_bits(), 0xff80);
+    // a NaN whose payload lives only in the low bits must not round into infinity
+    let low_nan = f32::from_bits(0x7f80_0001);
+    assert!(to_bf16(low_nan).is_nan());
+    assert!(to_bf16(f32::from_bits(0xff80_0001)).is_nan());
+    // subnormals survive (no flush to zero) and round to nearest
+    let smallest = f32::from_bits(0x0001_0000); // 2^-133: exactly the bf16 subnormal 0x0001
+    assert_eq!(to_bf16(smallest).to_bits(), 0x0001);
+    assert_eq!(to_bf16(f32::from_bits(0x0000_8000)).to_bits(), 0x0000, "half of it: tie to even (zero)");
+    assert_eq!(to_bf16(f32::from_bits(0x0001_8000)).to_bits(), 0x0002, "1.5 of it: tie to even (2)");
+    assert_eq!(to_bf16(f32::from_bits(0x0000_c000)).to_bits(), 0x0001, "0.75 of it: nearest (1)");
+    assert_eq!(to_bf16(-0.0).to_bits(), 0x8000);
+    // widening is exact
+    for bits in [0u16, 1, 0x3f80, 0x7f7f, 0x7f80, 0xff80, 0x8001] {
+        assert_eq!(to_bf16(bf16_bits_to_f32(bits)).to_bits(), bits);
+    }
+}
+
+#[test]
+fn slice_conversions_round_trip() {
+    let x: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.0137).collect();
+    let h = to_bf16_vec(&x);
+    let back = to_f32_vec(&h);
+    for (a, b) in x.iter().zip(&back) {
+        assert!((a - b).abs() <= a.abs() * 2f32.powi(-8), "{a} -> {b}");
+        assert_eq!(*b, round_through_bf16(*a));
+    }
+    let mut h2 = vec![bf16::ZERO; x.len()];
+    f32_to_bf16_slice(&x, &mut h2);
+    assert_eq!(h, h2);
+}
+
+/// Deterministic values in [-1, 1) (an LCG), varied enough to exercise rounding.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// |C - C_ref| within the f32 accumulation bound: K * 2^-23 * sum |a||b| (plus the alpha /
+/// beta terms' own rounding).
+#[allow(clippy::too_many_arguments)]
+fn assert_close_to_reference(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    s: GemmStrides,
+    c0: &[f32],
+    beta: f32,
+    got: &[f32],
+    want: &[f32],
+    what: &str,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut mag = 0.0f64;
+            for p in 0..k {
+                mag += (round_through_bf16(a[i * s.a_row + p * s.a_col]) as f64
+                    * round_through_bf16(b[p * s.b_row + j * s.b_col]) as f64)
+                    .abs();
+            }
+            let at = i * s.c_row + j * s.c_col;
+            let bound = (k as f64 + 4.0) * 2f64.powi(-23) * (mag + (beta as f64 * c0[at] as f64).abs()) + 1e-30;
+            let err = (got[at] as f64 - want[at] as f64).abs();
+            assert!(
+                err <= bound,
+                "{what}: C[{i},{j}] = {} vs reference {} (err {err:e} > bound {bound:e})",
+                got[at],
+                want[at]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_reference_on_awkward_shapes() {
+    // edges in every loop: M and N off the tile sizes, K odd and across the kc blocks
+    let shapes =
+        [(1, 1, 1), (3, 5, 7), (12, 32, 32), (33, 65, 31), (32, 32, 32), (45, 513, 70), (64, 1100, 97), (130, 40, 300)];
+    for kernel in Bf16Kernel::available() {
+        for &(m, k, n) in &shapes {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0), (0.5, -2.0)] {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let s = GemmStrides::row_major(k, n);
+                let c0 = values(m * n, 3);
+                let mut want = c0.clone();
+                gemm_bf16_reference(m, k, n, alpha, &a, &b, beta, &mut want, s);
+                let mut got = c0.clone();
+                gemm_bf16_with(kernel, 2, m, k, n, alpha, &a, &b, beta, &mut got, s);
+                let what = format!("{} {m}x{k}x{n} alpha {alpha} beta {beta}", kernel.name());
+                assert_close_to_reference(m, k, n, &a, &b, s, &c0, beta, &got, &want, &what);
+                // bf16 operands give the same result as f32 operands rounded while packing
+                let (ah, bh) = (to_bf16_vec(&a), to_bf16_vec(&b));
+                let mut got_h = c0.clone();
+                gemm_bf16_with(kernel, 2, m, k, n, alpha, &ah, &bh, beta, &mut got_h, s);
+                assert_eq!(got, got_h, "{what}: bf16 and f32 operands differ");
+            }
+        }
+    }
+}
+
+#[test]
+fn transposed_and_strided_operands() {
+    // B = W^T of a (n x k) row-major weight, as a linear layer reads it; C with a row stride
+    let (m, k, n) = (37, 96, 50);
+    let a = values(m * k, 4);
+    let w = values(n * k, 5);
+    let s = GemmStrides { a_row: k, a_col: 1, b_row: 1, b_col: k, c_row: n + 3, c_col: 1 };
+    let c0 = values(m * (n + 3), 6);
+    let mut want = c0.clone();
+    gemm_bf16_reference(m, k, n, 1.0, &a, &w, 0.0, &mut want, s);
+    for kernel in Bf16Kernel::available() {
+        let mut got = c0.clone();
+        gemm_bf16_with(kernel, 2, m, k, n, 1.0, &a, &w, 0.0, &mut got, s);
+        assert_close_to_reference(m, k, n, &a, &w, s, &c0, 0.0, &got, &want, kernel.name());
+        // the padding columns of C's rows are untouched
+        for i in 0..m {
+            for j in n..n + 3 {
+                assert_eq!(got[i * (n + 3) + j], c0[i * (n + 3) + j]);
+            }
+        }
+        // C column-major (c_col != 1)
+        let sc = GemmStrides { c_row: 1, c_col: m, ..s };
+        let mut want_t = vec![0.0; m * n];
+        gemm_bf16_reference(m, k, n, 1.0, &a, &w, 0.0, &mut want_t, sc);
+        let mut got_t = vec![f32::NAN; m * n];
+        gemm_bf16_with(kernel, 2, m, k, n, 1.0, &a, &w, 0.0, &mut got_t, sc);
+        assert_close_to_reference(m, k, n, &a, &w, sc, &vec![0.0; m * n], 0.0, &got_t, &want_t, kernel.name());
+    }
+}
+
+#[test]
+fn the_widening_path_equals_the_f32_gemm_on_rounded_inputs() {
+    let (m, k, n) = (20, 70, 40);
+    let a = values(m * k, 7);
+    let b = values(k * n, 8);
+    let s = GemmStrides::row_major(k, n);
+    let (ar, br): (Vec<f32>, Vec<f32>) =
+        (a.iter().map(|&x| round_through_bf16(x)).collect(), b.iter().map(|&x| round_through_bf16(x)).collect());
+    for isa in Isa::available() {
+        let mut want = vec![0.0; m * n];
+        crate::gemm::sgemm_with(isa, 1, m, k, n, 1.0, &ar, &br, 0.0, &mut want, s);
+        let mut got = vec![0.0; m * n];
+        gemm_bf16_with(Bf16Kernel::Widen(isa), 1, m, k, n, 1.0, &a, &b, 0.0, &mut got, s);
+        assert_eq!(got, want, "{}", isa.name());
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let (m, k, n) = (96, 300, 160);
+    let a = values(m * k, 9);
+    let b = values(k * n, 10);
+    let s = GemmStrides::row_major(k, n);
+    for kernel in Bf16Kernel::available() {
+        let mut one = vec![0.0; m * n];
+        gemm_bf16_with(kernel, 1, m, k, n, 1.0, &a, &b, 0.0, &mut one, s);
+        for threads in [2, 3] {
+            let mut many = vec![0.0; m * n];
+            gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut many, s);
+            assert_eq!(one, many, "{} with {threads} threads", kernel.name());
+        }
+    }
+}
+
+#[test]
+fn nan_and_infinity_propagate() {
+    let (m, k, n) = (32, 64, 32);
+    let mut a = values(m * k, 11);
+    let b = values(k * n, 12);
+    a[5 * k + 3] = f32::NAN;
+    a[9 * k + 1] = f32::INFINITY;
+    let s = GemmStrides::row_major(k, n);
+    for kernel in Bf16Kernel::available() {
+        let mut c = vec![0.0; m * n];
+        gemm_bf16_with(kernel, 1, m, k, n, 1.0, &a, &b, 0.0, &mut c, s);
+        assert!(c[5 * n..6 * n].iter().all(|v| v.is_nan()), "{}", kernel.name());
+        assert!(c[9 * n..10 * n].iter().all(|v| v.is_infinite() || v.is_nan()), "{}", kernel.name());
+        assert!(c[..5 * n].iter().all(|v| v.is_finite()), "{}", kernel.name());
+    }
+}
