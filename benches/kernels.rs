@@ -65,7 +65,9 @@ fn gemm_bf16(c: &mut Criterion) {
             let mut out = vec![0.0f32; m * n];
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
             g.bench_function(BenchmarkId::from_parameter(format!("{m}x{k}x{n}")), |bch| {
-                bch.iter(|| gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut out, GemmStrides::row_major(k, n)))
+                bch.iter(|| {
+                    gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut out, GemmStrides::row_major(k, n))
+                })
             });
         }
         g.finish();

@@ -2,7 +2,7 @@
 //!
 //!     cargo run --release -p kernels --example gemm_bench -- --threads 1 [--isa avx2] [--runs 7]
 //!     ... -- --threads 2 --bert-mini --ab-threads    # one thread against T, alternated call by call
-//!     ... -- --threads 2 --dtype bf16 [--bf16-kernel amx-bf16|avx512bf16|widen]
+//!     ... -- --threads 2 --dtype bf16|f32-bf16 [--bf16-kernel amx-bf16|avx512bf16|widen]
 //!     ... -- --fma-peak                              # f32 FMA, bf16 dot and AMX tile ceilings
 //!
 //! With `--dtype bf16`, A and B are bf16 and C f32 (`kernels::bf16::gemm_bf16`); the GFLOP/s
@@ -119,17 +119,28 @@ fn main() {
         }
         return;
     }
-    if get("--dtype").as_deref() == Some("bf16") {
+    let dtype = get("--dtype");
+    if dtype.as_deref() == Some("bf16") || dtype.as_deref() == Some("f32-bf16") {
+        // f32-bf16: f32 operands rounded to bf16 while they are packed (the matmul precision
+        // `Bf16` of an f32 model), bf16 arithmetic, f32 result.
         let kernel = get("--bf16-kernel")
             .map(|name| Bf16Kernel::from_name(&name).unwrap_or_else(|| panic!("unknown --bf16-kernel {name}")))
             .unwrap_or_else(Bf16Kernel::best)
             .supported();
-        eprintln!("# dtype bf16 kernel {}", kernel.name());
+        eprintln!("# dtype {} kernel {}", dtype.as_deref().unwrap_or(""), kernel.name());
         for (m, k, n, ta, tb) in shapes {
-            let (a, b) = (to_bf16_vec(&matrix(m * k, 7919)), to_bf16_vec(&matrix(k * n, 104729)));
+            let (a32, b32) = (matrix(m * k, 7919), matrix(k * n, 104729));
+            let (a, b) = (to_bf16_vec(&a32), to_bf16_vec(&b32));
             let mut c = huge_page_vec(m * n);
             let s = strides(m, k, n, ta, tb);
-            let mut run = || gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s);
+            let from_f32 = dtype.as_deref() == Some("f32-bf16");
+            let mut run = || {
+                if from_f32 {
+                    gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a32, &b32, 0.0, &mut c, s)
+                } else {
+                    gemm_bf16_with(kernel, threads, m, k, n, 1.0, &a, &b, 0.0, &mut c, s)
+                }
+            };
             run(); // warm-up
             let mut times: Vec<f64> = (0..runs)
                 .map(|_| {

@@ -7,6 +7,7 @@
 //! pass over the output, and dW = dy^T x comes out in W's own layout instead of as the
 //! transpose of x^T dy (which a later copy would have to gather with a stride).
 
+use kernels::bf16::{gemm_bf16, gemm_bf16_packed_b, matmul_precision, MatmulPrecision};
 use kernels::gemm::{sgemm, sgemm_bias_with, sgemm_packed_b, GemmStrides};
 use kernels::Isa;
 use tensor::{Result, Tensor, TensorError};
@@ -85,12 +86,44 @@ fn packed_product(
     inp: usize,
     out: usize,
     x: &[f32],
-    packed: &kernels::gemm::PackedB,
+    packed: &packed_weights::PackedWeight,
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
     let s = GemmStrides { a_row: inp, a_col: 1, b_row: 1, b_col: inp, c_row: out, c_col: 1 };
-    sgemm_packed_b(kernels::parallel::num_threads(), rows, 1.0, x, packed, 0.0, y, s, bias);
+    let threads = kernels::parallel::num_threads();
+    match packed {
+        packed_weights::PackedWeight::F32(p) => sgemm_packed_b(threads, rows, 1.0, x, p, 0.0, y, s, bias),
+        packed_weights::PackedWeight::Bf16(p) => {
+            let beta = fill_bias_rows(y, out, bias);
+            gemm_bf16_packed_b(threads, rows, 1.0, x, p, beta, y, s);
+        }
+    }
+}
+
+/// Writes `bias` into every row of y (rows of `out`) and returns the beta that adds the
+/// product to it (1), or returns 0 when there is no bias (y is then overwritten unread). The
+/// bf16 GEMM has no bias epilogue; its tile kernels read C into the accumulators instead.
+fn fill_bias_rows(y: &mut [f32], out: usize, bias: Option<&[f32]>) -> f32 {
+    match bias {
+        Some(b) => {
+            for row in y.chunks_exact_mut(out) {
+                row.copy_from_slice(&b[..out]);
+            }
+            1.0
+        }
+        None => 0.0,
+    }
+}
+
+/// C = A B (beta 0) on the GEMM of the current matmul precision: the f32 GEMM, or operands
+/// rounded to bf16 with f32 accumulation (`kernels::bf16`).
+#[allow(clippy::too_many_arguments)]
+fn product(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], s: GemmStrides) {
+    match matmul_precision() {
+        MatmulPrecision::F32 => sgemm(m, k, n, 1.0, a, b, 0.0, c, s),
+        MatmulPrecision::Bf16 => gemm_bf16(m, k, n, 1.0, a, b, 0.0, c, s),
+    }
 }
 
 /// y = x W^T + b for x (rows, in), W (out, in), b (out); y is (rows, out).
@@ -128,6 +161,10 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     // call, which no cache entry could ever match again, so it takes the plain GEMM.)
     match (frozen && rows > 1 && out > 1).then(|| packed_weights::packed_transpose(&w.value())).flatten() {
         Some(packed) => packed_product(rows, inp, out, xd, &packed, bias, &mut y),
+        None if matmul_precision() == MatmulPrecision::Bf16 => {
+            let beta = fill_bias_rows(&mut y, out, bias);
+            gemm_bf16(rows, inp, out, 1.0, xd, wd, beta, &mut y, s);
+        }
         None => sgemm_bias_with(
             Isa::best(),
             kernels::parallel::num_threads(),
@@ -157,7 +194,7 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
                 let w = keep_w.as_ref().expect("saved");
                 let mut dx = tensor::recycled_vec(rows * inp);
                 let s = GemmStrides { a_row: out, a_col: 1, b_row: inp, b_col: 1, c_row: inp, c_col: 1 };
-                sgemm(rows, out, inp, 1.0, gd, w.as_contiguous_slice().expect("contiguous"), 0.0, &mut dx, s);
+                product(rows, out, inp, gd, w.as_contiguous_slice().expect("contiguous"), &mut dx, s);
                 Tensor::from_vec(dx, &[rows, inp])
             })?,
             // dW = dy^T x: (out, rows) x (rows, in), in W's layout
@@ -165,7 +202,7 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
                 let x = keep_x.as_ref().expect("saved");
                 let mut dw = tensor::recycled_vec(out * inp);
                 let s = GemmStrides { a_row: 1, a_col: out, b_row: inp, b_col: 1, c_row: inp, c_col: 1 };
-                sgemm(out, rows, inp, 1.0, gd, x.as_contiguous_slice().expect("contiguous"), 0.0, &mut dw, s);
+                product(out, rows, inp, gd, x.as_contiguous_slice().expect("contiguous"), &mut dw, s);
                 Tensor::from_vec(dw, &[out, inp])
             })?,
         ];
@@ -214,5 +251,72 @@ mod tests {
         assert!(linear(&Var::constant(x.clone()), &Var::constant(Tensor::zeros(&[4, 2])), None).is_err());
         let bad_bias = Var::constant(Tensor::zeros(&[3]));
         assert!(linear(&Var::constant(x), &Var::constant(w), Some(&bad_bias)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bf16_tests {
+    use super::*;
+    use kernels::bf16::{round_through_bf16, with_matmul_precision};
+
+    /// y = x W^T + b on bf16-rounded x and W, summed in f64: what a bf16 linear layer must
+    /// give up to f32 accumulation error.
+    fn rounded_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Vec<f64> {
+        let (rows, inp, out) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+        let (xd, wd, bd) = (x.to_vec(), w.to_vec(), b.to_vec());
+        let mut y = vec![0.0f64; rows * out];
+        for i in 0..rows {
+            for j in 0..out {
+                let dot: f64 = (0..inp)
+                    .map(|p| round_through_bf16(xd[i * inp + p]) as f64 * round_through_bf16(wd[j * inp + p]) as f64)
+                    .sum();
+                y[i * out + j] = dot + bd[j] as f64;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn a_bf16_linear_layer_is_the_product_of_rounded_operands_in_training_and_inference() {
+        let x = Tensor::rand_uniform(&[41, 96], -1.0, 1.0, 1);
+        let w = Tensor::rand_uniform(&[70, 96], -1.0, 1.0, 2);
+        let b = Tensor::rand_uniform(&[70], -1.0, 1.0, 3);
+        let want = rounded_reference(&x, &w, &b);
+        let (xv, wv, bv) = (Var::parameter(x.clone()), Var::parameter(w.clone()), Var::parameter(b.clone()));
+        let f32_out = linear(&xv, &wv, Some(&bv)).unwrap().value().to_vec();
+        with_matmul_precision(MatmulPrecision::Bf16, || {
+            let trained = linear(&xv, &wv, Some(&bv)).unwrap();
+            let inferred = crate::no_grad(|| linear(&xv, &wv, Some(&bv)).unwrap().value().to_vec());
+            for (got, what) in [(trained.value().to_vec(), "training"), (inferred, "inference (packed bf16 weight)")] {
+                let mut differs_from_f32 = false;
+                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    assert!((g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()), "{what}: y[{i}] = {g} vs {r}");
+                    differs_from_f32 |= g != f32_out[i];
+                }
+                assert!(differs_from_f32, "{what}: the bf16 path must actually round its operands");
+            }
+            // backward: dx = dy W and dW = dy^T x, each on rounded operands
+            let loss = crate::ops::reduce::sum_all(&trained).unwrap();
+            loss.backward().unwrap();
+            let dx = xv.grad().unwrap().to_vec();
+            let dw = wv.grad().unwrap().to_vec();
+            let (rows, inp, out) = (41, 96, 70);
+            let wd = w.to_vec();
+            for i in 0..rows {
+                for p in 0..inp {
+                    let r: f64 = (0..out).map(|j| round_through_bf16(wd[j * inp + p]) as f64).sum();
+                    assert!((dx[i * inp + p] as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()), "dx[{i},{p}]");
+                }
+            }
+            let xd = x.to_vec();
+            for j in 0..out {
+                for p in 0..inp {
+                    let r: f64 = (0..rows).map(|i| round_through_bf16(xd[i * inp + p]) as f64).sum();
+                    assert!((dw[j * inp + p] as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()), "dW[{j},{p}]");
+                }
+            }
+        });
+        // the setting does not leak out of the closure
+        assert_eq!(kernels::bf16::matmul_precision(), MatmulPrecision::F32);
     }
 }

@@ -22,6 +22,7 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+use kernels::bf16::{matmul_precision, Bf16Kernel, MatmulPrecision, PackedBf16B};
 use kernels::gemm::PackedB;
 use kernels::Isa;
 use tensor::storage::Storage;
@@ -47,10 +48,41 @@ impl Part {
     }
 }
 
+/// A weight's packed transpose, for the f32 GEMM or (matmul precision bf16) held in bf16 for
+/// the bf16 GEMM.
+pub enum PackedWeight {
+    F32(PackedB),
+    Bf16(PackedBf16B),
+}
+
+impl PackedWeight {
+    /// (K, N) = (in, out) of the packed W^T.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            PackedWeight::F32(p) => p.shape(),
+            PackedWeight::Bf16(p) => p.shape(),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            PackedWeight::F32(p) => p.bytes(),
+            PackedWeight::Bf16(p) => p.bytes(),
+        }
+    }
+
+    fn precision(&self) -> MatmulPrecision {
+        match self {
+            PackedWeight::F32(_) => MatmulPrecision::F32,
+            PackedWeight::Bf16(_) => MatmulPrecision::Bf16,
+        }
+    }
+}
+
 /// The packed transpose of one weight, or of several stacked along their rows.
 struct Entry {
     parts: Vec<Part>,
-    packed: Arc<PackedB>,
+    packed: Arc<PackedWeight>,
 }
 
 impl Entry {
@@ -58,8 +90,10 @@ impl Entry {
         self.parts.iter().all(|p| p.storage.strong_count() > 0)
     }
 
-    fn is(&self, ws: &[&Tensor]) -> bool {
-        self.parts.len() == ws.len() && self.parts.iter().zip(ws).all(|(p, w)| p.is(w))
+    fn is(&self, ws: &[&Tensor], precision: MatmulPrecision) -> bool {
+        self.packed.precision() == precision
+            && self.parts.len() == ws.len()
+            && self.parts.iter().zip(ws).all(|(p, w)| p.is(w))
     }
 }
 
@@ -80,10 +114,10 @@ pub fn budget_bytes() -> usize {
     })
 }
 
-/// B = W^T packed for `kernels::gemm::sgemm_packed_b`, for a contiguous weight W (out, in):
-/// from the cache when this buffer was packed before, else packed now and kept. `None` when
+/// B = W^T packed for `kernels::gemm::sgemm_packed_b` (or, with the matmul precision bf16,
+/// `kernels::bf16::gemm_bf16_packed_b`), for a contiguous weight W (out, in): from the cache when this buffer was packed before, else packed now and kept. `None` when
 /// the cache is off or W is not a contiguous matrix.
-pub fn packed_transpose(w: &Tensor) -> Option<Arc<PackedB>> {
+pub fn packed_transpose(w: &Tensor) -> Option<Arc<PackedWeight>> {
     packed_transpose_stacked(&[w])
 }
 
@@ -92,8 +126,9 @@ pub fn packed_transpose(w: &Tensor) -> Option<Arc<PackedB>> {
 /// as one GEMM of their stacked weights, and stacking them anew on every call gave the
 /// cache a new buffer each time (a repack per layer per forward, about 4% of BERT-base's).
 /// `None` when the cache is off, a weight is not a contiguous matrix, or their widths differ.
-pub fn packed_transpose_stacked(ws: &[&Tensor]) -> Option<Arc<PackedB>> {
+pub fn packed_transpose_stacked(ws: &[&Tensor]) -> Option<Arc<PackedWeight>> {
     let budget = budget_bytes();
+    let precision = matmul_precision();
     let inp = match ws.first()?.shape() {
         &[_, inp] => inp,
         _ => return None,
@@ -104,26 +139,30 @@ pub fn packed_transpose_stacked(ws: &[&Tensor]) -> Option<Arc<PackedB>> {
     {
         let mut entries = cache().lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(Entry::alive);
-        if let Some(e) = entries.iter().find(|e| e.is(ws)) {
+        if let Some(e) = entries.iter().find(|e| e.is(ws, precision)) {
             return Some(e.packed.clone());
         }
     }
     // Packed outside the lock: packing runs on the kernel threads, which may themselves be
     // waiting for this lock in another layer's call.
     let out: usize = ws.iter().map(|w| w.shape()[0]).sum();
+    let pack = |w: &[f32]| match precision {
+        MatmulPrecision::F32 => PackedWeight::F32(PackedB::new(Isa::best(), inp, out, w, 1, inp)),
+        MatmulPrecision::Bf16 => PackedWeight::Bf16(PackedBf16B::new(Bf16Kernel::best(), inp, out, w, 1, inp)),
+    };
     let packed = Arc::new(match ws {
-        [w] => PackedB::new(Isa::best(), inp, out, w.as_contiguous_slice()?, 1, inp),
+        [w] => pack(w.as_contiguous_slice()?),
         _ => {
             let stacked: Vec<f32> =
                 ws.iter().flat_map(|w| w.as_contiguous_slice().expect("contiguous").iter().copied()).collect();
-            PackedB::new(Isa::best(), inp, out, &stacked, 1, inp)
+            pack(&stacked)
         }
     });
     if packed.bytes() > budget {
         return Some(packed); // used once, not kept
     }
     let mut entries = cache().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = entries.iter().find(|e| e.is(ws)) {
+    if let Some(e) = entries.iter().find(|e| e.is(ws, precision)) {
         return Some(e.packed.clone()); // another thread packed it meanwhile
     }
     let mut held: usize = entries.iter().map(|e| e.packed.bytes()).sum();

@@ -322,6 +322,7 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
                 tiled_serial(
                     kernel,
                     bl,
+                    None,
                     m,
                     k,
                     end - start,
@@ -336,6 +337,7 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
                 tiled_serial(
                     kernel,
                     bl,
+                    None,
                     end - start,
                     k,
                     n,
@@ -372,6 +374,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
     kernel: Bf16Kernel,
     bl: TileBlocking,
+    prepacked: Option<&[u16]>,
     m: usize,
     k: usize,
     n: usize,
@@ -384,19 +387,19 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
 ) {
     let micro = tile_kernel(kernel);
     let ldc = s.c_row;
-    // K blocks of equal size, a multiple of 32 each
-    let k_blocks = k.div_ceil(bl.kc);
-    let kc = k.div_ceil(k_blocks).next_multiple_of(KSTEP);
-    let blocks: Vec<(usize, usize)> = (0..k).step_by(kc).map(|pc| (pc, kc.min(k - pc))).collect();
+    let blocks = k_blocks(bl, k);
+    let kc = blocks[0].1.next_multiple_of(KSTEP);
     let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
     // B for the whole of K is packed once per column block and stays in L2 (at most ~1 MB),
     // so that the row blocks of C below stay in L2 across all K blocks: each C tile is then
     // re-read from L2, not from memory, between K blocks.
-    let nc = (B_BLOCK_BYTES / (2 * k_padded)).clamp(NR, bl.nc) / NR * NR;
+    let nc = column_block(bl, k_padded);
     let nc_max = nc.min(n.next_multiple_of(NR));
     let mc_max = bl.mc.min(m.next_multiple_of(bl.mr));
     PACK_BUFFERS.with_borrow_mut(|(packed_a, packed_b)| {
-        packed_b.resize(nc_max * k_padded, 0);
+        if prepacked.is_none() {
+            packed_b.resize(nc_max * k_padded, 0);
+        }
         packed_a.resize(mc_max * kc, 0);
         let mut edge = [0.0f32; 32 * NR];
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -404,26 +407,26 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
         for jc in (0..n).step_by(nc) {
             let nb = nc.min(n - jc);
             let groups_len = nb.next_multiple_of(NR);
-            let mut offset = 0;
-            for &(pc, kb) in &blocks {
-                let kbp = kb.next_multiple_of(KSTEP);
-                pack_b_groups(
-                    kb,
-                    kbp,
-                    nb,
-                    b.add(pc * s.b_row + jc * s.b_col),
-                    s.b_row,
-                    s.b_col,
-                    &mut packed_b[offset..],
-                );
-                offset += groups_len * kbp;
-            }
+            // the column block's packed B: packed now, or a window of a pre-packed whole B
+            let (b_blocks, start): (&[u16], usize) = match prepacked {
+                Some(whole) => (whole, jc * k_padded),
+                None => {
+                    let mut offset = 0;
+                    for &(pc, kb) in &blocks {
+                        let kbp = kb.next_multiple_of(KSTEP);
+                        let b_window = b.add(pc * s.b_row + jc * s.b_col);
+                        pack_b_groups(kb, kbp, nb, b_window, s.b_row, s.b_col, &mut packed_b[offset..]);
+                        offset += groups_len * kbp;
+                    }
+                    (&packed_b[..], 0)
+                }
+            };
             for ic in (0..m).step_by(bl.mc) {
                 let mb = bl.mc.min(m - ic);
-                let mut offset = 0;
+                let mut offset = start;
                 for &(pc, kb) in &blocks {
                     let kbp = kb.next_multiple_of(KSTEP);
-                    let b_block = &packed_b[offset..];
+                    let b_block = &b_blocks[offset..];
                     offset += groups_len * kbp;
                     let beta_here = if pc == 0 { beta } else { 1.0 };
                     // bf16 A with rows contiguous in K is read in place by the AMX kernel
@@ -475,6 +478,18 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
 
 /// Bytes of packed B per column block (all of K): kept well inside a 2 MB L2.
 const B_BLOCK_BYTES: usize = 1 << 20;
+
+/// Columns of B per column block for a padded depth: as many as fit [`B_BLOCK_BYTES`].
+fn column_block(bl: TileBlocking, k_padded: usize) -> usize {
+    (B_BLOCK_BYTES / (2 * k_padded)).clamp(NR, bl.nc) / NR * NR
+}
+
+/// The K blocks `(start, len)` of a product of depth `k`: equal sizes, multiples of 32.
+fn k_blocks(bl: TileBlocking, k: usize) -> Vec<(usize, usize)> {
+    let count = k.div_ceil(bl.kc).max(1);
+    let kc = k.div_ceil(count).next_multiple_of(KSTEP);
+    (0..k).step_by(kc).map(|pc| (pc, kc.min(k - pc))).collect()
+}
 
 thread_local! {
     /// Each thread's packing buffers (A panels, B groups), kept between calls: allocating them
@@ -591,6 +606,182 @@ unsafe fn pack_a_panels<A: Bf16Operand>(
             }
         }
     }
+}
+
+/// B packed once in bf16 for many products against it: a weight at inference, held in bf16
+/// (half the bytes of f32) in the tile kernels' layout, so [`gemm_bf16_packed_b`] neither
+/// converts nor packs it again. Results are bitwise those of [`gemm_bf16_with`] on the same
+/// kernel and operands.
+///
+/// ```
+/// use kernels::bf16::{gemm_bf16_packed_b, Bf16Kernel, PackedBf16B};
+/// use kernels::gemm::GemmStrides;
+/// // W (3 x 2, out x in) used as B = W^T (2 x 3): strides (1, 2)
+/// let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let packed = PackedBf16B::new(Bf16Kernel::best(), 2, 3, &w, 1, 2);
+/// let x = [1.0f32, 1.0, 0.0, 1.0]; // (2 x 2)
+/// let mut y = [0.0; 6];
+/// let s = GemmStrides { a_row: 2, a_col: 1, b_row: 0, b_col: 0, c_row: 3, c_col: 1 };
+/// gemm_bf16_packed_b(1, 2, 1.0, &x, &packed, 0.0, &mut y, s);
+/// assert_eq!(y, [3.0, 7.0, 11.0, 2.0, 4.0, 6.0]);
+/// ```
+pub struct PackedBf16B {
+    kernel: Bf16Kernel,
+    k: usize,
+    n: usize,
+    /// Tile kernels: column blocks, each its K blocks of 16-column groups. Widening kernels:
+    /// B as bf16, row-major (k, n).
+    data: Vec<u16>,
+}
+
+impl PackedBf16B {
+    /// Packs B (k x n, element (p, j) at `b[p * b_row + j * b_col]`) for `kernel` (or the best
+    /// kernel below it that the machine has).
+    pub fn new<B: Bf16Operand>(
+        kernel: Bf16Kernel,
+        k: usize,
+        n: usize,
+        b: &[B],
+        b_row: usize,
+        b_col: usize,
+    ) -> PackedBf16B {
+        assert!(b.len() >= extent(k, n, b_row, b_col), "PackedBf16B: B buffer too short");
+        let kernel = kernel.supported();
+        let mut data = Vec::new();
+        if k > 0 && n > 0 {
+            match kernel {
+                Bf16Kernel::Widen(_) => {
+                    data = (0..k * n).map(|e| b[(e / n) * b_row + (e % n) * b_col].bf16_bits()).collect();
+                }
+                _ => {
+                    let bl = tile_blocking(kernel);
+                    let blocks = k_blocks(bl, k);
+                    let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
+                    let nc = column_block(bl, k_padded);
+                    data = vec![0u16; n.next_multiple_of(NR) * k_padded];
+                    for jc in (0..n).step_by(nc) {
+                        let nb = nc.min(n - jc);
+                        let mut offset = jc * k_padded;
+                        for &(pc, kb) in &blocks {
+                            let kbp = kb.next_multiple_of(KSTEP);
+                            // SAFETY: the window (pc.., jc..) of B lies inside the checked extent.
+                            unsafe {
+                                pack_b_groups(
+                                    kb,
+                                    kbp,
+                                    nb,
+                                    b.as_ptr().add(pc * b_row + jc * b_col),
+                                    b_row,
+                                    b_col,
+                                    &mut data[offset..],
+                                )
+                            };
+                            offset += nb.next_multiple_of(NR) * kbp;
+                        }
+                    }
+                }
+            }
+        }
+        PackedBf16B { kernel, k, n, data }
+    }
+
+    /// (K, N) of the packed B.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+
+    /// The kernel it was packed for.
+    pub fn kernel(&self) -> Bf16Kernel {
+        self.kernel
+    }
+}
+
+/// C (m x n) = alpha * A * B + beta * C with B pre-packed ([`PackedBf16B`]); A's and C's
+/// strides come from `s` (B's are ignored). Rows of C are split over the threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_packed_b<A: Bf16Operand>(
+    threads: usize,
+    m: usize,
+    alpha: f32,
+    a: &[A],
+    packed: &PackedBf16B,
+    beta: f32,
+    c: &mut [f32],
+    s: GemmStrides,
+) {
+    let (k, n) = packed.shape();
+    assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "gemm_bf16_packed_b: A buffer too short");
+    assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "gemm_bf16_packed_b: C buffer too short");
+    assert!(s.c_col == 1 && (m <= 1 || s.c_row >= n), "gemm_bf16_packed_b: C must be row-major with disjoint rows");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = packed.kernel;
+    if let Bf16Kernel::Widen(_) = kernel {
+        let b: &[half::bf16] = bytemuck_u16(&packed.data);
+        let sb = GemmStrides { b_row: n, b_col: 1, ..s };
+        gemm_bf16_with(kernel, threads, m, k, n, alpha, a, b, beta, c, sb);
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        for i in 0..m {
+            for v in &mut c[i * s.c_row..i * s.c_row + n] {
+                *v = if beta == 0.0 { 0.0 } else { beta * *v };
+            }
+        }
+        return;
+    }
+    let bl = tile_blocking(kernel);
+    let units = m.div_ceil(bl.mr);
+    let parts = if 2 * m * n * k < (1 << 21) { 1 } else { threads.max(1).min(units) };
+    let (ap, cp) = (SendPtr(a.as_ptr()), SendPtr(c.as_mut_ptr() as *const f32));
+    let data = &packed.data[..];
+    let run = |t: usize| {
+        let (ap, cp) = (ap, cp);
+        let start = (units * t / parts) * bl.mr;
+        let end = ((units * (t + 1) / parts) * bl.mr).min(m);
+        if start >= end {
+            return;
+        }
+        let no_b = std::ptr::null::<half::bf16>();
+        // SAFETY: each part writes its own rows of C, inside the checked extents; B is the
+        // pre-packed whole (the B pointer is never read).
+        unsafe {
+            tiled_serial(
+                kernel,
+                bl,
+                Some(data),
+                end - start,
+                k,
+                n,
+                alpha,
+                ap.0.add(start * s.a_row),
+                no_b,
+                beta,
+                (cp.0 as *mut f32).add(start * s.c_row),
+                s,
+            )
+        }
+    };
+    if parts <= 1 {
+        run(0);
+    } else {
+        parallel::install_with(parts, || {
+            use rayon::prelude::*;
+            (0..parts).into_par_iter().for_each(run);
+        });
+    }
+}
+
+/// The u16 bits of packed bf16 values seen as `bf16` (same size and layout).
+fn bytemuck_u16(v: &[u16]) -> &[half::bf16] {
+    // SAFETY: bf16 is repr(transparent) over u16.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const half::bf16, v.len()) }
 }
 
 /// Dot-product ceiling of AVX-512 BF16 on the calling thread (GFLOP/s): independent chains of

@@ -27,6 +27,77 @@ mod tests;
 pub use gemm::*;
 pub use half::bf16;
 
+/// The arithmetic of the f32 models' matrix products (linear layers, forward and backward).
+///
+/// `Bf16` is mixed precision for matmuls, as PyTorch's `set_float32_matmul_precision
+/// ("medium")` and autocast's matmuls: operands rounded to bf16, products summed in f32, f32
+/// out; everything else (norms, softmax, activations, losses, optimiser) stays f32. Why no loss
+/// scaling: bf16 has f32's exponent range, so gradients that f16 would flush to zero are
+/// representable; only the mantissa is short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for MatmulPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" | "float32" => Ok(MatmulPrecision::F32),
+            "bf16" | "bfloat16" => Ok(MatmulPrecision::Bf16),
+            other => Err(format!("unknown precision `{other}` (expected f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MatmulPrecision::F32 => "f32",
+            MatmulPrecision::Bf16 => "bf16",
+        })
+    }
+}
+
+static MATMUL_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the precision of the models' matrix products from now on (process-wide).
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    MATMUL_BF16.store(p == MatmulPrecision::Bf16, std::sync::atomic::Ordering::Relaxed);
+}
+
+thread_local! {
+    static THREAD_PRECISION: std::cell::Cell<Option<MatmulPrecision>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the matmul precision `p` on the calling thread only (tests, and a model run
+/// beside others in one process), whatever the process-wide setting.
+pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<MatmulPrecision>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREAD_PRECISION.set(self.0);
+        }
+    }
+    let _restore = Restore(THREAD_PRECISION.replace(Some(p)));
+    f()
+}
+
+/// The calling thread's matmul precision: [`with_matmul_precision`]'s inside it, else the one
+/// set by [`set_matmul_precision`] (f32 unless changed).
+pub fn matmul_precision() -> MatmulPrecision {
+    if let Some(p) = THREAD_PRECISION.get() {
+        return p;
+    }
+    if MATMUL_BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    }
+}
+
 /// The bits of `x` rounded to the nearest bf16, ties to even (NaN quieted).
 ///
 /// Written without branches so that slice loops vectorise: the rounding adds 0x7fff plus the

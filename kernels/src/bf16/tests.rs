@@ -231,3 +231,24 @@ fn nan_and_infinity_propagate() {
         assert!(c[..5 * n].iter().all(|v| v.is_finite()), "{}", kernel.name());
     }
 }
+
+#[test]
+fn a_prepacked_b_gives_the_bits_of_the_plain_product() {
+    for kernel in Bf16Kernel::available() {
+        for &(m, k, n) in &[(5, 7, 3), (70, 600, 90), (64, 1100, 1300)] {
+            let a = values(m * k, 13);
+            let w = values(n * k, 14); // (n x k): B = W^T
+            let s = GemmStrides { a_row: k, a_col: 1, b_row: 1, b_col: k, c_row: n, c_col: 1 };
+            let packed = PackedBf16B::new(kernel, k, n, &w, 1, k);
+            for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0)] {
+                let c0 = values(m * n, 15);
+                let mut plain = c0.clone();
+                gemm_bf16_with(kernel, 2, m, k, n, alpha, &a, &w, beta, &mut plain, s);
+                let mut pre = c0.clone();
+                gemm_bf16_packed_b(2, m, alpha, &a, &packed, beta, &mut pre, s);
+                // the same K blocks, so the same sums in the same order
+                assert_eq!(plain, pre, "{} {m}x{k}x{n} alpha {alpha} beta {beta}", kernel.name());
+            }
+        }
+    }
+}
