@@ -8,6 +8,13 @@
                                                             # BERT steps alternated with ours, one by one
     python3 scripts/bench_reference.py gemm --threads 1 --bert-base --torch --interleave target/release/examples/gemm_bench
                                                             # BERT-base's products against torch.matmul (MKL)
+    python3 scripts/bench_reference.py gemm-bf16 --threads 2   # torch.matmul on bf16 tensors (oneDNN)
+    python3 scripts/bench_reference.py bert --threads 2 --autocast
+                                                            # BERT-base forward under autocast bf16
+
+PyTorch as fast as it runs here: run these with glibc's allocator tuned, e.g.
+MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456
+(and report the defaults too).
 
 With `--threads 1` the interleaved comparisons pin both sides to one CPU (`--cpu N`, default
 the last): the host's two vCPUs run up to 1.5x apart. Whole programs (conv, rows) are
@@ -190,10 +197,31 @@ def bert(threads, runs):
         ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
         interleaved(ours, {"mini": step, "base": base_step}, runs)
         return
-    print(f"bert-mini fwd+bwd {median_time(step, runs) * 1e3:.1f}")
     base = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    if "--autocast" in sys.argv:
+        # what a bf16 user runs: the same fp32 model under autocast (bf16 matmuls)
+        def base_bf16():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                base(input_ids=ids)
+        base_bf16()
+        print(f"bert-base fwd autocast-bf16 {median_time(base_bf16, min(runs, 5)) * 1e3:.1f}")
+    print(f"bert-mini fwd+bwd {median_time(step, runs) * 1e3:.1f}")
     with torch.no_grad():
         print(f"bert-base fwd {median_time(lambda: base(input_ids=ids), min(runs, 3)) * 1e3:.1f}")
+
+
+def gemm_bf16(threads, runs):
+    """torch.matmul on bf16 tensors (f32 accumulation inside oneDNN), `gemm M K N GFLOPS` lines
+    like `gemm_bench --dtype bf16`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    for m, k, n in [(2048, 768, 3072), (2048, 3072, 768), (2048, 2048, 2048)]:
+        a = torch.randn(m, k, dtype=torch.bfloat16)
+        b = torch.randn(k, n, dtype=torch.bfloat16)
+        torch.matmul(a, b)
+        t = median_time(lambda: torch.matmul(a, b), runs)
+        print(f"gemm {m} {k} {n} {2 * m * k * n / t / 1e9:.1f}")
 
 
 def effnet(threads, runs):
@@ -322,4 +350,4 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "gemm"
     threads = int(arg("--threads", "1"))
     runs = int(arg("--runs", "7"))
-    {"gemm": gemm, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet, "dual": dual, "bn": bn}[what](threads, runs)
+    {"gemm": gemm, "gemm-bf16": gemm_bf16, "rows": rows, "conv": conv, "bert": bert, "effnet": effnet, "dual": dual, "bn": bn}[what](threads, runs)

@@ -6,7 +6,9 @@
 //! Prints `bert-mini fwd+bwd MS` and `bert-base fwd MS` (median of several runs). `--split`
 //! adds the forward alone (and, with ALIGN_PROFILE_BACKWARD=1, a backward table);
 //! `--mini-only` skips BERT-base (for profilers); `--serve` answers one timed step per stdin
-//! line, for `bench_reference.py bert --interleave` (see there).
+//! line, for `bench_reference.py bert --interleave` (see there). `--precision bf16` runs the
+//! linear layers' products in bf16 (`kernels::bf16::MatmulPrecision`); compare with
+//! `bench_reference.py bert --autocast`.
 
 use align::bert::{Bert, BertConfig, TokenBatch};
 use autograd::ops::reduce;
@@ -21,6 +23,9 @@ fn main() {
     let threads: usize = get("--threads").and_then(|s| s.parse().ok()).unwrap_or(2);
     let runs: usize = get("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
     kernels::parallel::set_num_threads(threads);
+    if let Some(p) = get("--precision") {
+        kernels::bf16::set_matmul_precision(p.parse().expect("--precision f32|bf16"));
+    }
     let (b, t) = (32, 64);
     let mut rng = Rng::new(0);
     let tokens = TokenBatch {

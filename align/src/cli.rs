@@ -20,18 +20,35 @@ pub struct DeviceArgs {
     /// GPU adapter index, as `align devices` numbers them (implies --device gpu)
     #[arg(long)]
     pub adapter: Option<usize>,
+    /// f32, or bf16: the models' linear layers multiply bf16-rounded operands with f32
+    /// accumulation (AMX or AVX-512 BF16 where the CPU has them), their weights held in bf16
+    /// at inference; everything else stays f32
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 impl DeviceArgs {
     /// The device named, opened: an error (never a quiet CPU run) when a GPU was asked for and
     /// this build or machine has none.
+    /// Also sets `--precision` for the rest of the process (one command per process).
     pub fn resolve(&self) -> Result<Device> {
+        if let Some(p) = &self.precision {
+            let p: kernels::bf16::MatmulPrecision =
+                p.parse().map_err(|e: String| AlignError::config("--precision", e))?;
+            kernels::bf16::set_matmul_precision(p);
+        }
         let named: Device = self.device.parse().map_err(|e: String| AlignError::config("--device", e))?;
         let device = match (named, self.adapter) {
             (_, Some(i)) => Device::Gpu(i),
             (d, None) => d,
         };
         device.check_available().map_err(|e| AlignError::config("--device", e.to_string()))?;
+        if device.is_gpu() && kernels::bf16::matmul_precision() == kernels::bf16::MatmulPrecision::Bf16 {
+            return Err(AlignError::config(
+                "--precision",
+                "bf16 runs on the CPU kernels; the GPU device computes in f32",
+            ));
+        }
         Ok(device)
     }
 }
@@ -365,6 +382,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     if let Some(t) = args.temperature_lr_scale {
         cfg.temperature_lr_scale = t;
+    }
+    if let Some(p) = &args.device.precision {
+        cfg.precision = p.clone();
     }
     crate::train::install_interrupt_handler();
     let device = args.device.resolve()?;

@@ -76,6 +76,10 @@ pub struct TrainConfig {
     pub text_dropout: f32,
     /// `builtin`, or a manifest file (.tsv / .csv / .jsonl of image path and alt-text).
     pub data: String,
+    /// `f32`, or `bf16`: linear layers' products on bf16-rounded operands with f32
+    /// accumulation (`kernels::bf16::MatmulPrecision`); weights, optimiser state, norms,
+    /// softmax and the loss stay f32.
+    pub precision: String,
 }
 
 impl Default for TrainConfig {
@@ -112,6 +116,7 @@ impl TrainConfig {
             drop_connect: 0.0,
             text_dropout: 0.0,
             data: "builtin".into(),
+            precision: "f32".into(),
         }
     }
 
@@ -187,6 +192,13 @@ pub struct TrainSummary {
 
 /// Trains (or resumes) a run in `out_dir`.
 pub fn train(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> Result<TrainSummary> {
+    let precision: kernels::bf16::MatmulPrecision =
+        cfg.precision.parse().map_err(|e: String| crate::error::AlignError::config("precision", e))?;
+    // on this thread only: runs beside each other in one process (tests) keep their own
+    kernels::bf16::with_matmul_precision(precision, || train_at_precision(cfg, out_dir, opts))
+}
+
+fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let started = Instant::now();
     let say = |msg: String| {
         if !opts.quiet {

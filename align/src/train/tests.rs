@@ -300,3 +300,22 @@ fn a_run_on_the_gpu_follows_the_cpu_losses_step_by_step() {
         assert!((g - c).abs() <= 1e-3, "step {}: GPU loss {g} vs CPU {c}", step + 1);
     }
 }
+
+#[test]
+fn a_bf16_run_follows_the_f32_run_and_an_unknown_precision_is_refused() {
+    let base = std::env::temp_dir().join(format!("align-train-bf16-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let f32_cfg = TrainConfig { steps: 3, checkpoint_every: 0, ..small() };
+    let bf16_cfg = TrainConfig { precision: "bf16".into(), ..f32_cfg.clone() };
+    let f32_run = train(&f32_cfg, &base.join("f32"), &quiet()).unwrap();
+    let bf16_run = train(&bf16_cfg, &base.join("bf16"), &quiet()).unwrap();
+    assert!(bf16_run.final_loss.is_finite());
+    // the same data, weights and order: bf16 products move the loss only slightly
+    let rel = (bf16_run.final_loss - f32_run.final_loss).abs() / f32_run.final_loss.abs();
+    assert!(rel < 0.02, "bf16 loss {} vs f32 {}", bf16_run.final_loss, f32_run.final_loss);
+    assert_ne!(bf16_run.final_loss, f32_run.final_loss, "the bf16 run must actually round");
+    let bad = TrainConfig { precision: "fp8".into(), ..f32_cfg };
+    let err = train(&bad, &base.join("bad"), &quiet()).unwrap_err().to_string();
+    assert!(err.contains("fp8") && err.contains("bf16"), "{err}");
+    let _ = std::fs::remove_dir_all(&base);
+}
