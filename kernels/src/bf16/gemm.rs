@@ -222,11 +222,7 @@ pub fn gemm_bf16_with<A: Bf16Operand, B: Bf16Operand>(
                 return;
             }
             if k == 0 || alpha == 0.0 {
-                for i in 0..m {
-                    for v in &mut c[i * s.c_row..i * s.c_row + n] {
-                        *v = if beta == 0.0 { 0.0 } else { beta * *v };
-                    }
-                }
+                scale_rows(m, n, beta, c, s.c_row);
                 return;
             }
             // SAFETY: extents checked above; C rows are disjoint (c_col == 1, checked overlap).
@@ -351,6 +347,11 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
             }
         }
     };
+    run_parts(parts, run);
+}
+
+/// Runs `run(0..parts)`, on the kernel pool when there is more than one part.
+fn run_parts(parts: usize, run: impl Fn(usize) + Send + Sync) {
     if parts <= 1 {
         run(0);
     } else {
@@ -358,6 +359,15 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
             use rayon::prelude::*;
             (0..parts).into_par_iter().for_each(run);
         });
+    }
+}
+
+/// C = beta * C on m rows of n (row stride `c_row`); beta 0 writes zeros without reading.
+fn scale_rows(m: usize, n: usize, beta: f32, c: &mut [f32], c_row: usize) {
+    for i in 0..m {
+        for v in &mut c[i * c_row..i * c_row + n] {
+            *v = if beta == 0.0 { 0.0 } else { beta * *v };
+        }
     }
 }
 
@@ -729,11 +739,7 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
         return;
     }
     if k == 0 || alpha == 0.0 {
-        for i in 0..m {
-            for v in &mut c[i * s.c_row..i * s.c_row + n] {
-                *v = if beta == 0.0 { 0.0 } else { beta * *v };
-            }
-        }
+        scale_rows(m, n, beta, c, s.c_row);
         return;
     }
     let bl = tile_blocking(kernel);
@@ -768,14 +774,7 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
             )
         }
     };
-    if parts <= 1 {
-        run(0);
-    } else {
-        parallel::install_with(parts, || {
-            use rayon::prelude::*;
-            (0..parts).into_par_iter().for_each(run);
-        });
-    }
+    run_parts(parts, run);
 }
 
 /// The u16 bits of packed bf16 values seen as `bf16` (same size and layout).
