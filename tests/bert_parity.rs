@@ -50,6 +50,37 @@ fn minilm_last_hidden_states_match_transformers() {
     println!("MiniLM max abs diff: {worst:e}");
 }
 
+/// MiniLM with bf16 matmul precision (inference: weights pre-packed in bf16): every real
+/// token's hidden state within cosine 0.999 of the f32 forward.
+#[test]
+fn minilm_in_bf16_keeps_every_token_within_cosine_0_999_of_f32() {
+    use kernels::bf16::{with_matmul_precision, MatmulPrecision};
+    let dir = common::minilm_dir();
+    let cfg = BertConfig::from_json_file(dir.join("config.json")).unwrap();
+    let bert = Bert::new(cfg, &mut Rng::new(0));
+    bert.load_hf_safetensors(dir.join("model.safetensors")).unwrap();
+    let fx = SafeTensors::open(common::fixture("bert_minilm.safetensors")).unwrap();
+    let tokens = common::batch_from(&fx);
+    let run = || autograd::no_grad(|| bert.forward(&tokens, &mut Ctx::eval()).unwrap().value().to_vec());
+    let full = run();
+    let half = with_matmul_precision(MatmulPrecision::Bf16, run);
+    let h = 384;
+    let mut worst = 1.0f64;
+    for (pos, &m) in tokens.mask.to_vec().iter().enumerate() {
+        if m == 0.0 {
+            continue;
+        }
+        let (a, b) = (&full[pos * h..(pos + 1) * h], &half[pos * h..(pos + 1) * h]);
+        let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        worst = worst.min(dot / (na * nb));
+    }
+    assert_ne!(full, half, "the bf16 forward must round");
+    assert!(worst >= 0.999, "worst per-token cosine {worst}");
+    println!("MiniLM bf16 vs f32: worst per-token cosine {worst:.6}");
+}
+
 #[test]
 fn two_layer_bert_loss_and_gradients_match_pytorch() {
     let fx = SafeTensors::open(common::fixture("bert_train.safetensors")).unwrap();
