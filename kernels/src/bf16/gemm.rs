@@ -23,7 +23,7 @@
 //! error only (about K * 2^-24 of the sum of |products|); the tests hold every kernel to that.
 
 use super::{bf16_bits_to_f32, Bf16Operand};
-use crate::gemm::GemmStrides;
+use crate::gemm::{extent, GemmStrides};
 use crate::parallel;
 use crate::simd::Isa;
 use std::sync::OnceLock;
@@ -118,27 +118,10 @@ pub fn gemm_bf16_reference<A: Bf16Operand, B: Bf16Operand>(
     s: GemmStrides,
 ) {
     check(m, k, n, a.len(), b.len(), c.len(), s);
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f64;
-            for p in 0..k {
-                let x = bf16_bits_to_f32(a[i * s.a_row + p * s.a_col].bf16_bits());
-                let y = bf16_bits_to_f32(b[p * s.b_row + j * s.b_col].bf16_bits());
-                acc += x as f64 * y as f64;
-            }
-            let dst = &mut c[i * s.c_row + j * s.c_col];
-            let scaled = alpha as f64 * acc;
-            *dst = if beta == 0.0 { scaled as f32 } else { (scaled + beta as f64 * *dst as f64) as f32 };
-        }
-    }
-}
-
-fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
-    }
+    // the operands as the exact f32 values of their bf16 roundings, then the f32 reference
+    let a32: Vec<f32> = a.iter().map(|x| bf16_bits_to_f32(x.bf16_bits())).collect();
+    let b32: Vec<f32> = b.iter().map(|x| bf16_bits_to_f32(x.bf16_bits())).collect();
+    crate::gemm::gemm_reference(m, k, n, alpha, &a32, &b32, beta, c, s);
 }
 
 /// Panics if a buffer is too short for its shape and strides, or C's elements overlap (a

@@ -99,7 +99,7 @@ pub fn gemm_reference(
 }
 
 /// Largest index (plus one) an (rows x cols) strided matrix touches.
-fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+pub(crate) fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {
