@@ -55,12 +55,7 @@ fn minilm_last_hidden_states_match_transformers() {
 #[test]
 fn minilm_in_bf16_keeps_every_token_within_cosine_0_999_of_f32() {
     use kernels::bf16::{with_matmul_precision, MatmulPrecision};
-    let dir = common::minilm_dir();
-    let cfg = BertConfig::from_json_file(dir.join("config.json")).unwrap();
-    let bert = Bert::new(cfg, &mut Rng::new(0));
-    bert.load_hf_safetensors(dir.join("model.safetensors")).unwrap();
-    let fx = SafeTensors::open(common::fixture("bert_minilm.safetensors")).unwrap();
-    let tokens = common::batch_from(&fx);
+    let (bert, tokens, _) = common::minilm_and_fixture();
     let run = || autograd::no_grad(|| bert.forward(&tokens, &mut Ctx::eval()).unwrap().value().to_vec());
     let full = run();
     let half = with_matmul_precision(MatmulPrecision::Bf16, run);

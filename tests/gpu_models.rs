@@ -5,7 +5,7 @@
 
 mod common;
 
-use align::bert::{cls_state, Bert, BertConfig, TokenBatch};
+use align::bert::{cls_state, Bert, TokenBatch};
 use autograd::ops::softmax;
 
 use nn::layers::Linear;
@@ -36,12 +36,7 @@ fn worst_diff(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> (f32, f32) 
 #[test]
 fn minilm_hidden_states_on_the_gpu_match_the_cpu_and_transformers() {
     let _turn = serial();
-    let dir = common::minilm_dir();
-    let cfg = BertConfig::from_json_file(dir.join("config.json")).unwrap();
-    let bert = Bert::new(cfg, &mut Rng::new(0));
-    bert.load_hf_safetensors(dir.join("model.safetensors")).unwrap();
-    let fx = SafeTensors::open(common::fixture("bert_minilm.safetensors")).unwrap();
-    let tokens = common::batch_from(&fx);
+    let (bert, tokens, fx) = common::minilm_and_fixture();
     let cpu = bert.forward(&tokens, &mut Ctx::eval()).unwrap().value().to_vec();
     bert.to_device(GPU).unwrap();
     let hidden = bert.forward(&tokens, &mut Ctx::eval()).unwrap().value();

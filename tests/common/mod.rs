@@ -77,3 +77,15 @@ pub fn batch_from(fx: &tensor::io::safetensors::SafeTensors) -> align::bert::Tok
         seq: shape[1],
     }
 }
+
+/// The real all-MiniLM-L6-v2 with its weights loaded, and the padded 9-sentence batch of the
+/// `bert_minilm.safetensors` fixture (whose `last_hidden` is transformers' output for it).
+pub fn minilm_and_fixture() -> (align::bert::Bert, align::bert::TokenBatch, tensor::io::safetensors::SafeTensors) {
+    let dir = minilm_dir();
+    let cfg = align::bert::BertConfig::from_json_file(dir.join("config.json")).unwrap();
+    let bert = align::bert::Bert::new(cfg, &mut tensor::Rng::new(0));
+    bert.load_hf_safetensors(dir.join("model.safetensors")).unwrap();
+    let fx = tensor::io::safetensors::SafeTensors::open(fixture("bert_minilm.safetensors")).unwrap();
+    let tokens = batch_from(&fx);
+    (bert, tokens, fx)
+}

@@ -506,6 +506,8 @@ unsafe fn pack_b_groups<B: Bf16Operand>(
     let groups = nb.next_multiple_of(NR) / 16;
     let out = &mut out[..groups * kbp * 16];
     let mut run = [0u16; 2 * 16];
+    // one column of a transposed B (rs == 1), reused for every column
+    let mut col = if rs == 1 { vec![0u16; kb] } else { Vec::new() };
     for g in 0..groups {
         let group = &mut out[g * kbp * 16..(g + 1) * kbp * 16];
         let cols = 16.min(nb.saturating_sub(g * 16));
@@ -516,7 +518,6 @@ unsafe fn pack_b_groups<B: Bf16Operand>(
         if rs == 1 && cols > 0 {
             // B = W^T (a weight read transposed): column j is a contiguous run of K; a pair of
             // K for one column is two neighbouring elements.
-            let mut col = vec![0u16; kb];
             for j in 0..cols {
                 B::bf16_run(src.add(j * cs), &mut col);
                 for (p, &v) in col.iter().enumerate() {
