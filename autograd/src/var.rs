@@ -268,6 +268,15 @@ impl Var {
 
     /// Backpropagates `grad` (shaped like this output) through the graph.
     pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        self.backward_with_hook(grad, &mut |_| Ok(()))
+    }
+
+    /// [`Var::backward_with`], calling `on_ready` with the ids ([`Var::id`]) of the leaves whose
+    /// gradients are final, as soon as the last op that feeds them has run (every leaf reached
+    /// is reported once, in an order that depends only on the graph). Data-parallel training
+    /// starts reducing those gradients across workers while backward goes on with the rest, as
+    /// PyTorch's DDP does with its gradient hooks.
+    pub fn backward_with_hook(&self, grad: Tensor, on_ready: &mut dyn FnMut(&[u64]) -> Result<()>) -> Result<()> {
         let root = &self.0.graph;
         if grad.shape() != root.shape.as_slice() {
             return Err(TensorError::Graph(format!(
@@ -280,7 +289,8 @@ impl Var {
             return Err(TensorError::Graph("backward() on a value that does not require grad".into()));
         }
         if root.is_leaf {
-            return accumulate_leaf(root, grad);
+            accumulate_leaf(root, grad)?;
+            return on_ready(&[root.id]);
         }
         // Collect the op outputs reachable from the root (leaves are handled when reached).
         let mut order: Vec<Arc<GraphNode>> = Vec::new();
@@ -303,53 +313,79 @@ impl Var {
             order.push(v);
         }
         order.sort_by_key(|v| std::cmp::Reverse(v.id));
+        // ready_after[k]: the leaves whose last consumer is the k-th op of `order`
+        let mut last_use: HashMap<u64, usize> = HashMap::new();
+        for (k, v) in order.iter().enumerate() {
+            if let Some(n) = lock(&v.node).as_ref() {
+                for i in n.inputs.iter().filter(|i| i.is_leaf && i.requires_grad.load(Ordering::Relaxed)) {
+                    last_use.insert(i.id, k);
+                }
+            }
+        }
+        let mut ready_after: Vec<Vec<u64>> = vec![Vec::new(); order.len()];
+        for (&id, &k) in &last_use {
+            ready_after[k].push(id);
+        }
+        for ids in &mut ready_after {
+            ids.sort_unstable();
+        }
 
         let mut pending: HashMap<u64, Tensor> = HashMap::new();
         pending.insert(root.id, grad);
-        for v in order {
-            let Some(g) = pending.remove(&v.id) else { continue };
-            let Some(node) = lock(&v.node).take() else { continue };
-            let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad.load(Ordering::Relaxed)).collect();
-            let started = profile::enabled().then(std::time::Instant::now);
-            let grads = node.op.backward(&g, &needs)?;
-            if let Some(t) = started {
-                profile::record(node.op.name(), t.elapsed());
+        for (v, ready) in order.into_iter().zip(ready_after) {
+            backward_node(&v, &mut pending)?;
+            if !ready.is_empty() {
+                on_ready(&ready)?;
             }
-            if grads.len() != node.inputs.len() {
-                return Err(TensorError::Graph(format!(
-                    "op {} returned {} gradients for {} inputs",
-                    node.op.name(),
-                    grads.len(),
-                    node.inputs.len()
-                )));
-            }
-            for ((input, grad), need) in node.inputs.iter().zip(grads).zip(needs) {
-                let Some(grad) = grad else { continue };
-                if !need {
-                    continue;
-                }
-                if grad.shape() != input.shape.as_slice() {
-                    return Err(TensorError::Graph(format!(
-                        "op {} produced a gradient of shape {:?} for an input of shape {:?}",
-                        node.op.name(),
-                        grad.shape(),
-                        input.shape
-                    )));
-                }
-                if input.is_leaf {
-                    accumulate_leaf(input, grad)?;
-                } else {
-                    let merged = match pending.remove(&input.id) {
-                        Some(prev) => prev.add(&grad)?,
-                        None => grad,
-                    };
-                    pending.insert(input.id, merged);
-                }
-            }
-            // `node` (input handles and saved tensors) is dropped here.
         }
         Ok(())
     }
+}
+
+/// Runs one op's backward with its pending output gradient (if any reached it) and hands the
+/// input gradients on: leaves accumulate, inner nodes wait in `pending`.
+fn backward_node(v: &GraphNode, pending: &mut HashMap<u64, Tensor>) -> Result<()> {
+    let Some(g) = pending.remove(&v.id) else { return Ok(()) };
+    let Some(node) = lock(&v.node).take() else { return Ok(()) };
+    let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad.load(Ordering::Relaxed)).collect();
+    let started = profile::enabled().then(std::time::Instant::now);
+    let grads = node.op.backward(&g, &needs)?;
+    if let Some(t) = started {
+        profile::record(node.op.name(), t.elapsed());
+    }
+    if grads.len() != node.inputs.len() {
+        return Err(TensorError::Graph(format!(
+            "op {} returned {} gradients for {} inputs",
+            node.op.name(),
+            grads.len(),
+            node.inputs.len()
+        )));
+    }
+    for ((input, grad), need) in node.inputs.iter().zip(grads).zip(needs) {
+        let Some(grad) = grad else { continue };
+        if !need {
+            continue;
+        }
+        if grad.shape() != input.shape.as_slice() {
+            return Err(TensorError::Graph(format!(
+                "op {} produced a gradient of shape {:?} for an input of shape {:?}",
+                node.op.name(),
+                grad.shape(),
+                input.shape
+            )));
+        }
+        if input.is_leaf {
+            accumulate_leaf(input, grad)?;
+        } else {
+            let merged = match pending.remove(&input.id) {
+                Some(prev) => prev.add(&grad)?,
+                None => grad,
+            };
+            pending.insert(input.id, merged);
+        }
+    }
+    // `node` (input handles and saved tensors) is dropped here.
+    Ok(())
 }
 
 /// Opt-in timing of backward ops by name: set `ALIGN_PROFILE_BACKWARD=1` and call
@@ -422,5 +458,32 @@ mod tests {
         // only leaves can be assigned
         let y = crate::ops::elementwise::mul_scalar(&p, 2.0);
         assert!(y.update_in_place(|_| ()).is_err());
+    }
+
+    #[test]
+    fn the_backward_hook_reports_each_leaf_once_when_its_gradient_is_final() {
+        use crate::ops::{elementwise as ew, reduce};
+        let leaf = |v: f32| Var::parameter(Tensor::from_vec(vec![v; 3], &[3]).unwrap());
+        let (a, b, c, unused) = (leaf(1.0), leaf(2.0), leaf(3.0), leaf(4.0));
+        // loss = sum(a * b) + sum(a * c) + sum(c): a's gradient is complete only after both products
+        let ab = reduce::sum_all(&ew::mul(&a, &b).unwrap()).unwrap();
+        let ac = reduce::sum_all(&ew::mul(&a, &c).unwrap()).unwrap();
+        let loss = ew::add(&ew::add(&ab, &ac).unwrap(), &reduce::sum_all(&c).unwrap()).unwrap();
+        let (leaves, mut reported) = ([&a, &b, &c, &unused], Vec::new());
+        loss.backward_with_hook(Tensor::scalar(1.0), &mut |ids| {
+            for id in ids {
+                let v = leaves.iter().find(|v| v.id() == *id).expect("a leaf of this graph");
+                // the gradient seen at report time is the final one
+                reported.push((*id, v.grad().unwrap().to_vec()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        reported.sort_by_key(|r| r.0);
+        let expect = vec![(a.id(), vec![5.0; 3]), (b.id(), vec![1.0; 3]), (c.id(), vec![2.0; 3])];
+        assert_eq!(reported, expect);
+        for v in [&a, &b, &c] {
+            assert_eq!(reported.iter().find(|r| r.0 == v.id()).unwrap().1, v.grad().unwrap().to_vec());
+        }
     }
 }

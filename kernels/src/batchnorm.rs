@@ -230,6 +230,46 @@ pub fn batch_norm_backward_with(
     channels: usize,
     training: bool,
 ) {
+    batch_norm_backward_synced_with(
+        isa,
+        x,
+        mean,
+        rstd,
+        gamma,
+        beta,
+        act,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+        channels,
+        training,
+        &mut |_| {},
+    )
+}
+
+/// [`batch_norm_backward_with`] for batch statistics taken over several workers' batches
+/// (synchronised batch norm). Between its two passes it hands `sync` the local per-channel sums
+/// [sum dz (C), sum dz * n (C), rows (1)], which `sync` replaces with the sums over all workers;
+/// dx then subtracts the global means. dgamma and dbeta stay local: the gradient all-reduce of
+/// data-parallel training sums them with every other parameter gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_synced_with(
+    isa: Isa,
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    act: Option<Activation>,
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    channels: usize,
+    training: bool,
+    sync: &mut dyn FnMut(&mut [f64]),
+) {
     let c = channels;
     assert!(
         c > 0 && x.len() == dy.len() && x.len() == dx.len() && x.len().is_multiple_of(c),
@@ -285,7 +325,15 @@ pub fn batch_norm_backward_with(
         dbeta[j] += sum_dz[j] as f32;
     }
     // Pass 2: dx = scale * (dz - mean(dz) - n * mean(dz n)), in place over dz.
-    let m = rows.max(1) as f64;
+    let mut m = rows as f64;
+    if training {
+        let mut shared: Vec<f64> = sum_dz.iter().chain(&sum_dz_n).copied().chain([m]).collect();
+        sync(&mut shared);
+        sum_dz.copy_from_slice(&shared[..c]);
+        sum_dz_n.copy_from_slice(&shared[c..2 * c]);
+        m = shared[2 * c];
+    }
+    let m = m.max(1.0);
     let (mean_dz, mean_dz_n): (Vec<f32>, Vec<f32>) = if training {
         (sum_dz.iter().map(|&s| (s / m) as f32).collect(), sum_dz_n.iter().map(|&s| (s / m) as f32).collect())
     } else {

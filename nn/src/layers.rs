@@ -277,7 +277,8 @@ impl BatchNorm2d {
         }
         let out =
             norm::batch_norm_act(x, &self.weight, &self.bias, &norm::BatchNormMode::Train { eps: self.eps }, act)?;
-        let count = x.shape().iter().rev().skip(1).product::<usize>();
+        // every worker's values per channel when batch norm is synchronised
+        let count = out.count;
         if count < 2 {
             return Err(TensorError::Shape {
                 op: "batch_norm",

@@ -320,7 +320,7 @@ pub(crate) fn batch_norm_act(
         ])
     });
     let (batch_mean, batch_var) = if training { (Some(mean), Some(var)) } else { (None, None) };
-    Ok(BatchNormOutput { y, batch_mean, batch_var })
+    Ok(BatchNormOutput { y, batch_mean, batch_var, count: x.value().numel() / c })
 }
 
 #[cfg(test)]
