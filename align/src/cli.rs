@@ -305,6 +305,20 @@ pub struct TrainArgs {
     pub stop_at: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Data-parallel runs (`mpirun -np N align train ...`, feature `mpi`): batch-norm
+    /// statistics over the global batch instead of each rank's share.
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// Data-parallel runs: check after every step that all ranks hold identical parameters.
+    #[arg(long)]
+    pub check_replicas: bool,
+    /// With `--config paper`: print what N data-parallel ranks would send, receive and hold
+    /// per step (see README, "Training on many machines").
+    #[arg(long, value_name = "N")]
+    pub plan_replicas: Option<usize>,
+    /// Link bandwidth per rank for `--plan-replicas`, in Gbit/s.
+    #[arg(long, default_value_t = 100.0)]
+    pub link_gbps: f64,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -318,6 +332,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         "tiny" => TrainConfig::tiny(),
         "paper" => {
             let cfg = TrainConfig::paper();
+            if let Some(n) = args.plan_replicas {
+                // the paper's batch is global: each of n ranks holds 1/n of it
+                let per_rank = TrainConfig { batch_size: cfg.batch_size.div_ceil(n.max(1)), ..cfg };
+                let plan = crate::dist::plan::Plan::for_config(&per_rank, n)?;
+                print!("{}", plan.table(args.link_gbps));
+                return Ok(());
+            }
             let image = crate::efficientnet::EfficientNetConfig::by_name("l2").expect("l2");
             let text = crate::bert::BertConfig::large();
             println!(
@@ -386,10 +407,29 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if let Some(p) = &args.device.precision {
         cfg.precision = p.clone();
     }
+    if args.plan_replicas.is_some() {
+        let plan = crate::dist::plan::Plan::for_config(&cfg, args.plan_replicas.unwrap_or(1))?;
+        print!("{}", plan.table(args.link_gbps));
+        return Ok(());
+    }
+    cfg.sync_bn = args.sync_bn;
     crate::train::install_interrupt_handler();
     let device = args.device.resolve()?;
-    let opts = crate::train::RunOptions { resume, quiet: false, stop_at: args.stop_at, device };
+    // one rank, or every rank of an `mpirun` job
+    let comm = crate::dist::Comm::from_environment()?;
+    let root = comm.is_root();
+    let opts = crate::train::RunOptions {
+        resume,
+        quiet: false,
+        stop_at: args.stop_at,
+        device,
+        comm,
+        check_replicas: args.check_replicas,
+    };
     let summary = crate::train::train(&cfg, out, &opts)?;
+    if !root {
+        return Ok(());
+    }
     if summary.interrupted {
         println!(
             "stopped at step {} of {}; resume with: align train --resume --out {}",

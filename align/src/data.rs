@@ -536,6 +536,20 @@ pub fn image_batch_checked(
     train: bool,
     rng_seed: u64,
 ) -> Result<(Tensor, Vec<usize>, usize)> {
+    image_batch_at(seed, pairs, res, train, rng_seed, 0)
+}
+
+/// [`image_batch_checked`] for the part of a batch that starts at position `first` (one rank's
+/// share of a global batch): each image's crop and flip depend on its position in the whole
+/// batch, so N ranks augment a global batch exactly as one process does.
+pub fn image_batch_at(
+    seed: u64,
+    pairs: &[&Pair],
+    res: usize,
+    train: bool,
+    rng_seed: u64,
+    first: usize,
+) -> Result<(Tensor, Vec<usize>, usize)> {
     let resize = (res * 346).div_ceil(289) as u32;
     let per: Vec<Option<Vec<f32>>> = pairs
         .par_iter()
@@ -563,7 +577,7 @@ pub fn image_batch_checked(
                     }
                 }
             };
-            let mut rng = Rng::new(rng_seed.wrapping_add(k as u64 * 7919));
+            let mut rng = Rng::new(rng_seed.wrapping_add((first + k) as u64 * 7919));
             let (w, h) = img.dimensions();
             if w == 0 || h == 0 {
                 return None;

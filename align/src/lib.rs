@@ -8,6 +8,7 @@ pub mod bert;
 pub mod cli;
 pub mod data;
 pub mod demo;
+pub mod dist;
 pub mod efficientnet;
 pub mod error;
 pub mod eval;

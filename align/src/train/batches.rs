@@ -10,13 +10,19 @@
 //! [`Batches`] keeps one batch in flight: its images are decoded and augmented on a worker
 //! thread while the current step computes. That prefetched batch has already been drawn, so
 //! the checkpoint stores it as well ([`Batches::state`]) and a resumed run starts with it.
+//!
+//! Data-parallel runs: every rank draws the same global batch (the sampler's stream is a
+//! function of the seed alone) and decodes only its share, positions
+//! [rank * G / N, (rank + 1) * G / N) of the G drawn pairs; each image's augmentation depends
+//! on its position in the global batch. So the global batch of step s is the same whatever N,
+//! and N ranks with batch n train on exactly the batches of one process with batch N * n.
 
 use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 
 use tensor::{Rng, Tensor};
 
-use crate::data::{image_batch_checked, Pair};
+use crate::data::{image_batch_at, Pair};
 use crate::error::{AlignError, Result};
 
 /// One batch as drawn: which pairs, and its two seeds.
@@ -122,20 +128,44 @@ pub struct Batches<'a> {
     pending: Option<InFlight>,
     seed: u64,
     resolution: usize,
+    /// (rank, ranks): which share of each drawn batch this process decodes.
+    shard: (usize, usize),
 }
 
 impl<'a> Batches<'a> {
+    /// Batches of `batch_size` pairs (the global batch: all ranks' shares together).
     pub fn new(pairs: &'a [Pair], batch_size: usize, resolution: usize, seed: u64) -> Batches<'a> {
-        Batches { pairs, sampler: EpochSampler::new(pairs.len(), batch_size, seed), pending: None, seed, resolution }
+        Batches {
+            pairs,
+            sampler: EpochSampler::new(pairs.len(), batch_size, seed),
+            pending: None,
+            seed,
+            resolution,
+            shard: (0, 1),
+        }
+    }
+
+    /// This process decodes only share `rank` of `ranks` of every batch.
+    pub fn sharded(mut self, rank: usize, ranks: usize) -> Batches<'a> {
+        self.shard = (rank, ranks.max(1));
+        self
+    }
+
+    /// Positions of this rank's share in a drawn batch of `n` pairs.
+    fn share(&self, n: usize) -> std::ops::Range<usize> {
+        let (rank, ranks) = self.shard;
+        rank * n / ranks..(rank + 1) * n / ranks
     }
 
     fn start(&self, draw: Draw) -> InFlight {
-        let batch: Vec<Pair> = draw.indices.iter().map(|&i| self.pairs[i].clone()).collect();
+        let share = self.share(draw.indices.len());
+        let first = share.start;
+        let batch: Vec<Pair> = draw.indices[share].iter().map(|&i| self.pairs[i].clone()).collect();
         let (seed, resolution, crop_seed) = (self.seed, self.resolution, draw.crop_seed);
         // the worker hands the pairs back with their images (no second copy of the pairs)
         let worker = std::thread::spawn(move || {
             let refs: Vec<&Pair> = batch.iter().collect();
-            let decoded = image_batch_checked(seed, &refs, resolution, true, crop_seed);
+            let decoded = image_batch_at(seed, &refs, resolution, true, crop_seed, first);
             (batch, decoded)
         });
         (draw, worker)

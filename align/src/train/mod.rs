@@ -19,6 +19,10 @@
 //! Every step writes a JSONL log line and a progress line (loss, sigma, lr, pairs/s, ETA). A
 //! non-finite loss stops the run with an error and leaves the last good checkpoint; Ctrl-C
 //! writes a checkpoint and stops cleanly.
+//!
+//! Under `mpirun -np N` (feature `mpi`) the same loop runs on N ranks, each on its share of
+//! every global batch, through `crate::dist`; rank 0 writes the log, the checkpoints and the
+//! summary, and all ranks stop together.
 
 mod batches;
 mod checkpoint;
@@ -38,7 +42,7 @@ pub use batches::{Batch, Batches, Draw, EpochSampler};
 pub use checkpoint::RunCheckpoint;
 pub use schedule::{param_groups, Schedule};
 pub use source::{vocabulary, TrainingData};
-pub use step::{train_step, StepTimes, LABEL_SMOOTHING};
+pub use step::{train_step, train_step_data_parallel, DataParallelStep, StepTimes, LABEL_SMOOTHING};
 
 use crate::data::{FilterReport, SkipReport};
 use crate::error::{io_error, Result};
@@ -80,6 +84,9 @@ pub struct TrainConfig {
     /// accumulation (`kernels::bf16::MatmulPrecision`); weights, optimiser state, norms,
     /// softmax and the loss stay f32.
     pub precision: String,
+    /// Data-parallel runs: batch-norm statistics over the global batch (all-reduced sums)
+    /// instead of each rank's share (the default, as each of the paper's TPU cores had).
+    pub sync_bn: bool,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +124,7 @@ impl TrainConfig {
             text_dropout: 0.0,
             data: "builtin".into(),
             precision: "f32".into(),
+            sync_bn: false,
         }
     }
 
@@ -156,6 +164,13 @@ pub struct RunOptions {
     /// Where the model trains (`--device`): its parameters, activations and optimiser state
     /// live there; batches are decoded on the host and moved once per step.
     pub device: tensor::Device,
+    /// The ranks of a data-parallel job (`crate::dist`); one rank by default. Each rank trains
+    /// on its share of a global batch of `batch_size` x ranks pairs; rank 0 alone writes files
+    /// and prints.
+    pub comm: crate::dist::Comm,
+    /// Data-parallel runs: compare a fingerprint of every rank's parameters after each step and
+    /// stop with an error if the replicas have drifted apart.
+    pub check_replicas: bool,
 }
 
 /// Set by Ctrl-C (see [`install_interrupt_handler`]); the training loop checks it every step,
@@ -188,6 +203,10 @@ pub struct TrainSummary {
     pub held_out: RetrievalMetrics,
     /// How many held-out pairs the retrieval metrics rank.
     pub held_out_pairs: usize,
+    /// Data-parallel runs: the ranks, and what this rank's collectives moved, by purpose
+    /// (empty for one rank).
+    pub ranks: usize,
+    pub traffic: std::collections::BTreeMap<&'static str, crate::dist::Traffic>,
 }
 
 /// Trains (or resumes) a run in `out_dir`.
@@ -200,17 +219,25 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> Result<Tra
 
 fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> Result<TrainSummary> {
     let started = Instant::now();
+    let comm = &opts.comm;
+    let (ranks, root) = (comm.size(), comm.is_root());
+    let verbose = root && !opts.quiet;
     let say = |msg: String| {
-        if !opts.quiet {
+        if verbose {
             eprintln!("{msg}");
         }
     };
+    if ranks > 1 && opts.device.is_gpu() {
+        return Err(crate::error::AlignError::config("device", "data-parallel training runs on the CPU only"));
+    }
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
 
-    // 1. data and vocabulary
+    // 1. data and vocabulary (every rank computes the same; rank 0 writes them)
     let mut data = TrainingData::load(cfg)?;
-    let tok = vocabulary(cfg, out_dir, &data.train, opts.resume)?;
-    data.write_report(out_dir)?;
+    let tok = vocabulary(cfg, out_dir, &data.train, opts.resume, root)?;
+    if root {
+        data.write_report(out_dir)?;
+    }
     if data.skipped.total() > 0 {
         say(format!("skipped records: {}", serde_json::to_string(&data.skipped).expect("json")));
     }
@@ -219,12 +246,22 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     // 2. model
     let model = DualEncoder::new(cfg, tok.vocab_size(), &mut Rng::new(cfg.seed))?;
     let n_params: usize = model.named_parameters().iter().map(|(_, p)| p.value().numel()).sum();
+    let global_batch = cfg.batch_size * ranks;
     say(format!(
-        "model: {} + {} ({:.1}M trained parameters), batch {}, {} steps",
+        "model: {} + {} ({:.1}M trained parameters), batch {}{}, {} steps",
         cfg.image_arch,
         cfg.text_arch,
         n_params as f64 / 1e6,
-        cfg.batch_size,
+        global_batch,
+        if ranks > 1 {
+            format!(
+                " ({ranks} ranks x {}{})",
+                cfg.batch_size,
+                if cfg.sync_bn { ", synchronised batch norm" } else { "" }
+            )
+        } else {
+            String::new()
+        },
         cfg.steps
     ));
 
@@ -233,7 +270,8 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     let schedule = Schedule::new(cfg);
 
     // 4. batches, and where a resumed run left off
-    let mut batches = Batches::new(&data.train, cfg.batch_size, cfg.resolution, cfg.seed);
+    let mut batches = Batches::new(&data.train, global_batch, cfg.resolution, cfg.seed).sharded(comm.rank(), ranks);
+    let buckets = crate::dist::GradientBuckets::new(&model.named_parameters(), crate::dist::DEFAULT_BUCKET_BYTES);
     let checkpoint = RunCheckpoint::new(out_dir, cfg);
     let mut start = 0;
     if opts.resume && checkpoint.exists() {
@@ -246,16 +284,40 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         say(format!("device: {}", opts.device));
     }
     let log_path = out_dir.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_error(&log_path))?;
-    let evaluate = |model: &DualEncoder| Embedder { model, tokenizer: &tok, config: cfg }.retrieval(&data.held_out);
+    let mut log = if root {
+        Some(std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_error(&log_path))?)
+    } else {
+        None
+    };
+    // every rank holds the same model before it is saved or scored: batch norm's running
+    // statistics (per-rank unless synchronised) are averaged over ranks
+    let agree = |model: &DualEncoder| crate::dist::average_buffers(&model.named_buffers(), comm);
+    let save = |model: &DualEncoder, opt: &Lamb, step: u64, batches: &Batches| -> Result<()> {
+        agree(model)?;
+        if root {
+            checkpoint.save(model, opt, step, batches)?;
+        }
+        Ok(())
+    };
+    let evaluate = |model: &DualEncoder| {
+        agree(model)?;
+        Embedder { model, tokenizer: &tok, config: cfg }.retrieval(&data.held_out)
+    };
 
     // 5. the loop
     let loop_start = Instant::now();
     let mut times = StepTimes::default();
+    let mut global_pairs = 0usize;
     let (mut last_loss, mut steps_done, mut interrupted) = (f32::NAN, start, false);
     for step in start..cfg.steps {
-        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) || opts.stop_at.is_some_and(|s| step >= s) {
-            checkpoint.save(&model, &opt, step, &batches)?;
+        let mut stop = [(INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+            || opts.stop_at.is_some_and(|s| step >= s)) as u8 as f64];
+        if ranks > 1 {
+            // one rank's Ctrl-C stops all of them, at the same step
+            comm.all_reduce_f64(crate::dist::purpose::CONTROL, &mut stop)?;
+        }
+        if stop[0] > 0.0 {
+            save(&model, &opt, step, &batches)?;
             say(format!(
                 "\nstopped: checkpoint at step {step} written to {}; continue with --resume",
                 checkpoint.path.display()
@@ -267,22 +329,45 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         let batch = batches.next(step + 1 < cfg.steps)?;
         times.data += t_data.elapsed().as_secs_f64();
         data.skipped.corrupt_image += batch.corrupt;
-        if batch.texts.len() < 2 {
-            continue; // nothing to contrast in this batch
-        }
         let lr = schedule.apply(&mut opt, step);
-        let loss = train_step(&model, &mut opt, &tok, cfg, &batch, step, &mut times)?;
+        let (loss, pairs) = if ranks > 1 {
+            let r = train_step_data_parallel(&model, &mut opt, &tok, cfg, &batch, step, &mut times, comm, &buckets)?;
+            match r.loss {
+                Some(loss) => (loss, r.pairs),
+                None => continue, // some rank has nothing to contrast in this batch
+            }
+        } else {
+            if batch.texts.len() < 2 {
+                continue; // nothing to contrast in this batch
+            }
+            (train_step(&model, &mut opt, &tok, cfg, &batch, step, &mut times)?, batch.texts.len())
+        };
+        if opts.check_replicas && ranks > 1 {
+            let prints = comm.all_gather_u64(
+                crate::dist::purpose::CONTROL,
+                crate::dist::parameter_fingerprint(&model.named_parameters()),
+            )?;
+            if let Some(r) = prints.iter().position(|&p| p != prints[0]) {
+                return Err(crate::error::AlignError::training(
+                    Some(step + 1),
+                    format!("rank {r}'s parameters differ from rank 0's (fingerprints {:x?})", prints),
+                ));
+            }
+        }
         last_loss = loss;
         steps_done = step + 1;
+        global_pairs += pairs;
 
         // 6. logging, checkpoints, evaluation
         let done = step + 1 - start;
         let elapsed = loop_start.elapsed().as_secs_f64();
-        let pairs_per_s = (done as usize * batch.texts.len()) as f64 / elapsed;
+        let pairs_per_s = global_pairs as f64 / elapsed;
         let eta = elapsed / done as f64 * (cfg.steps - step - 1) as f64;
         let line = serde_json::json!({"step": step + 1, "loss": loss, "temperature": model.temperature(), "lr": lr, "pairs_per_s": pairs_per_s, "elapsed_s": started.elapsed().as_secs_f64()});
-        writeln!(log, "{line}").map_err(io_error(&log_path))?;
-        if !opts.quiet {
+        if let Some(log) = log.as_mut() {
+            writeln!(log, "{line}").map_err(io_error(&log_path))?;
+        }
+        if verbose {
             eprint!(
                 "\rstep {:>6}/{} loss {loss:.4} temp {:.4} lr {lr:.2e} {pairs_per_s:.1} pairs/s ETA {eta:.0}s   ",
                 step + 1,
@@ -291,7 +376,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
             );
         }
         if (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == cfg.steps {
-            checkpoint.save(&model, &opt, step + 1, &batches)?;
+            save(&model, &opt, step + 1, &batches)?;
         }
         if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != cfg.steps {
             let m = evaluate(&model)?;
@@ -315,12 +400,16 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         temperature: model.temperature(),
         wall_seconds: started.elapsed().as_secs_f64(),
         held_out_pairs: data.held_out.len(),
+        ranks,
+        traffic: comm.traffic(),
         filters: data.filters,
         skipped: data.skipped,
         held_out,
     };
-    let path = out_dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("json")).map_err(io_error(&path))?;
+    if root {
+        let path = out_dir.join("summary.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("json")).map_err(io_error(&path))?;
+    }
     Ok(summary)
 }
 

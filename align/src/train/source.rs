@@ -106,8 +106,9 @@ impl TrainingData {
 }
 
 /// The run's WordPiece vocabulary: trained on the kept alt-texts and written to `vocab.txt`,
-/// or read back from it when a run resumes (so the ids match the checkpoint).
-pub fn vocabulary(cfg: &TrainConfig, out_dir: &Path, train: &[Pair], resume: bool) -> Result<WordPiece> {
+/// or read back from it when a run resumes (so the ids match the checkpoint). Only the writer
+/// (rank 0 of a data-parallel job) writes the file; every rank trains the same vocabulary.
+pub fn vocabulary(cfg: &TrainConfig, out_dir: &Path, train: &[Pair], resume: bool, write: bool) -> Result<WordPiece> {
     let path = out_dir.join("vocab.txt");
     let tokens: Vec<String> = if resume && path.exists() {
         std::fs::read_to_string(&path).map_err(io_error(&path))?.lines().map(String::from).collect()
@@ -116,7 +117,9 @@ pub fn vocabulary(cfg: &TrainConfig, out_dir: &Path, train: &[Pair], resume: boo
             train.iter().map(|p| p.text.as_str()),
             &TrainerOptions { vocab_size: cfg.vocab_size, ..Default::default() },
         );
-        write_vocab(&path, &tokens).map_err(io_error(&path))?;
+        if write {
+            write_vocab(&path, &tokens).map_err(io_error(&path))?;
+        }
         tokens
     };
     WordPiece::from_tokens(tokens, BertOptions::default()).map_err(|e| AlignError::data(&path, e.to_string()))
