@@ -118,3 +118,25 @@ fn demo_tours_tensors_and_writes_a_checkpoint() {
     let st = tensor::io::safetensors::SafeTensors::open(&file).unwrap();
     assert!(!st.is_empty());
 }
+
+/// Started by an MPI launcher with two ranks, an `align` built without MPI refuses to train
+/// (two independent runs writing one directory would be worse than an error) and says how to
+/// build the one that can; the plan of the paper's configuration prints without any MPI.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn train_under_a_launcher_without_mpi_says_how_to_build_it_and_the_plan_prints() {
+    let dir = temp_dir("no-mpi");
+    let out = Command::new(env!("CARGO_BIN_EXE_align"))
+        .args(["train", "--steps", "1", "--out"])
+        .arg(&dir)
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 ranks") && err.contains("--features mpi"), "{err}");
+    assert!(!dir.join("log.jsonl").exists());
+    let plan = align_with_input(&["train", "--config", "paper", "--plan-replicas", "1024", "--link-gbps", "100"], "");
+    assert!(plan.contains("1024 ranks x 16 pairs = global batch 16384"), "{plan}");
+    assert!(plan.contains("gradient all-reduce") && plan.contains("link time at 100 Gbit/s"), "{plan}");
+}

@@ -145,8 +145,8 @@ impl StepReducer<'_> {
 }
 
 /// Averages batch norm's running statistics over ranks (each rank's differ when batch norm is
-/// not synchronised): called before checkpoints and evaluation so that every rank holds, and
-/// rank 0 saves, the same model.
+/// not synchronised), after every step: the running mean of the ranks' statistics equals the
+/// mean of their running means, and every rank holds the same model at all times.
 pub fn average_buffers(buffers: &[(String, Buffer)], comm: &Comm) -> Result<()> {
     if comm.size() <= 1 {
         return Ok(());
@@ -157,7 +157,7 @@ pub fn average_buffers(buffers: &[(String, Buffer)], comm: &Comm) -> Result<()> 
         .map(|(_, b)| b)
         .collect();
     let mut flat: Vec<f64> = stats.iter().flat_map(|b| b.get().to_vec()).map(|v| v as f64).collect();
-    comm.all_reduce_f64(purpose::CONTROL, &mut flat)?;
+    comm.all_reduce_f64(purpose::BATCH_NORM, &mut flat)?;
     let mut at = 0;
     for b in stats {
         let t = b.get();

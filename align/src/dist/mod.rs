@@ -18,8 +18,7 @@
 //! 6. the same clipping and LAMB update on every rank: the parameters stay identical.
 //!
 //! Batch norm takes per-rank statistics (as each TPU core did) unless `--sync-bn` sums them
-//! over ranks; running statistics are averaged over ranks before every checkpoint and
-//! evaluation.
+//! over ranks; running statistics are averaged over ranks after every step.
 //!
 //! [`Comm`] is the communicator. Its collectives run on a worker thread of their own, in the
 //! order they were issued, so a gradient bucket can be reduced while the caller carries on;
@@ -72,9 +71,10 @@ pub mod purpose {
     pub const EMBEDDING_GRADIENTS: &str = "embedding gradient all-reduce";
     /// Step 5: the parameter gradients.
     pub const GRADIENTS: &str = "gradient all-reduce";
-    /// Synchronised batch-norm statistics.
+    /// Batch-norm statistics: synchronised batch statistics, or the running statistics'
+    /// per-step average.
     pub const BATCH_NORM: &str = "batch-norm sync";
-    /// Per-step agreement (loss, stop request, counts), running statistics, checks.
+    /// Per-step agreement (loss, stop request, counts), replica checks.
     pub const CONTROL: &str = "control";
 }
 

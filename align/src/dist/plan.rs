@@ -142,10 +142,15 @@ impl Plan {
         let grads = 4 * self.parameters as u64;
         let buckets = grads.div_ceil(super::DEFAULT_BUCKET_BYTES as u64);
         t.insert(purpose::GRADIENTS, Traffic { calls: buckets, sent: grads, received: grads });
-        if self.sync_bn {
+        let (calls, values) = if self.sync_bn {
             // forward: (sums, count) then centred squares; backward: (two sums, count); f64
-            let values: u64 = self.batch_norm_channels.iter().map(|&c| (c + 1) + c + (2 * c + 1)).sum::<usize>() as u64;
-            let calls = 3 * self.batch_norm_channels.len() as u64;
+            let values: usize = self.batch_norm_channels.iter().map(|&c| (c + 1) + c + (2 * c + 1)).sum();
+            (3 * self.batch_norm_channels.len() as u64, values as u64)
+        } else {
+            // the running means and variances, averaged once a step
+            (1, 2 * self.batch_norm_channels.iter().sum::<usize>() as u64)
+        };
+        if values > 0 {
             t.insert(purpose::BATCH_NORM, Traffic { calls, sent: 8 * values, received: 8 * values });
         }
         t

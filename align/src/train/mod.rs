@@ -289,20 +289,14 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     } else {
         None
     };
-    // every rank holds the same model before it is saved or scored: batch norm's running
-    // statistics (per-rank unless synchronised) are averaged over ranks
-    let agree = |model: &DualEncoder| crate::dist::average_buffers(&model.named_buffers(), comm);
+    // only rank 0 writes; every rank holds the same model (see `train_step_data_parallel`)
     let save = |model: &DualEncoder, opt: &Lamb, step: u64, batches: &Batches| -> Result<()> {
-        agree(model)?;
         if root {
             checkpoint.save(model, opt, step, batches)?;
         }
         Ok(())
     };
-    let evaluate = |model: &DualEncoder| {
-        agree(model)?;
-        Embedder { model, tokenizer: &tok, config: cfg }.retrieval(&data.held_out)
-    };
+    let evaluate = |model: &DualEncoder| Embedder { model, tokenizer: &tok, config: cfg }.retrieval(&data.held_out);
 
     // 5. the loop
     let loop_start = Instant::now();

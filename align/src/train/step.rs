@@ -217,5 +217,14 @@ pub fn train_step_data_parallel(
     opt.step()?;
     opt.zero_grad();
     times.optimiser += t_update.elapsed().as_secs_f64();
+
+    // 7. batch norm's running statistics: each rank folded in its own batch statistics (unless
+    //    synchronised, when they are equal already); their mean over ranks keeps every replica
+    //    identical at every step, so checkpoints, evaluation and resumed runs see one model
+    if !cfg.sync_bn {
+        let t_comm = Instant::now();
+        crate::dist::average_buffers(&model.named_buffers(), comm)?;
+        times.communication += t_comm.elapsed().as_secs_f64();
+    }
     Ok(DataParallelStep { loss: Some(loss_value), pairs })
 }
