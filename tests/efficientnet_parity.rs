@@ -131,6 +131,52 @@ fn classify_puts_a_cat_first_for_chelsea_and_espresso_for_coffee() {
     assert!(results[2].as_ref().unwrap_err().contains("no-such-file.png"));
 }
 
+/// The five scikit-image photos of the `resize` and `lite0_photos` fixtures.
+const PHOTOS: [&str; 5] = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png"];
+
+/// Pillow's bilinear and bicubic shrinks of real photos, to the grey level (the fixture group
+/// `resize`; the synthetic edge cases are in `align::resample`'s own tests).
+#[test]
+fn photo_resizes_equal_pillows() {
+    use align::resample::{fixture_image, max_difference, resize, Filter};
+    let fx = SafeTensors::open(common::fixture("resize.safetensors")).unwrap();
+    for photo in PHOTOS {
+        let img = align::images::load_rgb(&common::skimage_data().join(photo)).unwrap();
+        let key = photo.split('.').next().unwrap();
+        for (name, filter) in [("bilinear", Filter::Bilinear), ("bicubic", Filter::Bicubic)] {
+            let pillow = fixture_image(&fx, &format!("photo.{key}.{name}")).unwrap();
+            let ours = resize(&img, pillow.width(), pillow.height(), filter);
+            let worst = max_difference(&ours, &pillow);
+            assert!(worst <= 1, "{photo} {name}: {worst} grey levels from Pillow");
+        }
+    }
+}
+
+/// `align classify`'s preprocessing is torchvision's Resize(256) + CenterCrop(224) on PIL images,
+/// so lite0's probabilities on real photos are PyTorch's (fixture group `lite0_photos`): the
+/// same top-1 on each photo and every probability within 0.005.
+#[test]
+fn lite0_on_photos_gives_pytorchs_probabilities() {
+    let fx = SafeTensors::open(common::fixture("lite0_photos.safetensors")).unwrap();
+    let data = common::skimage_data();
+    let images: Vec<_> = PHOTOS.iter().map(|p| data.join(p)).collect();
+    let results =
+        align::cli::classify_images(&common::lite0_pth(), "efficientnet-lite0", &images, 1000, tensor::Device::Cpu)
+            .unwrap();
+    for (photo, result) in PHOTOS.iter().zip(results) {
+        let want = fx.tensor(photo.split('.').next().unwrap()).unwrap().to_vec();
+        let mut ours = vec![0.0f32; 1000];
+        let top = result.unwrap();
+        for &(class, p) in &top {
+            ours[class] = p;
+        }
+        let want_top = want.iter().enumerate().fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b }).0;
+        assert_eq!(top[0].0, want_top, "{photo}: top-1");
+        let worst = ours.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 0.005, "{photo}: probabilities differ by up to {worst}");
+    }
+}
+
 #[test]
 fn small_efficientnet_training_loss_and_gradients_match_pytorch() {
     use align::efficientnet::StageArgs;

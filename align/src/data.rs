@@ -586,7 +586,7 @@ pub fn image_batch_at(
             let small = if (w, h) == (nw, nh) {
                 img
             } else {
-                image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle)
+                crate::resample::resize(&img, nw, nh, crate::resample::Filter::Bilinear)
             };
             let r = res as u32;
             let (x0, y0) = if train {

@@ -1,13 +1,13 @@
 //! Image input: decode (JPEG / PNG; grayscale and alpha become RGB), resize the shorter side,
 //! centre crop, normalise, as NHWC f32 tensors.
 //!
-//! Resizing uses the `image` crate's bilinear (triangle) filter, the same family as PIL's
-//! BILINEAR used by common PyTorch pipelines (PIL antialiases when shrinking; the triangle
-//! filter here does too, since `image` scales its support with the reduction factor).
+//! Resizing is torchvision's `Resize(size)` + `CenterCrop(crop)` on a PIL image, to the pixel:
+//! the output size and crop offset follow torchvision's arithmetic, and the pixels are Pillow's
+//! antialiased bilinear (`crate::resample`), so real weights see the inputs they were measured
+//! with.
 
 use std::path::Path;
 
-use image::imageops::FilterType;
 use tensor::{Result, Tensor, TensorError};
 
 /// How pixel values in [0, 255] become model inputs.
@@ -50,14 +50,11 @@ pub fn preprocess(img: &image::RgbImage, resize: u32, crop: u32, norm: Normalisa
     if w == 0 || h == 0 {
         return Err(TensorError::Shape { op: "preprocess", msg: "empty image".into() });
     }
-    let (nw, nh) = if w <= h {
-        (resize, ((h as f64 * resize as f64 / w as f64).round() as u32).max(1))
-    } else {
-        (((w as f64 * resize as f64 / h as f64).round() as u32).max(1), resize)
-    };
-    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+    let (nw, nh) = crate::resample::shorter_side_to(w, h, resize);
+    let (nw, nh) = (nw.max(1), nh.max(1));
+    let resized = crate::resample::resize(img, nw, nh, crate::resample::Filter::Bilinear);
     let crop = crop.min(nw).min(nh);
-    let (x0, y0) = ((nw - crop) / 2, (nh - crop) / 2);
+    let (x0, y0) = (crate::resample::center_crop_offset(nw, crop), crate::resample::center_crop_offset(nh, crop));
     let mut data = Vec::with_capacity((crop * crop * 3) as usize);
     for y in 0..crop {
         for x in 0..crop {

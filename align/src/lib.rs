@@ -16,6 +16,7 @@ pub mod images;
 pub mod mnist;
 pub mod model;
 pub mod report;
+pub mod resample;
 pub mod retrieval;
 pub mod towers;
 pub mod train;

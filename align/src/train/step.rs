@@ -81,7 +81,12 @@ pub fn train_step(
     let t_backward = Instant::now();
     loss.backward()?;
     times.backward += t_backward.elapsed().as_secs_f64();
-    // update
+    update(model, opt, cfg, times)?;
+    Ok(loss_value)
+}
+
+/// Gradient clipping and the optimiser step, then the gradients cleared for the next step.
+fn update(model: &DualEncoder, opt: &mut dyn Optimizer, cfg: &TrainConfig, times: &mut StepTimes) -> Result<()> {
     let t_update = Instant::now();
     if let Some(max_norm) = cfg.clip_norm {
         clip_grad_norm(&model.named_parameters(), max_norm);
@@ -89,7 +94,7 @@ pub fn train_step(
     opt.step()?;
     opt.zero_grad();
     times.optimiser += t_update.elapsed().as_secs_f64();
-    Ok(loss_value)
+    Ok(())
 }
 
 /// What one data-parallel step did.
@@ -210,13 +215,7 @@ pub fn train_step_data_parallel(
     times.communication += t_comm.elapsed().as_secs_f64();
 
     // 6. the same update on every rank
-    let t_update = Instant::now();
-    if let Some(max_norm) = cfg.clip_norm {
-        clip_grad_norm(&model.named_parameters(), max_norm);
-    }
-    opt.step()?;
-    opt.zero_grad();
-    times.optimiser += t_update.elapsed().as_secs_f64();
+    update(model, opt, cfg, times)?;
 
     // 7. batch norm's running statistics: each rank folded in its own batch statistics (unless
     //    synchronised, when they are equal already); their mean over ranks keeps every replica
