@@ -12,7 +12,8 @@ CI never needs torch. Run one group or all of them:
 
 Groups: minilm_safetensors, autograd_composite, nn_optim, tokenizer, bert, efficientnet,
 efficientnet_torchvision, efficientnet_train, efficientnet_residual, contrastive, dual_encoder_lamb,
-resize (pillow, scikit-image), lite0_photos (torch, torchvision, pillow, scikit-image)
+resize (pillow, scikit-image), lite0_photos (torch, torchvision, pillow, scikit-image),
+align_tiny (torch, transformers, pillow)
 """
 import json
 import os
@@ -67,7 +68,11 @@ def save_fixture(name, tensors):
     from safetensors.numpy import save_file
 
     path = os.path.join(FIXTURES, name)
-    save_file({k: v for k, v in tensors.items()}, path, metadata={"generator": "scripts/make_fixtures.py"})
+    import numpy as np
+
+    # safetensors writes an array's buffer as it lies: a transposed view must be copied first
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
+              metadata={"generator": "scripts/make_fixtures.py"})
     print("wrote", os.path.relpath(path, ROOT), len(tensors), "tensors")
 
 
@@ -799,7 +804,82 @@ def lite0_photos():
     save_fixture("lite0_photos.safetensors", out)
 
 
-GROUPS = {"resize": resize, "lite0_photos": lite0_photos, "efficientnet_residual": efficientnet_residual, "dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
+
+ALIGN_TINY_TEXTS = ["a photo of a cat", "a red car on the road, parked", "dog"]
+
+
+def align_tiny():
+    """A small random Hugging Face AlignModel (EfficientNet-B0's table at width and depth 0.25,
+    a 2-layer BERT), saved as transformers saves it (config.json, model.safetensors, vocab,
+    tokenizer and preprocessor configs) under fixtures/align_tiny/, with three PNG images and
+    transformers' embeddings and logits for them and for three captions of different lengths.
+    The image side is odd (33), where Hugging Face's padding differs from TF's SAME."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import (AlignConfig, AlignModel, AlignProcessor, AlignTextConfig, AlignVisionConfig,
+                              BertTokenizer, EfficientNetImageProcessorPil)
+
+    out_dir = os.path.join(FIXTURES, "align_tiny")
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    words = ("a photo of the cat dog car red blue road on parked , . is in and green small big house tree "
+             "sky water ##s ##ed ##ing picture image").split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    with open(os.path.join(out_dir, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    torch.manual_seed(5)
+    text = AlignTextConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64)
+    vision = AlignVisionConfig(image_size=33, width_coefficient=0.25, depth_coefficient=0.25)
+    model = AlignModel(AlignConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=80)).eval()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        model.temperature.fill_(0.37)
+        # transformers' initialisation (std 0.02) maps every input to nearly one embedding, which
+        # would test little: weights at 1 / sqrt(fan-in), affine norms away from (1, 0), then
+        # batch norm's running statistics taken from random images so activations stay O(1)
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        model.vision_model.train()
+        for _ in range(3):
+            model.vision_model(pixel_values=torch.rand((8, 3, 33, 33), generator=g) * 2 - 1)
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer = BertTokenizer(os.path.join(out_dir, "vocab.txt"), do_lower_case=True)
+    # Pillow's resize, as the processors that released models were measured with (transformers'
+    # default torchvision backend differs from it by up to a grey level)
+    images = EfficientNetImageProcessorPil(size={"height": 33, "width": 33}, resample=3, do_center_crop=False,
+                                        do_normalize=False, rescale_factor=1 / 127.5, rescale_offset=True,
+                                        include_top=False)
+    processor = AlignProcessor(image_processor=images, tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
+    rng = np.random.default_rng(7)
+    pictures = []
+    for i, (w, h) in enumerate([(40, 30), (64, 64), (17, 25)]):
+        yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+        base = np.stack([np.sin(6 * xx + i), np.cos(5 * yy - i), xx * yy], axis=-1) * 100 + 128
+        pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(os.path.join(out_dir, "images", f"{i}.png"))
+        pictures.append(Image.open(os.path.join(out_dir, "images", f"{i}.png")).convert("RGB"))
+    inputs = processor(text=ALIGN_TINY_TEXTS, images=pictures, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        result = model(**inputs)
+    save_fixture("align_tiny_reference.safetensors", {
+        "pixel_values_nhwc": inputs["pixel_values"].permute(0, 2, 3, 1).contiguous().numpy(),
+        "input_ids": inputs["input_ids"].numpy().astype(np.int64),
+        "attention_mask": inputs["attention_mask"].numpy().astype(np.int64),
+        "image_embeds": result.image_embeds.numpy(),
+        "text_embeds": result.text_embeds.numpy(),
+        "logits_per_image": result.logits_per_image.numpy(),
+    })
+
+
+GROUPS = {"align_tiny": align_tiny, "resize": resize, "lite0_photos": lite0_photos, "efficientnet_residual": efficientnet_residual, "dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
     os.makedirs(FIXTURES, exist_ok=True)

@@ -26,22 +26,30 @@ use nn::layers::{Activation, BatchNorm2d, Conv2d, DepthwiseConv2d, DropPath, Dro
 use nn::{Ctx, LoadReport, Module};
 use tensor::{Result, Rng, Tensor, TensorError};
 
-/// How convolutions pad: TF's SAME (the TF reference, lukemelas' port, the Lite weights) or
-/// torchvision's symmetric (k-1)/2 on each side. They agree at stride 1 and differ at stride 2
-/// on even sizes (SAME pads 0 before and 1 after for k = 3; symmetric pads 1 and 1).
+/// How convolutions pad: TF's SAME (the TF reference, lukemelas' port, the Lite weights),
+/// torchvision's symmetric (k-1)/2 on each side, or Hugging Face's EfficientNet / AlignVision.
+/// They agree at stride 1 and differ at stride 2: on even sizes SAME pads 0 before and 1 after
+/// for k = 3, symmetric 1 and 1; Hugging Face pads k/2 - 1 before and k/2 after whatever the
+/// size, which is SAME on even sizes but not on odd ones (ALIGN's 289: SAME gives 145 rows
+/// after the stem, Hugging Face 144).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaddingStyle {
     TfSame,
     Symmetric,
+    HuggingFace,
 }
 
 impl PaddingStyle {
-    pub fn for_kernel(self, k: usize) -> Padding {
+    /// The padding of a k x k convolution of stride `stride` (k odd).
+    pub fn for_conv(self, k: usize, stride: usize) -> Padding {
+        let symmetric = |p: usize| Padding::Explicit { top: p, bottom: p, left: p, right: p };
         match self {
             PaddingStyle::TfSame => Padding::Same,
-            PaddingStyle::Symmetric => {
-                let p = (k - 1) / 2;
-                Padding::Explicit { top: p, bottom: p, left: p, right: p }
+            PaddingStyle::Symmetric => symmetric((k - 1) / 2),
+            PaddingStyle::HuggingFace if stride == 1 => symmetric(k / 2),
+            PaddingStyle::HuggingFace => {
+                let (before, after) = ((k / 2).saturating_sub(1), k / 2);
+                Padding::Explicit { top: before, bottom: after, left: before, right: after }
             }
         }
     }
@@ -87,6 +95,10 @@ pub struct EfficientNetConfig {
     /// Batch-norm eps: TF's 1e-3, except torchvision's B0-B4 (PyTorch's default 1e-5).
     pub bn_eps: f32,
     pub padding: PaddingStyle,
+    /// Whether the first block of a stage takes a skip connection when its stride is 1 and its
+    /// input and output widths agree (lukemelas, torchvision: yes; Hugging Face: only the
+    /// stage's later blocks do). Real widths never meet the condition; narrow ones can.
+    pub first_block_residual: bool,
 }
 
 impl EfficientNetConfig {
@@ -104,6 +116,7 @@ impl EfficientNetConfig {
             bn_momentum: BN_MOMENTUM,
             bn_eps: BN_EPS,
             padding: PaddingStyle::TfSame,
+            first_block_residual: true,
         }
     }
 
@@ -293,10 +306,11 @@ impl EfficientNet {
     pub fn new(config: EfficientNetConfig, rng: &mut Rng) -> EfficientNet {
         let act = if config.lite { Activation::Relu6 } else { Activation::Silu };
         let (momentum, eps) = (config.bn_momentum, config.bn_eps);
-        let pad = |k: usize| config.padding.for_kernel(k);
+        let pad = |k: usize, stride: usize| config.padding.for_conv(k, stride);
         let stem_c = config.stem_channels();
         let blocks_cfg = config.blocks();
         let n_blocks = blocks_cfg.len();
+        let first_of_stage: Vec<bool> = config.stage_repeats().iter().flat_map(|&r| (0..r).map(|j| j == 0)).collect();
         let blocks = blocks_cfg
             .iter()
             .enumerate()
@@ -304,17 +318,17 @@ impl EfficientNet {
                 let mid = cin * e;
                 MBConv {
                     expand: (e != 1).then(|| ExpandConv {
-                        conv: Conv2d::new(cin, mid, 1, 1, pad(1), false, rng),
+                        conv: Conv2d::new(cin, mid, 1, 1, pad(1, 1), false, rng),
                         bn: BatchNorm2d::new(mid, momentum, eps),
                     }),
-                    depthwise: DepthwiseConv2d::new(mid, k, s, pad(k), rng),
+                    depthwise: DepthwiseConv2d::new(mid, k, s, pad(k, s), rng),
                     bn_depthwise: BatchNorm2d::new(mid, momentum, eps),
                     se: (!config.lite)
                         .then(|| SqueezeExcite::new(mid, ((cin as f32 * 0.25) as usize).max(1), act, rng)),
-                    project: Conv2d::new(mid, cout, 1, 1, pad(1), false, rng),
+                    project: Conv2d::new(mid, cout, 1, 1, pad(1, 1), false, rng),
                     bn_project: BatchNorm2d::new(cout, momentum, eps),
                     act,
-                    residual: s == 1 && cin == cout,
+                    residual: s == 1 && cin == cout && (config.first_block_residual || !first_of_stage[i]),
                     // linearly increasing rate: 0.2 * block_index / num_blocks
                     drop_path: DropPath { p: config.drop_connect * i as f32 / n_blocks as f32 },
                 }
@@ -322,9 +336,9 @@ impl EfficientNet {
             .collect();
         let feat = config.feature_dim();
         let head_c = config.head_channels();
-        let stem = Conv2d::new(3, stem_c, 3, 2, pad(3), false, rng);
+        let stem = Conv2d::new(3, stem_c, 3, 2, pad(3, 2), false, rng);
         let head = (config.num_classes > 0).then(|| ClassifierHead {
-            conv: Conv2d::new(feat, head_c, 1, 1, pad(1), false, rng),
+            conv: Conv2d::new(feat, head_c, 1, 1, pad(1, 1), false, rng),
             bn: BatchNorm2d::new(head_c, momentum, eps),
             dropout: Dropout { p: config.dropout },
             classifier: Linear::new(head_c, config.num_classes, true, rng),

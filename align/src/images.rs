@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+pub use image::RgbImage;
+
 use tensor::{Result, Tensor, TensorError};
 
 /// How pixel values in [0, 255] become model inputs.
