@@ -879,9 +879,37 @@ def align_tiny():
     })
 
 
+def align_reference(model_dir, out_path, *image_paths):
+    """transformers' embeddings and logits of an AlignModel directory (e.g. align-base) for the
+    given images and the align_tiny captions, with Pillow's image processing; written to
+    out_path. The ignored test `tests/hf_align_parity.rs` calls this for a user's align-base:
+        python3 scripts/make_fixtures.py align_reference DIR OUT.safetensors IMAGE...
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.numpy import save_file
+    from transformers import AlignModel, BertTokenizer, EfficientNetImageProcessorPil
+
+    model = AlignModel.from_pretrained(model_dir).eval()
+    images = EfficientNetImageProcessorPil.from_pretrained(model_dir)
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    pictures = [Image.open(p).convert("RGB") for p in image_paths]
+    pixels = images(pictures, return_tensors="pt")["pixel_values"]
+    tokens = tokenizer(ALIGN_TINY_TEXTS, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        result = model(pixel_values=pixels, **tokens)
+    save_file({"image_embeds": np.ascontiguousarray(result.image_embeds.numpy()),
+               "text_embeds": np.ascontiguousarray(result.text_embeds.numpy()),
+               "logits_per_image": np.ascontiguousarray(result.logits_per_image.numpy())}, out_path)
+
+
 GROUPS = {"align_tiny": align_tiny, "resize": resize, "lite0_photos": lite0_photos, "efficientnet_residual": efficientnet_residual, "dual_encoder_lamb": dual_encoder_lamb, "contrastive": contrastive, "efficientnet_train": efficientnet_train, "efficientnet": efficientnet, "efficientnet_torchvision": efficientnet_torchvision, "bert": bert, "tokenizer": tokenizer, "minilm_safetensors": minilm_safetensors, "autograd_composite": autograd_composite, "nn_optim": nn_optim}
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["align_reference"]:
+        align_reference(*sys.argv[2:])
+        sys.exit(0)
     os.makedirs(FIXTURES, exist_ok=True)
     for name in sys.argv[1:] or list(GROUPS):
         GROUPS[name]()

@@ -68,3 +68,42 @@ fn a_directory_without_weights_or_with_a_wrong_projection_is_refused_by_name() {
     assert!(e.contains("projection_dim 81 differs from the image features' width 80"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The released ALIGN (`kakaobrain/align-base`, EfficientNet-B7 + BERT-base), when a user has
+/// its directory: embeddings and logits for two photos and the three captions against
+/// transformers run on the spot (needs torch, transformers and pillow):
+///   ALIGN_BASE_DIR=/path/to/align-base cargo test --release --test hf_align_parity -- --ignored
+#[test]
+#[ignore = "needs a downloaded align-base directory (ALIGN_BASE_DIR) and transformers"]
+fn the_released_align_base_matches_transformers() {
+    let dir = std::path::PathBuf::from(std::env::var("ALIGN_BASE_DIR").expect("set ALIGN_BASE_DIR"));
+    let photos = [common::skimage_data().join("chelsea.png"), common::skimage_data().join("coffee.png")];
+    let reference = std::env::temp_dir().join(format!("align-base-reference-{}.safetensors", std::process::id()));
+    let status = std::process::Command::new("python3")
+        .arg(common::repo_root().join("scripts/make_fixtures.py"))
+        .arg("align_reference")
+        .arg(&dir)
+        .arg(&reference)
+        .args(&photos)
+        .status()
+        .unwrap();
+    assert!(status.success(), "transformers reference failed");
+    let fx = SafeTensors::open(&reference).unwrap();
+    let hf = HfAlign::open(&dir).unwrap();
+    let pictures: Vec<_> = photos.iter().map(|p| align::images::load_rgb(p).unwrap()).collect();
+    let image_embeds = hf.embed_images(&pictures).unwrap();
+    let text_embeds = hf.embed_texts(&TEXTS).unwrap();
+    let tol = Tolerance::new(0.0, 1e-4);
+    tol.assert("image embeddings", &image_embeds, &fx.tensor("image_embeds").unwrap().to_vec());
+    tol.assert("text embeddings", &text_embeds, &fx.tensor("text_embeds").unwrap().to_vec());
+    let d = image_embeds.len() / photos.len();
+    let sim = align::eval::similarity(&image_embeds, &text_embeds, d).unwrap();
+    let logits: Vec<f32> = sim.iter().map(|s| s / hf.temperature()).collect();
+    // cosines within 5e-4 (logits are cosines over the temperature, about 0.01 for align-base)
+    Tolerance::new(0.0, 5e-4 / hf.temperature() as f64).assert(
+        "logits_per_image",
+        &logits,
+        &fx.tensor("logits_per_image").unwrap().to_vec(),
+    );
+    let _ = std::fs::remove_file(&reference);
+}

@@ -247,6 +247,101 @@ pub fn classify(weights: &Path, arch: &str, images: &[std::path::PathBuf], devic
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Released models: a Hugging Face AlignModel directory
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes every image, naming the file that fails.
+fn read_images(paths: &[std::path::PathBuf]) -> Result<Vec<crate::images::RgbImage>> {
+    paths.iter().map(|p| crate::images::load_rgb(p).map_err(|e| AlignError::data(p, e.to_string()))).collect()
+}
+
+/// `align features --model DIR (--text | --image FILE...)`: one JSON array (the unit embedding)
+/// per stdin line, or per image.
+pub fn features(model: &Path, text: bool, images: &[std::path::PathBuf], device: Device) -> Result<()> {
+    use std::io::{BufRead, Write};
+    if text == !images.is_empty() {
+        return Err(AlignError::config("features", "give either --text (lines on stdin) or --image FILE..."));
+    }
+    let hf = crate::hf_align::HfAlign::open(model)?;
+    hf.model.to_device(device)?;
+    let d = hf.model.embed_dim();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut print = |rows: &[f32]| -> Result<()> {
+        for row in rows.chunks_exact(d) {
+            writeln!(out, "{}", serde_json::to_string(row).expect("json")).map_err(io_error(Path::new("stdout")))?;
+        }
+        Ok(())
+    };
+    if text {
+        let lines: Vec<String> =
+            std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(io_error(Path::new("stdin")))?;
+        for chunk in lines.chunks(32) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            print(&hf.embed_texts(&refs)?)?;
+        }
+    } else {
+        for chunk in images.chunks(16) {
+            print(&hf.embed_images(&read_images(chunk)?)?)?;
+        }
+    }
+    out.flush().map_err(io_error(Path::new("stdout")))
+}
+
+/// Zero-shot classification with a released model: for each image, the labels ranked by
+/// softmax(cosine / temperature) over prompt-ensembled label embeddings.
+pub fn zeroshot_ranked(
+    hf: &crate::hf_align::HfAlign,
+    labels: &[String],
+    templates: &[String],
+    images: &[std::path::PathBuf],
+) -> Result<Vec<Vec<(usize, f32)>>> {
+    if labels.is_empty() {
+        return Err(AlignError::config("--labels", "no labels"));
+    }
+    let d = hf.model.embed_dim();
+    let classes = crate::eval::ensemble_prompts(&|t| hf.embed_texts(t), d, labels, templates)?;
+    let embeddings = hf.embed_images(&read_images(images)?)?;
+    let scores = crate::eval::similarity(&embeddings, &classes, d)?;
+    let sigma = hf.temperature();
+    Ok(scores
+        .chunks_exact(labels.len())
+        .map(|row| {
+            let top = row.iter().fold(f32::MIN, |m, &v| m.max(v / sigma));
+            let exp: Vec<f32> = row.iter().map(|&v| (v / sigma - top).exp()).collect();
+            let total: f32 = exp.iter().sum();
+            let mut ranked: Vec<(usize, f32)> = exp.iter().map(|&e| e / total).enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked
+        })
+        .collect())
+}
+
+/// `align zeroshot --model DIR --labels "cat,dog" [--templates FILE] IMAGE...`.
+pub fn zeroshot(
+    model: &Path,
+    labels: &str,
+    templates: Option<&Path>,
+    images: &[std::path::PathBuf],
+    device: Device,
+) -> Result<()> {
+    let hf = crate::hf_align::HfAlign::open(model)?;
+    hf.model.to_device(device)?;
+    let labels: Vec<String> = labels.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    let templates = match templates {
+        Some(p) => crate::eval::read_lines(p)?,
+        None => crate::eval::parse_lines(crate::eval::CLIP_TEMPLATES),
+    };
+    for (path, ranked) in images.iter().zip(zeroshot_ranked(&hf, &labels, &templates, images)?) {
+        println!("{}", path.display());
+        for (label, p) in ranked {
+            println!("  {:<30} {p:.4}", labels[label]);
+        }
+    }
+    Ok(())
+}
+
 /// Flags of `align train` (every one optional: no flags trains the `tiny` default).
 #[derive(clap::Parser, Debug, Clone)]
 pub struct TrainArgs {

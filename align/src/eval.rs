@@ -290,10 +290,21 @@ pub fn parse_lines(text: &str) -> Vec<String> {
 /// Class embeddings by prompt ensembling: for each class, the mean of the L2-normalised text
 /// embeddings of every template filled with the class name, normalised again. (classes, dim)
 pub fn class_embeddings(lm: &LoadedModel, classes: &[String], templates: &[String]) -> Result<Vec<f32>> {
+    ensemble_prompts(&|texts| lm.embed_texts(texts), lm.dim(), classes, templates)
+}
+
+/// Prompt ensembling with any text encoder: for each class, the mean of the unit embeddings
+/// `embed_texts` gives every template filled with the class name (`{}`, or the name appended),
+/// normalised again. (classes, dim)
+pub fn ensemble_prompts(
+    embed_texts: &dyn Fn(&[&str]) -> Result<Vec<f32>>,
+    d: usize,
+    classes: &[String],
+    templates: &[String],
+) -> Result<Vec<f32>> {
     if templates.is_empty() {
         return Err(AlignError::config("templates", "no prompt templates"));
     }
-    let d = lm.dim();
     let mut out = vec![0.0f32; classes.len() * d];
     for (c, name) in classes.iter().enumerate() {
         let prompts: Vec<String> = templates
@@ -301,7 +312,7 @@ pub fn class_embeddings(lm: &LoadedModel, classes: &[String], templates: &[Strin
             .map(|t| if t.contains("{}") { t.replace("{}", name) } else { format!("{t} {name}") })
             .collect();
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let e = lm.embed_texts(&refs)?;
+        let e = embed_texts(&refs)?;
         let row = &mut out[c * d..(c + 1) * d];
         for p in e.chunks_exact(d) {
             row.iter_mut().zip(p).for_each(|(a, &v)| *a += v);

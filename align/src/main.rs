@@ -47,6 +47,38 @@ enum Command {
         #[command(flatten)]
         device: align::cli::DeviceArgs,
     },
+    /// Embeddings from a Hugging Face AlignModel directory (e.g. kakaobrain/align-base): one
+    /// JSON array (the L2-normalised embedding) per stdin line with --text, or per image.
+    Features {
+        /// transformers AlignModel directory: config.json, model.safetensors (or
+        /// pytorch_model.bin), vocab.txt, preprocessor_config.json
+        #[arg(long)]
+        model: PathBuf,
+        /// Embed the lines of stdin.
+        #[arg(long)]
+        text: bool,
+        /// Embed these images (JPEG / PNG).
+        #[arg(long, num_args = 1..)]
+        image: Vec<PathBuf>,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
+    },
+    /// Zero-shot classification with a Hugging Face AlignModel: each image's labels ranked,
+    /// with probabilities (prompt ensembling over the templates).
+    Zeroshot {
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated class names, e.g. "cat,dog,car".
+        #[arg(long)]
+        labels: String,
+        /// One prompt template per line (`{}` is the label); default: CLIP's 80 ImageNet prompts.
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
+    },
     /// Tokenize UTF-8 lines from stdin: one JSON array of WordPiece ids per line ([CLS] ... [SEP]).
     Tokenize {
         /// vocab.txt, or a model directory holding vocab.txt (+ tokenizer_config.json)
@@ -244,6 +276,12 @@ fn main() -> ExitCode {
         },
         Command::Demo { out } => align::demo::run(&out).map_err(align::error::AlignError::from),
         Command::Tokenize { vocab, cased, max_len } => align::cli::tokenize(&vocab, cased, max_len),
+        Command::Features { model, text, image, device } => {
+            device.resolve().and_then(|device| align::cli::features(&model, text, &image, device))
+        }
+        Command::Zeroshot { model, labels, templates, images, device } => device
+            .resolve()
+            .and_then(|device| align::cli::zeroshot(&model, &labels, templates.as_deref(), &images, device)),
         Command::Classify { weights, arch, images, device } => {
             device.resolve().and_then(|device| align::cli::classify(&weights, &arch, &images, device))
         }

@@ -140,3 +140,50 @@ fn train_under_a_launcher_without_mpi_says_how_to_build_it_and_the_plan_prints()
     assert!(plan.contains("1024 ranks x 16 pairs = global batch 16384"), "{plan}");
     assert!(plan.contains("gradient all-reduce") && plan.contains("link time at 100 Gbit/s"), "{plan}");
 }
+
+/// `features` and `zeroshot` on the random AlignModel of the `align_tiny` fixture: the text
+/// and image embeddings printed are transformers' (within 1e-4), and each image's labels come
+/// ranked with probabilities that sum to 1.
+#[test]
+fn features_and_zeroshot_read_a_transformers_align_model() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let dir = fixtures.join("align_tiny");
+    let model = dir.to_str().unwrap();
+    let fx = tensor::io::safetensors::SafeTensors::open(fixtures.join("align_tiny_reference.safetensors")).unwrap();
+    let rows =
+        |out: &str| -> Vec<f32> { out.lines().flat_map(|l| serde_json::from_str::<Vec<f32>>(l).unwrap()).collect() };
+    let texts = "a photo of a cat\na red car on the road, parked\ndog\n";
+    let got = rows(&align_with_input(&["features", "--model", model, "--text"], texts));
+    tensor::Tolerance::new(0.0, 1e-4).assert("text", &got, &fx.tensor("text_embeds").unwrap().to_vec());
+    let images: Vec<String> = (0..3).map(|i| dir.join(format!("images/{i}.png")).display().to_string()).collect();
+    let mut args = vec!["features", "--model", model, "--image"];
+    args.extend(images.iter().map(String::as_str));
+    let got = rows(&align_with_input(&args, ""));
+    tensor::Tolerance::new(0.0, 1e-4).assert("image", &got, &fx.tensor("image_embeds").unwrap().to_vec());
+
+    let mut args = vec!["zeroshot", "--model", model, "--labels", "cat, dog,car"];
+    args.extend(images.iter().map(String::as_str));
+    let out = align_with_input(&args, "");
+    let mut per_image: Vec<Vec<(String, f32)>> = vec![];
+    for line in out.lines() {
+        if !line.starts_with("  ") {
+            per_image.push(vec![]);
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (label, p) = (parts.next().unwrap().to_string(), parts.next().unwrap().parse::<f32>().unwrap());
+        per_image.last_mut().unwrap().push((label, p));
+    }
+    assert_eq!(per_image.len(), 3, "{out}");
+    for ranked in &per_image {
+        let mut labels: Vec<&str> = ranked.iter().map(|r| r.0.as_str()).collect();
+        labels.sort();
+        assert_eq!(labels, ["car", "cat", "dog"]);
+        assert!(ranked.windows(2).all(|w| w[0].1 >= w[1].1), "{ranked:?}");
+        assert!((ranked.iter().map(|r| r.1).sum::<f32>() - 1.0).abs() < 2e-3, "{ranked:?}");
+    }
+    // neither --text nor images: a clear error
+    let out = Command::new(env!("CARGO_BIN_EXE_align")).args(["features", "--model", model]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("either --text"));
+}
