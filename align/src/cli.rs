@@ -260,7 +260,7 @@ fn read_images(paths: &[std::path::PathBuf]) -> Result<Vec<crate::images::RgbIma
 /// per stdin line, or per image.
 pub fn features(model: &Path, text: bool, images: &[std::path::PathBuf], device: Device) -> Result<()> {
     use std::io::{BufRead, Write};
-    if text == !images.is_empty() {
+    if text != images.is_empty() {
         return Err(AlignError::config("features", "give either --text (lines on stdin) or --image FILE..."));
     }
     let hf = crate::hf_align::HfAlign::open(model)?;
