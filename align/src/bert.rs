@@ -18,7 +18,7 @@ use nn::{Ctx, LoadReport, Module};
 use tensor::io::safetensors::SafeTensors;
 use tensor::{Result, Rng, Tensor, TensorError};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -35,6 +35,32 @@ pub struct BertConfig {
 }
 
 impl BertConfig {
+    /// From a Hugging Face BERT `config.json` (or AlignModel's `text_config`); missing keys take
+    /// BERT-base's values. Errors say which setting is not supported.
+    pub fn from_hf(v: &serde_json::Value) -> std::result::Result<BertConfig, String> {
+        use crate::hf_align::{count, number};
+        let act = v.get("hidden_act").and_then(serde_json::Value::as_str).unwrap_or("gelu");
+        if !matches!(act, "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+            return Err(format!("activation {act} is not supported"));
+        }
+        if v.get("position_embedding_type").and_then(serde_json::Value::as_str).is_some_and(|p| p != "absolute") {
+            return Err("only absolute position embeddings are supported".into());
+        }
+        Ok(BertConfig {
+            vocab_size: count(v, "vocab_size", 30522),
+            hidden_size: count(v, "hidden_size", 768),
+            num_layers: count(v, "num_hidden_layers", 12),
+            num_heads: count(v, "num_attention_heads", 12),
+            intermediate_size: count(v, "intermediate_size", 3072),
+            max_position_embeddings: count(v, "max_position_embeddings", 512),
+            type_vocab_size: count(v, "type_vocab_size", 2),
+            layer_norm_eps: number(v, "layer_norm_eps", 1e-12) as f32,
+            hidden_dropout: number(v, "hidden_dropout_prob", 0.1) as f32,
+            attention_dropout: number(v, "attention_probs_dropout_prob", 0.1) as f32,
+            gelu_tanh: act != "gelu",
+        })
+    }
+
     fn preset(layers: usize, hidden: usize, heads: usize, inter: usize) -> BertConfig {
         BertConfig {
             vocab_size: 30522,

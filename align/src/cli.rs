@@ -1,7 +1,7 @@
 //! Bodies of the `align` subcommands that are thin wrappers over the library crates.
 
 use std::io::{BufRead, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokenizer::{BertOptions, EncodeOptions, WordPiece};
 
@@ -407,6 +407,20 @@ pub struct TrainArgs {
     /// Data-parallel runs: check after every step that all ranks hold identical parameters.
     #[arg(long)]
     pub check_replicas: bool,
+    /// Start the image tower from pretrained weights: an EfficientNet state dict for
+    /// --image-tower (e.g. the lite0 package's efficientnet-lite0-57934424.pth), .pth or .safetensors.
+    #[arg(long, value_name = "PATH")]
+    pub image_init: Option<PathBuf>,
+    /// Start the text tower from a Hugging Face BERT directory (config.json, model.safetensors,
+    /// vocab.txt), with its vocabulary and casing (e.g. all-MiniLM-L6-v2).
+    #[arg(long, value_name = "DIR")]
+    pub text_init: Option<PathBuf>,
+    /// LiT: keep the image tower fixed (eval mode, no gradients, no optimiser state).
+    #[arg(long)]
+    pub lock_image: bool,
+    /// Keep the text encoder fixed (its projection still trains).
+    #[arg(long)]
+    pub lock_text: bool,
     /// With `--config paper`: print what N data-parallel ranks would send, receive and hold
     /// per step (see README, "Training on many machines").
     #[arg(long, value_name = "N")]
@@ -508,6 +522,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         return Ok(());
     }
     cfg.sync_bn = args.sync_bn;
+    if let Some(p) = &args.image_init {
+        if !p.exists() {
+            return Err(AlignError::config("--image-init", format!("{}: no such file", p.display())));
+        }
+        cfg.image_init = p.display().to_string();
+    }
+    if let Some(dir) = &args.text_init {
+        cfg = cfg.with_text_init(dir)?;
+    }
+    cfg.lock_image = args.lock_image;
+    cfg.lock_text = args.lock_text;
     crate::train::install_interrupt_handler();
     let device = args.device.resolve()?;
     // one rank, or every rank of an `mpirun` job

@@ -107,8 +107,9 @@ impl LoadedModel {
         let vocab_path = dir.join("vocab.txt");
         let vocab: Vec<String> =
             std::fs::read_to_string(&vocab_path).map_err(io_error(&vocab_path))?.lines().map(String::from).collect();
-        let tokenizer = WordPiece::from_tokens(vocab, BertOptions::default())
-            .map_err(|e| AlignError::data(&vocab_path, e.to_string()))?;
+        let tokenizer =
+            WordPiece::from_tokens(vocab, BertOptions { do_lower_case: config.lowercase, ..Default::default() })
+                .map_err(|e| AlignError::data(&vocab_path, e.to_string()))?;
         let model = DualEncoder::new(&config, tokenizer.vocab_size(), &mut Rng::new(0))?;
         nn::checkpoint::load_model(&checkpoint, &model)?;
         Ok(LoadedModel { model, tokenizer, config, checkpoint })

@@ -77,11 +77,11 @@ fn usize_list(v: &Value, key: &str, default: &[usize], file: &Path) -> Result<Ve
     }
 }
 
-fn number(v: &Value, key: &str, default: f64) -> f64 {
+pub(crate) fn number(v: &Value, key: &str, default: f64) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(default)
 }
 
-fn count(v: &Value, key: &str, default: usize) -> usize {
+pub(crate) fn count(v: &Value, key: &str, default: usize) -> usize {
     v.get(key).and_then(Value::as_u64).map_or(default, |x| x as usize)
 }
 
@@ -218,26 +218,7 @@ pub fn vision_config(v: &Value, file: &Path) -> Result<EfficientNetConfig> {
 
 /// Our BERT configuration for an AlignText `text_config` (defaults: BERT-base).
 pub fn text_config(v: &Value, file: &Path) -> Result<BertConfig> {
-    let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
-    if !matches!(act, "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
-        return Err(AlignError::data(file, format!("text_config: activation {act} is not supported")));
-    }
-    if v.get("position_embedding_type").and_then(Value::as_str).is_some_and(|p| p != "absolute") {
-        return Err(AlignError::data(file, "text_config: only absolute position embeddings are supported"));
-    }
-    Ok(BertConfig {
-        vocab_size: count(v, "vocab_size", 30522),
-        hidden_size: count(v, "hidden_size", 768),
-        num_layers: count(v, "num_hidden_layers", 12),
-        num_heads: count(v, "num_attention_heads", 12),
-        intermediate_size: count(v, "intermediate_size", 3072),
-        max_position_embeddings: count(v, "max_position_embeddings", 512),
-        type_vocab_size: count(v, "type_vocab_size", 2),
-        layer_norm_eps: number(v, "layer_norm_eps", 1e-12) as f32,
-        hidden_dropout: number(v, "hidden_dropout_prob", 0.1) as f32,
-        attention_dropout: number(v, "attention_probs_dropout_prob", 0.1) as f32,
-        gelu_tanh: act != "gelu",
-    })
+    BertConfig::from_hf(v).map_err(|msg| AlignError::data(file, format!("text_config: {msg}")))
 }
 
 /// Our name for an AlignVision parameter or buffer (lukemelas' EfficientNet names), or None.

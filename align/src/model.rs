@@ -38,10 +38,12 @@ impl DualEncoder {
             bn_momentum: cfg.bn_momentum,
             drop_connect: cfg.drop_connect,
             dropout: cfg.text_dropout,
+            bert: None,
         };
         let image = build_image_tower(&opts, rng)?;
         opts.arch = &cfg.text_arch;
         opts.embed_dim = image.feature_dim();
+        opts.bert = cfg.text_bert.as_ref();
         let text = build_text_tower(&opts, rng)?;
         Ok(DualEncoder { image, text, log_temperature: Var::parameter(Tensor::scalar(0.0)) })
     }

@@ -19,11 +19,27 @@ pub trait ImageTower: Module + Send + Sync {
     fn features(&self, images: &Var, ctx: &mut Ctx) -> Result<Var>;
     /// Width of the features, which is the width of the shared embedding space.
     fn feature_dim(&self) -> usize;
+    /// Loads pretrained weights from `path` (a state dict file), or says why it cannot.
+    fn load_pretrained(&self, path: &std::path::Path) -> Result<nn::LoadReport> {
+        Err(tensor::TensorError::Format {
+            file: path.display().to_string(),
+            tensor: None,
+            msg: "this image tower has no pretrained-weight loader".into(),
+        })
+    }
 }
 
 /// Token batch -> embeddings (batch, embed_dim), not normalised.
 pub trait TextTower: Module + Send + Sync {
     fn embed(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var>;
+    /// Loads a pretrained encoder from a model directory (the projection stays as built).
+    fn load_pretrained(&self, dir: &std::path::Path) -> Result<nn::LoadReport> {
+        Err(tensor::TensorError::Format {
+            file: dir.display().to_string(),
+            tensor: None,
+            msg: "this text tower has no pretrained-weight loader".into(),
+        })
+    }
 }
 
 /// What a tower builder may read from the run's configuration.
@@ -41,6 +57,8 @@ pub struct TowerOptions<'a> {
     pub bn_momentum: f32,
     pub drop_connect: f32,
     pub dropout: f32,
+    /// A text tower's BERT given outright (from a pretrained directory) instead of by name.
+    pub bert: Option<&'a BertConfig>,
 }
 
 /// A builder returns `None` when the name is not one of its architectures.
@@ -85,6 +103,26 @@ impl ImageTower for EfficientNet {
     fn feature_dim(&self) -> usize {
         self.config.feature_dim()
     }
+    fn load_pretrained(&self, path: &std::path::Path) -> Result<nn::LoadReport> {
+        let tensors = if path.extension().is_some_and(|e| e == "safetensors") {
+            let st = tensor::io::safetensors::SafeTensors::open(path)?;
+            st.names().map(|n| Ok((n.to_string(), st.tensor(n)?))).collect::<Result<Vec<_>>>()?
+        } else {
+            tensor::io::torch::load_state_dict(path)?
+        };
+        if crate::efficientnet::is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str()))
+            && self.config.padding != crate::efficientnet::PaddingStyle::Symmetric
+        {
+            return Err(tensor::TensorError::Format {
+                file: path.display().to_string(),
+                tensor: None,
+                msg: "torchvision's weights need its symmetric padding and batch-norm eps, which --image-init \
+                      does not set up: use lukemelas-named weights (as the lite0 package's)"
+                    .into(),
+            });
+        }
+        self.load_pytorch(&tensors)
+    }
 }
 
 fn efficientnet_tower(opts: &TowerOptions, rng: &mut Rng) -> Option<Result<Box<dyn ImageTower>>> {
@@ -103,10 +141,16 @@ impl TextTower for BertTextTower {
     fn embed(&self, tokens: &TokenBatch, ctx: &mut Ctx) -> Result<Var> {
         self.forward(tokens, ctx)
     }
+    fn load_pretrained(&self, dir: &std::path::Path) -> Result<nn::LoadReport> {
+        self.bert.load_hf_safetensors(dir.join("model.safetensors"))
+    }
 }
 
 fn bert_tower(opts: &TowerOptions, rng: &mut Rng) -> Option<Result<Box<dyn TextTower>>> {
-    let mut config = BertConfig::by_name(opts.arch)?;
+    let mut config = match opts.bert {
+        Some(given) => given.clone(),
+        None => BertConfig::by_name(opts.arch)?,
+    };
     config.vocab_size = opts.vocab_size;
     config.hidden_dropout = opts.dropout;
     config.attention_dropout = opts.dropout;

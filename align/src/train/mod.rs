@@ -87,6 +87,23 @@ pub struct TrainConfig {
     /// Data-parallel runs: batch-norm statistics over the global batch (all-reduced sums)
     /// instead of each rank's share (the default, as each of the paper's TPU cores had).
     pub sync_bn: bool,
+    /// Pretrained image tower: an EfficientNet state dict (`.pth` in lukemelas' naming, as the
+    /// lite0 weights, or safetensors) for `image_arch`; "" starts from random weights.
+    pub image_init: String,
+    /// Pretrained text tower: a Hugging Face BERT directory (config.json, model.safetensors,
+    /// vocab.txt), whose encoder, vocabulary and casing the run takes; "" starts from random
+    /// weights and a vocabulary trained on the alt-texts.
+    pub text_init: String,
+    /// LiT (Zhai et al. 2022): the image tower runs in eval mode with no gradients and no
+    /// optimiser state; only the text tower and the temperature train.
+    pub lock_image: bool,
+    /// The text tower locked likewise (its projection still trains).
+    pub lock_text: bool,
+    /// The text tower's BERT when it comes from `text_init` (not a named preset), so a
+    /// checkpoint rebuilds it without the original directory.
+    pub text_bert: Option<crate::bert::BertConfig>,
+    /// Lowercase captions before WordPiece (the vocabulary's casing).
+    pub lowercase: bool,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +113,26 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Starts the text tower from a Hugging Face BERT directory: its architecture (kept in the
+    /// configuration), vocabulary and casing.
+    pub fn with_text_init(mut self, dir: &Path) -> Result<TrainConfig> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| crate::error::AlignError::data(&config_path, e.to_string()))?;
+        let bert = crate::bert::BertConfig::from_hf(&v).map_err(|e| crate::error::AlignError::data(&config_path, e))?;
+        let tok_config = dir.join("tokenizer_config.json");
+        if let Ok(t) = std::fs::read_to_string(&tok_config) {
+            let t: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+            self.lowercase = t.get("do_lower_case").and_then(serde_json::Value::as_bool).unwrap_or(true);
+        }
+        self.text_arch = "pretrained".into();
+        self.max_tokens = self.max_tokens.min(bert.max_position_embeddings);
+        self.text_bert = Some(bert);
+        self.text_init = dir.display().to_string();
+        Ok(self)
+    }
+
     /// The CPU default: EfficientNet-B0 at 64x64 + BERT-mini at 32 tokens, batch 64.
     pub fn tiny() -> TrainConfig {
         TrainConfig {
@@ -125,6 +162,12 @@ impl TrainConfig {
             data: "builtin".into(),
             precision: "f32".into(),
             sync_bn: false,
+            image_init: String::new(),
+            text_init: String::new(),
+            lock_image: false,
+            lock_text: false,
+            text_bert: None,
+            lowercase: true,
         }
     }
 
@@ -245,7 +288,26 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
 
     // 2. model
     let model = DualEncoder::new(cfg, tok.vocab_size(), &mut Rng::new(cfg.seed))?;
-    let n_params: usize = model.named_parameters().iter().map(|(_, p)| p.value().numel()).sum();
+    // pretrained towers (a resumed run takes every weight from its checkpoint instead)
+    let resuming = opts.resume && RunCheckpoint::new(out_dir, cfg).exists();
+    if !resuming && !cfg.image_init.is_empty() {
+        let r = model.image.load_pretrained(Path::new(&cfg.image_init))?;
+        say(format!("image tower from {} ({} tensors not used)", cfg.image_init, r.unexpected.len()));
+    }
+    if !resuming && !cfg.text_init.is_empty() {
+        model.text.load_pretrained(Path::new(&cfg.text_init))?;
+        say(format!("text tower from {}", cfg.text_init));
+    }
+    // locked towers: no gradients, no optimiser state (LiT); a locked text tower keeps its
+    // projection trainable
+    if cfg.lock_image {
+        model.image.set_frozen("", true);
+    }
+    if cfg.lock_text {
+        model.text.set_frozen("bert.", true);
+    }
+    let n_params: usize =
+        model.named_parameters().iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.value().numel()).sum();
     let global_batch = cfg.batch_size * ranks;
     say(format!(
         "model: {} + {} ({:.1}M trained parameters), batch {}{}, {} steps",
@@ -266,7 +328,8 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     ));
 
     // 3. optimiser and learning-rate schedule
-    let mut opt = Lamb::new(param_groups(model.named_parameters(), cfg));
+    let trainable = model.named_parameters().into_iter().filter(|(_, p)| p.requires_grad()).collect();
+    let mut opt = Lamb::new(param_groups(trainable, cfg));
     let schedule = Schedule::new(cfg);
 
     // 4. batches, and where a resumed run left off

@@ -110,7 +110,16 @@ impl TrainingData {
 /// (rank 0 of a data-parallel job) writes the file; every rank trains the same vocabulary.
 pub fn vocabulary(cfg: &TrainConfig, out_dir: &Path, train: &[Pair], resume: bool, write: bool) -> Result<WordPiece> {
     let path = out_dir.join("vocab.txt");
-    let tokens: Vec<String> = if resume && path.exists() {
+    let tokens: Vec<String> = if !cfg.text_init.is_empty() {
+        // a pretrained text tower brings its vocabulary; the run keeps a copy
+        let theirs = Path::new(&cfg.text_init).join("vocab.txt");
+        let tokens: Vec<String> =
+            std::fs::read_to_string(&theirs).map_err(io_error(&theirs))?.lines().map(String::from).collect();
+        if write {
+            write_vocab(&path, &tokens).map_err(io_error(&path))?;
+        }
+        tokens
+    } else if resume && path.exists() {
         std::fs::read_to_string(&path).map_err(io_error(&path))?.lines().map(String::from).collect()
     } else {
         let tokens = train_vocab(
@@ -122,5 +131,6 @@ pub fn vocabulary(cfg: &TrainConfig, out_dir: &Path, train: &[Pair], resume: boo
         }
         tokens
     };
-    WordPiece::from_tokens(tokens, BertOptions::default()).map_err(|e| AlignError::data(&path, e.to_string()))
+    WordPiece::from_tokens(tokens, BertOptions { do_lower_case: cfg.lowercase, ..Default::default() })
+        .map_err(|e| AlignError::data(&path, e.to_string()))
 }

@@ -67,9 +67,9 @@ pub fn train_step(
     // forward: (N, D) unit rows from each tower, then the loss over the N x N similarities
     let t_forward = Instant::now();
     let mut ctx = Ctx { training: true, rng: Rng::new(batch.ctx_seed) };
-    let image_embeddings = model.embed_images(&batch.images, &mut ctx)?;
+    let image_embeddings = embed_images(model, cfg, batch, &mut ctx)?;
     let t_text = Instant::now();
-    let text_embeddings = model.embed_texts(&tokens, &mut ctx)?;
+    let text_embeddings = embed_texts(model, cfg, &tokens, &mut ctx)?;
     let loss = contrastive_loss(&image_embeddings, &text_embeddings, &model.log_temperature, LABEL_SMOOTHING)?;
     times.image_forward += t_text.duration_since(t_forward).as_secs_f64();
     times.text_forward_and_loss += t_text.elapsed().as_secs_f64();
@@ -83,6 +83,23 @@ pub fn train_step(
     times.backward += t_backward.elapsed().as_secs_f64();
     update(model, opt, cfg, times)?;
     Ok(loss_value)
+}
+
+/// The image tower forward; a locked tower runs in eval mode and builds no graph.
+fn embed_images(model: &DualEncoder, cfg: &TrainConfig, batch: &Batch, ctx: &mut Ctx) -> Result<Var> {
+    if cfg.lock_image {
+        let mut eval = Ctx::eval();
+        return Ok(autograd::no_grad(|| model.embed_images(&batch.images, &mut eval))?);
+    }
+    Ok(model.embed_images(&batch.images, ctx)?)
+}
+
+/// The text tower forward; a locked encoder runs in eval mode (no dropout) under its projection.
+fn embed_texts(model: &DualEncoder, cfg: &TrainConfig, tokens: &crate::bert::TokenBatch, ctx: &mut Ctx) -> Result<Var> {
+    if cfg.lock_text {
+        return Ok(model.embed_texts(tokens, &mut Ctx::eval())?);
+    }
+    Ok(model.embed_texts(tokens, ctx)?)
 }
 
 /// Gradient clipping and the optimiser step, then the gradients cleared for the next step.
@@ -141,9 +158,9 @@ pub fn train_step_data_parallel(
     };
     let bn_sync = if cfg.sync_bn { comm.batch_stats_sync() } else { None };
     let (image_embeddings, text_embeddings) = with_batch_stats_sync(bn_sync, || -> Result<(Var, Var)> {
-        let x = model.embed_images(&batch.images, &mut ctx)?;
+        let x = embed_images(model, cfg, batch, &mut ctx)?;
         let t_text = Instant::now();
-        let y = model.embed_texts(&tokens, &mut ctx)?;
+        let y = embed_texts(model, cfg, &tokens, &mut ctx)?;
         times.image_forward += t_text.duration_since(t_forward).as_secs_f64();
         times.text_forward_and_loss += t_text.elapsed().as_secs_f64();
         Ok((x, y))
