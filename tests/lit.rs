@@ -38,6 +38,16 @@ fn a_locked_lite0_and_minilm_train_and_reload() {
     assert_eq!(cfg.text_bert.as_ref().unwrap().num_layers, 6);
     let summary = train(&cfg, &dir, &RunOptions { quiet: true, ..Default::default() }).unwrap();
     assert!(summary.final_loss.is_finite());
+    // the locked tower's features were computed once, one row per training pair; a resumed run
+    // reads the same file instead of computing them again
+    let cache = dir.join("image_features.safetensors");
+    let st = tensor::io::safetensors::SafeTensors::open(&cache).unwrap();
+    let rows = st.tensor("features").unwrap();
+    assert_eq!(rows.shape()[1], 320);
+    let written = std::fs::metadata(&cache).unwrap().modified().unwrap();
+    let more = TrainConfig { steps: 4, ..cfg.clone() };
+    train(&more, &dir, &RunOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), written, "the cache was rebuilt");
 
     // the run's vocabulary is MiniLM's
     let ours = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();

@@ -108,9 +108,13 @@ impl EpochSampler {
 
 /// A batch ready to train on: decoded images and the captions of the pairs that decoded.
 pub struct Batch {
-    /// (N', res, res, 3) in [-1, 1]
+    /// (N', res, res, 3) in [-1, 1] (empty when the run reads cached image features)
     pub images: Tensor,
     pub texts: Vec<String>,
+    /// The training-pair index of each row.
+    pub pairs: Vec<usize>,
+    /// Cached features of a locked image tower, (N', D), used instead of `images`.
+    pub features: Option<Tensor>,
     pub ctx_seed: u64,
     /// Images that failed to decode (counted, not fatal).
     pub corrupt: usize,
@@ -130,6 +134,8 @@ pub struct Batches<'a> {
     resolution: usize,
     /// (rank, ranks): which share of each drawn batch this process decodes.
     shard: (usize, usize),
+    /// False when the run reads cached image features: the worker decodes nothing.
+    decode: bool,
 }
 
 impl<'a> Batches<'a> {
@@ -142,7 +148,15 @@ impl<'a> Batches<'a> {
             seed,
             resolution,
             shard: (0, 1),
+            decode: true,
         }
+    }
+
+    /// Draws batches without decoding their images (a locked image tower's cached features
+    /// stand in for them).
+    pub fn without_images(mut self) -> Batches<'a> {
+        self.decode = false;
+        self
     }
 
     /// This process decodes only share `rank` of `ranks` of every batch.
@@ -161,9 +175,13 @@ impl<'a> Batches<'a> {
         let share = self.share(draw.indices.len());
         let first = share.start;
         let batch: Vec<Pair> = draw.indices[share].iter().map(|&i| self.pairs[i].clone()).collect();
-        let (seed, resolution, crop_seed) = (self.seed, self.resolution, draw.crop_seed);
+        let (seed, resolution, crop_seed, decode) = (self.seed, self.resolution, draw.crop_seed, self.decode);
         // the worker hands the pairs back with their images (no second copy of the pairs)
         let worker = std::thread::spawn(move || {
+            if !decode {
+                let all = (0..batch.len()).collect();
+                return (batch, Ok((Tensor::zeros(&[0]), all, 0)));
+            }
             let refs: Vec<&Pair> = batch.iter().collect();
             let decoded = image_batch_at(seed, &refs, resolution, true, crop_seed, first);
             (batch, decoded)
@@ -188,7 +206,9 @@ impl<'a> Batches<'a> {
         let (pairs, decoded) = worker.join().map_err(|_| AlignError::training(None, "the data worker panicked"))?;
         let (images, ok, corrupt) = decoded?;
         let texts = ok.iter().map(|&i| pairs[i].text.clone()).collect();
-        Ok(Batch { images, texts, ctx_seed: draw.ctx_seed, corrupt })
+        let first = self.share(draw.indices.len()).start;
+        let indices = ok.iter().map(|&i| draw.indices[first + i]).collect();
+        Ok(Batch { images, texts, pairs: indices, features: None, ctx_seed: draw.ctx_seed, corrupt })
     }
 
     /// Everything the batches still to come depend on: the sampler's state and, when a batch

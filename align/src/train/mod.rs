@@ -25,6 +25,7 @@
 //! summary, and all ranks stop together.
 
 mod batches;
+mod cache;
 mod checkpoint;
 mod schedule;
 mod source;
@@ -39,6 +40,7 @@ use nn::Module;
 use tensor::Rng;
 
 pub use batches::{Batch, Batches, Draw, EpochSampler};
+pub use cache::FeatureCache;
 pub use checkpoint::RunCheckpoint;
 pub use schedule::{param_groups, Schedule};
 pub use source::{vocabulary, TrainingData};
@@ -333,7 +335,12 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     let schedule = Schedule::new(cfg);
 
     // 4. batches, and where a resumed run left off
+    // a locked image tower on one process: its features computed once (below), then only read
+    let use_cache = cfg.lock_image && ranks == 1 && !opts.device.is_gpu();
     let mut batches = Batches::new(&data.train, global_batch, cfg.resolution, cfg.seed).sharded(comm.rank(), ranks);
+    if use_cache {
+        batches = batches.without_images();
+    }
     let buckets = crate::dist::GradientBuckets::new(&model.named_parameters(), crate::dist::DEFAULT_BUCKET_BYTES);
     let checkpoint = RunCheckpoint::new(out_dir, cfg);
     let mut start = 0;
@@ -341,6 +348,18 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         start = checkpoint.restore(&model, &mut opt, &mut batches)?;
         say(format!("resumed from {} at step {start}", checkpoint.path.display()));
     }
+    let cache = if use_cache {
+        let progress = |line: String| {
+            if verbose {
+                eprint!("\r{line}   ");
+            }
+        };
+        let c = FeatureCache::build_or_open(cfg, out_dir, &data.train, &model, &progress)?;
+        say(format!("\nimage features: {}", c.path.display()));
+        Some(c)
+    } else {
+        None
+    };
     // the model (and, from its first step, the optimiser state) on the training device
     model.to_device(opts.device)?;
     if opts.device.is_gpu() {
@@ -383,7 +402,15 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
             break;
         }
         let t_data = Instant::now();
-        let batch = batches.next(step + 1 < cfg.steps)?;
+        let mut batch = batches.next(step + 1 < cfg.steps)?;
+        if let Some(cache) = &cache {
+            // the cached rows of the pairs whose images decoded
+            let keep: Vec<usize> = (0..batch.pairs.len()).filter(|&k| cache.usable(batch.pairs[k])).collect();
+            batch.corrupt += batch.pairs.len() - keep.len();
+            batch.texts = keep.iter().map(|&k| std::mem::take(&mut batch.texts[k])).collect();
+            batch.pairs = keep.iter().map(|&k| batch.pairs[k]).collect();
+            batch.features = Some(cache.rows(&batch.pairs)?);
+        }
         times.data += t_data.elapsed().as_secs_f64();
         data.skipped.corrupt_image += batch.corrupt;
         let lr = schedule.apply(&mut opt, step);

@@ -87,6 +87,10 @@ pub fn train_step(
 
 /// The image tower forward; a locked tower runs in eval mode and builds no graph.
 fn embed_images(model: &DualEncoder, cfg: &TrainConfig, batch: &Batch, ctx: &mut Ctx) -> Result<Var> {
+    if let Some(features) = &batch.features {
+        // a locked tower's cached features: only the normalisation remains
+        return Ok(autograd::ops::contrastive::l2_normalize(&Var::constant(features.clone()), 1e-12)?);
+    }
     if cfg.lock_image {
         let mut eval = Ctx::eval();
         return Ok(autograd::no_grad(|| model.embed_images(&batch.images, &mut eval))?);
