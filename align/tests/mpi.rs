@@ -38,6 +38,9 @@ fn mpirun(ranks: usize) -> Command {
     c.arg(env!("CARGO_BIN_EXE_align"));
     // each rank one kernel thread: 4 ranks on 2 cores must not fight over 8 threads
     c.env("ALIGN_NUM_THREADS", "1");
+    // containers often forbid the cross-process memory reads of Open MPI's single-copy path;
+    // copy through shared memory instead (MPICH ignores the setting)
+    c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
     c
 }
 
