@@ -107,3 +107,76 @@ fn the_released_align_base_matches_transformers() {
     );
     let _ = std::fs::remove_file(&reference);
 }
+
+/// `--image-init` with an AlignModel directory (its vision tower, built from its
+/// `vision_config`) and with torchvision-named weights (built with torchvision's padding and
+/// eps): after a few locked steps the run's image tower computes exactly what the source model
+/// computes, and the checkpoint rebuilds that architecture without the source.
+#[test]
+fn pretrained_image_towers_from_an_align_model_and_torchvision_weights() {
+    use align::efficientnet::{EfficientNet, EfficientNetConfig, PaddingStyle};
+    use align::train::{train, RunOptions, TrainConfig};
+    use autograd::Var;
+    use nn::Ctx;
+
+    let features = |lm: &align::eval::LoadedModel, x: &tensor::Tensor| -> Vec<f32> {
+        autograd::no_grad(|| lm.model.image.features(&Var::constant(x.clone()), &mut Ctx::eval()))
+            .unwrap()
+            .value()
+            .to_vec()
+    };
+    let x = tensor::Tensor::randn(&[2, 33, 33, 3], 0.0, 0.5, 3);
+    let small = |init: &std::path::Path, arch: &str| {
+        TrainConfig {
+            image_arch: arch.into(),
+            resolution: 33,
+            batch_size: 8,
+            steps: 2,
+            warmup: 1,
+            train_pairs: 200,
+            held_out: 16,
+            checkpoint_every: 0,
+            lock_image: true,
+            ..TrainConfig::tiny()
+        }
+        .with_image_init(init)
+        .unwrap()
+    };
+
+    // an AlignModel's vision tower
+    let source = common::fixture("align_tiny");
+    let cfg = small(&source, "b0");
+    let vision = cfg.image_efficientnet.clone().expect("the AlignVision architecture is kept");
+    assert_eq!((vision.padding, vision.first_block_residual), (PaddingStyle::HuggingFace, false));
+    let run = std::env::temp_dir().join(format!("align-init-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    train(&cfg, &run, &RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let ours = align::eval::LoadedModel::open(&run).unwrap();
+    let theirs = align::eval::LoadedModel::open(&source).unwrap();
+    Tolerance::new(0.0, 0.0).assert("AlignVision features", &features(&ours, &x), &features(&theirs, &x));
+    std::fs::remove_dir_all(&run).unwrap();
+
+    // torchvision's naming: the tower is built as torchvision builds it
+    let pth = common::fixture("efficientnet_torchvision_tiny.pth");
+    let cfg = small(&pth, "tiny");
+    let tv = cfg.image_efficientnet.clone().unwrap();
+    assert_eq!((tv.padding, tv.bn_eps), (PaddingStyle::Symmetric, 1e-5));
+    let run = std::env::temp_dir().join(format!("align-init-tv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    train(&cfg, &run, &RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let ours = align::eval::LoadedModel::open(&run).unwrap();
+    let reference = EfficientNet::new(
+        EfficientNetConfig { num_classes: 0, ..EfficientNetConfig::by_name("tiny").unwrap().torchvision() },
+        &mut tensor::Rng::new(0),
+    );
+    reference.load_pytorch(&tensor::io::torch::load_state_dict(&pth).unwrap()).unwrap();
+    let want = autograd::no_grad(|| reference.features(&Var::constant(x.clone()), &mut Ctx::eval())).unwrap();
+    Tolerance::new(0.0, 0.0).assert("torchvision features", &features(&ours, &x), &want.value().to_vec());
+    std::fs::remove_dir_all(&run).unwrap();
+
+    // a directory that is not an AlignModel, and a file that is no weight file, are refused by name
+    let e = TrainConfig::tiny().with_image_init(&common::minilm_dir()).unwrap_err().to_string();
+    assert!(e.contains("not a Hugging Face AlignModel"), "{e}");
+    let e = TrainConfig::tiny().with_image_init(&source.join("vocab.txt")).unwrap_err().to_string();
+    assert!(e.contains("looks like text"), "{e}");
+}

@@ -193,7 +193,7 @@ pub fn classify_images(
     use crate::images::{load_image_tensor, Normalisation};
     let mut cfg = EfficientNetConfig::by_name(arch)
         .ok_or_else(|| AlignError::config("--arch", format!("unknown '{arch}' (b0..b7, l2, lite0..lite4)")))?;
-    let tensors = tensor::io::torch::load_state_dict(weights)?;
+    let tensors = tensor::io::load_named_tensors(weights)?;
     // torchvision's weights need its padding and eps, which its parameter names reveal
     if crate::efficientnet::is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str())) {
         cfg = cfg.torchvision();
@@ -408,7 +408,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub check_replicas: bool,
     /// Start the image tower from pretrained weights: an EfficientNet state dict for
-    /// --image-tower (e.g. the lite0 package's efficientnet-lite0-57934424.pth), .pth or .safetensors.
+    /// --image-tower (.pth or .safetensors, lukemelas' or torchvision's naming, e.g. the lite0
+    /// package's efficientnet-lite0-57934424.pth) or a Hugging Face AlignModel directory (its
+    /// vision tower).
     #[arg(long, value_name = "PATH")]
     pub image_init: Option<PathBuf>,
     /// Start the text tower from a Hugging Face BERT directory (config.json, model.safetensors,
@@ -523,10 +525,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     cfg.sync_bn = args.sync_bn;
     if let Some(p) = &args.image_init {
-        if !p.exists() {
-            return Err(AlignError::config("--image-init", format!("{}: no such file", p.display())));
-        }
-        cfg.image_init = p.display().to_string();
+        cfg = cfg.with_image_init(p)?;
     }
     if let Some(dir) = &args.text_init {
         cfg = cfg.with_text_init(dir)?;

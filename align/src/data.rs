@@ -525,6 +525,16 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
     (train_pairs, held, report)
 }
 
+/// A pair's image at its own size: the file, the shard member, or the built-in scene rendered.
+/// None when it does not decode.
+pub fn decode_pair(seed: u64, p: &Pair) -> Option<image::RgbImage> {
+    match (&p.file, &p.member) {
+        (Some(path), _) => crate::images::load_rgb(path).ok(),
+        (None, Some(member)) => image::load_from_memory(&member.read().ok()?).ok().map(|i| i.to_rgb8()),
+        (None, None) => Some(Scene::generate(seed, p.index).render()),
+    }
+}
+
 /// Renders or decodes and preprocesses a batch: (N', res, res, 3) in [-1, 1], where N' counts
 /// the images that decoded (the kept pair indices are returned; decode failures are counted in
 /// `corrupt`). Training crops randomly from an image resized to res * 346 / 289 and flips half
@@ -563,19 +573,17 @@ pub fn image_batch_at(
                     (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize)
                 }
             };
-            let img = match (&p.file, &p.member) {
-                (Some(path), _) => crate::images::load_rgb(path).ok()?,
-                (None, Some(member)) => image::load_from_memory(&member.read().ok()?).ok()?.to_rgb8(),
-                (None, None) => {
-                    // built-in scenes are drawn straight at the resized size (resizing is then a no-op)
-                    let scene = Scene::generate(seed, p.index);
-                    let (tw, th) = target(scene.width.max(1), scene.height.max(1));
-                    if tw < scene.width {
-                        scene.render_at(tw, th)
-                    } else {
-                        scene.render()
-                    }
+            let img = if p.file.is_none() && p.member.is_none() {
+                // built-in scenes are drawn straight at the resized size (resizing is then a no-op)
+                let scene = Scene::generate(seed, p.index);
+                let (tw, th) = target(scene.width.max(1), scene.height.max(1));
+                if tw < scene.width {
+                    scene.render_at(tw, th)
+                } else {
+                    scene.render()
                 }
+            } else {
+                decode_pair(seed, p)?
             };
             let mut rng = Rng::new(rng_seed.wrapping_add((first + k) as u64 * 7919));
             let (w, h) = img.dimensions();

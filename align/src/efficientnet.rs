@@ -32,7 +32,7 @@ use tensor::{Result, Rng, Tensor, TensorError};
 /// for k = 3, symmetric 1 and 1; Hugging Face pads k/2 - 1 before and k/2 after whatever the
 /// size, which is SAME on even sizes but not on odd ones (ALIGN's 289: SAME gives 145 rows
 /// after the stem, Hugging Face 144).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PaddingStyle {
     TfSame,
     Symmetric,
@@ -56,7 +56,7 @@ impl PaddingStyle {
 }
 
 /// One stage of the block table (before scaling).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StageArgs {
     pub repeats: usize,
     pub kernel: usize,
@@ -77,7 +77,7 @@ pub const B0_STAGES: [StageArgs; 7] = [
     StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 6, in_ch: 192, out_ch: 320 },
 ];
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EfficientNetConfig {
     pub name: String,
     pub width: f64,

@@ -3,8 +3,10 @@
 //! ensembling, KNN on image embeddings, an embedding index with text / image / image+text
 //! search (the paper's Figure 5), and the colour-swap query benchmark on the built-in corpus.
 //!
-//! Every function here works from a trained run: [`LoadedModel::open`] takes a run directory
-//! (or its `checkpoint.safetensors`) and restores the model, its configuration and vocabulary.
+//! Every function here works from a trained run or a released model: [`LoadedModel::open`]
+//! takes a run directory (or its `checkpoint.safetensors`) and restores the model, its
+//! configuration and vocabulary, or a Hugging Face AlignModel directory (`kakaobrain/align-base`)
+//! with its tokenizer and image processor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use tokenizer::{BertOptions, WordPiece};
 
 use crate::data::{image_batch_checked, read_manifest, Pair, Scene, SkipReport, COLOURS};
 use crate::error::{io_error, AlignError, Result};
+use crate::hf_align::{HfAlign, ImageProcessor};
 use crate::model::{token_batch, DualEncoder};
 use crate::retrieval::{retrieval_metrics, RetrievalMetrics};
 use crate::train::TrainConfig;
@@ -30,6 +33,9 @@ pub struct Embedder<'a> {
     pub model: &'a DualEncoder,
     pub tokenizer: &'a WordPiece,
     pub config: &'a TrainConfig,
+    /// A released model's own image preprocessing; None: our runs' centre crop at
+    /// `config.resolution`.
+    pub processor: Option<&'a ImageProcessor>,
 }
 
 impl Embedder<'_> {
@@ -58,7 +64,14 @@ impl Embedder<'_> {
         no_grad(|| -> Result<()> {
             for (c, chunk) in pairs.chunks(Self::IMAGE_CHUNK).enumerate() {
                 let refs: Vec<&Pair> = chunk.iter().collect();
-                let (images, ok, _) = image_batch_checked(self.config.seed, &refs, self.config.resolution, false, 0)?;
+                let (images, ok) = match self.processor {
+                    None => {
+                        let (images, ok, _) =
+                            image_batch_checked(self.config.seed, &refs, self.config.resolution, false, 0)?;
+                        (images, ok)
+                    }
+                    Some(processor) => processed_batch(processor, self.config.seed, &refs)?,
+                };
                 if ok.is_empty() {
                     continue;
                 }
@@ -85,18 +98,59 @@ impl Embedder<'_> {
     }
 }
 
-/// A trained dual encoder with everything needed to embed new inputs.
+/// Decodes `pairs` and applies a released model's image processor: (N', H, W, 3) of the
+/// images that decoded, and their indices. The processor must give every image one size (a
+/// fixed resize or a centre crop), as AlignProcessor's does.
+fn processed_batch(processor: &ImageProcessor, seed: u64, pairs: &[&Pair]) -> Result<(Tensor, Vec<usize>)> {
+    use rayon::prelude::*;
+    let per: Vec<Option<Tensor>> = pairs
+        .par_iter()
+        .map(|p| crate::data::decode_pair(seed, p).and_then(|img| processor.preprocess(&img).ok()))
+        .collect();
+    let kept: Vec<usize> = (0..per.len()).filter(|&i| per[i].is_some()).collect();
+    let tensors: Vec<Tensor> = per.into_iter().flatten().collect();
+    let Some(first) = tensors.first() else {
+        return Ok((Tensor::zeros(&[0, 1, 1, 3]), kept));
+    };
+    let shape = first.shape().to_vec();
+    if tensors.iter().any(|t| t.shape() != shape.as_slice()) {
+        return Err(AlignError::config(
+            "image processor",
+            "keeps each image's size (no fixed resize or crop), so images cannot be batched",
+        ));
+    }
+    let data: Vec<f32> = tensors.iter().flat_map(|t| t.to_vec()).collect();
+    Ok((Tensor::from_vec(data, &[tensors.len(), shape[0], shape[1], 3])?, kept))
+}
+
+/// A dual encoder with everything needed to embed new inputs: a trained run, or a released
+/// Hugging Face AlignModel.
 pub struct LoadedModel {
     pub model: DualEncoder,
     pub tokenizer: WordPiece,
+    /// A run's configuration; for a released model, defaults with its token limit and image size.
     pub config: TrainConfig,
+    /// The run's checkpoint file, or the released model's directory.
     pub checkpoint: PathBuf,
+    /// A released model's image processor (None for our runs).
+    pub processor: Option<ImageProcessor>,
+}
+
+/// True when `dir` holds a transformers AlignModel (a `config.json` with vision and text configs).
+pub fn is_hf_align_dir(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .is_ok_and(|v| v.get("vision_config").is_some() && v.get("text_config").is_some())
 }
 
 impl LoadedModel {
     /// Opens a run directory (or the checkpoint file inside one): the configuration comes from
-    /// the checkpoint's metadata, the vocabulary from `vocab.txt` beside it.
+    /// the checkpoint's metadata, the vocabulary from `vocab.txt` beside it. A Hugging Face
+    /// AlignModel directory opens as [`LoadedModel::from_hf`] of [`HfAlign::open`].
     pub fn open(path: &Path) -> Result<LoadedModel> {
+        if path.is_dir() && !path.join("checkpoint.safetensors").exists() && is_hf_align_dir(path) {
+            return Ok(LoadedModel::from_hf(HfAlign::open(path)?));
+        }
         let checkpoint = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
         let dir = checkpoint.parent().unwrap_or(Path::new(".")).to_path_buf();
         let meta = tensor::io::safetensors::SafeTensors::open(&checkpoint)?.metadata().clone();
@@ -112,11 +166,27 @@ impl LoadedModel {
                 .map_err(|e| AlignError::data(&vocab_path, e.to_string()))?;
         let model = DualEncoder::new(&config, tokenizer.vocab_size(), &mut Rng::new(0))?;
         nn::checkpoint::load_model(&checkpoint, &model)?;
-        Ok(LoadedModel { model, tokenizer, config, checkpoint })
+        Ok(LoadedModel { model, tokenizer, config, checkpoint, processor: None })
+    }
+
+    /// A released model as a loaded one: its token limit and image size go into a default
+    /// configuration (evaluation on `builtin` data then uses the built-in corpus's defaults).
+    pub fn from_hf(hf: HfAlign) -> LoadedModel {
+        let mut config = TrainConfig { max_tokens: hf.max_tokens, ..TrainConfig::default() };
+        if let Some((w, h)) = hf.images.center_crop.or(hf.images.resize) {
+            config.resolution = w.max(h) as usize;
+        }
+        config.lowercase = hf.tokenizer.options.do_lower_case;
+        LoadedModel { model: hf.model, tokenizer: hf.tokenizer, config, checkpoint: hf.dir, processor: Some(hf.images) }
     }
 
     pub fn embedder(&self) -> Embedder<'_> {
-        Embedder { model: &self.model, tokenizer: &self.tokenizer, config: &self.config }
+        Embedder {
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            config: &self.config,
+            processor: self.processor.as_ref(),
+        }
     }
 
     /// Embedding width.

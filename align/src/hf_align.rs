@@ -99,7 +99,8 @@ impl ImageProcessor {
     /// `EfficientNetImageProcessor`'s defaults).
     pub fn from_json(v: &Value, file: &Path) -> Result<ImageProcessor> {
         let flag = |k: &str, default: bool| v.get(k).and_then(Value::as_bool).unwrap_or(default);
-        let code = v.get("resample").and_then(Value::as_i64).unwrap_or(0);
+        // transformers 5's EfficientNetImageProcessor defaults to bicubic
+        let code = v.get("resample").and_then(Value::as_i64).unwrap_or(3);
         let filter = Filter::from_pil_code(code).ok_or_else(|| {
             AlignError::data(file, format!("resample {code}: only PIL's bilinear (2) and bicubic (3) are supported"))
         })?;
@@ -155,6 +156,26 @@ impl ImageProcessor {
             }
         }
         Ok(Tensor::from_vec(data, &[h as usize, w as usize, 3])?)
+    }
+}
+
+impl std::fmt::Display for ImageProcessor {
+    /// One line in the processor's order, e.g. "resize to 289x289 (bicubic), x * 0.00784 - 1".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut steps = vec![];
+        if let Some((w, h)) = self.resize {
+            steps.push(format!("resize to {w}x{h} ({:?})", self.filter).to_lowercase());
+        }
+        if let Some((w, h)) = self.center_crop {
+            steps.push(format!("centre crop {w}x{h}"));
+        }
+        if let Some(factor) = self.rescale {
+            steps.push(format!("x * {factor:.6}{}", if self.offset { " - 1" } else { "" }));
+        }
+        if let Some((mean, std)) = self.normalize {
+            steps.push(format!("(x - {mean:?}) / {std:?}"));
+        }
+        write!(f, "{}", if steps.is_empty() { "none".into() } else { steps.join(", ") })
     }
 }
 
@@ -261,7 +282,7 @@ pub fn text_name(hf: &str) -> Option<String> {
 }
 
 /// Every tensor of the directory's weights, as f32.
-fn read_weights(dir: &Path) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
+pub fn read_weights(dir: &Path) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
     let st_path = dir.join("model.safetensors");
     if st_path.exists() {
         let st = tensor::io::safetensors::SafeTensors::open(&st_path)?;

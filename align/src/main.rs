@@ -102,8 +102,8 @@ enum Command {
     Devices,
     /// Embed images (a folder or a manifest) into a search index (safetensors).
     Embed {
-        /// Run directory or its checkpoint.safetensors
-        #[arg(long)]
+        /// Run directory, its checkpoint.safetensors, or a Hugging Face AlignModel directory
+        #[arg(long, visible_alias = "model")]
         checkpoint: PathBuf,
         /// Folder of JPEG / PNG images (recursive) or a manifest
         #[arg(long)]
@@ -117,8 +117,9 @@ enum Command {
     Search {
         #[arg(long)]
         index: PathBuf,
-        /// Model to embed the query with (default: the checkpoint recorded in the index)
-        #[arg(long)]
+        /// Model to embed the query with: a run or a Hugging Face AlignModel directory
+        /// (default: the model recorded in the index)
+        #[arg(long, visible_alias = "model")]
         checkpoint: Option<PathBuf>,
         #[arg(long)]
         text: Option<String>,
@@ -139,10 +140,18 @@ enum Command {
         device: align::cli::DeviceArgs,
     },
     /// One self-contained HTML report of a training run (curves, filters, metrics, examples).
+    /// With --model instead of --run: the model alone (a run or a Hugging Face AlignModel
+    /// directory) and example queries over --data.
     Report {
+        #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+        run: Option<PathBuf>,
+        /// A run or a Hugging Face AlignModel directory
         #[arg(long)]
-        run: PathBuf,
-        /// Output file (default: RUN/report.html)
+        model: Option<PathBuf>,
+        /// With --model: the gallery of the example queries, `builtin` or a manifest
+        #[arg(long, default_value = "builtin", requires = "model")]
+        data: PathBuf,
+        /// Output file (default: RUN/report.html, or report.html with --model)
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -163,7 +172,8 @@ enum Command {
 enum EvalCommand {
     /// Image<->text Recall@1/5/10 and median rank; records sharing an image are its captions.
     Retrieval {
-        #[arg(long)]
+        /// Run directory, its checkpoint.safetensors, or a Hugging Face AlignModel directory
+        #[arg(long, visible_alias = "model")]
         checkpoint: PathBuf,
         /// Manifest (.tsv / .csv / .jsonl) of image path and caption, or `builtin` (the
         /// built-in corpus's held-out pairs)
@@ -174,7 +184,8 @@ enum EvalCommand {
     },
     /// Zero-shot classification with prompt ensembling.
     Zeroshot {
-        #[arg(long)]
+        /// Run directory, its checkpoint.safetensors, or a Hugging Face AlignModel directory
+        #[arg(long, visible_alias = "model")]
         checkpoint: PathBuf,
         /// Manifest of image path and label (a class name or index)
         #[arg(long)]
@@ -190,7 +201,8 @@ enum EvalCommand {
     },
     /// KNN accuracy on image embeddings (cosine, similarity-weighted votes).
     Knn {
-        #[arg(long)]
+        /// Run directory, its checkpoint.safetensors, or a Hugging Face AlignModel directory
+        #[arg(long, visible_alias = "model")]
         checkpoint: PathBuf,
         #[arg(long)]
         train: PathBuf,
@@ -203,7 +215,8 @@ enum EvalCommand {
     },
     /// Image + "B" - "A" colour-swap queries on held-out built-in scenes (the paper's Figure 5).
     Arithmetic {
-        #[arg(long)]
+        /// Run directory, its checkpoint.safetensors, or a Hugging Face AlignModel directory
+        #[arg(long, visible_alias = "model")]
         checkpoint: PathBuf,
         #[arg(long, default_value_t = 1000)]
         gallery: usize,
@@ -267,9 +280,19 @@ fn main() -> ExitCode {
                 )
             })
         }
-        Command::Report { run, out } => {
-            let out = out.unwrap_or_else(|| run.join("report.html"));
-            align::report::write_report(&run, &out).map(|()| println!("wrote {}", out.display()))
+        Command::Report { run, model, data, out } => {
+            let (written, out) = match (run, model) {
+                (Some(run), _) => {
+                    let out = out.unwrap_or_else(|| run.join("report.html"));
+                    (align::report::write_report(&run, &out), out)
+                }
+                (None, Some(model)) => {
+                    let out = out.unwrap_or_else(|| PathBuf::from("report.html"));
+                    (align::report::write_model_report(&model, &data, &out), out)
+                }
+                (None, None) => unreachable!("clap requires --run or --model"),
+            };
+            written.map(|()| println!("wrote {}", out.display()))
         }
         Command::Data { what } => match what {
             DataCommand::Mnist { csv, out } => align::mnist::build(csv.as_deref(), &out),

@@ -39,6 +39,7 @@ impl DualEncoder {
             drop_connect: cfg.drop_connect,
             dropout: cfg.text_dropout,
             bert: None,
+            efficientnet: cfg.image_efficientnet.as_ref(),
         };
         let image = build_image_tower(&opts, rng)?;
         opts.arch = &cfg.text_arch;

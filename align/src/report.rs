@@ -3,6 +3,10 @@
 //! as one file. Sections: loss, temperature, learning rate and throughput curves (from
 //! `log.jsonl`), the filter and skip report (`filters.json`), held-out retrieval
 //! (`summary.json`), and example text queries with their top images from a held-out gallery.
+//!
+//! `align report --model DIR` does the same for a released model (a Hugging Face AlignModel
+//! directory) or a run's model alone: what the model is, and example queries over the
+//! built-in scenes or the images of a manifest (`--data`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -108,7 +112,10 @@ pub fn write_report(run: &Path, out: &Path) -> Result<()> {
         body.push_str(&table(&json_rows(&s)));
     }
     match LoadedModel::open(run) {
-        Ok(lm) => body.push_str(&example_queries(&lm)?),
+        Ok(lm) => {
+            let data = lm.config.data.clone();
+            body.push_str(&example_queries(&lm, Path::new(&data))?)
+        }
         Err(e) => {
             let _ = write!(body, "<p>No example queries: {}</p>", html_escape(&e.to_string()));
         }
@@ -119,11 +126,42 @@ pub fn write_report(run: &Path, out: &Path) -> Result<()> {
     std::fs::write(out, page).map_err(io_err(out))
 }
 
+/// Builds the report of a model alone (a run or a Hugging Face AlignModel directory) into
+/// `out`: its towers, sizes, temperature and preprocessing, and example queries over `data`
+/// (`builtin` or a manifest).
+pub fn write_model_report(model: &Path, data: &Path, out: &Path) -> Result<()> {
+    let lm = LoadedModel::open(model)?;
+    let mut body = String::new();
+    let _ = write!(body, "<h1>ALIGN model: {}</h1>", html_escape(&model.display().to_string()));
+    let count = |params: Vec<(String, autograd::Var)>| params.iter().map(|(_, v)| v.value().numel()).sum::<usize>();
+    let preprocessing = match &lm.processor {
+        Some(p) => p.to_string(),
+        None => format!("centre crop {0}x{0}, x / 127.5 - 1", lm.config.resolution),
+    };
+    let rows = [
+        ("embedding width".to_string(), lm.dim().to_string()),
+        ("image tower parameters".into(), count(lm.model.image.named_parameters()).to_string()),
+        ("text tower parameters".into(), count(lm.model.text.named_parameters()).to_string()),
+        ("vocabulary".into(), lm.tokenizer.vocab_size().to_string()),
+        ("tokens per caption".into(), lm.config.max_tokens.to_string()),
+        ("lowercase".into(), lm.config.lowercase.to_string()),
+        ("temperature".into(), format!("{:.5}", lm.model.temperature())),
+        ("image preprocessing".into(), preprocessing),
+    ];
+    body.push_str("<h2>Model</h2>");
+    body.push_str(&table(&rows));
+    body.push_str(&example_queries(&lm, data)?);
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ALIGN model</title><style>{PAGE_CSS}</style></head><body>{body}</body></html>\n"
+    );
+    std::fs::write(out, page).map_err(io_err(out))
+}
+
 /// Example text queries and their top-5 images from a held-out gallery: built-in scenes for
-/// the built-in corpus, otherwise the first images of the run's manifest.
-fn example_queries(lm: &LoadedModel) -> Result<String> {
+/// `builtin`, otherwise the last images of the manifest `data`.
+fn example_queries(lm: &LoadedModel, data: &Path) -> Result<String> {
     let gallery_size = 300;
-    let (pairs, queries): (Vec<Pair>, Vec<String>) = if lm.config.data == "builtin" {
+    let (pairs, queries): (Vec<Pair>, Vec<String>) = if data == Path::new("builtin") {
         let base = 3u64 << 40;
         let pairs: Vec<Pair> = (0..gallery_size as u64)
             .map(|i| Pair { index: base + i, file: None, member: None, text: String::new() })
@@ -138,7 +176,7 @@ fn example_queries(lm: &LoadedModel) -> Result<String> {
         .to_vec();
         (pairs, queries)
     } else {
-        let (records, _) = crate::data::read_manifest(Path::new(&lm.config.data)).unwrap_or_default();
+        let (records, _) = crate::data::read_manifest(data).unwrap_or_default();
         let pairs: Vec<Pair> = records
             .iter()
             .rev()

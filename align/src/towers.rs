@@ -59,6 +59,8 @@ pub struct TowerOptions<'a> {
     pub dropout: f32,
     /// A text tower's BERT given outright (from a pretrained directory) instead of by name.
     pub bert: Option<&'a BertConfig>,
+    /// An image tower's EfficientNet given outright (for pretrained weights) instead of by name.
+    pub efficientnet: Option<&'a EfficientNetConfig>,
 }
 
 /// A builder returns `None` when the name is not one of its architectures.
@@ -103,30 +105,36 @@ impl ImageTower for EfficientNet {
     fn feature_dim(&self) -> usize {
         self.config.feature_dim()
     }
+    /// A state dict file (lukemelas' or torchvision's naming) or a Hugging Face AlignModel
+    /// directory (its `vision_model.*` tensors).
     fn load_pretrained(&self, path: &std::path::Path) -> Result<nn::LoadReport> {
-        let tensors = if path.extension().is_some_and(|e| e == "safetensors") {
-            let st = tensor::io::safetensors::SafeTensors::open(path)?;
-            st.names().map(|n| Ok((n.to_string(), st.tensor(n)?))).collect::<Result<Vec<_>>>()?
-        } else {
-            tensor::io::torch::load_state_dict(path)?
-        };
+        let format_error =
+            |msg: String| tensor::TensorError::Format { file: path.display().to_string(), tensor: None, msg };
+        if path.is_dir() {
+            let (_, tensors) = crate::hf_align::read_weights(path).map_err(|e| format_error(e.to_string()))?;
+            let renamed: Vec<(String, tensor::Tensor)> =
+                tensors.iter().filter_map(|(n, t)| Some((crate::hf_align::vision_name(n)?, t.clone()))).collect();
+            return self.load_pytorch(&renamed);
+        }
+        let tensors = tensor::io::load_named_tensors(path)?;
         if crate::efficientnet::is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str()))
             && self.config.padding != crate::efficientnet::PaddingStyle::Symmetric
         {
-            return Err(tensor::TensorError::Format {
-                file: path.display().to_string(),
-                tensor: None,
-                msg: "torchvision's weights need its symmetric padding and batch-norm eps, which --image-init \
-                      does not set up: use lukemelas-named weights (as the lite0 package's)"
+            return Err(format_error(
+                "torchvision's weights need a tower built with its symmetric padding and batch-norm eps \
+                 (TrainConfig::with_image_init sets that up)"
                     .into(),
-            });
+            ));
         }
         self.load_pytorch(&tensors)
     }
 }
 
 fn efficientnet_tower(opts: &TowerOptions, rng: &mut Rng) -> Option<Result<Box<dyn ImageTower>>> {
-    let mut config = EfficientNetConfig::by_name(opts.arch)?;
+    let mut config = match opts.efficientnet {
+        Some(given) => given.clone(),
+        None => EfficientNetConfig::by_name(opts.arch)?,
+    };
     config.num_classes = 0; // pooled features only: no head conv, no classifier
     config.bn_momentum = opts.bn_momentum;
     config.drop_connect = opts.drop_connect;

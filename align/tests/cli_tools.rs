@@ -187,3 +187,75 @@ fn features_and_zeroshot_read_a_transformers_align_model() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("either --text"));
 }
+
+/// `embed`, `search`, `eval` and `report` take a Hugging Face AlignModel directory as `--model`
+/// wherever they take a run: an index built with the `align_tiny` fixture scores a text query
+/// with transformers' embeddings (image . text within 1e-4), and evaluation and the report run
+/// on the model with its own image processor.
+#[test]
+fn embed_search_eval_and_report_take_an_align_model_directory() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let dir = fixtures.join("align_tiny");
+    let model = dir.to_str().unwrap();
+    let fx = tensor::io::safetensors::SafeTensors::open(fixtures.join("align_tiny_reference.safetensors")).unwrap();
+    let (image_embeds, text_embeds) =
+        (fx.tensor("image_embeds").unwrap().to_vec(), fx.tensor("text_embeds").unwrap().to_vec());
+    let d = image_embeds.len() / 3;
+    let work = temp_dir("hf-model");
+    let index = work.join("index.safetensors");
+    let out = align_with_input(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--images",
+            dir.join("images").to_str().unwrap(),
+            "--out",
+            index.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.contains("3 images embedded (80-d)"), "{out}");
+    // the index remembers the model: search needs no --model
+    let out = align_with_input(&["search", "--index", index.to_str().unwrap(), "--text", "a photo of a cat"], "");
+    let hits: Vec<(f32, String)> = out
+        .lines()
+        .map(|l| {
+            let (score, path) = l.split_once('\t').unwrap();
+            (score.parse().unwrap(), path.to_string())
+        })
+        .collect();
+    assert_eq!(hits.len(), 3, "{out}");
+    for (score, path) in &hits {
+        let i: usize = Path::new(path).file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let expected: f32 = (0..d).map(|k| image_embeds[i * d + k] * text_embeds[k]).sum();
+        assert!((score - expected).abs() < 1e-4, "{path}: {score} vs transformers' {expected}");
+    }
+
+    let captions: Vec<String> = ["a photo of a cat", "a red car on the road, parked", "dog"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}\t{c}", dir.join(format!("images/{i}.png")).display()))
+        .collect();
+    let manifest = work.join("captions.tsv");
+    std::fs::write(&manifest, captions.join("\n")).unwrap();
+    let out =
+        align_with_input(&["eval", "retrieval", "--model", model, "--data", manifest.to_str().unwrap(), "--json"], "");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((r["images"].as_u64(), r["captions"].as_u64()), (Some(3), Some(3)), "{out}");
+    // with 3 images every caption's image is in the top 5
+    assert_eq!(r["i2t_r5"].as_f64(), Some(1.0), "{out}");
+
+    let report = work.join("report.html");
+    align_with_input(
+        &["report", "--model", model, "--data", manifest.to_str().unwrap(), "--out", report.to_str().unwrap()],
+        "",
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<th>embedding width</th><td>80</td>"), "model table missing");
+    assert!(html.contains("Example text queries (3 held-out images)"), "example queries missing");
+    // --run and --model together are refused
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_align")).args(["report", "--run", "x", "--model", model]).output().unwrap();
+    assert!(!out.status.success());
+}

@@ -76,6 +76,8 @@ pub mod purpose {
     pub const BATCH_NORM: &str = "batch-norm sync";
     /// Per-step agreement (loss, stop request, counts), replica checks.
     pub const CONTROL: &str = "control";
+    /// Once per run: a locked image tower's cached features, each rank's chunks summed.
+    pub const FEATURE_CACHE: &str = "feature cache";
 }
 
 enum Job {

@@ -6,6 +6,10 @@
 //! live in `image_features.safetensors` in the run directory, memory-mapped when read (the file
 //! is written atomically and reused by `--resume` when it describes the same tower, images and
 //! resolution); images that cannot be decoded are marked and their pairs skipped.
+//!
+//! In a data-parallel run every rank computes every N-th chunk, one all-reduce sums the
+//! disjoint parts into the whole table on every rank, and rank 0 writes the file. A resumed
+//! run reuses the file only when every rank finds it valid.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use tensor::io::safetensors::{save_f32, SafeTensors};
 use tensor::Tensor;
 
 use crate::data::{image_batch_at, Pair};
+use crate::dist::Comm;
 use crate::error::{AlignError, Result};
 use crate::model::DualEncoder;
 use crate::train::TrainConfig;
@@ -59,26 +64,34 @@ fn identity(cfg: &TrainConfig, pairs: &[Pair]) -> BTreeMap<String, String> {
 
 impl FeatureCache {
     /// Opens the run's cache if it matches, else computes it with `model`'s image tower,
-    /// reporting progress through `progress` (a line rewritten in place).
+    /// reporting progress through `progress` (a line rewritten in place). Every rank of `comm`
+    /// calls it together.
     pub fn build_or_open(
         cfg: &TrainConfig,
         out_dir: &Path,
         pairs: &[Pair],
         model: &DualEncoder,
+        comm: &Comm,
         progress: &dyn Fn(String),
     ) -> Result<FeatureCache> {
         let path = out_dir.join("image_features.safetensors");
         let meta = identity(cfg, pairs);
-        if let Ok(st) = SafeTensors::open(&path) {
-            if st.metadata() == &meta {
-                return Self::from_file(st, path);
-            }
+        let existing = SafeTensors::open(&path).ok().filter(|st| st.metadata() == &meta);
+        // every rank must be able to reuse the file, or all of them rebuild it
+        let mut missing = [existing.is_none() as u8 as f64];
+        if comm.size() > 1 {
+            comm.all_reduce_f64(crate::dist::purpose::CONTROL, &mut missing)?;
         }
+        if let (Some(st), 0.0) = (existing, missing[0]) {
+            return Self::from_file(st, path);
+        }
+        let (rank, ranks) = (comm.rank(), comm.size());
         let dim = model.image.feature_dim();
-        let mut features = vec![f32::NAN; pairs.len() * dim];
+        // rows this rank does not compute stay 0, so the sum over ranks is the whole table
+        let mut features = vec![0.0f32; pairs.len() * dim];
         let mut usable = vec![0.0f32; pairs.len()];
         let started = Instant::now();
-        for (c, chunk) in pairs.chunks(CHUNK).enumerate() {
+        for (c, chunk) in pairs.chunks(CHUNK).enumerate().filter(|(c, _)| c % ranks == rank) {
             let first = c * CHUNK;
             let refs: Vec<&Pair> = chunk.iter().collect();
             // evaluation preprocessing: the centre crop, no flip
@@ -94,7 +107,8 @@ impl FeatureCache {
                     usable[i] = 1.0;
                 }
             }
-            let done = (first + chunk.len()).min(pairs.len());
+            // this rank's chunks done, as a share of all images (every rank moves at one pace)
+            let done = ((c / ranks + 1) * CHUNK * ranks).min(pairs.len());
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
             progress(format!(
                 "caching image features: {done}/{} ({rate:.0} images/s, ETA {:.0}s)",
@@ -102,10 +116,25 @@ impl FeatureCache {
                 (pairs.len() - done) as f64 / rate.max(1e-9)
             ));
         }
+        if ranks > 1 {
+            features = comm.all_reduce(crate::dist::purpose::FEATURE_CACHE, features)?;
+            usable = comm.all_reduce(crate::dist::purpose::FEATURE_CACHE, usable)?;
+        }
+        // rows of images that did not decode are never read; NaN makes a stray read loud
+        for (i, &u) in usable.iter().enumerate() {
+            if u < 0.5 {
+                features[i * dim..(i + 1) * dim].fill(f32::NAN);
+            }
+        }
         let features = Tensor::from_vec(features, &[pairs.len(), dim])?;
         let usable = Tensor::from_vec(usable, &[pairs.len()])?;
-        save_f32(&path, &[("features", &features), ("usable", &usable)], &meta)?;
-        Self::from_file(SafeTensors::open(&path)?, path)
+        if comm.is_root() {
+            save_f32(&path, &[("features", &features), ("usable", &usable)], &meta)?;
+            return Self::from_file(SafeTensors::open(&path)?, path);
+        }
+        // the other ranks keep the same table in memory (the run directory may be rank 0's only)
+        let usable = usable.to_vec().iter().map(|&u| u > 0.5).collect();
+        Ok(FeatureCache { features, usable, dim, path })
     }
 
     fn from_file(st: SafeTensors, path: PathBuf) -> Result<FeatureCache> {

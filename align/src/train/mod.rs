@@ -104,6 +104,10 @@ pub struct TrainConfig {
     /// The text tower's BERT when it comes from `text_init` (not a named preset), so a
     /// checkpoint rebuilds it without the original directory.
     pub text_bert: Option<crate::bert::BertConfig>,
+    /// The image tower's EfficientNet when `image_init` needs one other than `image_arch`'s
+    /// preset (an AlignModel's vision tower, torchvision's padding and eps), kept so a
+    /// checkpoint rebuilds it without the original weights.
+    pub image_efficientnet: Option<crate::efficientnet::EfficientNetConfig>,
     /// Lowercase captions before WordPiece (the vocabulary's casing).
     pub lowercase: bool,
 }
@@ -132,6 +136,48 @@ impl TrainConfig {
         self.max_tokens = self.max_tokens.min(bert.max_position_embeddings);
         self.text_bert = Some(bert);
         self.text_init = dir.display().to_string();
+        Ok(self)
+    }
+
+    /// Starts the image tower from pretrained weights at `path`: a state dict (.pth or
+    /// safetensors) for `image_arch` in lukemelas' naming, or in torchvision's (the tower is then
+    /// built with torchvision's padding and eps), or a Hugging Face AlignModel directory (its
+    /// vision tower, built from its `vision_config`).
+    pub fn with_image_init(mut self, path: &Path) -> Result<TrainConfig> {
+        use crate::efficientnet::EfficientNetConfig;
+        let refuse = |msg: String| crate::error::AlignError::config("--image-init", msg);
+        if path.is_dir() {
+            if !crate::eval::is_hf_align_dir(path) {
+                return Err(refuse(format!(
+                    "{}: a directory, but not a Hugging Face AlignModel (config.json with vision_config)",
+                    path.display()
+                )));
+            }
+            let config_path = path.join("config.json");
+            let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| crate::error::AlignError::data(&config_path, e.to_string()))?;
+            let mut vision = crate::hf_align::vision_config(&v["vision_config"], &config_path)?;
+            vision.num_classes = 0;
+            self.image_arch = "pretrained".into();
+            self.image_efficientnet = Some(vision);
+        } else if path.is_file() {
+            let tensors = tensor::io::load_named_tensors(path)?;
+            if crate::efficientnet::is_torchvision_naming(tensors.iter().map(|(n, _)| n.as_str())) {
+                let preset = EfficientNetConfig::by_name(&self.image_arch).ok_or_else(|| {
+                    refuse(format!("torchvision weights need a torchvision architecture, not '{}'", self.image_arch))
+                })?;
+                if preset.lite {
+                    return Err(refuse("torchvision has no EfficientNet-Lite; these weights are torchvision's".into()));
+                }
+                let mut tv = preset.torchvision();
+                tv.num_classes = 0;
+                self.image_efficientnet = Some(tv);
+            }
+        } else {
+            return Err(refuse(format!("{}: no such file or directory", path.display())));
+        }
+        self.image_init = path.display().to_string();
         Ok(self)
     }
 
@@ -169,6 +215,7 @@ impl TrainConfig {
             lock_image: false,
             lock_text: false,
             text_bert: None,
+            image_efficientnet: None,
             lowercase: true,
         }
     }
@@ -335,8 +382,9 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     let schedule = Schedule::new(cfg);
 
     // 4. batches, and where a resumed run left off
-    // a locked image tower on one process: its features computed once (below), then only read
-    let use_cache = cfg.lock_image && ranks == 1 && !opts.device.is_gpu();
+    // a locked image tower: its features computed once (below, shared out over the ranks),
+    // then only read
+    let use_cache = cfg.lock_image && !opts.device.is_gpu();
     let mut batches = Batches::new(&data.train, global_batch, cfg.resolution, cfg.seed).sharded(comm.rank(), ranks);
     if use_cache {
         batches = batches.without_images();
@@ -354,7 +402,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
                 eprint!("\r{line}   ");
             }
         };
-        let c = FeatureCache::build_or_open(cfg, out_dir, &data.train, &model, &progress)?;
+        let c = FeatureCache::build_or_open(cfg, out_dir, &data.train, &model, comm, &progress)?;
         say(format!("\nimage features: {}", c.path.display()));
         Some(c)
     } else {
@@ -378,7 +426,9 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         }
         Ok(())
     };
-    let evaluate = |model: &DualEncoder| Embedder { model, tokenizer: &tok, config: cfg }.retrieval(&data.held_out);
+    let evaluate = |model: &DualEncoder| {
+        Embedder { model, tokenizer: &tok, config: cfg, processor: None }.retrieval(&data.held_out)
+    };
 
     // 5. the loop
     let loop_start = Instant::now();

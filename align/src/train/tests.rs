@@ -496,3 +496,33 @@ fn data_parallel_ranks_follow_the_one_process_run_on_the_global_batch() {
         }
     }
 }
+
+/// A locked image tower in a data-parallel run: the feature cache is computed in shares by the
+/// ranks and summed, so the file is the one-process file bit for bit and the two ranks' losses
+/// follow the one-process run on the same global batch.
+#[test]
+fn a_locked_tower_caches_its_features_across_ranks() {
+    let cfg = TrainConfig { lock_image: true, train_pairs: 300, steps: 3, checkpoint_every: 0, ..small() };
+    let one = temp_dir("cache-one");
+    let solo = train(&TrainConfig { batch_size: 16, ..cfg.clone() }, &one, &quiet()).unwrap();
+    let two = temp_dir("cache-two");
+    let comms = crate::dist::Comm::thread_group(2).unwrap();
+    let summaries: Vec<TrainSummary> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                let (cfg, dir) = (&cfg, &two);
+                s.spawn(move || train(cfg, dir, &RunOptions { comm, ..quiet() }).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let bytes = |dir: &Path| std::fs::read(dir.join("image_features.safetensors")).unwrap();
+    assert!(bytes(&one) == bytes(&two), "the shared-out cache differs from the one-process cache");
+    assert!(summaries[0].traffic.contains_key(crate::dist::purpose::FEATURE_CACHE));
+    for s in &summaries {
+        assert!((s.final_loss - solo.final_loss).abs() < 1e-5, "{} vs {}", s.final_loss, solo.final_loss);
+    }
+    let _ = std::fs::remove_dir_all(&one);
+    let _ = std::fs::remove_dir_all(&two);
+}
