@@ -558,11 +558,20 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let m = &summary.held_out;
-    println!(
-        "held-out retrieval ({} pairs): image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} | text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} | temperature {:.4} | {:.0} s",
-        summary.held_out_pairs, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10, summary.temperature, summary.wall_seconds
-    );
+    let unreadable = match summary.held_out_unreadable {
+        0 => String::new(),
+        n => format!("; {n} held-out pairs with unreadable images left out"),
+    };
+    match &summary.held_out {
+        Some(m) => println!(
+            "held-out retrieval ({} pairs{unreadable}): image->text R@1 {:.3} R@5 {:.3} R@10 {:.3} | text->image R@1 {:.3} R@5 {:.3} R@10 {:.3} | temperature {:.4} | {:.0} s",
+            summary.held_out_pairs, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10, summary.temperature, summary.wall_seconds
+        ),
+        None => println!(
+            "held-out retrieval: not measured, none of the {} held-out images could be read | temperature {:.4} | {:.0} s",
+            summary.held_out_unreadable, summary.temperature, summary.wall_seconds
+        ),
+    }
     println!(
         "run directory: {} (log.jsonl, checkpoint.safetensors, vocab.txt, filters.json, summary.json)",
         out.display()
@@ -582,14 +591,26 @@ fn open_model(checkpoint: &Path, device: Device) -> Result<crate::eval::LoadedMo
 
 fn print_skips(skipped: &crate::data::SkipReport) {
     if skipped.total() > 0 {
-        eprintln!("skipped records: {}", serde_json::to_string(skipped).expect("json"));
+        eprintln!("skipped records: {skipped}");
     }
+}
+
+/// An evaluation that scored nothing is an error, not a score of 0.
+fn require_scored(scored: usize, data: &Path, skipped: &crate::data::SkipReport) -> Result<()> {
+    if scored == 0 {
+        return Err(AlignError::data(
+            data,
+            format!("no image could be read, nothing to score (skipped records: {skipped})"),
+        ));
+    }
+    Ok(())
 }
 
 /// `align eval retrieval`
 pub fn eval_retrieval(checkpoint: &Path, data: &Path, json: bool, device: Device) -> Result<()> {
     let lm = open_model(checkpoint, device)?;
     let r = crate::eval::eval_retrieval(&lm, data)?;
+    require_scored(r.images, data, &r.skipped)?;
     if json {
         println!("{}", serde_json::to_string(&r).expect("json"));
     } else {
@@ -624,6 +645,7 @@ pub fn eval_zeroshot(
         None => crate::eval::parse_lines(crate::eval::CLIP_TEMPLATES),
     };
     let a = crate::eval::eval_zeroshot(&lm, data, &classes, &templates)?;
+    require_scored(a.images, data, &a.skipped)?;
     if json {
         println!("{}", serde_json::to_string(&a).expect("json"));
     } else {
@@ -644,6 +666,7 @@ pub fn eval_zeroshot(
 pub fn eval_knn(checkpoint: &Path, train: &Path, test: &Path, k: usize, json: bool, device: Device) -> Result<()> {
     let lm = open_model(checkpoint, device)?;
     let a = crate::eval::eval_knn(&lm, train, test, k)?;
+    require_scored(a.images, test, &a.skipped)?;
     if json {
         println!("{}", serde_json::to_string(&a).expect("json"));
     } else {

@@ -243,6 +243,24 @@ pub struct SkipReport {
     pub truncated_member: usize,
 }
 
+impl std::fmt::Display for SkipReport {
+    /// Every count, zeros included: "malformed line 0, non-UTF-8 caption 0, ...".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "malformed line {}, non-UTF-8 caption {}, empty caption {}, missing image {}, empty file {}, \
+             corrupt image {}, truncated shard member {}",
+            self.malformed_line,
+            self.non_utf8_caption,
+            self.empty_caption,
+            self.missing_image,
+            self.empty_file,
+            self.corrupt_image,
+            self.truncated_member
+        )
+    }
+}
+
 impl SkipReport {
     pub fn total(&self) -> usize {
         self.malformed_line

@@ -83,18 +83,19 @@ impl Embedder<'_> {
         Ok((emb, kept))
     }
 
-    /// Retrieval over pairs whose captions each describe their own image (pairs whose image
-    /// does not decode are left out).
-    pub fn retrieval(&self, pairs: &[Pair]) -> Result<RetrievalMetrics> {
+    /// Retrieval over pairs whose captions each describe their own image. Pairs whose image
+    /// does not decode are left out, never scored: the metrics rank the returned count of
+    /// pairs, and with none readable there are no metrics at all.
+    pub fn retrieval(&self, pairs: &[Pair]) -> Result<(Option<RetrievalMetrics>, usize)> {
         let (img, kept) = self.embed_pairs(pairs)?;
         if kept.is_empty() {
-            return Ok(RetrievalMetrics::default());
+            return Ok((None, 0));
         }
         let texts: Vec<&str> = kept.iter().map(|&i| pairs[i].text.as_str()).collect();
         let txt = self.embed_texts(&texts)?;
         let sim = similarity(&img, &txt, self.model.embed_dim())?;
         let owners: Vec<usize> = (0..kept.len()).collect();
-        Ok(retrieval_metrics(&sim, kept.len(), kept.len(), &owners))
+        Ok((Some(retrieval_metrics(&sim, kept.len(), kept.len(), &owners)), kept.len()))
     }
 }
 
@@ -296,8 +297,9 @@ pub fn eval_retrieval(lm: &LoadedModel, manifest: &Path) -> Result<RetrievalRepo
 /// Retrieval on the built-in corpus's held-out pairs (the same `n` pairs training evaluates).
 pub fn eval_retrieval_builtin(lm: &LoadedModel, n: usize) -> Result<RetrievalReport> {
     let (_, held, _) = crate::data::builtin_corpus(lm.config.seed, 0, n);
-    let metrics = lm.embedder().retrieval(&held)?;
-    Ok(RetrievalReport { images: held.len(), captions: held.len(), metrics, skipped: SkipReport::default() })
+    let (metrics, scored) = lm.embedder().retrieval(&held)?;
+    let skipped = SkipReport { corrupt_image: held.len() - scored, ..SkipReport::default() };
+    Ok(RetrievalReport { images: scored, captions: scored, metrics: metrics.unwrap_or_default(), skipped })
 }
 
 // ---------------------------------------------------------------------------------------------

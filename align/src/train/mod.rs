@@ -292,9 +292,12 @@ pub struct TrainSummary {
     pub filters: FilterReport,
     /// Records skipped by reason (manifest data: bad lines, missing / empty / corrupt images).
     pub skipped: SkipReport,
-    pub held_out: RetrievalMetrics,
-    /// How many held-out pairs the retrieval metrics rank.
+    /// Held-out retrieval; None when the run stopped early or no held-out image could be read.
+    pub held_out: Option<RetrievalMetrics>,
+    /// How many held-out pairs the retrieval metrics rank (pairs whose image could not be read
+    /// are left out and counted in `held_out_unreadable`).
     pub held_out_pairs: usize,
+    pub held_out_unreadable: usize,
     /// Data-parallel runs: the ranks, and what this rank's collectives moved, by purpose
     /// (empty for one rank).
     pub ranks: usize,
@@ -435,6 +438,8 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     let mut times = StepTimes::default();
     let mut global_pairs = 0usize;
     let (mut last_loss, mut steps_done, mut interrupted) = (f32::NAN, start, false);
+    // consecutive steps whose batch had nothing to contrast
+    let (mut empty_steps, steps_per_epoch) = (0u64, data.train.len().div_ceil(global_batch).max(1) as u64);
     for step in start..cfg.steps {
         let mut stop = [(INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
             || opts.stop_at.is_some_and(|s| step >= s)) as u8 as f64];
@@ -449,6 +454,10 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
                 checkpoint.path.display()
             ));
             interrupted = true;
+            break;
+        }
+        // a whole epoch of batches without two readable pairs: the data cannot train
+        if empty_steps >= steps_per_epoch {
             break;
         }
         let t_data = Instant::now();
@@ -468,10 +477,14 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
             let r = train_step_data_parallel(&model, &mut opt, &tok, cfg, &batch, step, &mut times, comm, &buckets)?;
             match r.loss {
                 Some(loss) => (loss, r.pairs),
-                None => continue, // some rank has nothing to contrast in this batch
+                None => {
+                    empty_steps += 1;
+                    continue; // some rank has nothing to contrast in this batch
+                }
             }
         } else {
             if batch.texts.len() < 2 {
+                empty_steps += 1;
                 continue; // nothing to contrast in this batch
             }
             (train_step(&model, &mut opt, &tok, cfg, &batch, step, &mut times)?, batch.texts.len())
@@ -490,6 +503,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         }
         last_loss = loss;
         steps_done = step + 1;
+        empty_steps = 0;
         global_pairs += pairs;
 
         // 6. logging, checkpoints, evaluation
@@ -513,11 +527,12 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
             save(&model, &opt, step + 1, &batches)?;
         }
         if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != cfg.steps {
-            let m = evaluate(&model)?;
-            say(format!(
-                "\n  held-out: i2t R@1/5/10 {:.3}/{:.3}/{:.3}  t2i {:.3}/{:.3}/{:.3}",
-                m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10
-            ));
+            if let (Some(m), n) = evaluate(&model)? {
+                say(format!(
+                    "\n  held-out ({n} pairs): i2t R@1/5/10 {:.3}/{:.3}/{:.3}  t2i {:.3}/{:.3}/{:.3}",
+                    m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10
+                ));
+            }
         }
     }
     say(format!("\ntime per step: {}", times.shares()));
@@ -525,15 +540,30 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         say(format!("backward time by op (ALIGN_PROFILE_BACKWARD):\n{}", autograd::profile::report()));
     }
 
+    // a run in which no step could train has nothing to save or evaluate: say why, loudly
+    if ((steps_done == start && start < cfg.steps) || empty_steps >= steps_per_epoch) && !interrupted {
+        return Err(crate::error::AlignError::training(
+            None,
+            format!(
+                "{} training steps ran, then {empty_steps} batches in a row (an epoch) had fewer than two \
+                 readable pairs (skipped records: {})",
+                steps_done - start,
+                data.skipped
+            ),
+        ));
+    }
+
     // 7. held-out retrieval (skipped when stopped early: the user asked to stop)
-    let held_out = if interrupted { RetrievalMetrics::default() } else { evaluate(&model)? };
+    let (held_out, held_out_pairs) = if interrupted { (None, 0) } else { evaluate(&model)? };
+    say(format!("skipped records: {}", data.skipped));
     let summary = TrainSummary {
         steps: steps_done,
         interrupted,
         final_loss: last_loss,
         temperature: model.temperature(),
         wall_seconds: started.elapsed().as_secs_f64(),
-        held_out_pairs: data.held_out.len(),
+        held_out_pairs,
+        held_out_unreadable: if interrupted { 0 } else { data.held_out.len() - held_out_pairs },
         ranks,
         traffic: comm.traffic(),
         filters: data.filters,

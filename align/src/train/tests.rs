@@ -58,7 +58,8 @@ fn a_short_run_logs_checkpoints_evaluates_and_resumes() {
     let cfg = small();
     let s = train(&cfg, &dir, &quiet()).unwrap();
     assert!(s.final_loss.is_finite());
-    assert!(s.held_out.i2t_r10 >= 0.0 && s.held_out.i2t_r10 <= 1.0);
+    let m = s.held_out.expect("held-out metrics");
+    assert!(m.i2t_r10 >= 0.0 && m.i2t_r10 <= 1.0);
     let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 4);
     for f in ["checkpoint.safetensors", "vocab.txt", "filters.json", "summary.json"] {
