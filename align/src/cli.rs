@@ -389,6 +389,12 @@ pub struct TrainArgs {
     /// Evaluate held-out retrieval every N steps (0: only at the end).
     #[arg(long)]
     pub eval_every: Option<u64>,
+    /// Built-in corpus: held-out pairs kept aside for retrieval.
+    #[arg(long)]
+    pub held_out: Option<usize>,
+    /// Write the checkpoint every N steps (and always at the end; 0: only at the end).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
     #[arg(long, default_value = "runs/align-tiny")]
     pub out: std::path::PathBuf,
     /// Continue the run in --out from its checkpoint.
@@ -493,6 +499,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     if let Some(e) = args.eval_every {
         cfg.eval_every = e;
+    }
+    if let Some(n) = args.held_out {
+        cfg.held_out = n;
+    }
+    if let Some(n) = args.checkpoint_every {
+        cfg.checkpoint_every = n;
     }
     if let Some(t) = &args.image_tower {
         cfg.image_arch = t.clone();

@@ -29,10 +29,18 @@ impl RunCheckpoint {
         self.path.exists()
     }
 
-    /// Saves the state after `step` completed steps.
+    /// Saves the state after `step` completed steps. A failed write (a full disk, a file-size
+    /// limit) leaves the previous checkpoint as it was, and the error says so.
     pub fn save(&self, model: &DualEncoder, opt: &dyn Optimizer, step: u64, batches: &Batches) -> Result<()> {
         let (rng, data) = batches.state();
-        Ok(save_checkpoint(&self.path, model, opt, &TrainState { step, rng, data }, &self.metadata)?)
+        save_checkpoint(&self.path, model, opt, &TrainState { step, rng, data }, &self.metadata).map_err(|e| {
+            let kept =
+                if self.path.exists() { "the previous checkpoint is intact" } else { "no checkpoint was written" };
+            crate::error::AlignError::training(
+                Some(step),
+                format!("writing the checkpoint {} failed ({kept}): {e}", self.path.display()),
+            )
+        })
     }
 
     /// Loads model, optimiser and data order; returns the number of completed steps.

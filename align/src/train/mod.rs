@@ -27,6 +27,7 @@
 mod batches;
 mod cache;
 mod checkpoint;
+mod run_dir;
 mod schedule;
 mod source;
 mod step;
@@ -42,6 +43,7 @@ use tensor::Rng;
 pub use batches::{Batch, Batches, Draw, EpochSampler};
 pub use cache::FeatureCache;
 pub use checkpoint::RunCheckpoint;
+pub use run_dir::RunLock;
 pub use schedule::{param_groups, Schedule};
 pub use source::{vocabulary, TrainingData};
 pub use step::{train_step, train_step_data_parallel, DataParallelStep, StepTimes, LABEL_SMOOTHING};
@@ -326,6 +328,13 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         return Err(crate::error::AlignError::config("device", "data-parallel training runs on the CPU only"));
     }
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+    // one trainer per run directory (rank 0 holds the lock for the job); a crash's leftovers go
+    let _lock = if root { Some(run_dir::RunLock::acquire(out_dir)?) } else { None };
+    if root {
+        run_dir::remove_stale_temporaries(out_dir)?;
+    }
+    let mut trace = run_dir::PhaseTrace::from_env();
+    trace.enter("setup");
 
     // 1. data and vocabulary (every rank computes the same; rank 0 writes them)
     let mut data = TrainingData::load(cfg)?;
@@ -334,7 +343,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         data.write_report(out_dir)?;
     }
     if data.skipped.total() > 0 {
-        say(format!("skipped records: {}", serde_json::to_string(&data.skipped).expect("json")));
+        say(format!("skipped records: {}", data.skipped));
     }
     say(format!("{}; vocabulary {}", data.describe(), tok.vocab_size()));
 
@@ -460,6 +469,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         if empty_steps >= steps_per_epoch {
             break;
         }
+        trace.enter("data");
         let t_data = Instant::now();
         let mut batch = batches.next(step + 1 < cfg.steps)?;
         if let Some(cache) = &cache {
@@ -473,6 +483,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         times.data += t_data.elapsed().as_secs_f64();
         data.skipped.corrupt_image += batch.corrupt;
         let lr = schedule.apply(&mut opt, step);
+        trace.enter("step");
         let (loss, pairs) = if ranks > 1 {
             let r = train_step_data_parallel(&model, &mut opt, &tok, cfg, &batch, step, &mut times, comm, &buckets)?;
             match r.loss {
@@ -511,6 +522,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         let elapsed = loop_start.elapsed().as_secs_f64();
         let pairs_per_s = global_pairs as f64 / elapsed;
         let eta = elapsed / done as f64 * (cfg.steps - step - 1) as f64;
+        trace.enter("log");
         let line = serde_json::json!({"step": step + 1, "loss": loss, "temperature": model.temperature(), "lr": lr, "pairs_per_s": pairs_per_s, "elapsed_s": started.elapsed().as_secs_f64()});
         if let Some(log) = log.as_mut() {
             writeln!(log, "{line}").map_err(io_error(&log_path))?;
@@ -524,9 +536,11 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
             );
         }
         if (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == cfg.steps {
+            trace.enter("checkpoint");
             save(&model, &opt, step + 1, &batches)?;
         }
         if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != cfg.steps {
+            trace.enter("evaluate");
             if let (Some(m), n) = evaluate(&model)? {
                 say(format!(
                     "\n  held-out ({n} pairs): i2t R@1/5/10 {:.3}/{:.3}/{:.3}  t2i {:.3}/{:.3}/{:.3}",
@@ -554,6 +568,7 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
     }
 
     // 7. held-out retrieval (skipped when stopped early: the user asked to stop)
+    trace.enter("evaluate");
     let (held_out, held_out_pairs) = if interrupted { (None, 0) } else { evaluate(&model)? };
     say(format!("skipped records: {}", data.skipped));
     let summary = TrainSummary {
@@ -570,10 +585,12 @@ fn train_at_precision(cfg: &TrainConfig, out_dir: &Path, opts: &RunOptions) -> R
         skipped: data.skipped,
         held_out,
     };
+    trace.enter("summary");
     if root {
         let path = out_dir.join("summary.json");
         std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("json")).map_err(io_error(&path))?;
     }
+    trace.enter("done");
     Ok(summary)
 }
 
