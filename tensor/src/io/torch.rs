@@ -7,10 +7,15 @@
 //!   list of storage keys) followed by each storage as an i64 element count and raw values.
 //!
 //! The pickled object is interpreted by a minimal unpickler that knows the opcodes `torch.save`
-//! emits (protocols 2 to 4) and three callables: `torch._utils._rebuild_tensor_v2`,
-//! `collections.OrderedDict` and the storage types (`torch.FloatStorage`, ...). Anything else
-//! is an error naming the opcode or the global: this reads state dicts of tensors, nothing more,
-//! and it never executes code from the file.
+//! emits (protocols 2 to 4) and only the globals of [`ALLOWED_GLOBALS`] (the tensor rebuilders,
+//! `collections.OrderedDict` and the storage types). Any other global is refused the moment the
+//! pickle names it, and nothing is ever imported or called: this reads state dicts of tensors,
+//! nothing more, and it never executes code from the file.
+//!
+//! Hostile files are bounded before anything is allocated for them: the unpickler's stack, memo
+//! and nesting depth, the values a pickle may copy out of its memo (a pickle can double a list
+//! with a few bytes, a "billion laughs"), zip entries that inflate far past the file's size, and
+//! tensors whose views hold more elements than their storage. Each limit is named in its error.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -51,15 +56,48 @@ fn err(file: &str, msg: impl Into<String>) -> TensorError {
     TensorError::Format { file: file.to_string(), tensor: None, msg: msg.into() }
 }
 
+/// The globals a state dict may name, and nothing else: the tensor rebuilders, the ordered
+/// dict that holds them and the storage types.
+pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("collections", "OrderedDict"),
+    ("torch", "FloatStorage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ShortStorage"),
+    ("torch", "CharStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+];
+
+/// Limits on what a pickle may make the unpickler hold (named in the errors).
+pub const MAX_PICKLE_STACK: usize = 1 << 20;
+pub const MAX_PICKLE_MEMO: usize = 1 << 20;
+pub const MAX_PICKLE_DEPTH: usize = 256;
+/// Values the unpickler may create in all, copies out of the memo included.
+pub const MAX_PICKLE_VALUES: usize = 1 << 22;
+/// A zip entry may inflate to at most this many times the file's size (plus 1 MiB); torch
+/// stores its entries uncompressed, so real files are far below it.
+pub const MAX_ZIP_EXPANSION: u64 = 16;
+
 /// Reads a `.pt` / `.pth` state dict (either container) into named f32 tensors, in file order.
 pub fn load_state_dict(path: impl AsRef<Path>) -> Result<NamedTensors> {
     let path = path.as_ref();
-    let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?;
+    parse_state_dict(&bytes, &path.display().to_string())
+}
+
+/// [`load_state_dict`] of bytes in memory; `file` names them in errors.
+pub fn parse_state_dict(bytes: &[u8], file: &str) -> Result<NamedTensors> {
     if bytes.starts_with(b"PK") {
-        load_zip(&bytes, &file)
+        load_zip(bytes, file)
     } else {
-        load_legacy(&bytes, &file)
+        load_legacy(bytes, file)
     }
 }
 
@@ -73,10 +111,20 @@ fn load_zip(bytes: &[u8], file: &str) -> Result<NamedTensors> {
         .ok_or_else(|| err(file, "zip archive has no data.pkl"))?
         .clone();
     let root = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
+    let limit = bytes.len() as u64 * MAX_ZIP_EXPANSION + (1 << 20);
     let mut read_entry = |name: &str| -> Result<Vec<u8>> {
-        let mut e = archive.by_name(name).map_err(|e| err(file, format!("zip entry {name}: {e}")))?;
+        let e = archive.by_name(name).map_err(|e| err(file, format!("zip entry {name}: {e}")))?;
         let mut v = Vec::new();
-        e.read_to_end(&mut v).map_err(|e| err(file, format!("zip entry {name}: {e}")))?;
+        // read one byte past the limit to tell "at the limit" from "over it"
+        e.take(limit + 1).read_to_end(&mut v).map_err(|e| err(file, format!("zip entry {name}: {e}")))?;
+        if v.len() as u64 > limit {
+            return Err(err(
+                file,
+                format!(
+                    "zip entry {name} inflates past {limit} bytes ({MAX_ZIP_EXPANSION}x the file: decompression limit)"
+                ),
+            ));
+        }
         Ok(v)
     };
     let pickle = read_entry(&pkl)?;
@@ -122,8 +170,9 @@ fn load_legacy(bytes: &[u8], file: &str) -> Result<NamedTensors> {
             .ok()
             .and_then(|c| c.checked_mul(elem))
             .ok_or_else(|| err(file, format!("storage {key}: bad size {count}")))?;
-        let data = bytes
-            .get(pos..pos + len)
+        let data = pos
+            .checked_add(len)
+            .and_then(|end| bytes.get(pos..end))
             .ok_or_else(|| err(file, format!("storage {key}: {len} bytes run past the end")))?;
         storages.insert(key, data.to_vec());
         pos += len;
@@ -188,11 +237,26 @@ fn build_state_dict(obj: Value, storages: &HashMap<String, Vec<u8>>, file: &str)
         if size.len() != stride.len() {
             return Err(tensor_err("size and stride differ in length".into()));
         }
-        let numel: usize = size.iter().product();
-        let reach =
-            if numel == 0 { 0 } else { offset + size.iter().zip(&stride).map(|(n, s)| (n - 1) * s).sum::<usize>() + 1 };
-        if reach > numel_storage {
-            return Err(tensor_err(format!("view reaches element {reach} of a storage of {numel_storage}")));
+        // element count limit: a view holds at most its storage's elements (overflow included)
+        let numel =
+            size.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= numel_storage.max(1)).ok_or_else(
+                || tensor_err(format!("shape {size:?} holds more elements than its storage's {numel_storage}")),
+            )?;
+        let reach = if numel == 0 {
+            Some(0)
+        } else {
+            size.iter()
+                .zip(&stride)
+                .try_fold(offset, |r, (n, s)| (n - 1).checked_mul(*s).and_then(|x| r.checked_add(x)))
+                .and_then(|r| r.checked_add(1))
+        };
+        match reach {
+            Some(r) if r <= numel_storage => {}
+            _ => {
+                return Err(tensor_err(format!(
+                    "view {size:?} / {stride:?} + {offset} reaches past a storage of {numel_storage}"
+                )))
+            }
         }
         // gather through the (size, stride) view in row-major order
         let mut data = Vec::with_capacity(numel);
@@ -213,17 +277,34 @@ fn build_state_dict(obj: Value, storages: &HashMap<String, Vec<u8>>, file: &str)
     Ok(out)
 }
 
+/// A value on the unpickler's stack or in its memo, with what it costs: its nesting depth and
+/// how many values it holds (itself included).
+#[derive(Clone)]
+struct Slot {
+    value: Value,
+    depth: usize,
+    values: usize,
+}
+
+impl Slot {
+    fn leaf(value: Value) -> Slot {
+        Slot { value, depth: 0, values: 1 }
+    }
+}
+
 /// The minimal unpickler.
 struct Unpickler<'a> {
     data: &'a [u8],
     file: &'a str,
-    stack: Vec<Value>,
-    memo: HashMap<u32, Value>,
+    stack: Vec<Slot>,
+    memo: HashMap<u32, Slot>,
+    /// Values created so far (see [`MAX_PICKLE_VALUES`]).
+    created: usize,
 }
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8], file: &'a str) -> Self {
-        Unpickler { data, file, stack: Vec::new(), memo: HashMap::new() }
+        Unpickler { data, file, stack: Vec::new(), memo: HashMap::new(), created: 0 }
     }
 
     fn e(&self, msg: impl Into<String>) -> TensorError {
@@ -257,12 +338,72 @@ impl<'a> Unpickler<'a> {
         Ok(s)
     }
 
-    fn pop(&mut self) -> Result<Value> {
+    /// Counts `n` new values against [`MAX_PICKLE_VALUES`].
+    fn create(&mut self, n: usize) -> Result<()> {
+        self.created = self.created.saturating_add(n);
+        if self.created > MAX_PICKLE_VALUES {
+            return Err(self.e(format!("more than {MAX_PICKLE_VALUES} values (value limit)")));
+        }
+        Ok(())
+    }
+
+    fn push_slot(&mut self, slot: Slot) -> Result<()> {
+        if self.stack.len() >= MAX_PICKLE_STACK {
+            return Err(self.e(format!("stack deeper than {MAX_PICKLE_STACK} (stack limit)")));
+        }
+        self.stack.push(slot);
+        Ok(())
+    }
+
+    fn push(&mut self, value: Value) -> Result<()> {
+        self.create(1)?;
+        self.push_slot(Slot::leaf(value))
+    }
+
+    /// A container of `children`, checked against the depth limit.
+    fn container(&mut self, children: &[Slot], make: impl FnOnce(Vec<Value>) -> Value) -> Result<Slot> {
+        let depth = 1 + children.iter().map(|c| c.depth).max().unwrap_or(0);
+        if depth > MAX_PICKLE_DEPTH {
+            return Err(self.e(format!("values nested deeper than {MAX_PICKLE_DEPTH} (nesting limit)")));
+        }
+        let values = 1 + children.iter().map(|c| c.values).sum::<usize>();
+        self.create(1)?;
+        Ok(Slot { value: make(children.iter().map(|c| c.value.clone()).collect()), depth, values })
+    }
+
+    /// Adds `items` to the container on top of the stack (APPEND(S), SETITEM(S)).
+    fn extend_top(&mut self, items: Vec<Slot>, what: &str) -> Result<()> {
+        let depth = 1 + items.iter().map(|c| c.depth).max().unwrap_or(0);
+        if depth > MAX_PICKLE_DEPTH {
+            return Err(self.e(format!("values nested deeper than {MAX_PICKLE_DEPTH} (nesting limit)")));
+        }
+        let Some(top) = self.stack.last_mut() else { return Err(self.e(format!("{what} on an empty stack"))) };
+        top.depth = top.depth.max(depth);
+        top.values = top.values.saturating_add(items.iter().map(|c| c.values).sum::<usize>());
+        let values: Vec<Value> = items.into_iter().map(|c| c.value).collect();
+        match (&mut top.value, what) {
+            (Value::List(l), "APPEND" | "APPENDS") => l.extend(values),
+            (Value::Dict(d), "SETITEM" | "SETITEMS") => {
+                let mut it = values.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k, v));
+                }
+            }
+            _ => {
+                return Err(
+                    self.e(format!("{what} on a {}", if what.starts_with("SET") { "non-dict" } else { "non-list" }))
+                )
+            }
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<Slot> {
         self.stack.pop().ok_or_else(|| self.e("stack underflow"))
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let m = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| self.e("no mark"))?;
+    fn pop_mark(&mut self) -> Result<Vec<Slot>> {
+        let m = self.stack.iter().rposition(|v| matches!(v.value, Value::Mark)).ok_or_else(|| self.e("no mark"))?;
         let items = self.stack.split_off(m + 1);
         self.stack.pop();
         Ok(items)
@@ -270,6 +411,33 @@ impl<'a> Unpickler<'a> {
 
     fn str(&self, b: &[u8]) -> Result<Value> {
         Ok(Value::Str(std::str::from_utf8(b).map_err(|_| self.e("string is not UTF-8"))?.to_string()))
+    }
+
+    /// Stores the top of the stack in the memo (a copy, counted against the value limit).
+    fn memo_put(&mut self, k: u32) -> Result<()> {
+        let top = self.stack.last().cloned().ok_or_else(|| self.e("memo of empty stack"))?;
+        if self.memo.len() >= MAX_PICKLE_MEMO && !self.memo.contains_key(&k) {
+            return Err(self.e(format!("more than {MAX_PICKLE_MEMO} memo entries (memo limit)")));
+        }
+        self.create(top.values)?;
+        self.memo.insert(k, top);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, k: u32) -> Result<()> {
+        let v = self.memo.get(&k).cloned().ok_or_else(|| self.e(format!("memo {k} missing")))?;
+        self.create(v.values)?;
+        self.push_slot(v)
+    }
+
+    /// A global the pickle names: refused unless it is in [`ALLOWED_GLOBALS`].
+    fn global(&mut self, module: String, name: String) -> Result<()> {
+        if !ALLOWED_GLOBALS.iter().any(|&(m, n)| m == module && n == name) {
+            return Err(self.e(format!(
+                "refusing global {module}.{name}: a state dict names only tensor rebuilders, OrderedDict and storage types"
+            )));
+        }
+        self.push(Value::Global(module, name))
     }
 
     /// Runs until STOP and returns the value on top of the stack.
@@ -283,22 +451,22 @@ impl<'a> Unpickler<'a> {
                 0x95 => {
                     self.take(pos, 8)?; // FRAME
                 }
-                b'.' => return self.pop(),
-                b'(' => self.stack.push(Value::Mark),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'.' => return Ok(self.pop()?.value),
+                b'(' => self.push(Value::Mark)?,
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'K' => {
                     let v = self.u8(pos)? as i64;
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(v))?
                 }
                 b'M' => {
                     let v = self.u16(pos)? as i64;
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(v))?
                 }
                 b'J' => {
                     let v = self.u32(pos)? as i32 as i64;
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(v))?
                 }
                 0x8a => {
                     // LONG1: little-endian two's complement of n bytes
@@ -311,59 +479,57 @@ impl<'a> Unpickler<'a> {
                     if n > 0 && n < 16 && b[n - 1] & 0x80 != 0 {
                         v -= 1i128 << (8 * n);
                     }
-                    self.stack.push(Value::Int(v.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
+                    self.push(Value::Int(v.clamp(i64::MIN as i128, i64::MAX as i128) as i64))?
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(pos, 8)?.try_into().unwrap());
-                    self.stack.push(Value::Float(v))
+                    self.push(Value::Float(v))?
                 }
                 b'X' => {
                     let n = self.u32(pos)? as usize;
                     let s = self.take(pos, n)?;
                     let v = self.str(s)?;
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 0x8c => {
                     let n = self.u8(pos)? as usize;
                     let s = self.take(pos, n)?;
                     let v = self.str(s)?;
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 b'U' => {
                     let n = self.u8(pos)? as usize;
                     let s = self.take(pos, n)?;
-                    self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
+                    self.push(Value::Str(String::from_utf8_lossy(s).into_owned()))?
                 }
                 b'T' => {
                     let n = self.u32(pos)? as usize;
                     let s = self.take(pos, n)?;
-                    self.stack.push(Value::Str(String::from_utf8_lossy(s).into_owned()))
+                    self.push(Value::Str(String::from_utf8_lossy(s).into_owned()))?
                 }
                 b'C' => {
                     let n = self.u8(pos)? as usize;
                     let s = self.take(pos, n)?.to_vec();
-                    self.stack.push(Value::Bytes(s))
+                    self.push(Value::Bytes(s))?
                 }
                 b'B' => {
                     let n = self.u32(pos)? as usize;
                     let s = self.take(pos, n)?.to_vec();
-                    self.stack.push(Value::Bytes(s))
+                    self.push(Value::Bytes(s))?
                 }
-                b')' => self.stack.push(Value::Tuple(vec![])),
-                b']' => self.stack.push(Value::List(vec![])),
-                b'}' => self.stack.push(Value::Dict(vec![])),
-                b't' => {
+                b')' => self.push(Value::Tuple(vec![]))?,
+                b']' => self.push(Value::List(vec![]))?,
+                b'}' => self.push(Value::Dict(vec![]))?,
+                b't' | b'l' | b'd' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items))
-                }
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(items))
-                }
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let kv = items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect();
-                    self.stack.push(Value::Dict(kv))
+                    let slot = self.container(&items, |v| match op {
+                        b't' => Value::Tuple(v),
+                        b'l' => Value::List(v),
+                        _ => Value::Dict(
+                            v.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect(),
+                        ),
+                    })?;
+                    self.push_slot(slot)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -371,87 +537,69 @@ impl<'a> Unpickler<'a> {
                         return Err(self.e("stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items))
+                    let slot = self.container(&items, Value::Tuple)?;
+                    self.push_slot(slot)?
                 }
                 b'q' => {
                     let k = self.u8(pos)? as u32;
-                    let top = self.stack.last().cloned().ok_or_else(|| self.e("memo of empty stack"))?;
-                    self.memo.insert(k, top);
+                    self.memo_put(k)?
                 }
                 b'r' => {
                     let k = self.u32(pos)?;
-                    let top = self.stack.last().cloned().ok_or_else(|| self.e("memo of empty stack"))?;
-                    self.memo.insert(k, top);
+                    self.memo_put(k)?
                 }
                 0x94 => {
                     let k = self.memo.len() as u32;
-                    let top = self.stack.last().cloned().ok_or_else(|| self.e("memo of empty stack"))?;
-                    self.memo.insert(k, top);
+                    self.memo_put(k)?
                 }
                 b'h' => {
                     let k = self.u8(pos)? as u32;
-                    let v = self.memo.get(&k).cloned().ok_or_else(|| self.e(format!("memo {k} missing")))?;
-                    self.stack.push(v)
+                    self.memo_get(k)?
                 }
                 b'j' => {
                     let k = self.u32(pos)?;
-                    let v = self.memo.get(&k).cloned().ok_or_else(|| self.e(format!("memo {k} missing")))?;
-                    self.stack.push(v)
+                    self.memo_get(k)?
                 }
                 b'c' => {
                     let module = self.line(pos)?;
                     let name = self.line(pos)?;
-                    self.stack.push(Value::Global(module, name))
+                    self.global(module, name)?
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let name = self.pop()?.value;
+                    let module = self.pop()?.value;
                     match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                        (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
                         _ => return Err(self.e("STACK_GLOBAL of non-strings")),
                     }
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    match self.stack.last_mut() {
-                        Some(Value::List(l)) => l.push(v),
-                        _ => return Err(self.e("APPEND to a non-list")),
-                    }
+                    self.extend_top(vec![v], "APPEND")?
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    match self.stack.last_mut() {
-                        Some(Value::List(l)) => l.extend(items),
-                        _ => return Err(self.e("APPENDS to a non-list")),
-                    }
+                    self.extend_top(items, "APPENDS")?
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    match self.stack.last_mut() {
-                        Some(Value::Dict(d)) => d.push((k, v)),
-                        _ => return Err(self.e("SETITEM on a non-dict")),
-                    }
+                    self.extend_top(vec![k, v], "SETITEM")?
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    match self.stack.last_mut() {
-                        Some(Value::Dict(d)) => {
-                            d.extend(items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())))
-                        }
-                        _ => return Err(self.e("SETITEMS on a non-dict")),
-                    }
+                    self.extend_top(items, "SETITEMS")?
                 }
                 b'Q' => {
                     // BINPERSID: ('storage', storage_type, key, location, numel[, view_metadata])
-                    let pid = self.pop()?;
+                    let pid = self.pop()?.value;
                     let Value::Tuple(t) = pid else { return Err(self.e("persistent id is not a tuple")) };
                     match t.as_slice() {
                         [Value::Str(kind), Value::Global(_, dtype), Value::Str(key), _, numel, ..]
                             if kind == "storage" =>
                         {
-                            let n = if let Value::Int(n) = numel { *n as usize } else { 0 };
-                            self.stack.push(Value::Storage(dtype.clone(), key.clone(), n));
+                            let n = if let Value::Int(n) = numel { (*n).max(0) as usize } else { 0 };
+                            self.push(Value::Storage(dtype.clone(), key.clone(), n))?;
                         }
                         _ => return Err(self.e("unsupported persistent id")),
                     }
@@ -459,8 +607,11 @@ impl<'a> Unpickler<'a> {
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = self.call(callable, args)?;
-                    self.stack.push(v)
+                    let depth = args.depth + 1;
+                    let values = args.values + 1;
+                    let v = self.call(callable.value, args.value)?;
+                    self.create(1)?;
+                    self.push_slot(Slot { value: v, depth, values })?
                 }
                 b'b' => {
                     // BUILD: state for the object below; dicts (OrderedDict metadata) are ignored.
@@ -509,5 +660,106 @@ impl<'a> Unpickler<'a> {
             ("torch._utils", "_rebuild_parameter") => args.into_iter().next().ok_or_else(|| self.e("empty parameter")),
             _ => Err(self.e(format!("refusing to call {module}.{name}: only tensors and dicts are supported"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pickle: &[u8]) -> String {
+        Unpickler::new(pickle, "test.pkl").run(&mut 0).map(|v| format!("{v:?}")).unwrap_or_else(|e| e.to_string())
+    }
+
+    /// Every global outside the whitelist is refused where the pickle names it, by GLOBAL and by
+    /// STACK_GLOBAL, before anything could call it.
+    #[test]
+    fn each_global_outside_the_whitelist_is_refused_by_name() {
+        for (module, name) in [
+            ("posix", "system"),
+            ("nt", "system"),
+            ("os", "system"),
+            ("subprocess", "Popen"),
+            ("builtins", "eval"),
+            ("builtins", "exec"),
+            ("builtins", "getattr"),
+            ("__builtin__", "eval"),
+            ("torch", "load"),
+            ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+            ("torch.nn.modules.linear", "Linear"),
+            ("collections", "defaultdict"),
+        ] {
+            // GLOBAL module\nname\n, then REDUCE with ('echo pwned',)
+            let mut p = vec![0x80, 2];
+            p.extend(format!("c{module}\n{name}\n").into_bytes());
+            p.extend(b"X\x0a\x00\x00\x00echo pwned\x85R.");
+            let e = parse(&p);
+            assert!(e.contains(&format!("refusing global {module}.{name}")), "{module}.{name}: {e}");
+            // STACK_GLOBAL of two short strings
+            let mut p = vec![0x80, 4, 0x8c, module.len() as u8];
+            p.extend(module.as_bytes());
+            p.extend([0x8c, name.len() as u8]);
+            p.extend(name.as_bytes());
+            p.extend([0x93, b'.']);
+            let e = parse(&p);
+            assert!(e.contains(&format!("refusing global {module}.{name}")), "{module}.{name}: {e}");
+        }
+        // the whitelist itself parses
+        for (module, name) in ALLOWED_GLOBALS {
+            let mut p = vec![0x80, 2];
+            p.extend(format!("c{module}\n{name}\n.").into_bytes());
+            let e = parse(&p);
+            assert!(e.contains("Global"), "{module}.{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn pickles_that_explode_are_stopped_at_a_named_limit() {
+        // "billion laughs": a list put in the memo, then doubled by two memo gets, 64 times
+        let mut p = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..64 {
+            p.extend([b'(', b'h', 0, b'h', 0, b'l', b'q', 0]);
+        }
+        p.push(b'.');
+        let e = parse(&p);
+        assert!(e.contains("value limit"), "{e}");
+        // lists nested 100,000 deep (dropping such a value recursively would overflow the stack)
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b']', 100_000));
+        p.extend(std::iter::repeat_n(b'a', 99_999));
+        p.push(b'.');
+        let e = parse(&p);
+        assert!(e.contains("nesting limit"), "{e}");
+        // a million marks fill the stack
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b'(', MAX_PICKLE_STACK + 1));
+        let e = parse(&p);
+        assert!(e.contains("stack limit"), "{e}");
+    }
+
+    #[test]
+    fn views_larger_than_their_storage_are_refused_before_allocation() {
+        let storage = HashMap::from([("0".to_string(), vec![0u8; 16])]);
+        let tensor = |size: Vec<usize>, stride: Vec<usize>| Value::Tensor {
+            storage: Box::new(Value::Storage("FloatStorage".into(), "0".into(), 4)),
+            offset: 0,
+            size,
+            stride,
+        };
+        let dict = |t: Value| Value::Dict(vec![(Value::Str("w".into()), t)]);
+        // a 10^12-element view of a 4-element storage through stride 0
+        let e = build_state_dict(dict(tensor(vec![1_000_000, 1_000_000], vec![0, 0])), &storage, "f").unwrap_err();
+        assert!(e.to_string().contains("more elements than its storage"), "{e}");
+        // sizes whose product overflows
+        let e = build_state_dict(dict(tensor(vec![usize::MAX, 3], vec![1, 1])), &storage, "f").unwrap_err();
+        assert!(e.to_string().contains("more elements than its storage"), "{e}");
+        // a stride that reaches past the end, and one whose reach overflows
+        let e = build_state_dict(dict(tensor(vec![2, 2], vec![3, 1])), &storage, "f").unwrap_err();
+        assert!(e.to_string().contains("reaches past"), "{e}");
+        let e = build_state_dict(dict(tensor(vec![2], vec![usize::MAX])), &storage, "f").unwrap_err();
+        assert!(e.to_string().contains("reaches past"), "{e}");
+        // and a legal transposed view reads back
+        let ok = build_state_dict(dict(tensor(vec![2, 2], vec![1, 2])), &storage, "f").unwrap();
+        assert_eq!(ok[0].1.shape(), &[2, 2]);
     }
 }
