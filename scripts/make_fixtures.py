@@ -417,6 +417,8 @@ def efficientnet():
           "half": torch.tensor(g.standard_normal(3).astype(np.float16))}
     path = os.path.join(FIXTURES, "small_zip_state_dict.pth")
     torch.save(sd, path)  # zip container (PyTorch >= 1.6)
+    # the same state dict in the legacy container (a stream of pickles, then the raw storages)
+    torch.save(sd, os.path.join(FIXTURES, "small_legacy_state_dict.pth"), _use_new_zipfile_serialization=False)
     ref = {k: v.float().contiguous().numpy() for k, v in sd.items()}
     ref["bn.num_batches_tracked"] = np.array(7.0, dtype=np.float32)
     save_fixture("small_zip_state_dict_values.safetensors", ref)

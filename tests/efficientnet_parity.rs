@@ -93,6 +93,14 @@ fn zip_format_pth_reads_back_exactly() {
     }
     // names keep file order
     assert_eq!(got[0].0, "conv.weight");
+    // the same state dict in the legacy container, recognised by content
+    let legacy = common::fixture("small_legacy_state_dict.pth");
+    assert_eq!(tensor::io::WeightFormat::of_file(&legacy).unwrap(), tensor::io::WeightFormat::TorchLegacy);
+    let old = load_state_dict(&legacy).unwrap();
+    assert_eq!(old.len(), 5);
+    for ((n, a), (m, b)) in old.iter().zip(&got) {
+        assert_eq!((n, a.shape(), a.to_vec()), (m, b.shape(), b.to_vec()));
+    }
 }
 
 #[test]

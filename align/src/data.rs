@@ -241,7 +241,15 @@ pub struct SkipReport {
     pub corrupt_image: usize,
     /// Shard members cut off by a truncated tar file (the rest of that shard is unreadable).
     pub truncated_member: usize,
+    /// Manifest lines longer than [`MAX_MANIFEST_LINE`], shard members larger than
+    /// [`MAX_TAR_MEMBER`].
+    pub over_size_limit: usize,
 }
+
+/// The longest manifest line read (1 MiB): a record is a path and a caption.
+pub const MAX_MANIFEST_LINE: usize = 1 << 20;
+/// The largest shard member read (64 MiB): an image or a caption.
+pub const MAX_TAR_MEMBER: u64 = 64 << 20;
 
 impl std::fmt::Display for SkipReport {
     /// Every count, zeros included: "malformed line 0, non-UTF-8 caption 0, ...".
@@ -249,14 +257,15 @@ impl std::fmt::Display for SkipReport {
         write!(
             f,
             "malformed line {}, non-UTF-8 caption {}, empty caption {}, missing image {}, empty file {}, \
-             corrupt image {}, truncated shard member {}",
+             corrupt image {}, truncated shard member {}, over a size limit {}",
             self.malformed_line,
             self.non_utf8_caption,
             self.empty_caption,
             self.missing_image,
             self.empty_file,
             self.corrupt_image,
-            self.truncated_member
+            self.truncated_member,
+            self.over_size_limit
         )
     }
 }
@@ -270,6 +279,7 @@ impl SkipReport {
             + self.empty_file
             + self.corrupt_image
             + self.truncated_member
+            + self.over_size_limit
     }
 }
 
@@ -310,7 +320,6 @@ pub type ShardRecord = (u32, u32, String, ShardSlice);
 /// caption, a non-UTF-8 or empty caption, an undecodable image header, or cut off by a
 /// truncated shard are counted, never fatal.
 pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRecord>, SkipReport)> {
-    use std::io::Read;
     let io = crate::error::io_error(path);
     let shards: Vec<std::path::PathBuf> = if path.is_dir() {
         let mut v: Vec<_> = std::fs::read_dir(path)
@@ -327,13 +336,28 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
     let mut records = vec![];
     for shard in shards {
         let file = std::fs::File::open(&shard).map_err(crate::error::io_error(&shard))?;
-        let shard = std::sync::Arc::new(shard);
-        let mut archive = tar::Archive::new(file);
+        index_shard(file, std::sync::Arc::new(shard), &mut records, &mut skips);
+    }
+    Ok((records, skips))
+}
+
+/// Indexes one WebDataset shard read from `reader` (the file `shard`): its (image, caption)
+/// records are appended to `records`, what cannot be used is counted in `skips`. Never fails:
+/// a damaged shard yields the records before the damage.
+pub fn index_shard(
+    reader: impl std::io::Read,
+    shard: std::sync::Arc<std::path::PathBuf>,
+    records: &mut Vec<ShardRecord>,
+    skips: &mut SkipReport,
+) {
+    use std::io::Read;
+    {
+        let mut archive = tar::Archive::new(reader);
         // key -> (image bytes, caption bytes)
         let mut members: std::collections::BTreeMap<String, ShardMember> = Default::default();
         let Ok(entries) = archive.entries() else {
             skips.truncated_member += 1;
-            continue;
+            return;
         };
         for entry in entries {
             let Ok(mut entry) = entry else {
@@ -343,6 +367,10 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
             let Ok(name) = entry.path().map(|p| p.to_string_lossy().into_owned()) else { continue };
             let Some((key, ext)) = name.rsplit_once('.') else { continue };
             let (offset, len) = (entry.raw_file_position(), entry.size());
+            if len > MAX_TAR_MEMBER {
+                skips.over_size_limit += 1;
+                continue; // the archive skips the member's bytes on the next entry
+            }
             let mut data = Vec::new();
             if entry.read_to_end(&mut data).is_err() {
                 skips.truncated_member += 1;
@@ -392,22 +420,11 @@ pub fn read_shards(path: &std::path::Path) -> crate::error::Result<(Vec<ShardRec
             }
         }
     }
-    Ok((records, skips))
 }
 
-/// One readable manifest record: image width, height, alt-text, image file.
-pub type ManifestRecord = (u32, u32, String, std::path::PathBuf);
-
-/// Reads a manifest of (image path, alt-text) records, the layout of Conceptual Captions:
-/// `.tsv` (path TAB caption), `.csv` (path,caption; the caption may be double-quoted) or
-/// `.jsonl` ({"image": path, "caption": text}; "url"/"text" are accepted too). Relative paths
-/// are resolved against the manifest's folder. Bad records are counted, never fatal; image
-/// headers are read for the size filter (a file whose header cannot be read is corrupt).
-/// Returns (records as (width, height, caption, path), skips).
-pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<ManifestRecord>, SkipReport)> {
-    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
-    let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+/// The (image path, caption) records of a manifest's bytes, in the layout `ext` names (`tsv`,
+/// `csv`, `jsonl`), before any file is looked at; unusable lines are counted in the skips.
+pub fn parse_manifest(bytes: &[u8], ext: &str) -> (Vec<(String, String)>, SkipReport) {
     let mut skips = SkipReport::default();
     let mut records = vec![];
     for raw in bytes.split(|&b| b == b'\n') {
@@ -415,11 +432,15 @@ pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<Manife
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
+        if raw.len() > MAX_MANIFEST_LINE {
+            skips.over_size_limit += 1;
+            continue;
+        }
         let Ok(line) = std::str::from_utf8(raw) else {
             skips.non_utf8_caption += 1;
             continue;
         };
-        let parsed: Option<(String, String)> = match ext.as_str() {
+        let parsed: Option<(String, String)> = match ext {
             "jsonl" | "json" => serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
                 let img = v.get("image").or_else(|| v.get("url")).and_then(|x| x.as_str())?.to_string();
                 let cap = v.get("caption").or_else(|| v.get("text")).and_then(|x| x.as_str()).unwrap_or("").to_string();
@@ -436,6 +457,27 @@ pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<Manife
             skips.empty_caption += 1;
             continue;
         }
+        records.push((img, caption));
+    }
+    (records, skips)
+}
+
+/// One readable manifest record: image width, height, alt-text, image file.
+pub type ManifestRecord = (u32, u32, String, std::path::PathBuf);
+
+/// Reads a manifest of (image path, alt-text) records, the layout of Conceptual Captions:
+/// `.tsv` (path TAB caption), `.csv` (path,caption; the caption may be double-quoted) or
+/// `.jsonl` ({"image": path, "caption": text}; "url"/"text" are accepted too). Relative paths
+/// are resolved against the manifest's folder. Bad records are counted, never fatal; image
+/// headers are read for the size filter (a file whose header cannot be read is corrupt).
+/// Returns (records as (width, height, caption, path), skips).
+pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<ManifestRecord>, SkipReport)> {
+    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
+    let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let (lines, mut skips) = parse_manifest(&bytes, &ext);
+    let mut records = vec![];
+    for (img, caption) in lines {
         let file =
             if std::path::Path::new(&img).is_absolute() { std::path::PathBuf::from(&img) } else { base.join(&img) };
         match std::fs::metadata(&file) {
@@ -548,7 +590,7 @@ pub fn builtin_corpus(seed: u64, train: usize, held_out: usize) -> (Vec<Pair>, V
 pub fn decode_pair(seed: u64, p: &Pair) -> Option<image::RgbImage> {
     match (&p.file, &p.member) {
         (Some(path), _) => crate::images::load_rgb(path).ok(),
-        (None, Some(member)) => image::load_from_memory(&member.read().ok()?).ok().map(|i| i.to_rgb8()),
+        (None, Some(member)) => crate::images::decode_rgb(&member.read().ok()?, "shard member").ok(),
         (None, None) => Some(Scene::generate(seed, p.index).render()),
     }
 }

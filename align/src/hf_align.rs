@@ -85,13 +85,27 @@ pub(crate) fn count(v: &Value, key: &str, default: usize) -> usize {
     v.get(key).and_then(Value::as_u64).map_or(default, |x| x as usize)
 }
 
-/// `(height, width)` from `{"height": h, "width": w}` or `{"shortest_edge": s}` (square).
-fn size_of(v: Option<&Value>) -> Option<(u32, u32)> {
-    let v = v?;
-    if let (Some(h), Some(w)) = (v.get("height").and_then(Value::as_u64), v.get("width").and_then(Value::as_u64)) {
-        return Some((w as u32, h as u32));
+/// The largest side an image processor may resize or crop to.
+pub const MAX_PROCESSOR_SIDE: u64 = 4096;
+
+/// `(width, height)` from `{"height": h, "width": w}` or a bare number (square); sides must be
+/// 1 ..= [`MAX_PROCESSOR_SIDE`].
+fn size_of(v: Option<&Value>, key: &str, file: &Path) -> Result<Option<(u32, u32)>> {
+    let Some(v) = v else { return Ok(None) };
+    let (w, h) = match (v.get("height").and_then(Value::as_u64), v.get("width").and_then(Value::as_u64)) {
+        (Some(h), Some(w)) => (w, h),
+        _ => match v.as_u64() {
+            Some(s) => (s, s),
+            None => return Ok(None),
+        },
+    };
+    if !(1..=MAX_PROCESSOR_SIDE).contains(&w) || !(1..=MAX_PROCESSOR_SIDE).contains(&h) {
+        return Err(AlignError::data(
+            file,
+            format!("{key} {w} x {h}: each side must be 1 to {MAX_PROCESSOR_SIDE} (image processor size limit)"),
+        ));
     }
-    v.as_u64().map(|s| (s as u32, s as u32))
+    Ok(Some((w as u32, h as u32)))
 }
 
 impl ImageProcessor {
@@ -112,9 +126,17 @@ impl ImageProcessor {
                 .unwrap_or(default)
         };
         Ok(ImageProcessor {
-            resize: if flag("do_resize", true) { size_of(v.get("size")).or(Some((346, 346))) } else { None },
+            resize: if flag("do_resize", true) {
+                size_of(v.get("size"), "size", file)?.or(Some((346, 346)))
+            } else {
+                None
+            },
             filter,
-            center_crop: if flag("do_center_crop", false) { size_of(v.get("crop_size")) } else { None },
+            center_crop: if flag("do_center_crop", false) {
+                size_of(v.get("crop_size"), "crop_size", file)?
+            } else {
+                None
+            },
             rescale: flag("do_rescale", true).then(|| number(v, "rescale_factor", 1.0 / 255.0) as f32),
             offset: flag("rescale_offset", false),
             normalize: flag("do_normalize", true).then(|| {

@@ -35,14 +35,42 @@ impl Normalisation {
     }
 }
 
+/// Images with more pixels than this are refused before they are decoded (a decompression
+/// bomb claims a huge size in a few bytes). `ALIGN_MAX_IMAGE_PIXELS` changes it.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+/// The pixel limit in force: `ALIGN_MAX_IMAGE_PIXELS`, or [`DEFAULT_MAX_IMAGE_PIXELS`].
+pub fn max_image_pixels() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("ALIGN_MAX_IMAGE_PIXELS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_IMAGE_PIXELS)
+    })
+}
+
 /// Decodes an image file; errors name the file.
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    let err = |msg: String| TensorError::Format { file: path.display().to_string(), tensor: None, msg };
-    let reader = image::ImageReader::open(path)
-        .map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?
+    let bytes = std::fs::read(path).map_err(|source| TensorError::Io { path: path.to_path_buf(), source })?;
+    decode_rgb(&bytes, &path.display().to_string())
+}
+
+/// Decodes a JPEG / PNG (/ WebP, GIF, BMP as the `image` crate is built) held in memory, checking
+/// the header's size against the pixel limit before anything is decoded; `source` names it.
+pub fn decode_rgb(bytes: &[u8], source: &str) -> Result<image::RgbImage> {
+    use image::ImageDecoder;
+    let err = |msg: String| TensorError::Format { file: source.to_string(), tensor: None, msg };
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(format!("cannot read: {e}")))?;
-    let img = reader.decode().map_err(|e| err(format!("cannot decode: {e}")))?;
+    let decoder = reader.into_decoder().map_err(|e| err(format!("cannot decode: {e}")))?;
+    let (w, h) = decoder.dimensions();
+    let limit = max_image_pixels();
+    if w as u64 * h as u64 > limit {
+        return Err(err(format!(
+            "{w} x {h} = {} pixels is over the image pixel limit of {limit} (ALIGN_MAX_IMAGE_PIXELS)",
+            w as u64 * h as u64
+        )));
+    }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| err(format!("cannot decode: {e}")))?;
     Ok(img.to_rgb8())
 }
 

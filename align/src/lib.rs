@@ -12,6 +12,7 @@ pub mod dist;
 pub mod efficientnet;
 pub mod error;
 pub mod eval;
+pub mod fuzz;
 pub mod hf_align;
 pub mod images;
 pub mod mnist;

@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train ALIGN (the default job): `tiny` on the built-in corpus, then held-out retrieval.
-    Train(align::cli::TrainArgs),
+    Train(Box<align::cli::TrainArgs>),
     /// Sentence features from a BERT model directory: stdin lines -> one JSON object per line
     /// with the ids, the last layer's [CLS] state and the mean over real tokens.
     BertFeatures {
@@ -244,7 +244,7 @@ enum DataCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default = Command::Train(align::cli::TrainArgs::parse_from(["train"]));
+    let default = Command::Train(Box::new(align::cli::TrainArgs::parse_from(["train"])));
     let result = match cli.command.unwrap_or(default) {
         Command::Train(args) => align::cli::train(&args),
         Command::Devices => align::cli::devices(),

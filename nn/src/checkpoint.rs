@@ -79,9 +79,12 @@ pub fn save_checkpoint(
 }
 
 pub fn load_checkpoint(path: impl AsRef<Path>, model: &dyn Module, optimizer: &mut dyn Optimizer) -> Result<Resume> {
-    let path = path.as_ref();
-    let st = SafeTensors::open(path)?;
-    let file = path.display().to_string();
+    load_checkpoint_from(&SafeTensors::open(path.as_ref())?, model, optimizer)
+}
+
+/// [`load_checkpoint`] of an opened (or in-memory) safetensors file.
+pub fn load_checkpoint_from(st: &SafeTensors, model: &dyn Module, optimizer: &mut dyn Optimizer) -> Result<Resume> {
+    let file = st.source().to_string();
     let err = |tensor: &str, msg: &str| TensorError::Format {
         file: file.clone(),
         tensor: Some(tensor.into()),
