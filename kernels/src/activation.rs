@@ -78,8 +78,10 @@ pub fn activation_forward_with(isa: Isa, act: Activation, x: &[f32], y: &mut [f3
         let xs = &x[start..start + out.len()];
         match isa {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` passed `supported()`; xs and out have one length (sliced above).
             Isa::Avx512 => unsafe { x86::activation_avx512(act, xs, None, out, stream) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             Isa::Avx2 => unsafe { x86::activation_avx2(act, xs, None, out, stream) },
             _ => xs.iter().zip(out.iter_mut()).for_each(|(&v, o)| *o = activation_scalar(act, v)),
         }
@@ -100,8 +102,10 @@ pub fn activation_backward_with(isa: Isa, act: Activation, x: &[f32], dy: &[f32]
         let gs = &dy[start..start + out.len()];
         match isa {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` passed `supported()`; xs, gs and out have one length (sliced above).
             Isa::Avx512 => unsafe { x86::activation_avx512(act, xs, Some(gs), out, stream) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             Isa::Avx2 => unsafe { x86::activation_avx2(act, xs, Some(gs), out, stream) },
             _ => {
                 for ((o, &v), &g) in out.iter_mut().zip(xs).zip(gs) {
@@ -247,9 +251,9 @@ mod vector {
             // window busy, so the loads of the next lines issue late and the memory time added
             // to the arithmetic instead of overlapping it.
             if i + ACTIVATION_PREFETCH + 4 * w <= n {
-                crate::gemm::prefetch_span(xp.add(i + ACTIVATION_PREFETCH), 4 * w);
+                crate::gemm::prefetch_span(xp.wrapping_add(i + ACTIVATION_PREFETCH), 4 * w);
                 if let Some(g) = dy {
-                    crate::gemm::prefetch_span(g.as_ptr().add(i + ACTIVATION_PREFETCH), 4 * w);
+                    crate::gemm::prefetch_span(g.as_ptr().wrapping_add(i + ACTIVATION_PREFETCH), 4 * w);
                 }
             }
             // (spelled out, not std::array::from_fn: its closure would be compiled without

@@ -48,8 +48,10 @@ pub fn layer_norm_forward_with(
     let stats = |xr: &[f32]| -> (f32, f32) {
         match isa {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` passed `supported()`; the kernel reads only within the row.
             Isa::Avx512 => unsafe { x86::row_stats_avx512(xr, eps) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             Isa::Avx2 => unsafe { x86::row_stats_avx2(xr, eps) },
             _ => {
                 let m = xr.iter().sum::<f32>() / cols as f32;
@@ -74,8 +76,11 @@ pub fn layer_norm_forward_with(
             }
             match isa {
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` passed `supported()`; xr, yr, gamma and beta are `cols` long
+                // (asserted above).
                 Isa::Avx512 => unsafe { x86::normalise_row_avx512(xr, gamma, beta, yr, m, s) },
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
                 Isa::Avx2 => unsafe { x86::normalise_row_avx2(xr, gamma, beta, yr, m, s) },
                 _ => {
                     for j in 0..cols {

@@ -60,6 +60,7 @@ pub fn sum(x: &[f32]) -> f32 {
 pub fn sum_with(isa: Isa, x: &[f32]) -> f32 {
     match isa.supported() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` confirmed AVX2 at least; the kernel reads only within `x`.
         Isa::Avx2 | Isa::Avx512 => unsafe { x86::dot_like(x, None) },
         _ => sum_portable(x),
     }
@@ -72,6 +73,7 @@ pub fn max(x: &[f32]) -> f32 {
 pub fn max_with(isa: Isa, x: &[f32]) -> f32 {
     match isa.supported() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` confirmed AVX2 at least; the kernel reads only within `x`.
         Isa::Avx2 | Isa::Avx512 => unsafe { x86::max(x) },
         _ => max_portable(x),
     }
@@ -90,6 +92,7 @@ pub fn dot_with(isa: Isa, x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot: lengths differ");
     match isa.supported() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` confirmed AVX2 at least; x and y have one length (asserted).
         Isa::Avx2 | Isa::Avx512 => unsafe { x86::dot_like(x, Some(y)) },
         _ => dot_portable(x, y),
     }
@@ -161,8 +164,10 @@ pub fn column_sums_with(isa: Isa, x: &[f32], cols: usize) -> Vec<f32> {
 fn add_row_f64(isa: Isa, row: &[f32], acc: &mut [f64]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers pass `Isa::supported()`; the kernels stay within row and acc.
         Isa::Avx512 => unsafe { x86::add_row_f64_avx512(row, acc) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::add_row_f64_avx2(row, acc) },
         _ => {
             for (a, &v) in acc.iter_mut().zip(row) {

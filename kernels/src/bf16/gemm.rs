@@ -131,11 +131,7 @@ fn check(m: usize, k: usize, n: usize, a: usize, b: usize, c: usize, s: GemmStri
     assert!(b >= extent(k, n, s.b_row, s.b_col), "gemm_bf16: B buffer too short");
     assert!(c >= extent(m, n, s.c_row, s.c_col), "gemm_bf16: C buffer too short");
     // C written by several threads: distinct (i, j) must be distinct elements.
-    let distinct = m <= 1 && (n <= 1 || s.c_col > 0)
-        || n <= 1 && s.c_row > 0
-        || (s.c_col >= 1 && s.c_row >= n * s.c_col)
-        || (s.c_row >= 1 && s.c_col >= m * s.c_row);
-    assert!(distinct, "gemm_bf16: C strides make elements overlap");
+    crate::gemm::assert_disjoint_writes(c, &[0], m, n, s.c_row, s.c_col, "gemm_bf16");
 }
 
 /// The bf16 GEMM with the best kernel and the configured thread count.

@@ -303,6 +303,7 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
 
 /// [`conv2d_forward`] on a chosen instruction set (tests run every path the CPU has).
 pub(crate) fn conv2d_forward_with(isa: Isa, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     let gemm = PanelGemm::new(isa);
     if super::winograd::applies(g, &gemm) {
         return super::winograd::conv2d_forward_winograd(&gemm, x, w, y, g);
@@ -318,6 +319,7 @@ pub fn conv2d_forward_direct(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeomet
 
 /// [`conv2d_forward_direct`] on a chosen instruction set.
 pub(crate) fn conv2d_forward_direct_with(isa: Isa, x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     let (p, kdim) = g.patch_dims();
     let gemm = PanelGemm::new(isa);
     if g.is_pointwise() && !gemm.can_gather() {
@@ -473,6 +475,7 @@ pub(super) fn conv1x1_forward_k_pairs(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
 
 /// dx from dy: per block, dcol = dy W^T, then col2im-add (images in parallel; pointwise: one GEMM).
 pub fn conv2d_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     let (p, kdim) = g.patch_dims();
     // W seen as (C_out, kdim) through strides: element (co, k) at w[k * c_out + co].
     let s = GemmStrides { a_row: g.c_out, a_col: 1, b_row: 1, b_col: g.c_out, c_row: kdim, c_col: 1 };
@@ -544,6 +547,7 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom
 
 /// dw (HWIO) from x and dy: per-thread partial sums of col^T dy over blocks, then added.
 pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     let (p, kdim) = g.patch_dims();
     if g.is_pointwise() {
         let m = g.batch * p;

@@ -68,8 +68,7 @@ mod dw_generic {
                 let start = (ih * g.in_w + iw0) * g.c_in;
                 let len = (iw1 + 1).saturating_sub(iw0) * g.c_in;
                 if start + len <= x.len() {
-                    // SAFETY: a hint for floats inside x.
-                    unsafe { crate::gemm::prefetch_span(x.as_ptr().add(start), len) };
+                    crate::gemm::prefetch_span(x.as_ptr().wrapping_add(start), len);
                 }
             }
         }
@@ -648,6 +647,8 @@ pub(super) fn dw_image(isa: Isa, op: DwOp, a: &[f32], b: &[f32], out: &mut [f32]
     }
     let _ = isa;
     // Portable: the same loops through the scalar-lane vector type.
+    // SAFETY: the scalar lane type needs no CPU feature; the loops index within the image
+    // slices dw_over_images cut to this image's sizes.
     unsafe { run!(Scalar, op, a, b, out, g) }
 }
 
@@ -695,12 +696,14 @@ pub(super) fn dw_over_images(
 
 /// Depthwise forward: y (N, OH, OW, C) from x (N, H, W, C) and w (KH, KW, C).
 pub fn depthwise_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     let (xi, yi) = (g.in_h * g.in_w * g.c_in, g.out_h * g.out_w * g.c_in);
     dw_over_images(Isa::best(), DwOp::Forward, x, xi, w, 0, y, yi, g);
 }
 
 /// Depthwise input gradient (overwrites dx).
 pub fn depthwise_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     if g.stride_h == 1 && g.stride_w == 1 && g.pad_top < g.k_h && g.pad_left < g.k_w {
         // Stride 1: as for the dense conv, the input gradient is the forward convolution of
         // dy with the kernel turned 180 degrees, padded by K - 1 - pad before, so it runs on
@@ -731,6 +734,7 @@ pub fn depthwise_backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvG
 
 /// Depthwise weight gradient (overwrites dw): per-thread partial sums over images, then added.
 pub fn depthwise_backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
+    g.assert_valid();
     let isa = Isa::best().supported();
     let (xi, yi, wl) = (g.in_h * g.in_w * g.c_in, g.out_h * g.out_w * g.c_in, g.k_h * g.k_w * g.c_in);
     let threads = parallel::num_threads().min(g.batch).max(1);

@@ -134,6 +134,32 @@ impl ConvGeometry {
         })
     }
 
+    /// Panics unless the geometry is one the kernels can trust: positive kernel and stride, and
+    /// every size they compute from it (buffer lengths, the last window's reach) representable.
+    /// The fields are public, so a hand-built geometry reaches the kernels without
+    /// [`ConvGeometry::new`]; every public convolution calls this first, and the fast paths'
+    /// pointer arithmetic rests on it together with the buffer-length checks.
+    pub fn assert_valid(&self) {
+        assert!(
+            self.k_h > 0 && self.k_w > 0 && self.stride_h > 0 && self.stride_w > 0,
+            "conv: kernel {}x{} and stride {}x{} must be positive",
+            self.k_h,
+            self.k_w,
+            self.stride_h,
+            self.stride_w
+        );
+        let product = |xs: &[usize]| xs.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x));
+        let reach = |out: usize, stride: usize, k: usize| {
+            out.checked_sub(1).map_or(Some(0), |o| o.checked_mul(stride)).and_then(|r| r.checked_add(k))
+        };
+        let sizes_fit = product(&[self.batch, self.in_h, self.in_w, self.c_in]).is_some()
+            && product(&[self.batch, self.out_h, self.out_w, self.c_out.max(self.c_in)]).is_some()
+            && product(&[self.k_h, self.k_w, self.c_in, self.c_out.max(1)]).is_some()
+            && reach(self.out_h, self.stride_h, self.k_h).is_some()
+            && reach(self.out_w, self.stride_w, self.k_w).is_some();
+        assert!(sizes_fit, "conv: geometry {self:?} overflows the address space");
+    }
+
     pub fn input_len(&self) -> usize {
         self.batch * self.in_h * self.in_w * self.c_in
     }

@@ -376,15 +376,13 @@ impl TileGrid<'_> {
         let g = self.g;
         if let Some(p) = self.inside_patch(at) {
             for i in 0..SIDE {
-                // SAFETY: a hint, inside the image
-                unsafe { crate::gemm::prefetch_span(p.pixel(i, 0), SIDE * g.c_in) };
+                crate::gemm::prefetch_span(p.pixel(i, 0), SIDE * g.c_in);
             }
         }
         // (edge tiles are a few per row: not worth their 36 pointers here)
         if let Some(o) = self.inside_outputs(at) {
             for a in 0..OUT {
-                // SAFETY: a hint, inside the output; the row's pixels are adjacent
-                unsafe { prefetch_for_write(o.corner.wrapping_add(a * o.row), OUT * g.c_out) };
+                prefetch_for_write(o.corner.wrapping_add(a * o.row), OUT * g.c_out);
             }
         }
     }
@@ -531,19 +529,25 @@ pub(crate) fn conv2d_forward_winograd(gemm: &PanelGemm, x: &[f32], w: &[f32], y:
 }
 
 /// Hints the cache lines of `len` floats at `p` into L1 in the exclusive state
-/// (`prefetchw`), so the stores that follow find them owned.
+/// (`prefetchw`), so the stores that follow find them owned. Safe for any pointer: a prefetch
+/// never faults and the addresses use wrapping arithmetic.
 #[inline(always)]
-unsafe fn prefetch_for_write(p: *mut f32, len: usize) {
+fn prefetch_for_write(p: *mut f32, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+        if len == 0 {
+            return;
+        }
         let bytes = p as *const i8;
         let mut off = 0;
         while off < len * 4 {
-            _mm_prefetch::<_MM_HINT_ET0>(bytes.add(off));
+            // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_ET0>(bytes.wrapping_add(off)) };
             off += 64;
         }
-        _mm_prefetch::<_MM_HINT_ET0>(bytes.add(len * 4 - 1));
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(bytes.wrapping_add(len * 4 - 1)) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);

@@ -149,7 +149,7 @@ impl UnpackedRows {
             let ahead = ir + 2 * mr;
             if self.cs == 1 && ahead < self.rows {
                 for r in ahead..(ahead + mr).min(self.rows) {
-                    prefetch_span(self.a.add(r * self.rs), kc);
+                    prefetch_span(self.a.wrapping_add(r * self.rs), kc);
                 }
             }
             pack_a(self.isa, rows, kc, mr, self.a.add(ir * self.rs), self.rs, self.cs, scratch);

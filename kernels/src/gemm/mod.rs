@@ -99,20 +99,79 @@ pub fn gemm_reference(
 }
 
 /// Largest index (plus one) an (rows x cols) strided matrix touches.
+/// Elements spanned by a (rows, cols) view with strides (rs, cs): one past its last element.
+/// Panics when that overflows (strides no buffer could hold), so bounds checks cannot wrap.
 pub(crate) fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
+        return 0;
+    }
+    (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)))
+        .and_then(|e| e.checked_add(1))
+        .expect("gemm: strides overflow the address space")
+}
+
+/// Whether a (rows, cols) view with strides (rs, cs) addresses each element once, by the
+/// simple test that covers every layout this crate makes: ordered by stride, the inner axis
+/// steps by at least 1 and the outer axis steps past the inner axis's whole run. (Sufficient,
+/// not necessary: other layouts are checked element by element.)
+fn view_is_injective(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    let ((inner_n, inner_s), (outer_n, outer_s)) =
+        if rs <= cs || rows <= 1 { ((rows, rs), (cols, cs)) } else { ((cols, cs), (rows, rs)) };
+    let inner_ok = inner_n <= 1 || inner_s >= 1;
+    let outer_ok = outer_n <= 1 || outer_s >= extent(inner_n, 1, inner_s, 0).max(1);
+    inner_ok && outer_ok
+}
+
+/// Panics unless the (m, n) C views at `offsets` (strides `rs`, `cs`) never write one element
+/// twice, within a view or between views: the GEMM's threads write them concurrently, so an
+/// overlap would be a data race. Common layouts pass in O(views log views); others are checked
+/// exactly with a bitmap over the buffer.
+pub(crate) fn assert_disjoint_writes(
+    c_len: usize,
+    offsets: &[usize],
+    m: usize,
+    n: usize,
+    rs: usize,
+    cs: usize,
+    what: &str,
+) {
+    if m == 0 || n == 0 || offsets.is_empty() {
+        return;
+    }
+    let e = extent(m, n, rs, cs);
+    if view_is_injective(m, n, rs, cs) {
+        if offsets.len() == 1 {
+            return;
+        }
+        let mut spans: Vec<usize> = offsets.to_vec();
+        spans.sort_unstable();
+        if spans.windows(2).all(|w| w[0].checked_add(e).is_some_and(|end| end <= w[1])) {
+            return;
+        }
+    }
+    let mut written = vec![0u64; c_len.div_ceil(64)];
+    for &o in offsets {
+        for i in 0..m {
+            for j in 0..n {
+                let at = o + i * rs + j * cs; // inside c_len: the callers checked the extents
+                let (word, bit) = (at / 64, 1u64 << (at % 64));
+                assert!(written[word] & bit == 0, "{what}: C views write element {at} twice (overlapping outputs)");
+                written[word] |= bit;
+            }
+        }
     }
 }
 
-/// Panics if a buffer is too short for its shape and strides (a caller bug, not user input):
-/// the raw-pointer routines rely on these bounds.
+/// Panics if a buffer is too short for its shape and strides, or if C's strides would make
+/// two threads write one element (a caller bug, not user input): the raw-pointer routines rely
+/// on both.
 fn check_operands(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &[f32], s: GemmStrides) {
     assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm: A buffer too short");
     assert!(b.len() >= extent(k, n, s.b_row, s.b_col), "sgemm: B buffer too short");
     assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm: C buffer too short");
+    assert_disjoint_writes(c.len(), &[0], m, n, s.c_row, s.c_col, "sgemm");
 }
 
 /// The fast GEMM with the best instruction set and the configured thread count.
@@ -323,6 +382,7 @@ pub fn sgemm_packed_b(
     assert!(a.len() >= extent(m, k, s.a_row, s.a_col), "sgemm_packed_b: A buffer too short");
     assert!(c.len() >= extent(m, n, s.c_row, s.c_col), "sgemm_packed_b: C buffer too short");
     assert!(bias.is_none_or(|v| v.len() >= n), "sgemm_packed_b: bias shorter than N");
+    assert_disjoint_writes(c.len(), &[0], m, n, s.c_row, s.c_col, "sgemm_packed_b");
     if m == 0 || n == 0 {
         return;
     }
@@ -374,9 +434,21 @@ pub fn sgemm_batched(
     if batch == 0 || m == 0 || n == 0 {
         return;
     }
-    assert!(a.len() >= (batch - 1) * a_batch_stride + extent(m, k, s.a_row, s.a_col), "sgemm_batched: A too short");
-    assert!(b.len() >= (batch - 1) * b_batch_stride + extent(k, n, s.b_row, s.b_col), "sgemm_batched: B too short");
-    assert!(c.len() >= (batch - 1) * c_batch_stride + extent(m, n, s.c_row, s.c_col), "sgemm_batched: C too short");
+    let span = |stride: usize, view: usize| (batch - 1).checked_mul(stride).and_then(|x| x.checked_add(view));
+    assert!(
+        span(a_batch_stride, extent(m, k, s.a_row, s.a_col)).is_some_and(|e| a.len() >= e),
+        "sgemm_batched: A too short"
+    );
+    assert!(
+        span(b_batch_stride, extent(k, n, s.b_row, s.b_col)).is_some_and(|e| b.len() >= e),
+        "sgemm_batched: B too short"
+    );
+    assert!(
+        span(c_batch_stride, extent(m, n, s.c_row, s.c_col)).is_some_and(|e| c.len() >= e),
+        "sgemm_batched: C too short"
+    );
+    let c_offsets: Vec<usize> = (0..batch).map(|i| i * c_batch_stride).collect();
+    assert_disjoint_writes(c.len(), &c_offsets, m, n, s.c_row, s.c_col, "sgemm_batched");
     let threads = parallel::num_threads();
     let isa = Isa::best();
     let flops_per_product = 2 * m * n * k;
@@ -389,8 +461,9 @@ pub fn sgemm_batched(
             (0..threads).into_par_iter().for_each(|t| {
                 let (ap, bp, cp) = (ap, bp, cp);
                 for i in t * chunk..((t + 1) * chunk).min(batch) {
-                    // SAFETY: products write disjoint C regions (callers give non-overlapping
-                    // batch strides), all inside the extents checked above.
+                    // SAFETY: every operand lies inside the extents checked above, and the C views
+                    // were checked to be disjoint (assert_disjoint_writes), so threads never
+                    // write one element.
                     unsafe {
                         sgemm_raw(
                             isa,
@@ -468,7 +541,7 @@ pub fn micro_kernel_peak(isa: Isa, kc: usize, calls: usize) -> f64 {
 }
 
 /// Many products of one shape at arbitrary offsets (a batch of views, e.g. attention's
-/// (batch, head) pairs through permuted strides). `c` regions must not overlap. Products are
+/// (batch, head) pairs through permuted strides). Panics if `c` regions overlap. Products are
 /// spread over the threads when there are enough of them, else each is threaded internally.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_offsets(
@@ -493,12 +566,14 @@ pub fn sgemm_offsets(
         return;
     }
     let (ea, eb, ec) = (extent(m, k, s.a_row, s.a_col), extent(k, n, s.b_row, s.b_col), extent(m, n, s.c_row, s.c_col));
+    let inside = |offset: usize, view: usize, len: usize| offset.checked_add(view).is_some_and(|end| end <= len);
     for i in 0..a_offsets.len() {
         assert!(
-            a_offsets[i] + ea <= a.len() && b_offsets[i] + eb <= b.len() && c_offsets[i] + ec <= c.len(),
+            inside(a_offsets[i], ea, a.len()) && inside(b_offsets[i], eb, b.len()) && inside(c_offsets[i], ec, c.len()),
             "sgemm_offsets: product {i} out of bounds"
         );
     }
+    assert_disjoint_writes(c.len(), c_offsets, m, n, s.c_row, s.c_col, "sgemm_offsets");
     let threads = parallel::num_threads();
     let isa = Isa::best();
     let batch = a_offsets.len();
@@ -506,7 +581,9 @@ pub fn sgemm_offsets(
         (SharedPtr(a.as_ptr() as *mut f32), SharedPtr(b.as_ptr() as *mut f32), SharedPtr(c.as_mut_ptr()));
     let run = |i: usize, t: usize| {
         let (ap, bp, cp) = (ap, bp, cp);
-        // SAFETY: bounds checked above; callers guarantee disjoint C regions.
+        // SAFETY: every product lies inside the bounds checked above, and the C views were
+        // checked to be disjoint (assert_disjoint_writes): concurrent products never share an
+        // element.
         unsafe {
             sgemm_raw(
                 isa,

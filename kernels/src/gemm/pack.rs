@@ -9,17 +9,25 @@ use super::*;
 pub(super) const PACK_PREFETCH_ROWS: usize = 8;
 
 /// Hints the cache lines of `len` contiguous floats at `p` into the caches (no-op off x86).
+/// Safe for any pointer, in or out of any buffer: a prefetch never faults, and the addresses
+/// are formed with wrapping arithmetic (no pointer is ever offset past its allocation).
 #[inline(always)]
-pub(crate) unsafe fn prefetch_span(p: *const f32, len: usize) {
+pub(crate) fn prefetch_span(p: *const f32, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        if len == 0 {
+            return;
+        }
         let bytes = p as *const i8;
         for off in (0..len * 4).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(bytes.add(off));
+            // SAFETY: PREFETCHT0 is a hint: it reads nothing architecturally and never faults,
+            // whatever the address; SSE is part of x86_64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.wrapping_add(off)) };
         }
         // the last line, when the span does not start on a line boundary
-        _mm_prefetch::<_MM_HINT_T0>(bytes.add(len * 4 - 1));
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.wrapping_add(len * 4 - 1)) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
@@ -48,7 +56,7 @@ pub(super) unsafe fn pack_a(
         for p in 0..kc {
             let row = a.add(p * cs);
             if p + PACK_PREFETCH_ROWS < kc {
-                prefetch_span(row.add(PACK_PREFETCH_ROWS * cs), full_panels * mr);
+                prefetch_span(row.wrapping_add(PACK_PREFETCH_ROWS * cs), full_panels * mr);
             }
             for q in 0..full_panels {
                 copy_micro_row(row.add(q * mr), o.add(q * mr * kc + p * mr), mr);
@@ -99,7 +107,7 @@ pub(super) unsafe fn pack_b(
         for p in 0..kc {
             let row = b.add(p * rs);
             if p + PACK_PREFETCH_ROWS < kc {
-                prefetch_span(row.add(PACK_PREFETCH_ROWS * rs), full_panels * nr);
+                prefetch_span(row.wrapping_add(PACK_PREFETCH_ROWS * rs), full_panels * nr);
             }
             for q in 0..full_panels {
                 copy_micro_row(row.add(q * nr), o.add(q * nr * kc + p * nr), nr);

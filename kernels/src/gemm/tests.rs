@@ -29,6 +29,8 @@ fn transposing_pack_matches_its_reference_on_every_path() {
                 let src: Vec<f32> = (0..rows * stride).map(|i| i as f32 * 0.5 - 7.0).collect();
                 let mut want = vec![f32::NAN; kc * width];
                 let mut got = vec![f32::NAN; kc * width];
+                // SAFETY: `isa` comes from Isa::available(); src holds rows x stride floats and
+                // both outputs kc x width.
                 unsafe {
                     pack_transposed_reference(rows, kc, width, src.as_ptr(), stride, &mut want);
                     pack_transposed(isa, rows, kc, width, src.as_ptr(), stride, &mut got);
@@ -37,4 +39,50 @@ fn transposing_pack_matches_its_reference_on_every_path() {
             }
         }
     }
+}
+
+/// Outputs that two threads would write at once are refused before any thread starts: rows of
+/// C on one address (stride 0), products whose C views overlap, strides that overflow.
+#[test]
+fn overlapping_outputs_are_refused_not_raced() {
+    use std::panic::catch_unwind;
+    let a = vec![1.0f32; 64];
+    let b = vec![1.0f32; 64];
+    let refused = |f: &dyn Fn()| {
+        let r = catch_unwind(std::panic::AssertUnwindSafe(f));
+        let msg = r
+            .err()
+            .and_then(|p| p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string())));
+        msg.unwrap_or_default()
+    };
+    // every row of C on the same 4 elements
+    let aliased = GemmStrides { c_row: 0, ..GemmStrides::row_major(4, 4) };
+    let msg = refused(&|| {
+        let mut c = vec![0.0f32; 16];
+        sgemm_with(Isa::best(), 2, 4, 4, 4, 1.0, &a, &b, 0.0, &mut c, aliased);
+    });
+    assert!(msg.contains("twice"), "{msg}");
+    // two products of a batch on one C region
+    let msg = refused(&|| {
+        let mut c = vec![0.0f32; 32];
+        sgemm_batched(2, 4, 4, 4, 1.0, &a, 16, &b, 16, 0.0, &mut c, 0, GemmStrides::row_major(4, 4));
+    });
+    assert!(msg.contains("twice"), "{msg}");
+    let msg = refused(&|| {
+        let mut c = vec![0.0f32; 32];
+        sgemm_offsets(4, 4, 4, 1.0, &a, &[0, 16], &b, &[0, 16], 0.0, &mut c, &[0, 8], GemmStrides::row_major(4, 4));
+    });
+    assert!(msg.contains("twice"), "{msg}");
+    // strides whose extent overflows
+    let huge = GemmStrides { c_row: usize::MAX / 2, ..GemmStrides::row_major(4, 4) };
+    let msg = refused(&|| {
+        let mut c = vec![0.0f32; 16];
+        sgemm_with(Isa::best(), 1, 4, 4, 4, 1.0, &a, &b, 0.0, &mut c, huge);
+    });
+    assert!(msg.contains("overflow"), "{msg}");
+    // interleaved but disjoint views (heads of attention through permuted strides) still run
+    let mut c = vec![0.0f32; 32];
+    let heads = GemmStrides { c_row: 8, ..GemmStrides::row_major(4, 4) };
+    sgemm_offsets(4, 4, 4, 1.0, &a, &[0, 16], &b, &[0, 16], 0.0, &mut c, &[0, 4], heads);
+    assert!(c.iter().all(|&v| v == 4.0));
 }

@@ -282,8 +282,8 @@ unsafe fn kernel_avx512_pairs<const PAIR_ROWS: bool>(
     let (pair_offset, k_step) = if PAIR_ROWS { (pair_stride, 2) } else { (2, 12) };
     macro_rules! step {
         () => {{
-            _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * PREFETCH_STEPS) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * PREFETCH_STEPS + 16) as *const i8);
             let [e0, o0, e1, o1] = load_duplicated_pairs(b);
             for p in 0..6 {
                 let at = a.add(p * pair_offset);
@@ -386,9 +386,9 @@ unsafe fn kernel_avx512_16(
 #[inline(always)]
 unsafe fn prefetch_c_tile<const W: usize>(c: *mut f32, rsc: usize, rows: usize) {
     for r in 0..rows {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * rsc) as *const i8);
         if W > 16 {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * rsc + 16) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * rsc + 16) as *const i8);
         }
     }
 }
@@ -398,9 +398,9 @@ unsafe fn prefetch_c_tile<const W: usize>(c: *mut f32, rsc: usize, rows: usize) 
 /// k-steps ahead requested (B streams from L2).
 #[inline(always)]
 unsafe fn k_step<const W: usize>(a: *const f32, b: *const f32, lo: &mut [__m512; 12], hi: &mut [__m512; 12]) {
-    _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * PREFETCH_STEPS) as *const i8);
     if W > 16 {
-        _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * PREFETCH_STEPS + 16) as *const i8);
     }
     let b0 = _mm512_loadu_ps(b);
     let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
@@ -633,9 +633,9 @@ unsafe fn gather_segment<const W: usize>(
     // the loop's own instructions do not crowd the front end.
     macro_rules! step {
         ($k:expr) => {{
-            _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * PREFETCH_STEPS) as *const i8);
             if W > 16 {
-                _mm_prefetch::<_MM_HINT_T0>(b.add(32 * PREFETCH_STEPS + 16) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(32 * PREFETCH_STEPS + 16) as *const i8);
             }
             let b0 = _mm512_loadu_ps(b);
             let b1 = if W == 32 { _mm512_loadu_ps(b.add(16)) } else { _mm512_setzero_ps() };
