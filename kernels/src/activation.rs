@@ -123,53 +123,60 @@ mod vector {
 
     #[inline(always)]
     unsafe fn activation_vec<V: F32Vec>(act: Activation, grad: bool, x: V) -> V {
-        let one = V::splat(1.0);
-        let half = V::splat(0.5);
-        match (act, grad) {
-            (Activation::GeluErf, false) => {
-                let e = v::erf(x.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2)));
-                half.mul(x).mul(one.add(e))
-            }
-            (Activation::GeluErf, true) => {
-                let e = v::erf(x.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2)));
-                let cdf = half.mul(one.add(e));
-                let pdf = V::splat(0.398_942_3).mul(v::exp(V::splat(-0.5).mul(x.mul(x))));
-                x.mul_add(pdf, cdf)
-            }
-            (Activation::GeluTanh, g) => {
-                let x3 = x.mul(x).mul(x);
-                let z = V::splat(GELU_K).mul(V::splat(GELU_C).mul_add(x3, x));
-                let (s, one_minus_s) = v::sigmoid_pair(z.add(z));
-                if !g {
-                    x.mul(s)
-                } else {
-                    let dz = V::splat(GELU_K).mul(V::splat(3.0 * GELU_C).mul_add(x.mul(x), one));
-                    s.add(x.add(x).mul(s.mul(one_minus_s)).mul(dz))
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let one = V::splat(1.0);
+            let half = V::splat(0.5);
+            match (act, grad) {
+                (Activation::GeluErf, false) => {
+                    let e = v::erf(x.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2)));
+                    half.mul(x).mul(one.add(e))
                 }
+                (Activation::GeluErf, true) => {
+                    let e = v::erf(x.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2)));
+                    let cdf = half.mul(one.add(e));
+                    let pdf = V::splat(0.398_942_3).mul(v::exp(V::splat(-0.5).mul(x.mul(x))));
+                    x.mul_add(pdf, cdf)
+                }
+                (Activation::GeluTanh, g) => {
+                    let x3 = x.mul(x).mul(x);
+                    let z = V::splat(GELU_K).mul(V::splat(GELU_C).mul_add(x3, x));
+                    let (s, one_minus_s) = v::sigmoid_pair(z.add(z));
+                    if !g {
+                        x.mul(s)
+                    } else {
+                        let dz = V::splat(GELU_K).mul(V::splat(3.0 * GELU_C).mul_add(x.mul(x), one));
+                        s.add(x.add(x).mul(s.mul(one_minus_s)).mul(dz))
+                    }
+                }
+                (Activation::Silu, false) => x.mul(v::sigmoid(x)),
+                (Activation::Silu, true) => {
+                    let (s, one_minus_s) = v::sigmoid_pair(x);
+                    s.mul(x.mul_add(one_minus_s, one))
+                }
+                (Activation::Sigmoid, false) => v::sigmoid(x),
+                (Activation::Sigmoid, true) => {
+                    let (s, one_minus_s) = v::sigmoid_pair(x);
+                    s.mul(one_minus_s)
+                }
+                (Activation::Exp, _) => v::exp(x),
             }
-            (Activation::Silu, false) => x.mul(v::sigmoid(x)),
-            (Activation::Silu, true) => {
-                let (s, one_minus_s) = v::sigmoid_pair(x);
-                s.mul(x.mul_add(one_minus_s, one))
-            }
-            (Activation::Sigmoid, false) => v::sigmoid(x),
-            (Activation::Sigmoid, true) => {
-                let (s, one_minus_s) = v::sigmoid_pair(x);
-                s.mul(one_minus_s)
-            }
-            (Activation::Exp, _) => v::exp(x),
         }
     }
 
     /// out = act(x) (or act'(x) * dy when `dy` is given).
     #[inline(always)]
     pub unsafe fn activation<V: F32Vec>(act: Activation, x: &[f32], dy: Option<&[f32]>, out: &mut [f32], stream: bool) {
-        // One monomorphised loop per (activation, direction): with the choice made inside the
-        // loop, every vector went through a jump table and the approximations' dependency
-        // chains could not overlap (GELU ran at ~58 cycles per 16 floats in cache). Const
-        // parameters, not a closure: a closure is compiled without the caller's target
-        // features, and every vector operation in it became a function call.
-        macro_rules! dispatch {
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            // One monomorphised loop per (activation, direction): with the choice made inside the
+            // loop, every vector went through a jump table and the approximations' dependency
+            // chains could not overlap (GELU ran at ~58 cycles per 16 floats in cache). Const
+            // parameters, not a closure: a closure is compiled without the caller's target
+            // features, and every vector operation in it became a function call.
+            macro_rules! dispatch {
             ($x:expr, $dy:expr, $out:expr, $stream:expr; $($a:ident = $k:literal),*) => {
                 match (act, $dy.is_some()) {
                     $(
@@ -179,46 +186,47 @@ mod vector {
                 }
             };
         }
-        macro_rules! run {
+            macro_rules! run {
             ($x:expr, $dy:expr, $out:expr, $stream:expr) => {
                 dispatch!($x, $dy, $out, $stream; GeluErf = 0, GeluTanh = 1, Silu = 2, Sigmoid = 3, Exp = 4)
             };
         }
-        let n = x.len();
-        let w = V::LANES;
-        // Streaming stores need aligned addresses. The first vector is written with a plain
-        // store and the streamed loop starts at the first aligned element after it; the
-        // elements in between are computed twice, with the same result, so every element
-        // still goes through the vector code whatever the alignment or the thread split.
-        let mut start = 0;
-        if stream && n >= w {
-            let misalign = (out.as_ptr() as usize) % (w * 4);
-            if misalign != 0 {
-                run!(&x[..w], dy.map(|g| &g[..w]), &mut out[..w], false);
-                start = (w * 4 - misalign) / 4;
+            let n = x.len();
+            let w = V::LANES;
+            // Streaming stores need aligned addresses. The first vector is written with a plain
+            // store and the streamed loop starts at the first aligned element after it; the
+            // elements in between are computed twice, with the same result, so every element
+            // still goes through the vector code whatever the alignment or the thread split.
+            let mut start = 0;
+            if stream && n >= w {
+                let misalign = (out.as_ptr() as usize) % (w * 4);
+                if misalign != 0 {
+                    run!(&x[..w], dy.map(|g| &g[..w]), &mut out[..w], false);
+                    start = (w * 4 - misalign) / 4;
+                }
             }
-        }
-        let (xs, outs) = (&x[start..], &mut out[start..]);
-        run!(xs, dy.map(|g| &g[start..]), outs, stream && n >= w);
-        if stream {
-            // non-temporal stores are weakly ordered: make them visible before returning
-            #[cfg(target_arch = "x86_64")]
-            std::arch::x86_64::_mm_sfence();
-        }
-        let done = start + (n - start) / w * w;
-        if stream && done < n && n >= w {
-            // the same trick at the end: one more vector over the last w elements
-            run!(&x[n - w..], dy.map(|g| &g[n - w..]), &mut out[n - w..], false);
-            return;
-        }
-        // scalar tail
-        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        for i in done..n {
-            let xv = *xp.add(i);
-            *op.add(i) = match dy {
-                Some(g) => g[i] * activation_grad_scalar(act, xv),
-                None => activation_scalar(act, xv),
-            };
+            let (xs, outs) = (&x[start..], &mut out[start..]);
+            run!(xs, dy.map(|g| &g[start..]), outs, stream && n >= w);
+            if stream {
+                // non-temporal stores are weakly ordered: make them visible before returning
+                #[cfg(target_arch = "x86_64")]
+                std::arch::x86_64::_mm_sfence();
+            }
+            let done = start + (n - start) / w * w;
+            if stream && done < n && n >= w {
+                // the same trick at the end: one more vector over the last w elements
+                run!(&x[n - w..], dy.map(|g| &g[n - w..]), &mut out[n - w..], false);
+                return;
+            }
+            // scalar tail
+            let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+            for i in done..n {
+                let xv = *xp.add(i);
+                *op.add(i) = match dy {
+                    Some(g) => g[i] * activation_grad_scalar(act, xv),
+                    None => activation_scalar(act, xv),
+                };
+            }
         }
     }
 
@@ -235,54 +243,58 @@ mod vector {
         out: &mut [f32],
         stream: bool,
     ) {
-        let act = match ACT {
-            0 => Activation::GeluErf,
-            1 => Activation::GeluTanh,
-            2 => Activation::Silu,
-            3 => Activation::Sigmoid,
-            _ => Activation::Exp,
-        };
-        let n = x.len();
-        let w = V::LANES;
-        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        let mut i = 0;
-        while i + 4 * w <= n {
-            // Ask for the input a few KB ahead: the approximations keep the out-of-order
-            // window busy, so the loads of the next lines issue late and the memory time added
-            // to the arithmetic instead of overlapping it.
-            if i + ACTIVATION_PREFETCH + 4 * w <= n {
-                crate::gemm::prefetch_span(xp.wrapping_add(i + ACTIVATION_PREFETCH), 4 * w);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let act = match ACT {
+                0 => Activation::GeluErf,
+                1 => Activation::GeluTanh,
+                2 => Activation::Silu,
+                3 => Activation::Sigmoid,
+                _ => Activation::Exp,
+            };
+            let n = x.len();
+            let w = V::LANES;
+            let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+            let mut i = 0;
+            while i + 4 * w <= n {
+                // Ask for the input a few KB ahead: the approximations keep the out-of-order
+                // window busy, so the loads of the next lines issue late and the memory time added
+                // to the arithmetic instead of overlapping it.
+                if i + ACTIVATION_PREFETCH + 4 * w <= n {
+                    crate::gemm::prefetch_span(xp.wrapping_add(i + ACTIVATION_PREFETCH), 4 * w);
+                    if let Some(g) = dy {
+                        crate::gemm::prefetch_span(g.as_ptr().wrapping_add(i + ACTIVATION_PREFETCH), 4 * w);
+                    }
+                }
+                // (spelled out, not std::array::from_fn: its closure would be compiled without
+                // the caller's target features and call every intrinsic out of line)
+                let r = [
+                    activation_vec::<V>(act, GRAD, V::load(xp.add(i))),
+                    activation_vec::<V>(act, GRAD, V::load(xp.add(i + w))),
+                    activation_vec::<V>(act, GRAD, V::load(xp.add(i + 2 * w))),
+                    activation_vec::<V>(act, GRAD, V::load(xp.add(i + 3 * w))),
+                ];
+                for (j, mut v) in r.into_iter().enumerate() {
+                    if let Some(g) = dy {
+                        v = v.mul(V::load(g.as_ptr().add(i + j * w)));
+                    }
+                    if stream {
+                        v.store_stream(op.add(i + j * w));
+                    } else {
+                        v.store(op.add(i + j * w));
+                    }
+                }
+                i += 4 * w;
+            }
+            while i + w <= n {
+                let mut v = activation_vec::<V>(act, GRAD, V::load(xp.add(i)));
                 if let Some(g) = dy {
-                    crate::gemm::prefetch_span(g.as_ptr().wrapping_add(i + ACTIVATION_PREFETCH), 4 * w);
+                    v = v.mul(V::load(g.as_ptr().add(i)));
                 }
+                v.store(op.add(i));
+                i += w;
             }
-            // (spelled out, not std::array::from_fn: its closure would be compiled without
-            // the caller's target features and call every intrinsic out of line)
-            let r = [
-                activation_vec::<V>(act, GRAD, V::load(xp.add(i))),
-                activation_vec::<V>(act, GRAD, V::load(xp.add(i + w))),
-                activation_vec::<V>(act, GRAD, V::load(xp.add(i + 2 * w))),
-                activation_vec::<V>(act, GRAD, V::load(xp.add(i + 3 * w))),
-            ];
-            for (j, mut v) in r.into_iter().enumerate() {
-                if let Some(g) = dy {
-                    v = v.mul(V::load(g.as_ptr().add(i + j * w)));
-                }
-                if stream {
-                    v.store_stream(op.add(i + j * w));
-                } else {
-                    v.store(op.add(i + j * w));
-                }
-            }
-            i += 4 * w;
-        }
-        while i + w <= n {
-            let mut v = activation_vec::<V>(act, GRAD, V::load(xp.add(i)));
-            if let Some(g) = dy {
-                v = v.mul(V::load(g.as_ptr().add(i)));
-            }
-            v.store(op.add(i));
-            i += w;
         }
     }
 }
@@ -294,11 +306,15 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn activation_avx2(act: Activation, x: &[f32], dy: Option<&[f32]>, out: &mut [f32], stream: bool) {
-        vector::activation::<Avx2>(act, x, dy, out, stream)
+        // SAFETY: callers guarantee a CPU with avx2,fma (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::activation::<Avx2>(act, x, dy, out, stream) }
     }
     #[target_feature(enable = "avx512f")]
     pub unsafe fn activation_avx512(act: Activation, x: &[f32], dy: Option<&[f32]>, out: &mut [f32], stream: bool) {
-        vector::activation::<Avx512>(act, x, dy, out, stream)
+        // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::activation::<Avx512>(act, x, dy, out, stream) }
     }
 }
 

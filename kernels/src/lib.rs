@@ -12,6 +12,8 @@
 //! What this crate deliberately is not: a tensor library. Shapes, broadcasting and views live in
 //! `tensor`.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod activation;
 pub mod attention;
 pub mod batchnorm;

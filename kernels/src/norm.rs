@@ -146,36 +146,40 @@ mod vector {
     /// Mean and reciprocal std of one row (two-pass variance).
     #[inline(always)]
     pub unsafe fn row_stats<V: F32Vec>(x: &[f32], eps: f32) -> (f32, f32) {
-        let n = x.len();
-        let w = V::LANES;
-        let p = x.as_ptr();
-        let mut acc = V::splat(0.0);
-        let mut i = 0;
-        while i + w <= n {
-            acc = acc.add(V::load(p.add(i)));
-            i += w;
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let n = x.len();
+            let w = V::LANES;
+            let p = x.as_ptr();
+            let mut acc = V::splat(0.0);
+            let mut i = 0;
+            while i + w <= n {
+                acc = acc.add(V::load(p.add(i)));
+                i += w;
+            }
+            let mut sum = acc.reduce_sum();
+            while i < n {
+                sum += *p.add(i);
+                i += 1;
+            }
+            let mean = sum / n as f32;
+            let mv = V::splat(mean);
+            let mut acc = V::splat(0.0);
+            let mut i = 0;
+            while i + w <= n {
+                let d = V::load(p.add(i)).sub(mv);
+                acc = d.mul_add(d, acc);
+                i += w;
+            }
+            let mut var = acc.reduce_sum();
+            while i < n {
+                let d = *p.add(i) - mean;
+                var += d * d;
+                i += 1;
+            }
+            (mean, 1.0 / (var / n as f32 + eps).sqrt())
         }
-        let mut sum = acc.reduce_sum();
-        while i < n {
-            sum += *p.add(i);
-            i += 1;
-        }
-        let mean = sum / n as f32;
-        let mv = V::splat(mean);
-        let mut acc = V::splat(0.0);
-        let mut i = 0;
-        while i + w <= n {
-            let d = V::load(p.add(i)).sub(mv);
-            acc = d.mul_add(d, acc);
-            i += w;
-        }
-        let mut var = acc.reduce_sum();
-        while i < n {
-            let d = *p.add(i) - mean;
-            var += d * d;
-            i += 1;
-        }
-        (mean, 1.0 / (var / n as f32 + eps).sqrt())
     }
 
     /// y = (x - mean) * rstd * gamma + beta for one row.
@@ -188,18 +192,22 @@ mod vector {
         mean: f32,
         rstd: f32,
     ) {
-        let n = x.len();
-        let w = V::LANES;
-        let (mv, sv) = (V::splat(mean), V::splat(rstd));
-        let mut i = 0;
-        while i + w <= n {
-            let nrm = V::load(x.as_ptr().add(i)).sub(mv).mul(sv);
-            nrm.mul_add(V::load(gamma.as_ptr().add(i)), V::load(beta.as_ptr().add(i))).store(y.as_mut_ptr().add(i));
-            i += w;
-        }
-        while i < n {
-            y[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
-            i += 1;
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let n = x.len();
+            let w = V::LANES;
+            let (mv, sv) = (V::splat(mean), V::splat(rstd));
+            let mut i = 0;
+            while i + w <= n {
+                let nrm = V::load(x.as_ptr().add(i)).sub(mv).mul(sv);
+                nrm.mul_add(V::load(gamma.as_ptr().add(i)), V::load(beta.as_ptr().add(i))).store(y.as_mut_ptr().add(i));
+                i += w;
+            }
+            while i < n {
+                y[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
+                i += 1;
+            }
         }
     }
 }
@@ -211,19 +219,27 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_stats_avx2(x: &[f32], eps: f32) -> (f32, f32) {
-        vector::row_stats::<Avx2>(x, eps)
+        // SAFETY: callers guarantee a CPU with avx2,fma (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::row_stats::<Avx2>(x, eps) }
     }
     #[target_feature(enable = "avx512f")]
     pub unsafe fn row_stats_avx512(x: &[f32], eps: f32) -> (f32, f32) {
-        vector::row_stats::<Avx512>(x, eps)
+        // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::row_stats::<Avx512>(x, eps) }
     }
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn normalise_row_avx2(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: f32, rstd: f32) {
-        vector::normalise_row::<Avx2>(x, gamma, beta, y, mean, rstd)
+        // SAFETY: callers guarantee a CPU with avx2,fma (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::normalise_row::<Avx2>(x, gamma, beta, y, mean, rstd) }
     }
     #[target_feature(enable = "avx512f")]
     pub unsafe fn normalise_row_avx512(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], mean: f32, rstd: f32) {
-        vector::normalise_row::<Avx512>(x, gamma, beta, y, mean, rstd)
+        // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::normalise_row::<Avx512>(x, gamma, beta, y, mean, rstd) }
     }
 }
 

@@ -163,46 +163,54 @@ mod generic {
     /// tail. The operations and their order per element are the reference's.
     #[inline(always)]
     pub unsafe fn lamb_direction<V: F32Vec>(h: &AdamStep, mut s: LambSlices) -> (f64, f64) {
-        let n = s.w.len();
-        let whole = n - n % V::LANES;
-        let (b1, b2) = (V::splat(h.beta1), V::splat(h.beta2));
-        let (keep1, keep2) = (V::splat(1.0 - h.beta1), V::splat(1.0 - h.beta2));
-        let (inv_bias1, inv_bias2) = (V::splat(h.inv_bias1), V::splat(h.inv_bias2));
-        let (eps, decay) = (V::splat(h.eps), V::splat(h.weight_decay));
-        let (mut w_sq, mut u_sq) = (V::f64_sums_zero(), V::f64_sums_zero());
-        let (gp, wp) = (s.grad.as_ptr(), s.w.as_ptr());
-        let (mp, vp, up) = (s.m.as_mut_ptr(), s.v.as_mut_ptr(), s.u.as_mut_ptr());
-        let mut i = 0;
-        while i < whole {
-            let g = V::load(gp.add(i));
-            let wv = V::load(wp.add(i));
-            let mv = b1.mul(V::load(mp.add(i))).add(keep1.mul(g));
-            let vv = b2.mul(V::load(vp.add(i))).add(keep2.mul(g).mul(g));
-            let uv = mv.mul(inv_bias1).div(vv.mul(inv_bias2).sqrt().add(eps)).add(decay.mul(wv));
-            mv.store(mp.add(i));
-            vv.store(vp.add(i));
-            uv.store(up.add(i));
-            w_sq = wv.add_squares_f64(w_sq);
-            u_sq = uv.add_squares_f64(u_sq);
-            i += V::LANES;
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let n = s.w.len();
+            let whole = n - n % V::LANES;
+            let (b1, b2) = (V::splat(h.beta1), V::splat(h.beta2));
+            let (keep1, keep2) = (V::splat(1.0 - h.beta1), V::splat(1.0 - h.beta2));
+            let (inv_bias1, inv_bias2) = (V::splat(h.inv_bias1), V::splat(h.inv_bias2));
+            let (eps, decay) = (V::splat(h.eps), V::splat(h.weight_decay));
+            let (mut w_sq, mut u_sq) = (V::f64_sums_zero(), V::f64_sums_zero());
+            let (gp, wp) = (s.grad.as_ptr(), s.w.as_ptr());
+            let (mp, vp, up) = (s.m.as_mut_ptr(), s.v.as_mut_ptr(), s.u.as_mut_ptr());
+            let mut i = 0;
+            while i < whole {
+                let g = V::load(gp.add(i));
+                let wv = V::load(wp.add(i));
+                let mv = b1.mul(V::load(mp.add(i))).add(keep1.mul(g));
+                let vv = b2.mul(V::load(vp.add(i))).add(keep2.mul(g).mul(g));
+                let uv = mv.mul(inv_bias1).div(vv.mul(inv_bias2).sqrt().add(eps)).add(decay.mul(wv));
+                mv.store(mp.add(i));
+                vv.store(vp.add(i));
+                uv.store(up.add(i));
+                w_sq = wv.add_squares_f64(w_sq);
+                u_sq = uv.add_squares_f64(u_sq);
+                i += V::LANES;
+            }
+            let (w_tail, u_tail) = lamb_direction_reference(h, s.tail(whole));
+            (V::f64_sums_total(w_sq) + w_tail, V::f64_sums_total(u_sq) + u_tail)
         }
-        let (w_tail, u_tail) = lamb_direction_reference(h, s.tail(whole));
-        (V::f64_sums_total(w_sq) + w_tail, V::f64_sums_total(u_sq) + u_tail)
     }
 
     /// Two sets of partial sums, so that consecutive vectors do not wait on one FMA chain.
     #[inline(always)]
     pub unsafe fn sum_squares<V: F32Vec>(x: &[f32]) -> f64 {
-        let n = x.len();
-        let pairs = n - n % (2 * V::LANES);
-        let (mut even, mut odd) = (V::f64_sums_zero(), V::f64_sums_zero());
-        let mut i = 0;
-        while i < pairs {
-            even = V::load(x.as_ptr().add(i)).add_squares_f64(even);
-            odd = V::load(x.as_ptr().add(i + V::LANES)).add_squares_f64(odd);
-            i += 2 * V::LANES;
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let n = x.len();
+            let pairs = n - n % (2 * V::LANES);
+            let (mut even, mut odd) = (V::f64_sums_zero(), V::f64_sums_zero());
+            let mut i = 0;
+            while i < pairs {
+                even = V::load(x.as_ptr().add(i)).add_squares_f64(even);
+                odd = V::load(x.as_ptr().add(i + V::LANES)).add_squares_f64(odd);
+                i += 2 * V::LANES;
+            }
+            V::f64_sums_total(even) + V::f64_sums_total(odd) + sum_squares_f64_reference(&x[pairs..])
         }
-        V::f64_sums_total(even) + V::f64_sums_total(odd) + sum_squares_f64_reference(&x[pairs..])
     }
 }
 
@@ -215,11 +223,15 @@ mod x86 {
         ($feature:literal, $vec:ty, $lamb:ident, $sum_squares:ident) => {
             #[target_feature(enable = $feature)]
             pub unsafe fn $lamb(h: &AdamStep, s: LambSlices) -> (f64, f64) {
-                generic::lamb_direction::<$vec>(h, s)
+                // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+                // and the CPU features of the vector type in use.
+                unsafe { generic::lamb_direction::<$vec>(h, s) }
             }
             #[target_feature(enable = $feature)]
             pub unsafe fn $sum_squares(x: &[f32]) -> f64 {
-                generic::sum_squares::<$vec>(x)
+                // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+                // and the CPU features of the vector type in use.
+                unsafe { generic::sum_squares::<$vec>(x) }
             }
         };
     }

@@ -193,97 +193,113 @@ mod x86 {
     /// sum(x) when `y` is None, else dot(x, y). Four accumulators of 8 lanes.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_like(x: &[f32], y: Option<&[f32]>) -> f32 {
-        let n = x.len();
-        let (xp, yp) = (x.as_ptr(), y.map(|y| y.as_ptr()));
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(xp.add(i + 8 * j));
-                *a = match yp {
-                    Some(yp) => _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i + 8 * j)), *a),
-                    None => _mm256_add_ps(xv, *a),
-                };
+        // SAFETY: this unsafe fn's callers guarantee a CPU with avx2,fma (they dispatch on
+        // `Isa::supported()`) and pointers valid for every offset it reads and writes.
+        unsafe {
+            let n = x.len();
+            let (xp, yp) = (x.as_ptr(), y.map(|y| y.as_ptr()));
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(xp.add(i + 8 * j));
+                    *a = match yp {
+                        Some(yp) => _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i + 8 * j)), *a),
+                        None => _mm256_add_ps(xv, *a),
+                    };
+                }
+                i += 32;
             }
-            i += 32;
+            while i + 8 <= n {
+                let xv = _mm256_loadu_ps(xp.add(i));
+                acc[0] = match yp {
+                    Some(yp) => _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc[0]),
+                    None => _mm256_add_ps(xv, acc[0]),
+                };
+                i += 8;
+            }
+            let total = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut s = hsum256(total);
+            while i < n {
+                s += match yp {
+                    Some(yp) => *xp.add(i) * *yp.add(i),
+                    None => *xp.add(i),
+                };
+                i += 1;
+            }
+            s
         }
-        while i + 8 <= n {
-            let xv = _mm256_loadu_ps(xp.add(i));
-            acc[0] = match yp {
-                Some(yp) => _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc[0]),
-                None => _mm256_add_ps(xv, acc[0]),
-            };
-            i += 8;
-        }
-        let total = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut s = hsum256(total);
-        while i < n {
-            s += match yp {
-                Some(yp) => *xp.add(i) * *yp.add(i),
-                None => *xp.add(i),
-            };
-            i += 1;
-        }
-        s
     }
 
     /// acc[j] += row[j] in f64, 16 columns per step (two 8-lane f64 halves).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn add_row_f64_avx512(row: &[f32], acc: &mut [f64]) {
-        let n = row.len().min(acc.len());
-        let (x, a) = (row.as_ptr(), acc.as_mut_ptr());
-        let mut j = 0;
-        while j + 16 <= n {
-            let v = _mm512_loadu_ps(x.add(j));
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
-            _mm512_storeu_pd(a.add(j), _mm512_add_pd(_mm512_loadu_pd(a.add(j)), lo));
-            _mm512_storeu_pd(a.add(j + 8), _mm512_add_pd(_mm512_loadu_pd(a.add(j + 8)), hi));
-            j += 16;
-        }
-        while j < n {
-            *a.add(j) += *x.add(j) as f64;
-            j += 1;
+        // SAFETY: this unsafe fn's callers guarantee a CPU with avx512f (they dispatch on
+        // `Isa::supported()`) and pointers valid for every offset it reads and writes.
+        unsafe {
+            let n = row.len().min(acc.len());
+            let (x, a) = (row.as_ptr(), acc.as_mut_ptr());
+            let mut j = 0;
+            while j + 16 <= n {
+                let v = _mm512_loadu_ps(x.add(j));
+                let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+                let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+                _mm512_storeu_pd(a.add(j), _mm512_add_pd(_mm512_loadu_pd(a.add(j)), lo));
+                _mm512_storeu_pd(a.add(j + 8), _mm512_add_pd(_mm512_loadu_pd(a.add(j + 8)), hi));
+                j += 16;
+            }
+            while j < n {
+                *a.add(j) += *x.add(j) as f64;
+                j += 1;
+            }
         }
     }
 
     /// acc[j] += row[j] in f64, 8 columns per step.
     #[target_feature(enable = "avx2")]
     pub unsafe fn add_row_f64_avx2(row: &[f32], acc: &mut [f64]) {
-        let n = row.len().min(acc.len());
-        let (x, a) = (row.as_ptr(), acc.as_mut_ptr());
-        let mut j = 0;
-        while j + 8 <= n {
-            let lo = _mm256_cvtps_pd(_mm_loadu_ps(x.add(j)));
-            let hi = _mm256_cvtps_pd(_mm_loadu_ps(x.add(j + 4)));
-            _mm256_storeu_pd(a.add(j), _mm256_add_pd(_mm256_loadu_pd(a.add(j)), lo));
-            _mm256_storeu_pd(a.add(j + 4), _mm256_add_pd(_mm256_loadu_pd(a.add(j + 4)), hi));
-            j += 8;
-        }
-        while j < n {
-            *a.add(j) += *x.add(j) as f64;
-            j += 1;
+        // SAFETY: this unsafe fn's callers guarantee a CPU with avx2 (they dispatch on
+        // `Isa::supported()`) and pointers valid for every offset it reads and writes.
+        unsafe {
+            let n = row.len().min(acc.len());
+            let (x, a) = (row.as_ptr(), acc.as_mut_ptr());
+            let mut j = 0;
+            while j + 8 <= n {
+                let lo = _mm256_cvtps_pd(_mm_loadu_ps(x.add(j)));
+                let hi = _mm256_cvtps_pd(_mm_loadu_ps(x.add(j + 4)));
+                _mm256_storeu_pd(a.add(j), _mm256_add_pd(_mm256_loadu_pd(a.add(j)), lo));
+                _mm256_storeu_pd(a.add(j + 4), _mm256_add_pd(_mm256_loadu_pd(a.add(j + 4)), hi));
+                j += 8;
+            }
+            while j < n {
+                *a.add(j) += *x.add(j) as f64;
+                j += 1;
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn max(x: &[f32]) -> f32 {
-        let n = x.len();
-        let p = x.as_ptr();
-        let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_max_ps(*a, _mm256_loadu_ps(p.add(i + 8 * j)));
+        // SAFETY: this unsafe fn's callers guarantee a CPU with avx2,fma (they dispatch on
+        // `Isa::supported()`) and pointers valid for every offset it reads and writes.
+        unsafe {
+            let n = x.len();
+            let p = x.as_ptr();
+            let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_max_ps(*a, _mm256_loadu_ps(p.add(i + 8 * j)));
+                }
+                i += 32;
             }
-            i += 32;
+            let mut m = hmax256(_mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3])));
+            while i < n {
+                m = m.max(*p.add(i));
+                i += 1;
+            }
+            m
         }
-        let mut m = hmax256(_mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3])));
-        while i < n {
-            m = m.max(*p.add(i));
-            i += 1;
-        }
-        m
     }
 }
 

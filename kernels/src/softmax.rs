@@ -158,78 +158,82 @@ mod vector {
 
     #[inline(always)]
     pub unsafe fn softmax_row<V: F32Vec>(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
-        let n = x.len();
-        let w = V::LANES;
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let sv = V::splat(scale);
-        // pass 1: max of z = scale * x + mask (reads x only)
-        let z_at = |i: usize| -> V {
-            if let Some(m) = mask {
-                V::load(xp.add(i)).mul(sv).add(V::load(m.as_ptr().add(i)))
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let n = x.len();
+            let w = V::LANES;
+            let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+            let sv = V::splat(scale);
+            // pass 1: max of z = scale * x + mask (reads x only)
+            let z_at = |i: usize| -> V {
+                if let Some(m) = mask {
+                    V::load(xp.add(i)).mul(sv).add(V::load(m.as_ptr().add(i)))
+                } else {
+                    V::load(xp.add(i)).mul(sv)
+                }
+            };
+            let z_scalar = |i: usize| -> f32 { *xp.add(i) * scale + mask.map_or(0.0, |m| m[i]) };
+            let mut maxv = V::splat(f32::NEG_INFINITY);
+            let mut i = 0;
+            while i + w <= n {
+                maxv = maxv.max(z_at(i));
+                i += w;
+            }
+            let mut max = maxv.reduce_max();
+            while i < n {
+                max = max.max(z_scalar(i));
+                i += 1;
+            }
+            if max == f32::NEG_INFINITY {
+                max = 0.0; // fully masked row
+            }
+            // pass 2: e = exp(z - max), summed; stored for softmax (log-softmax only needs the sum)
+            let mv = V::splat(max);
+            let mut sumv = V::splat(0.0);
+            let mut i = 0;
+            while i + w <= n {
+                let e = v::exp(z_at(i).sub(mv));
+                if !log {
+                    e.store(yp.add(i));
+                }
+                sumv = sumv.add(e);
+                i += w;
+            }
+            let mut sum = sumv.reduce_sum();
+            while i < n {
+                let e = crate::vmath::exp(z_scalar(i) - max);
+                if !log {
+                    *yp.add(i) = e;
+                }
+                sum += e;
+                i += 1;
+            }
+            // pass 3: softmax scales the stored exponentials (still in cache); log-softmax writes
+            // z - max - ln(sum) straight from x
+            let mut i = 0;
+            if log {
+                let shift = max + sum.ln();
+                let shv = V::splat(shift);
+                while i + w <= n {
+                    z_at(i).sub(shv).store(yp.add(i));
+                    i += w;
+                }
+                while i < n {
+                    *yp.add(i) = z_scalar(i) - shift;
+                    i += 1;
+                }
             } else {
-                V::load(xp.add(i)).mul(sv)
-            }
-        };
-        let z_scalar = |i: usize| -> f32 { *xp.add(i) * scale + mask.map_or(0.0, |m| m[i]) };
-        let mut maxv = V::splat(f32::NEG_INFINITY);
-        let mut i = 0;
-        while i + w <= n {
-            maxv = maxv.max(z_at(i));
-            i += w;
-        }
-        let mut max = maxv.reduce_max();
-        while i < n {
-            max = max.max(z_scalar(i));
-            i += 1;
-        }
-        if max == f32::NEG_INFINITY {
-            max = 0.0; // fully masked row
-        }
-        // pass 2: e = exp(z - max), summed; stored for softmax (log-softmax only needs the sum)
-        let mv = V::splat(max);
-        let mut sumv = V::splat(0.0);
-        let mut i = 0;
-        while i + w <= n {
-            let e = v::exp(z_at(i).sub(mv));
-            if !log {
-                e.store(yp.add(i));
-            }
-            sumv = sumv.add(e);
-            i += w;
-        }
-        let mut sum = sumv.reduce_sum();
-        while i < n {
-            let e = crate::vmath::exp(z_scalar(i) - max);
-            if !log {
-                *yp.add(i) = e;
-            }
-            sum += e;
-            i += 1;
-        }
-        // pass 3: softmax scales the stored exponentials (still in cache); log-softmax writes
-        // z - max - ln(sum) straight from x
-        let mut i = 0;
-        if log {
-            let shift = max + sum.ln();
-            let shv = V::splat(shift);
-            while i + w <= n {
-                z_at(i).sub(shv).store(yp.add(i));
-                i += w;
-            }
-            while i < n {
-                *yp.add(i) = z_scalar(i) - shift;
-                i += 1;
-            }
-        } else {
-            let inv = 1.0 / sum;
-            let iv = V::splat(inv);
-            while i + w <= n {
-                V::load(yp.add(i)).mul(iv).store(yp.add(i));
-                i += w;
-            }
-            while i < n {
-                *yp.add(i) *= inv;
-                i += 1;
+                let inv = 1.0 / sum;
+                let iv = V::splat(inv);
+                while i + w <= n {
+                    V::load(yp.add(i)).mul(iv).store(yp.add(i));
+                    i += w;
+                }
+                while i < n {
+                    *yp.add(i) *= inv;
+                    i += 1;
+                }
             }
         }
     }
@@ -242,11 +246,15 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_row_avx2(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
-        vector::softmax_row::<Avx2>(x, mask, y, scale, log)
+        // SAFETY: callers guarantee a CPU with avx2,fma (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::softmax_row::<Avx2>(x, mask, y, scale, log) }
     }
     #[target_feature(enable = "avx512f")]
     pub unsafe fn softmax_row_avx512(x: &[f32], mask: Option<&[f32]>, y: &mut [f32], scale: f32, log: bool) {
-        vector::softmax_row::<Avx512>(x, mask, y, scale, log)
+        // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+        // and pointers valid for what this reads and writes.
+        unsafe { vector::softmax_row::<Avx512>(x, mask, y, scale, log) }
     }
 }
 

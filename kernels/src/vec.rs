@@ -17,7 +17,9 @@ pub trait F32Vec: Copy {
     /// width, a plain store otherwise. For outputs much larger than the caches it saves the
     /// read-for-ownership of every line written.
     unsafe fn store_stream(self, p: *mut f32) {
-        self.store(p)
+        // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+        // and the CPU features of the vector type in use.
+        unsafe { self.store(p) }
     }
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
@@ -56,12 +58,16 @@ pub trait F32Vec: Copy {
     /// p[2i + 1] = odd[i] (two rows interleaved for the pair-broadcast GEMM kernel).
     #[inline(always)]
     unsafe fn store_interleaved(self, odd: Self, p: *mut f32) {
-        let (mut even_lanes, mut odd_lanes) = ([0.0f32; 16], [0.0f32; 16]);
-        self.store(even_lanes.as_mut_ptr());
-        odd.store(odd_lanes.as_mut_ptr());
-        for i in 0..Self::LANES {
-            *p.add(2 * i) = even_lanes[i];
-            *p.add(2 * i + 1) = odd_lanes[i];
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let (mut even_lanes, mut odd_lanes) = ([0.0f32; 16], [0.0f32; 16]);
+            self.store(even_lanes.as_mut_ptr());
+            odd.store(odd_lanes.as_mut_ptr());
+            for i in 0..Self::LANES {
+                *p.add(2 * i) = even_lanes[i];
+                *p.add(2 * i + 1) = odd_lanes[i];
+            }
         }
     }
 }
@@ -75,10 +81,14 @@ impl F32Vec for Scalar {
         Scalar(v)
     }
     unsafe fn load(p: *const f32) -> Self {
-        Scalar(*p)
+        // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+        // and the CPU features of the vector type in use.
+        unsafe { Scalar(*p) }
     }
     unsafe fn store(self, p: *mut f32) {
-        *p = self.0
+        // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+        // and the CPU features of the vector type in use.
+        unsafe { *p = self.0 }
     }
     unsafe fn add(self, o: Self) -> Self {
         Scalar(self.0 + o.0)
@@ -165,116 +175,180 @@ pub mod x86 {
         const LANES: usize = 8;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
-            Avx2(_mm256_set1_ps(v))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_set1_ps(v)) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
-            Avx2(_mm256_loadu_ps(p))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_loadu_ps(p)) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self.0)
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { _mm256_storeu_ps(p, self.0) }
         }
         #[inline(always)]
         unsafe fn store_stream(self, p: *mut f32) {
-            if (p as usize).is_multiple_of(32) {
-                _mm256_stream_ps(p, self.0)
-            } else {
-                _mm256_storeu_ps(p, self.0)
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                if (p as usize).is_multiple_of(32) {
+                    _mm256_stream_ps(p, self.0)
+                } else {
+                    _mm256_storeu_ps(p, self.0)
+                }
             }
         }
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
-            Avx2(_mm256_add_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_add_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn sub(self, o: Self) -> Self {
-            Avx2(_mm256_sub_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_sub_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
-            Avx2(_mm256_mul_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_mul_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn div(self, o: Self) -> Self {
-            Avx2(_mm256_div_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_div_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn recip(self) -> Self {
-            let r = _mm256_rcp_ps(self.0);
-            // r (2 - x r)
-            Avx2(_mm256_mul_ps(r, _mm256_fnmadd_ps(self.0, r, _mm256_set1_ps(2.0))))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let r = _mm256_rcp_ps(self.0);
+                // r (2 - x r)
+                Avx2(_mm256_mul_ps(r, _mm256_fnmadd_ps(self.0, r, _mm256_set1_ps(2.0))))
+            }
         }
         #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
-            Avx2(_mm256_fmadd_ps(self.0, a.0, b.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_fmadd_ps(self.0, a.0, b.0)) }
         }
         #[inline(always)]
         unsafe fn max(self, o: Self) -> Self {
-            Avx2(_mm256_max_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_max_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn min(self, o: Self) -> Self {
-            Avx2(_mm256_min_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_min_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn abs(self) -> Self {
-            Avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0)) }
         }
         #[inline(always)]
         unsafe fn with_sign_of(self, sign: Self) -> Self {
-            Avx2(_mm256_or_ps(self.abs().0, _mm256_and_ps(sign.0, _mm256_set1_ps(-0.0))))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_or_ps(self.abs().0, _mm256_and_ps(sign.0, _mm256_set1_ps(-0.0)))) }
         }
         #[inline(always)]
         unsafe fn round(self) -> Self {
-            Avx2(_mm256_round_ps(self.0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_round_ps(self.0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)) }
         }
         #[inline(always)]
         unsafe fn pow2i(n: Self) -> Self {
-            let bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127)), 23);
-            Avx2(_mm256_castsi256_ps(bits))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127)), 23);
+                Avx2(_mm256_castsi256_ps(bits))
+            }
         }
         #[inline(always)]
         unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
-            let m = _mm256_cmp_ps(x.0, _mm256_setzero_ps(), _CMP_GE_OQ);
-            Avx2(_mm256_blendv_ps(other.0, self.0, m))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let m = _mm256_cmp_ps(x.0, _mm256_setzero_ps(), _CMP_GE_OQ);
+                Avx2(_mm256_blendv_ps(other.0, self.0, m))
+            }
         }
         #[inline(always)]
         unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
-            Avx2(_mm256_andnot_ps(_mm256_cmp_ps(x.0, bound.0, _CMP_LT_OQ), self.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_andnot_ps(_mm256_cmp_ps(x.0, bound.0, _CMP_LT_OQ), self.0)) }
         }
         #[inline(always)]
         unsafe fn reduce_sum(self) -> f32 {
-            let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+            }
         }
         #[inline(always)]
         unsafe fn reduce_max(self) -> f32 {
-            let s = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
-            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-            _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let s = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+                let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
+            }
         }
         #[inline(always)]
         unsafe fn sqrt(self) -> Self {
-            Avx2(_mm256_sqrt_ps(self.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx2(_mm256_sqrt_ps(self.0)) }
         }
         type F64Sums = (__m256d, __m256d);
         #[inline(always)]
         unsafe fn f64_sums_zero() -> Self::F64Sums {
-            (_mm256_setzero_pd(), _mm256_setzero_pd())
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { (_mm256_setzero_pd(), _mm256_setzero_pd()) }
         }
         #[inline(always)]
         unsafe fn add_squares_f64(self, (low, high): Self::F64Sums) -> Self::F64Sums {
-            let x_low = _mm256_cvtps_pd(_mm256_castps256_ps128(self.0));
-            let x_high = _mm256_cvtps_pd(_mm256_extractf128_ps(self.0, 1));
-            (_mm256_fmadd_pd(x_low, x_low, low), _mm256_fmadd_pd(x_high, x_high, high))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let x_low = _mm256_cvtps_pd(_mm256_castps256_ps128(self.0));
+                let x_high = _mm256_cvtps_pd(_mm256_extractf128_ps(self.0, 1));
+                (_mm256_fmadd_pd(x_low, x_low, low), _mm256_fmadd_pd(x_high, x_high, high))
+            }
         }
         #[inline(always)]
         unsafe fn f64_sums_total((low, high): Self::F64Sums) -> f64 {
-            let mut lanes = [0.0f64; 4];
-            _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(low, high));
-            (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let mut lanes = [0.0f64; 4];
+                _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(low, high));
+                (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+            }
         }
     }
 
@@ -282,119 +356,190 @@ pub mod x86 {
         const LANES: usize = 16;
         #[inline(always)]
         unsafe fn store_interleaved(self, odd: Self, p: *mut f32) {
-            // lanes 0..8 of each into the first 16 floats, 8..16 into the next
-            let first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-            let second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-            _mm512_storeu_ps(p, _mm512_permutex2var_ps(self.0, first, odd.0));
-            _mm512_storeu_ps(p.add(16), _mm512_permutex2var_ps(self.0, second, odd.0));
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                // lanes 0..8 of each into the first 16 floats, 8..16 into the next
+                let first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+                let second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+                _mm512_storeu_ps(p, _mm512_permutex2var_ps(self.0, first, odd.0));
+                _mm512_storeu_ps(p.add(16), _mm512_permutex2var_ps(self.0, second, odd.0));
+            }
         }
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
-            Avx512(_mm512_set1_ps(v))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_set1_ps(v)) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
-            Avx512(_mm512_loadu_ps(p))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_loadu_ps(p)) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
-            _mm512_storeu_ps(p, self.0)
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { _mm512_storeu_ps(p, self.0) }
         }
         #[inline(always)]
         unsafe fn store_stream(self, p: *mut f32) {
-            if (p as usize).is_multiple_of(64) {
-                _mm512_stream_ps(p, self.0)
-            } else {
-                _mm512_storeu_ps(p, self.0)
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                if (p as usize).is_multiple_of(64) {
+                    _mm512_stream_ps(p, self.0)
+                } else {
+                    _mm512_storeu_ps(p, self.0)
+                }
             }
         }
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
-            Avx512(_mm512_add_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_add_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn sub(self, o: Self) -> Self {
-            Avx512(_mm512_sub_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_sub_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
-            Avx512(_mm512_mul_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_mul_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn div(self, o: Self) -> Self {
-            Avx512(_mm512_div_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_div_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn recip(self) -> Self {
-            let r = _mm512_rcp14_ps(self.0);
-            Avx512(_mm512_mul_ps(r, _mm512_fnmadd_ps(self.0, r, _mm512_set1_ps(2.0))))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let r = _mm512_rcp14_ps(self.0);
+                Avx512(_mm512_mul_ps(r, _mm512_fnmadd_ps(self.0, r, _mm512_set1_ps(2.0))))
+            }
         }
         #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
-            Avx512(_mm512_fmadd_ps(self.0, a.0, b.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_fmadd_ps(self.0, a.0, b.0)) }
         }
         #[inline(always)]
         unsafe fn max(self, o: Self) -> Self {
-            Avx512(_mm512_max_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_max_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn min(self, o: Self) -> Self {
-            Avx512(_mm512_min_ps(self.0, o.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_min_ps(self.0, o.0)) }
         }
         #[inline(always)]
         unsafe fn abs(self) -> Self {
-            Avx512(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(0x7fff_ffff))))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                Avx512(_mm512_castsi512_ps(_mm512_and_si512(
+                    _mm512_castps_si512(self.0),
+                    _mm512_set1_epi32(0x7fff_ffff),
+                )))
+            }
         }
         #[inline(always)]
         unsafe fn with_sign_of(self, sign: Self) -> Self {
-            let s = _mm512_and_si512(_mm512_castps_si512(sign.0), _mm512_set1_epi32(i32::MIN));
-            Avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(self.abs().0), s)))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let s = _mm512_and_si512(_mm512_castps_si512(sign.0), _mm512_set1_epi32(i32::MIN));
+                Avx512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(self.abs().0), s)))
+            }
         }
         #[inline(always)]
         unsafe fn round(self) -> Self {
-            Avx512(_mm512_roundscale_ps(self.0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_roundscale_ps(self.0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)) }
         }
         #[inline(always)]
         unsafe fn pow2i(n: Self) -> Self {
-            let bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127)), 23);
-            Avx512(_mm512_castsi512_ps(bits))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127)), 23);
+                Avx512(_mm512_castsi512_ps(bits))
+            }
         }
         #[inline(always)]
         unsafe fn select_nonneg(self, x: Self, other: Self) -> Self {
-            let m = _mm512_cmp_ps_mask(x.0, _mm512_setzero_ps(), _CMP_GE_OQ);
-            Avx512(_mm512_mask_blend_ps(m, other.0, self.0))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let m = _mm512_cmp_ps_mask(x.0, _mm512_setzero_ps(), _CMP_GE_OQ);
+                Avx512(_mm512_mask_blend_ps(m, other.0, self.0))
+            }
         }
         #[inline(always)]
         unsafe fn zero_where_lt(self, x: Self, bound: Self) -> Self {
-            let keep = _mm512_cmp_ps_mask(x.0, bound.0, _CMP_GE_OQ);
-            Avx512(_mm512_maskz_mov_ps(keep, self.0))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let keep = _mm512_cmp_ps_mask(x.0, bound.0, _CMP_GE_OQ);
+                Avx512(_mm512_maskz_mov_ps(keep, self.0))
+            }
         }
         #[inline(always)]
         unsafe fn reduce_sum(self) -> f32 {
-            _mm512_reduce_add_ps(self.0)
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { _mm512_reduce_add_ps(self.0) }
         }
         #[inline(always)]
         unsafe fn reduce_max(self) -> f32 {
-            _mm512_reduce_max_ps(self.0)
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { _mm512_reduce_max_ps(self.0) }
         }
         #[inline(always)]
         unsafe fn sqrt(self) -> Self {
-            Avx512(_mm512_sqrt_ps(self.0))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { Avx512(_mm512_sqrt_ps(self.0)) }
         }
         type F64Sums = (__m512d, __m512d);
         #[inline(always)]
         unsafe fn f64_sums_zero() -> Self::F64Sums {
-            (_mm512_setzero_pd(), _mm512_setzero_pd())
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { (_mm512_setzero_pd(), _mm512_setzero_pd()) }
         }
         #[inline(always)]
         unsafe fn add_squares_f64(self, (low, high): Self::F64Sums) -> Self::F64Sums {
-            let x_low = _mm512_cvtps_pd(_mm512_castps512_ps256(self.0));
-            let x_high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1)));
-            (_mm512_fmadd_pd(x_low, x_low, low), _mm512_fmadd_pd(x_high, x_high, high))
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let x_low = _mm512_cvtps_pd(_mm512_castps512_ps256(self.0));
+                let x_high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1)));
+                (_mm512_fmadd_pd(x_low, x_low, low), _mm512_fmadd_pd(x_high, x_high, high))
+            }
         }
         #[inline(always)]
         unsafe fn f64_sums_total((low, high): Self::F64Sums) -> f64 {
-            _mm512_reduce_add_pd(_mm512_add_pd(low, high))
+            // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+            // and the CPU features of the vector type in use.
+            unsafe { _mm512_reduce_add_pd(_mm512_add_pd(low, high)) }
         }
     }
 }
@@ -408,49 +553,63 @@ use crate::vmath::consts::*;
 /// e^x; 0 below -87.3.
 #[inline(always)]
 pub unsafe fn exp<V: F32Vec>(x: V) -> V {
-    let xc = x.min(V::splat(EXP_HI)).max(V::splat(EXP_LO));
-    let n = xc.mul(V::splat(LOG2E)).round();
-    let r = n.mul_add(V::splat(-LN2_HI), xc);
-    let r = n.mul_add(V::splat(-LN2_LO), r);
-    let r2 = r.mul(r);
-    let mut p = V::splat(P0);
-    p = p.mul_add(r, V::splat(P1));
-    p = p.mul_add(r, V::splat(P2));
-    p = p.mul_add(r, V::splat(P3));
-    p = p.mul_add(r, V::splat(P4));
-    p = p.mul_add(r, V::splat(P5));
-    let e = p.mul_add(r2, r).add(V::splat(1.0));
-    e.mul(V::pow2i(n)).zero_where_lt(x, V::splat(EXP_LO))
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let xc = x.min(V::splat(EXP_HI)).max(V::splat(EXP_LO));
+        let n = xc.mul(V::splat(LOG2E)).round();
+        let r = n.mul_add(V::splat(-LN2_HI), xc);
+        let r = n.mul_add(V::splat(-LN2_LO), r);
+        let r2 = r.mul(r);
+        let mut p = V::splat(P0);
+        p = p.mul_add(r, V::splat(P1));
+        p = p.mul_add(r, V::splat(P2));
+        p = p.mul_add(r, V::splat(P3));
+        p = p.mul_add(r, V::splat(P4));
+        p = p.mul_add(r, V::splat(P5));
+        let e = p.mul_add(r2, r).add(V::splat(1.0));
+        e.mul(V::pow2i(n)).zero_where_lt(x, V::splat(EXP_LO))
+    }
 }
 
 /// erf(x): x P(x^2) / Q(x^2) on [-4, 4] (see `vmath`).
 #[inline(always)]
 pub unsafe fn erf<V: F32Vec>(x: V) -> V {
-    let x = x.min(V::splat(4.0)).max(V::splat(-4.0));
-    let x2 = x.mul(x);
-    let mut p = V::splat(ERF_ALPHA[6]);
-    for &c in ERF_ALPHA[..6].iter().rev() {
-        p = p.mul_add(x2, V::splat(c));
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let x = x.min(V::splat(4.0)).max(V::splat(-4.0));
+        let x2 = x.mul(x);
+        let mut p = V::splat(ERF_ALPHA[6]);
+        for &c in ERF_ALPHA[..6].iter().rev() {
+            p = p.mul_add(x2, V::splat(c));
+        }
+        let mut q = V::splat(ERF_BETA[4]);
+        for &c in ERF_BETA[..4].iter().rev() {
+            q = q.mul_add(x2, V::splat(c));
+        }
+        x.mul(p).mul(q.recip())
     }
-    let mut q = V::splat(ERF_BETA[4]);
-    for &c in ERF_BETA[..4].iter().rev() {
-        q = q.mul_add(x2, V::splat(c));
-    }
-    x.mul(p).mul(q.recip())
 }
 
 /// (sigmoid(x), 1 - sigmoid(x)), both without cancellation or overflow: with e = e^-|x| <= 1
 /// and r = 1 / (1 + e), sigmoid(|x|) = r and sigmoid(-|x|) = e r.
 #[inline(always)]
 pub unsafe fn sigmoid_pair<V: F32Vec>(x: V) -> (V, V) {
-    let e = exp(V::splat(0.0).sub(x.abs()));
-    let r = V::splat(1.0).add(e).recip();
-    let small = e.mul(r);
-    (r.select_nonneg(x, small), small.select_nonneg(x, r))
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let e = exp(V::splat(0.0).sub(x.abs()));
+        let r = V::splat(1.0).add(e).recip();
+        let small = e.mul(r);
+        (r.select_nonneg(x, small), small.select_nonneg(x, r))
+    }
 }
 
 /// sigmoid(x)
 #[inline(always)]
 pub unsafe fn sigmoid<V: F32Vec>(x: V) -> V {
-    sigmoid_pair(x).0
+    // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+    // and the CPU features of the vector type in use.
+    unsafe { sigmoid_pair(x).0 }
 }

@@ -116,8 +116,12 @@ pub mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn sigmoid256(x: __m256) -> __m256 {
-        let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
-        _mm256_div_ps(_mm256_set1_ps(1.0), _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        // SAFETY: this unsafe fn's callers guarantee a CPU with avx2,fma (they dispatch on
+        // `Isa::supported()`) and pointers valid for every offset it reads and writes.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            _mm256_div_ps(_mm256_set1_ps(1.0), _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        }
     }
 
     /// Horizontal sum of a ymm register.

@@ -89,54 +89,58 @@ pub(crate) unsafe fn kernel_32x32(
     alpha: f32,
     beta: f32,
 ) {
-    let direct = alpha == 1.0 && (beta == 0.0 || beta == 1.0);
-    // written whole by the tile stores below before it is read
-    let mut scratch = std::mem::MaybeUninit::<[f32; 32 * 32]>::uninit();
-    let (dst, ld) = if direct { (c, ldc) } else { (scratch.as_mut_ptr() as *mut f32, 32) };
-    let stride = ld * 4; // bytes between C rows
-    let (c00, c01, c10, c11) = (dst, dst.add(16), dst.add(16 * ld), dst.add(16 * ld + 16));
-    if direct && beta == 1.0 {
-        asm!("tileloadd tmm0, [{p} + {s}*1]", p = in(reg) c00, s = in(reg) stride, options(nostack, readonly));
-        asm!("tileloadd tmm1, [{p} + {s}*1]", p = in(reg) c01, s = in(reg) stride, options(nostack, readonly));
-        asm!("tileloadd tmm2, [{p} + {s}*1]", p = in(reg) c10, s = in(reg) stride, options(nostack, readonly));
-        asm!("tileloadd tmm3, [{p} + {s}*1]", p = in(reg) c11, s = in(reg) stride, options(nostack, readonly));
-    } else {
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-    }
-    let row_bytes = 64usize;
-    let a_rows = a.row_bytes;
-    for step in 0..kc / 32 {
-        let a0 = (a.ptr as *const u8).add(step * a.step_bytes);
-        let (bb0, bb1) = (b0.add(step * 16 * 32), b1.add(step * 16 * 32));
-        asm!(
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm6, [{b0} + {s}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tileloadd tmm7, [{b1} + {s}*1]",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) a0,
-            a1 = in(reg) a0.add(16 * a_rows),
-            sa = in(reg) a_rows,
-            b0 = in(reg) bb0,
-            b1 = in(reg) bb1,
-            s = in(reg) row_bytes,
-            options(nostack, readonly)
-        );
-    }
-    asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) c00, s = in(reg) stride, options(nostack));
-    asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) c01, s = in(reg) stride, options(nostack));
-    asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) c10, s = in(reg) stride, options(nostack));
-    asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) c11, s = in(reg) stride, options(nostack));
-    if !direct {
-        let scratch = scratch.assume_init();
-        for r in 0..32 {
-            let row = c.add(r * ldc);
-            for j in 0..32 {
-                let v = alpha * scratch[r * 32 + j];
-                *row.add(j) = if beta == 0.0 { v } else { v + beta * *row.add(j) };
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let direct = alpha == 1.0 && (beta == 0.0 || beta == 1.0);
+        // written whole by the tile stores below before it is read
+        let mut scratch = std::mem::MaybeUninit::<[f32; 32 * 32]>::uninit();
+        let (dst, ld) = if direct { (c, ldc) } else { (scratch.as_mut_ptr() as *mut f32, 32) };
+        let stride = ld * 4; // bytes between C rows
+        let (c00, c01, c10, c11) = (dst, dst.add(16), dst.add(16 * ld), dst.add(16 * ld + 16));
+        if direct && beta == 1.0 {
+            asm!("tileloadd tmm0, [{p} + {s}*1]", p = in(reg) c00, s = in(reg) stride, options(nostack, readonly));
+            asm!("tileloadd tmm1, [{p} + {s}*1]", p = in(reg) c01, s = in(reg) stride, options(nostack, readonly));
+            asm!("tileloadd tmm2, [{p} + {s}*1]", p = in(reg) c10, s = in(reg) stride, options(nostack, readonly));
+            asm!("tileloadd tmm3, [{p} + {s}*1]", p = in(reg) c11, s = in(reg) stride, options(nostack, readonly));
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        }
+        let row_bytes = 64usize;
+        let a_rows = a.row_bytes;
+        for step in 0..kc / 32 {
+            let a0 = (a.ptr as *const u8).add(step * a.step_bytes);
+            let (bb0, bb1) = (b0.add(step * 16 * 32), b1.add(step * 16 * 32));
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a0.add(16 * a_rows),
+                sa = in(reg) a_rows,
+                b0 = in(reg) bb0,
+                b1 = in(reg) bb1,
+                s = in(reg) row_bytes,
+                options(nostack, readonly)
+            );
+        }
+        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) c00, s = in(reg) stride, options(nostack));
+        asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) c01, s = in(reg) stride, options(nostack));
+        asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) c10, s = in(reg) stride, options(nostack));
+        asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) c11, s = in(reg) stride, options(nostack));
+        if !direct {
+            let scratch = scratch.assume_init();
+            for r in 0..32 {
+                let row = c.add(r * ldc);
+                for j in 0..32 {
+                    let v = alpha * scratch[r * 32 + j];
+                    *row.add(j) = if beta == 0.0 { v } else { v + beta * *row.add(j) };
+                }
             }
         }
     }
@@ -147,16 +151,20 @@ pub(crate) unsafe fn kernel_32x32(
 /// # Safety
 /// AMX is available (see [`available`]).
 pub(crate) unsafe fn tile_chains(iterations: usize) -> usize {
-    let _session = TileSession::start();
-    asm!("tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7", options(nostack, nomem));
-    for _ in 0..iterations {
-        asm!(
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            options(nostack, nomem)
-        );
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let _session = TileSession::start();
+        asm!("tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7", options(nostack, nomem));
+        for _ in 0..iterations {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem)
+            );
+        }
+        iterations * 4 * 16 * 16 * 32 * 2
     }
-    iterations * 4 * 16 * 16 * 32 * 2
 }

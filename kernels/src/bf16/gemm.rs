@@ -374,86 +374,90 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
     c: *mut f32,
     s: GemmStrides,
 ) {
-    let micro = tile_kernel(kernel);
-    let ldc = s.c_row;
-    let blocks = k_blocks(bl, k);
-    let kc = blocks[0].1.next_multiple_of(KSTEP);
-    let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
-    // B for the whole of K is packed once per column block and stays in L2 (at most ~1 MB),
-    // so that the row blocks of C below stay in L2 across all K blocks: each C tile is then
-    // re-read from L2, not from memory, between K blocks.
-    let nc = column_block(bl, k_padded);
-    let nc_max = nc.min(n.next_multiple_of(NR));
-    let mc_max = bl.mc.min(m.next_multiple_of(bl.mr));
-    PACK_BUFFERS.with_borrow_mut(|(packed_a, packed_b)| {
-        if prepacked.is_none() {
-            packed_b.resize(nc_max * k_padded, 0);
-        }
-        packed_a.resize(mc_max * kc, 0);
-        let mut edge = [0.0f32; 32 * NR];
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        let _tiles = (kernel == Bf16Kernel::Amx).then(super::amx::TileSession::start);
-        for jc in (0..n).step_by(nc) {
-            let nb = nc.min(n - jc);
-            let groups_len = nb.next_multiple_of(NR);
-            // the column block's packed B: packed now, or a window of a pre-packed whole B
-            let (b_blocks, start): (&[u16], usize) = match prepacked {
-                Some(whole) => (whole, jc * k_padded),
-                None => {
-                    let mut offset = 0;
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let micro = tile_kernel(kernel);
+        let ldc = s.c_row;
+        let blocks = k_blocks(bl, k);
+        let kc = blocks[0].1.next_multiple_of(KSTEP);
+        let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
+        // B for the whole of K is packed once per column block and stays in L2 (at most ~1 MB),
+        // so that the row blocks of C below stay in L2 across all K blocks: each C tile is then
+        // re-read from L2, not from memory, between K blocks.
+        let nc = column_block(bl, k_padded);
+        let nc_max = nc.min(n.next_multiple_of(NR));
+        let mc_max = bl.mc.min(m.next_multiple_of(bl.mr));
+        PACK_BUFFERS.with_borrow_mut(|(packed_a, packed_b)| {
+            if prepacked.is_none() {
+                packed_b.resize(nc_max * k_padded, 0);
+            }
+            packed_a.resize(mc_max * kc, 0);
+            let mut edge = [0.0f32; 32 * NR];
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            let _tiles = (kernel == Bf16Kernel::Amx).then(super::amx::TileSession::start);
+            for jc in (0..n).step_by(nc) {
+                let nb = nc.min(n - jc);
+                let groups_len = nb.next_multiple_of(NR);
+                // the column block's packed B: packed now, or a window of a pre-packed whole B
+                let (b_blocks, start): (&[u16], usize) = match prepacked {
+                    Some(whole) => (whole, jc * k_padded),
+                    None => {
+                        let mut offset = 0;
+                        for &(pc, kb) in &blocks {
+                            let kbp = kb.next_multiple_of(KSTEP);
+                            let b_window = b.add(pc * s.b_row + jc * s.b_col);
+                            pack_b_groups(kb, kbp, nb, b_window, s.b_row, s.b_col, &mut packed_b[offset..]);
+                            offset += groups_len * kbp;
+                        }
+                        (&packed_b[..], 0)
+                    }
+                };
+                for ic in (0..m).step_by(bl.mc) {
+                    let mb = bl.mc.min(m - ic);
+                    let mut offset = start;
                     for &(pc, kb) in &blocks {
                         let kbp = kb.next_multiple_of(KSTEP);
-                        let b_window = b.add(pc * s.b_row + jc * s.b_col);
-                        pack_b_groups(kb, kbp, nb, b_window, s.b_row, s.b_col, &mut packed_b[offset..]);
+                        let b_block = &b_blocks[offset..];
                         offset += groups_len * kbp;
-                    }
-                    (&packed_b[..], 0)
-                }
-            };
-            for ic in (0..m).step_by(bl.mc) {
-                let mb = bl.mc.min(m - ic);
-                let mut offset = start;
-                for &(pc, kb) in &blocks {
-                    let kbp = kb.next_multiple_of(KSTEP);
-                    let b_block = &b_blocks[offset..];
-                    offset += groups_len * kbp;
-                    let beta_here = if pc == 0 { beta } else { 1.0 };
-                    // bf16 A with rows contiguous in K is read in place by the AMX kernel
-                    let a_block = a.add(ic * s.a_row + pc * s.a_col);
-                    let in_place = kernel == Bf16Kernel::Amx && A::STORED_AS_BF16 && s.a_col == 1 && kb == kbp;
-                    if !in_place || !mb.is_multiple_of(bl.mr) {
-                        pack_a_panels(kernel, bl.mr, mb, kb, kbp, a_block, s.a_row, s.a_col, packed_a);
-                    }
-                    for jr in (0..nb).step_by(NR) {
-                        let cols = NR.min(nb - jr);
-                        let b0 = b_block.as_ptr().add((jr / 16) * kbp * 16);
-                        let b1 = b0.add(kbp * 16);
-                        for (q, ir) in (0..mb).step_by(bl.mr).enumerate() {
-                            let rows = bl.mr.min(mb - ir);
-                            let ap = if in_place && rows == bl.mr {
-                                APanel {
-                                    ptr: a_block.add(ir * s.a_row) as *const u16,
-                                    row_bytes: 2 * s.a_row,
-                                    step_bytes: 2 * KSTEP,
-                                }
-                            } else {
-                                APanel {
-                                    ptr: packed_a.as_ptr().add(q * bl.mr * kbp),
-                                    row_bytes: 2 * KSTEP,
-                                    step_bytes: 2 * bl.mr * KSTEP,
-                                }
-                            };
-                            let ct = c.add((ic + ir) * ldc + jc + jr);
-                            if rows == bl.mr && cols == NR {
-                                micro(kbp, ap, b0, b1, ct, ldc, alpha, beta_here);
-                            } else {
-                                // Edge tile: compute into a scratch tile, then merge the valid part.
-                                micro(kbp, ap, b0, b1, edge.as_mut_ptr(), NR, 1.0, 0.0);
-                                for r in 0..rows {
-                                    for j in 0..cols {
-                                        let dst = ct.add(r * ldc + j);
-                                        let v = alpha * edge[r * NR + j];
-                                        *dst = if beta_here == 0.0 { v } else { v + beta_here * *dst };
+                        let beta_here = if pc == 0 { beta } else { 1.0 };
+                        // bf16 A with rows contiguous in K is read in place by the AMX kernel
+                        let a_block = a.add(ic * s.a_row + pc * s.a_col);
+                        let in_place = kernel == Bf16Kernel::Amx && A::STORED_AS_BF16 && s.a_col == 1 && kb == kbp;
+                        if !in_place || !mb.is_multiple_of(bl.mr) {
+                            pack_a_panels(kernel, bl.mr, mb, kb, kbp, a_block, s.a_row, s.a_col, packed_a);
+                        }
+                        for jr in (0..nb).step_by(NR) {
+                            let cols = NR.min(nb - jr);
+                            let b0 = b_block.as_ptr().add((jr / 16) * kbp * 16);
+                            let b1 = b0.add(kbp * 16);
+                            for (q, ir) in (0..mb).step_by(bl.mr).enumerate() {
+                                let rows = bl.mr.min(mb - ir);
+                                let ap = if in_place && rows == bl.mr {
+                                    APanel {
+                                        ptr: a_block.add(ir * s.a_row) as *const u16,
+                                        row_bytes: 2 * s.a_row,
+                                        step_bytes: 2 * KSTEP,
+                                    }
+                                } else {
+                                    APanel {
+                                        ptr: packed_a.as_ptr().add(q * bl.mr * kbp),
+                                        row_bytes: 2 * KSTEP,
+                                        step_bytes: 2 * bl.mr * KSTEP,
+                                    }
+                                };
+                                let ct = c.add((ic + ir) * ldc + jc + jr);
+                                if rows == bl.mr && cols == NR {
+                                    micro(kbp, ap, b0, b1, ct, ldc, alpha, beta_here);
+                                } else {
+                                    // Edge tile: compute into a scratch tile, then merge the valid part.
+                                    micro(kbp, ap, b0, b1, edge.as_mut_ptr(), NR, 1.0, 0.0);
+                                    for r in 0..rows {
+                                        for j in 0..cols {
+                                            let dst = ct.add(r * ldc + j);
+                                            let v = alpha * edge[r * NR + j];
+                                            *dst = if beta_here == 0.0 { v } else { v + beta_here * *dst };
+                                        }
                                     }
                                 }
                             }
@@ -461,8 +465,8 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
                     }
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 /// Bytes of packed B per column block (all of K): kept well inside a 2 MB L2.
@@ -499,50 +503,54 @@ unsafe fn pack_b_groups<B: Bf16Operand>(
     cs: usize,
     out: &mut [u16],
 ) {
-    let groups = nb.next_multiple_of(NR) / 16;
-    let out = &mut out[..groups * kbp * 16];
-    let mut run = [0u16; 2 * 16];
-    // one column of a transposed B (rs == 1), reused for every column
-    let mut col = if rs == 1 { vec![0u16; kb] } else { Vec::new() };
-    for g in 0..groups {
-        let group = &mut out[g * kbp * 16..(g + 1) * kbp * 16];
-        let cols = 16.min(nb.saturating_sub(g * 16));
-        if cols < 16 || kb < kbp {
-            group.fill(0);
-        }
-        let src = b.add(g * 16 * cs);
-        if rs == 1 && cols > 0 {
-            // B = W^T (a weight read transposed): column j is a contiguous run of K; a pair of
-            // K for one column is two neighbouring elements.
-            for j in 0..cols {
-                B::bf16_run(src.add(j * cs), &mut col);
-                for (p, &v) in col.iter().enumerate() {
-                    *group.get_unchecked_mut((p / 2) * 32 + 2 * j + (p & 1)) = v;
-                }
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let groups = nb.next_multiple_of(NR) / 16;
+        let out = &mut out[..groups * kbp * 16];
+        let mut run = [0u16; 2 * 16];
+        // one column of a transposed B (rs == 1), reused for every column
+        let mut col = if rs == 1 { vec![0u16; kb] } else { Vec::new() };
+        for g in 0..groups {
+            let group = &mut out[g * kbp * 16..(g + 1) * kbp * 16];
+            let cols = 16.min(nb.saturating_sub(g * 16));
+            if cols < 16 || kb < kbp {
+                group.fill(0);
             }
-        } else if cs == 1 && cols == 16 {
-            // Row-major B: interleave two rows of 16 at a time.
-            for pp in 0..kb / 2 {
-                B::bf16_run(src.add(2 * pp * rs), &mut run[..16]);
-                B::bf16_run(src.add((2 * pp + 1) * rs), &mut run[16..]);
-                let row = &mut group[pp * 32..pp * 32 + 32];
-                for j in 0..16 {
-                    row[2 * j] = run[j];
-                    row[2 * j + 1] = run[16 + j];
-                }
-            }
-            if kb % 2 == 1 {
-                B::bf16_run(src.add((kb - 1) * rs), &mut run[..16]);
-                let row = &mut group[(kb / 2) * 32..(kb / 2) * 32 + 32];
-                for j in 0..16 {
-                    row[2 * j] = run[j];
-                }
-            }
-        } else {
-            for p in 0..kb {
-                let row = &mut group[(p / 2) * 32 + (p & 1)..];
+            let src = b.add(g * 16 * cs);
+            if rs == 1 && cols > 0 {
+                // B = W^T (a weight read transposed): column j is a contiguous run of K; a pair of
+                // K for one column is two neighbouring elements.
                 for j in 0..cols {
-                    *row.get_unchecked_mut(2 * j) = (*src.add(p * rs + j * cs)).bf16_bits();
+                    B::bf16_run(src.add(j * cs), &mut col);
+                    for (p, &v) in col.iter().enumerate() {
+                        *group.get_unchecked_mut((p / 2) * 32 + 2 * j + (p & 1)) = v;
+                    }
+                }
+            } else if cs == 1 && cols == 16 {
+                // Row-major B: interleave two rows of 16 at a time.
+                for pp in 0..kb / 2 {
+                    B::bf16_run(src.add(2 * pp * rs), &mut run[..16]);
+                    B::bf16_run(src.add((2 * pp + 1) * rs), &mut run[16..]);
+                    let row = &mut group[pp * 32..pp * 32 + 32];
+                    for j in 0..16 {
+                        row[2 * j] = run[j];
+                        row[2 * j + 1] = run[16 + j];
+                    }
+                }
+                if kb % 2 == 1 {
+                    B::bf16_run(src.add((kb - 1) * rs), &mut run[..16]);
+                    let row = &mut group[(kb / 2) * 32..(kb / 2) * 32 + 32];
+                    for j in 0..16 {
+                        row[2 * j] = run[j];
+                    }
+                }
+            } else {
+                for p in 0..kb {
+                    let row = &mut group[(p / 2) * 32 + (p & 1)..];
+                    for j in 0..cols {
+                        *row.get_unchecked_mut(2 * j) = (*src.add(p * rs + j * cs)).bf16_bits();
+                    }
                 }
             }
         }
@@ -564,33 +572,38 @@ unsafe fn pack_a_panels<A: Bf16Operand>(
     cs: usize,
     out: &mut [u16],
 ) {
-    let panels = mb.div_ceil(mr);
-    for q in 0..panels {
-        let panel = &mut out[q * mr * kbp..(q + 1) * mr * kbp];
-        let rows = mr.min(mb - q * mr);
-        if rows < mr || kb < kbp {
-            panel.fill(0);
-        }
-        for r in 0..rows {
-            let src = a.add((q * mr + r) * rs);
-            match (kernel == Bf16Kernel::Amx, cs == 1) {
-                (true, true) => {
-                    // AMX rows are runs of 32 of K: straight copies (or roundings) of A's row.
-                    for step in 0..kb.div_ceil(KSTEP) {
-                        let len = KSTEP.min(kb - step * KSTEP);
-                        let at = step * mr * KSTEP + r * KSTEP;
-                        A::bf16_run(src.add(step * KSTEP), &mut panel[at..at + len]);
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let panels = mb.div_ceil(mr);
+        for q in 0..panels {
+            let panel = &mut out[q * mr * kbp..(q + 1) * mr * kbp];
+            let rows = mr.min(mb - q * mr);
+            if rows < mr || kb < kbp {
+                panel.fill(0);
+            }
+            for r in 0..rows {
+                let src = a.add((q * mr + r) * rs);
+                match (kernel == Bf16Kernel::Amx, cs == 1) {
+                    (true, true) => {
+                        // AMX rows are runs of 32 of K: straight copies (or roundings) of A's row.
+                        for step in 0..kb.div_ceil(KSTEP) {
+                            let len = KSTEP.min(kb - step * KSTEP);
+                            let at = step * mr * KSTEP + r * KSTEP;
+                            A::bf16_run(src.add(step * KSTEP), &mut panel[at..at + len]);
+                        }
                     }
-                }
-                (true, false) => {
-                    for p in 0..kb {
-                        *panel.get_unchecked_mut((p / KSTEP) * mr * KSTEP + r * KSTEP + p % KSTEP) =
-                            (*src.add(p * cs)).bf16_bits();
+                    (true, false) => {
+                        for p in 0..kb {
+                            *panel.get_unchecked_mut((p / KSTEP) * mr * KSTEP + r * KSTEP + p % KSTEP) =
+                                (*src.add(p * cs)).bf16_bits();
+                        }
                     }
-                }
-                (false, _) => {
-                    for p in 0..kb {
-                        *panel.get_unchecked_mut((p / 2) * mr * 2 + r * 2 + (p & 1)) = (*src.add(p * cs)).bf16_bits();
+                    (false, _) => {
+                        for p in 0..kb {
+                            *panel.get_unchecked_mut((p / 2) * mr * 2 + r * 2 + (p & 1)) =
+                                (*src.add(p * cs)).bf16_bits();
+                        }
                     }
                 }
             }

@@ -195,7 +195,11 @@ impl Bf16Operand for bf16 {
 
     #[inline(always)]
     unsafe fn bf16_run(src: *const Self, dst: &mut [u16]) {
-        std::ptr::copy_nonoverlapping(src as *const u16, dst.as_mut_ptr(), dst.len());
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src as *const u16, dst.as_mut_ptr(), dst.len());
+        }
     }
 }
 
@@ -209,9 +213,13 @@ impl Bf16Operand for f32 {
 
     #[inline(always)]
     unsafe fn bf16_run(src: *const Self, dst: &mut [u16]) {
-        let src = std::slice::from_raw_parts(src, dst.len());
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = f32_to_bf16_bits(x);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let src = std::slice::from_raw_parts(src, dst.len());
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = f32_to_bf16_bits(x);
+            }
         }
     }
 }

@@ -32,12 +32,16 @@ mod dw_generic {
     /// output that uses it ([`forward_slide`]).
     #[inline(always)]
     pub unsafe fn forward_image<V: F32Vec>(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeometry) {
-        match (g.k_w, g.stride_w) {
-            (3, 1) => forward_image_k::<V, 3, 1>(x, w, y, g),
-            (3, 2) => forward_image_k::<V, 3, 2>(x, w, y, g),
-            (5, 1) => forward_image_k::<V, 5, 1>(x, w, y, g),
-            (5, 2) => forward_image_k::<V, 5, 2>(x, w, y, g),
-            _ => forward_image_k::<V, 0, 0>(x, w, y, g),
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            match (g.k_w, g.stride_w) {
+                (3, 1) => forward_image_k::<V, 3, 1>(x, w, y, g),
+                (3, 2) => forward_image_k::<V, 3, 2>(x, w, y, g),
+                (5, 1) => forward_image_k::<V, 5, 1>(x, w, y, g),
+                (5, 2) => forward_image_k::<V, 5, 2>(x, w, y, g),
+                _ => forward_image_k::<V, 0, 0>(x, w, y, g),
+            }
         }
     }
 
@@ -83,61 +87,65 @@ mod dw_generic {
         y: &mut [f32],
         g: &ConvGeometry,
     ) {
-        for oh in 0..g.out_h {
-            let mut ow = 0;
-            while ow < g.out_w {
-                if K > 0
-                    && ow + SLIDE_PIXELS <= g.out_w
-                    && g.input_col(ow, 0).is_some()
-                    && g.input_col(ow + SLIDE_PIXELS - 1, K - 1).is_some()
-                {
-                    prefetch_new_rows::<K, S>(x, g, oh, ow + PREFETCH_COLUMNS);
-                    let mut cb = 0;
-                    // Two vectors of channels per run where they fit: each input column then
-                    // feeds up to 2 min(K, P) independent FMAs, enough to cover the FMA
-                    // latency (with one vector the chain through each accumulator limited
-                    // the loop to about 1.25 FMAs per cycle).
-                    if V::LANES >= 16 {
-                        while cb + 2 * V::LANES <= g.c_in {
-                            forward_slide::<V, 2, K, S>(x, w, y, g, oh, ow, cb);
-                            cb += 2 * V::LANES;
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            for oh in 0..g.out_h {
+                let mut ow = 0;
+                while ow < g.out_w {
+                    if K > 0
+                        && ow + SLIDE_PIXELS <= g.out_w
+                        && g.input_col(ow, 0).is_some()
+                        && g.input_col(ow + SLIDE_PIXELS - 1, K - 1).is_some()
+                    {
+                        prefetch_new_rows::<K, S>(x, g, oh, ow + PREFETCH_COLUMNS);
+                        let mut cb = 0;
+                        // Two vectors of channels per run where they fit: each input column then
+                        // feeds up to 2 min(K, P) independent FMAs, enough to cover the FMA
+                        // latency (with one vector the chain through each accumulator limited
+                        // the loop to about 1.25 FMAs per cycle).
+                        if V::LANES >= 16 {
+                            while cb + 2 * V::LANES <= g.c_in {
+                                forward_slide::<V, 2, K, S>(x, w, y, g, oh, ow, cb);
+                                cb += 2 * V::LANES;
+                            }
                         }
+                        while cb + V::LANES <= g.c_in {
+                            forward_slide::<V, 1, K, S>(x, w, y, g, oh, ow, cb);
+                            cb += V::LANES;
+                        }
+                        if cb < g.c_in {
+                            for p in 0..SLIDE_PIXELS {
+                                forward_pixel::<V>(x, w, y, g, oh, ow + p, cb);
+                            }
+                        }
+                        ow += SLIDE_PIXELS;
+                        continue;
                     }
-                    while cb + V::LANES <= g.c_in {
-                        forward_slide::<V, 1, K, S>(x, w, y, g, oh, ow, cb);
+                    let interior = ow + PIXELS <= g.out_w
+                        && g.input_col(ow, 0).is_some()
+                        && g.input_col(ow + PIXELS - 1, g.k_w - 1).is_some();
+                    if !interior {
+                        forward_pixel::<V>(x, w, y, g, oh, ow, 0);
+                        ow += 1;
+                        continue;
+                    }
+                    let mut cb = 0;
+                    while cb + 2 * V::LANES <= g.c_in {
+                        forward_run::<V, 2>(x, w, y, g, oh, ow, cb);
+                        cb += 2 * V::LANES;
+                    }
+                    if cb + V::LANES <= g.c_in {
+                        forward_run::<V, 1>(x, w, y, g, oh, ow, cb);
                         cb += V::LANES;
                     }
                     if cb < g.c_in {
-                        for p in 0..SLIDE_PIXELS {
+                        for p in 0..PIXELS {
                             forward_pixel::<V>(x, w, y, g, oh, ow + p, cb);
                         }
                     }
-                    ow += SLIDE_PIXELS;
-                    continue;
+                    ow += PIXELS;
                 }
-                let interior = ow + PIXELS <= g.out_w
-                    && g.input_col(ow, 0).is_some()
-                    && g.input_col(ow + PIXELS - 1, g.k_w - 1).is_some();
-                if !interior {
-                    forward_pixel::<V>(x, w, y, g, oh, ow, 0);
-                    ow += 1;
-                    continue;
-                }
-                let mut cb = 0;
-                while cb + 2 * V::LANES <= g.c_in {
-                    forward_run::<V, 2>(x, w, y, g, oh, ow, cb);
-                    cb += 2 * V::LANES;
-                }
-                if cb + V::LANES <= g.c_in {
-                    forward_run::<V, 1>(x, w, y, g, oh, ow, cb);
-                    cb += V::LANES;
-                }
-                if cb < g.c_in {
-                    for p in 0..PIXELS {
-                        forward_pixel::<V>(x, w, y, g, oh, ow + p, cb);
-                    }
-                }
-                ow += PIXELS;
             }
         }
     }
@@ -154,31 +162,35 @@ mod dw_generic {
         ow: usize,
         cb: usize,
     ) {
-        let c = g.c_in;
-        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
-        let iw0 = ow * g.stride_w - g.pad_left; // input column of tap 0 of the first output
-        let mut acc = [[V::splat(0.0); VECS]; PIXELS];
-        for kh in 0..g.k_h {
-            let Some(ih) = g.input_row(oh, kh) else { continue };
-            let row = xp.add(ih * g.in_w * c + cb);
-            for kw in 0..g.k_w {
-                let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                let mut wv = [V::splat(0.0); VECS];
-                for (j, v) in wv.iter_mut().enumerate() {
-                    *v = V::load(wb.add(j * V::LANES));
-                }
-                for (p, acc_p) in acc.iter_mut().enumerate() {
-                    let xb = row.add((iw0 + p * g.stride_w + kw) * c);
-                    for j in 0..VECS {
-                        acc_p[j] = V::load(xb.add(j * V::LANES)).mul_add(wv[j], acc_p[j]);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let c = g.c_in;
+            let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+            let iw0 = ow * g.stride_w - g.pad_left; // input column of tap 0 of the first output
+            let mut acc = [[V::splat(0.0); VECS]; PIXELS];
+            for kh in 0..g.k_h {
+                let Some(ih) = g.input_row(oh, kh) else { continue };
+                let row = xp.add(ih * g.in_w * c + cb);
+                for kw in 0..g.k_w {
+                    let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                    let mut wv = [V::splat(0.0); VECS];
+                    for (j, v) in wv.iter_mut().enumerate() {
+                        *v = V::load(wb.add(j * V::LANES));
+                    }
+                    for (p, acc_p) in acc.iter_mut().enumerate() {
+                        let xb = row.add((iw0 + p * g.stride_w + kw) * c);
+                        for j in 0..VECS {
+                            acc_p[j] = V::load(xb.add(j * V::LANES)).mul_add(wv[j], acc_p[j]);
+                        }
                     }
                 }
             }
-        }
-        for (p, acc_p) in acc.iter().enumerate() {
-            let yo = (oh * g.out_w + ow + p) * c + cb;
-            for (j, a) in acc_p.iter().enumerate() {
-                a.store(yp.add(yo + j * V::LANES));
+            for (p, acc_p) in acc.iter().enumerate() {
+                let yo = (oh * g.out_w + ow + p) * c + cb;
+                for (j, a) in acc_p.iter().enumerate() {
+                    a.store(yp.add(yo + j * V::LANES));
+                }
             }
         }
     }
@@ -200,35 +212,39 @@ mod dw_generic {
         ow: usize,
         cb: usize,
     ) {
-        const P: usize = SLIDE_PIXELS;
-        let c = g.c_in;
-        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
-        let iw0 = ow * S - g.pad_left; // input column of tap 0 of the first output
-        let mut acc = [[V::splat(0.0); VECS]; P];
-        for kh in 0..g.k_h {
-            let Some(ih) = g.input_row(oh, kh) else { continue };
-            let row = xp.add((ih * g.in_w + iw0) * c + cb);
-            let mut wv = [[V::splat(0.0); VECS]; K];
-            for (kw, wk) in wv.iter_mut().enumerate() {
-                for (j, v) in wk.iter_mut().enumerate() {
-                    *v = V::load(wp.add((kh * K + kw) * c + cb + j * V::LANES));
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            const P: usize = SLIDE_PIXELS;
+            let c = g.c_in;
+            let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+            let iw0 = ow * S - g.pad_left; // input column of tap 0 of the first output
+            let mut acc = [[V::splat(0.0); VECS]; P];
+            for kh in 0..g.k_h {
+                let Some(ih) = g.input_row(oh, kh) else { continue };
+                let row = xp.add((ih * g.in_w + iw0) * c + cb);
+                let mut wv = [[V::splat(0.0); VECS]; K];
+                for (kw, wk) in wv.iter_mut().enumerate() {
+                    for (j, v) in wk.iter_mut().enumerate() {
+                        *v = V::load(wp.add((kh * K + kw) * c + cb + j * V::LANES));
+                    }
                 }
-            }
-            // input columns q = 0..(P-1)S + K, spelled out so that every index is a constant
-            // (as a loop the compiler kept the weights and accumulators in memory)
-            macro_rules! columns {
+                // input columns q = 0..(P-1)S + K, spelled out so that every index is a constant
+                // (as a loop the compiler kept the weights and accumulators in memory)
+                macro_rules! columns {
                 ($($q:literal)*) => {$(
                     if $q < (P - 1) * S + K {
                         slide_column::<V, VECS, K, S, $q>(row, c, &mut acc, &wv);
                     }
                 )*};
             }
-            columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
-        }
-        for (p, acc_p) in acc.iter().enumerate() {
-            let yo = (oh * g.out_w + ow + p) * c + cb;
-            for (j, a) in acc_p.iter().enumerate() {
-                a.store(yp.add(yo + j * V::LANES));
+                columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
+            }
+            for (p, acc_p) in acc.iter().enumerate() {
+                let yo = (oh * g.out_w + ow + p) * c + cb;
+                for (j, a) in acc_p.iter().enumerate() {
+                    a.store(yp.add(yo + j * V::LANES));
+                }
             }
         }
     }
@@ -242,15 +258,19 @@ mod dw_generic {
         acc: &mut [[V; VECS]; SLIDE_PIXELS],
         wv: &[[V; VECS]; K],
     ) {
-        let mut xq = [V::splat(0.0); VECS];
-        for (j, v) in xq.iter_mut().enumerate() {
-            *v = V::load(row.add(Q * c + j * V::LANES));
-        }
-        for (p, acc_p) in acc.iter_mut().enumerate() {
-            if Q >= p * S && Q - p * S < K {
-                let kw = Q - p * S;
-                for j in 0..VECS {
-                    acc_p[j] = xq[j].mul_add(wv[kw][j], acc_p[j]);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let mut xq = [V::splat(0.0); VECS];
+            for (j, v) in xq.iter_mut().enumerate() {
+                *v = V::load(row.add(Q * c + j * V::LANES));
+            }
+            for (p, acc_p) in acc.iter_mut().enumerate() {
+                if Q >= p * S && Q - p * S < K {
+                    let kw = Q - p * S;
+                    for j in 0..VECS {
+                        acc_p[j] = xq[j].mul_add(wv[kw][j], acc_p[j]);
+                    }
                 }
             }
         }
@@ -267,44 +287,48 @@ mod dw_generic {
         ow: usize,
         c_start: usize,
     ) {
-        let c = g.c_in;
-        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
-        let yo = (oh * g.out_w + ow) * c;
-        let mut cb = c_start;
-        while cb < c {
-            let width = (c - cb).min(4 * V::LANES);
-            let vecs = width / V::LANES;
-            if vecs == 0 {
-                // scalar tail
-                for ch in cb..c {
-                    let mut acc = 0.0f32;
-                    for kh in 0..g.k_h {
-                        let Some(ih) = g.input_row(oh, kh) else { continue };
-                        for kw in 0..g.k_w {
-                            let Some(iw) = g.input_col(ow, kw) else { continue };
-                            acc += *xp.add((ih * g.in_w + iw) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let c = g.c_in;
+            let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+            let yo = (oh * g.out_w + ow) * c;
+            let mut cb = c_start;
+            while cb < c {
+                let width = (c - cb).min(4 * V::LANES);
+                let vecs = width / V::LANES;
+                if vecs == 0 {
+                    // scalar tail
+                    for ch in cb..c {
+                        let mut acc = 0.0f32;
+                        for kh in 0..g.k_h {
+                            let Some(ih) = g.input_row(oh, kh) else { continue };
+                            for kw in 0..g.k_w {
+                                let Some(iw) = g.input_col(ow, kw) else { continue };
+                                acc += *xp.add((ih * g.in_w + iw) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
+                            }
+                        }
+                        *yp.add(yo + ch) = acc;
+                    }
+                    break;
+                }
+                let mut acc = [V::splat(0.0); 4];
+                for kh in 0..g.k_h {
+                    let Some(ih) = g.input_row(oh, kh) else { continue };
+                    for kw in 0..g.k_w {
+                        let Some(iw) = g.input_col(ow, kw) else { continue };
+                        let xb = xp.add((ih * g.in_w + iw) * c + cb);
+                        let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                        for (j, a) in acc.iter_mut().enumerate().take(vecs) {
+                            *a = V::load(xb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
                         }
                     }
-                    *yp.add(yo + ch) = acc;
                 }
-                break;
-            }
-            let mut acc = [V::splat(0.0); 4];
-            for kh in 0..g.k_h {
-                let Some(ih) = g.input_row(oh, kh) else { continue };
-                for kw in 0..g.k_w {
-                    let Some(iw) = g.input_col(ow, kw) else { continue };
-                    let xb = xp.add((ih * g.in_w + iw) * c + cb);
-                    let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                    for (j, a) in acc.iter_mut().enumerate().take(vecs) {
-                        *a = V::load(xb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
-                    }
+                for (j, a) in acc.iter().enumerate().take(vecs) {
+                    a.store(yp.add(yo + cb + j * V::LANES));
                 }
+                cb += vecs * V::LANES;
             }
-            for (j, a) in acc.iter().enumerate().take(vecs) {
-                a.store(yp.add(yo + cb + j * V::LANES));
-            }
-            cb += vecs * V::LANES;
         }
     }
 
@@ -324,33 +348,37 @@ mod dw_generic {
     /// together, as in the forward (same tap order per element, so the same results).
     #[inline(always)]
     pub unsafe fn backward_input_image<V: F32Vec>(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeometry) {
-        for ih in 0..g.in_h {
-            let mut iw = 0;
-            while iw < g.in_w {
-                let interior = g.stride_w == 1
-                    && iw + PIXELS <= g.in_w
-                    && out_index(iw, g.k_w - 1, g.pad_left, 1, g.out_w).is_some()
-                    && out_index(iw + PIXELS - 1, 0, g.pad_left, 1, g.out_w).is_some();
-                if !interior {
-                    backward_input_pixel::<V>(dy, w, dx, g, ih, iw, 0);
-                    iw += 1;
-                    continue;
-                }
-                let mut cb = 0;
-                while cb + 2 * V::LANES <= g.c_in {
-                    backward_input_run::<V, 2>(dy, w, dx, g, ih, iw, cb);
-                    cb += 2 * V::LANES;
-                }
-                if cb + V::LANES <= g.c_in {
-                    backward_input_run::<V, 1>(dy, w, dx, g, ih, iw, cb);
-                    cb += V::LANES;
-                }
-                if cb < g.c_in {
-                    for p in 0..PIXELS {
-                        backward_input_pixel::<V>(dy, w, dx, g, ih, iw + p, cb);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            for ih in 0..g.in_h {
+                let mut iw = 0;
+                while iw < g.in_w {
+                    let interior = g.stride_w == 1
+                        && iw + PIXELS <= g.in_w
+                        && out_index(iw, g.k_w - 1, g.pad_left, 1, g.out_w).is_some()
+                        && out_index(iw + PIXELS - 1, 0, g.pad_left, 1, g.out_w).is_some();
+                    if !interior {
+                        backward_input_pixel::<V>(dy, w, dx, g, ih, iw, 0);
+                        iw += 1;
+                        continue;
                     }
+                    let mut cb = 0;
+                    while cb + 2 * V::LANES <= g.c_in {
+                        backward_input_run::<V, 2>(dy, w, dx, g, ih, iw, cb);
+                        cb += 2 * V::LANES;
+                    }
+                    if cb + V::LANES <= g.c_in {
+                        backward_input_run::<V, 1>(dy, w, dx, g, ih, iw, cb);
+                        cb += V::LANES;
+                    }
+                    if cb < g.c_in {
+                        for p in 0..PIXELS {
+                            backward_input_pixel::<V>(dy, w, dx, g, ih, iw + p, cb);
+                        }
+                    }
+                    iw += PIXELS;
                 }
-                iw += PIXELS;
             }
         }
     }
@@ -366,31 +394,35 @@ mod dw_generic {
         iw: usize,
         cb: usize,
     ) {
-        let c = g.c_in;
-        let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
-        let mut acc = [[V::splat(0.0); VECS]; PIXELS];
-        for kh in 0..g.k_h {
-            let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
-            let row = gp.add(oh * g.out_w * c + cb);
-            for kw in 0..g.k_w {
-                let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                let mut wv = [V::splat(0.0); VECS];
-                for (j, v) in wv.iter_mut().enumerate() {
-                    *v = V::load(wb.add(j * V::LANES));
-                }
-                let ow0 = iw + g.pad_left - kw; // output column this tap reads for the first pixel
-                for (p, acc_p) in acc.iter_mut().enumerate() {
-                    let gb = row.add((ow0 + p) * c);
-                    for j in 0..VECS {
-                        acc_p[j] = V::load(gb.add(j * V::LANES)).mul_add(wv[j], acc_p[j]);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let c = g.c_in;
+            let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
+            let mut acc = [[V::splat(0.0); VECS]; PIXELS];
+            for kh in 0..g.k_h {
+                let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+                let row = gp.add(oh * g.out_w * c + cb);
+                for kw in 0..g.k_w {
+                    let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                    let mut wv = [V::splat(0.0); VECS];
+                    for (j, v) in wv.iter_mut().enumerate() {
+                        *v = V::load(wb.add(j * V::LANES));
+                    }
+                    let ow0 = iw + g.pad_left - kw; // output column this tap reads for the first pixel
+                    for (p, acc_p) in acc.iter_mut().enumerate() {
+                        let gb = row.add((ow0 + p) * c);
+                        for j in 0..VECS {
+                            acc_p[j] = V::load(gb.add(j * V::LANES)).mul_add(wv[j], acc_p[j]);
+                        }
                     }
                 }
             }
-        }
-        for (p, acc_p) in acc.iter().enumerate() {
-            let xo = (ih * g.in_w + iw + p) * c + cb;
-            for (j, a) in acc_p.iter().enumerate() {
-                a.store(dp.add(xo + j * V::LANES));
+            for (p, acc_p) in acc.iter().enumerate() {
+                let xo = (ih * g.in_w + iw + p) * c + cb;
+                for (j, a) in acc_p.iter().enumerate() {
+                    a.store(dp.add(xo + j * V::LANES));
+                }
             }
         }
     }
@@ -406,43 +438,47 @@ mod dw_generic {
         iw: usize,
         c_start: usize,
     ) {
-        let c = g.c_in;
-        let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
-        let xo = (ih * g.in_w + iw) * c;
-        let mut cb = c_start;
-        while cb < c {
-            let width = (c - cb).min(4 * V::LANES);
-            let vecs = width / V::LANES;
-            if vecs == 0 {
-                for ch in cb..c {
-                    let mut acc = 0.0f32;
-                    for kh in 0..g.k_h {
-                        let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
-                        for kw in 0..g.k_w {
-                            let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
-                            acc += *gp.add((oh * g.out_w + ow) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let c = g.c_in;
+            let (gp, wp, dp) = (dy.as_ptr(), w.as_ptr(), dx.as_mut_ptr());
+            let xo = (ih * g.in_w + iw) * c;
+            let mut cb = c_start;
+            while cb < c {
+                let width = (c - cb).min(4 * V::LANES);
+                let vecs = width / V::LANES;
+                if vecs == 0 {
+                    for ch in cb..c {
+                        let mut acc = 0.0f32;
+                        for kh in 0..g.k_h {
+                            let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+                            for kw in 0..g.k_w {
+                                let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
+                                acc += *gp.add((oh * g.out_w + ow) * c + ch) * *wp.add((kh * g.k_w + kw) * c + ch);
+                            }
+                        }
+                        *dp.add(xo + ch) = acc;
+                    }
+                    break;
+                }
+                let mut acc = [V::splat(0.0); 4];
+                for kh in 0..g.k_h {
+                    let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
+                    for kw in 0..g.k_w {
+                        let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
+                        let gb = gp.add((oh * g.out_w + ow) * c + cb);
+                        let wb = wp.add((kh * g.k_w + kw) * c + cb);
+                        for (j, a) in acc.iter_mut().enumerate().take(vecs) {
+                            *a = V::load(gb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
                         }
                     }
-                    *dp.add(xo + ch) = acc;
                 }
-                break;
-            }
-            let mut acc = [V::splat(0.0); 4];
-            for kh in 0..g.k_h {
-                let Some(oh) = out_index(ih, kh, g.pad_top, g.stride_h, g.out_h) else { continue };
-                for kw in 0..g.k_w {
-                    let Some(ow) = out_index(iw, kw, g.pad_left, g.stride_w, g.out_w) else { continue };
-                    let gb = gp.add((oh * g.out_w + ow) * c + cb);
-                    let wb = wp.add((kh * g.k_w + kw) * c + cb);
-                    for (j, a) in acc.iter_mut().enumerate().take(vecs) {
-                        *a = V::load(gb.add(j * V::LANES)).mul_add(V::load(wb.add(j * V::LANES)), *a);
-                    }
+                for (j, a) in acc.iter().enumerate().take(vecs) {
+                    a.store(dp.add(xo + cb + j * V::LANES));
                 }
+                cb += vecs * V::LANES;
             }
-            for (j, a) in acc.iter().enumerate().take(vecs) {
-                a.store(dp.add(xo + cb + j * V::LANES));
-            }
-            cb += vecs * V::LANES;
         }
     }
 
@@ -456,12 +492,16 @@ mod dw_generic {
         g: &ConvGeometry,
         cb: usize,
     ) {
-        match (g.k_w, g.stride_w) {
-            (3, 1) => weight_pass_k::<V, VECS, 3, 1>(xp, gp, dp, g, cb),
-            (3, 2) => weight_pass_k::<V, VECS, 3, 2>(xp, gp, dp, g, cb),
-            (5, 1) => weight_pass_k::<V, VECS, 5, 1>(xp, gp, dp, g, cb),
-            (5, 2) => weight_pass_k::<V, VECS, 5, 2>(xp, gp, dp, g, cb),
-            _ => weight_pass_k::<V, VECS, 0, 0>(xp, gp, dp, g, cb),
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            match (g.k_w, g.stride_w) {
+                (3, 1) => weight_pass_k::<V, VECS, 3, 1>(xp, gp, dp, g, cb),
+                (3, 2) => weight_pass_k::<V, VECS, 3, 2>(xp, gp, dp, g, cb),
+                (5, 1) => weight_pass_k::<V, VECS, 5, 1>(xp, gp, dp, g, cb),
+                (5, 2) => weight_pass_k::<V, VECS, 5, 2>(xp, gp, dp, g, cb),
+                _ => weight_pass_k::<V, VECS, 0, 0>(xp, gp, dp, g, cb),
+            }
         }
     }
 
@@ -478,64 +518,68 @@ mod dw_generic {
         g: &ConvGeometry,
         cb: usize,
     ) {
-        const MAX_KW: usize = 8;
-        const P: usize = SLIDE_PIXELS;
-        let c = g.c_in;
-        for kh in 0..g.k_h {
-            let mut acc = [[V::splat(0.0); VECS]; MAX_KW];
-            for oh in 0..g.out_h {
-                let Some(ih) = g.input_row(oh, kh) else { continue };
-                let mut ow = 0;
-                while ow < g.out_w {
-                    if K > 0
-                        && ow + P <= g.out_w
-                        && g.input_col(ow, 0).is_some()
-                        && g.input_col(ow + P - 1, K - 1).is_some()
-                    {
-                        let mut gv = [[V::splat(0.0); VECS]; P];
-                        for (p, gp_) in gv.iter_mut().enumerate() {
-                            for (j, v) in gp_.iter_mut().enumerate() {
-                                *v = V::load(gp.add((oh * g.out_w + ow + p) * c + cb + j * V::LANES));
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            const MAX_KW: usize = 8;
+            const P: usize = SLIDE_PIXELS;
+            let c = g.c_in;
+            for kh in 0..g.k_h {
+                let mut acc = [[V::splat(0.0); VECS]; MAX_KW];
+                for oh in 0..g.out_h {
+                    let Some(ih) = g.input_row(oh, kh) else { continue };
+                    let mut ow = 0;
+                    while ow < g.out_w {
+                        if K > 0
+                            && ow + P <= g.out_w
+                            && g.input_col(ow, 0).is_some()
+                            && g.input_col(ow + P - 1, K - 1).is_some()
+                        {
+                            let mut gv = [[V::splat(0.0); VECS]; P];
+                            for (p, gp_) in gv.iter_mut().enumerate() {
+                                for (j, v) in gp_.iter_mut().enumerate() {
+                                    *v = V::load(gp.add((oh * g.out_w + ow + p) * c + cb + j * V::LANES));
+                                }
                             }
-                        }
-                        let row = xp.add((ih * g.in_w + ow * S - g.pad_left) * c + cb);
-                        let mut acc_k = [[V::splat(0.0); VECS]; K];
-                        for (kw, a) in acc_k.iter_mut().enumerate() {
-                            *a = acc[kw];
-                        }
-                        macro_rules! columns {
+                            let row = xp.add((ih * g.in_w + ow * S - g.pad_left) * c + cb);
+                            let mut acc_k = [[V::splat(0.0); VECS]; K];
+                            for (kw, a) in acc_k.iter_mut().enumerate() {
+                                *a = acc[kw];
+                            }
+                            macro_rules! columns {
                             ($($q:literal)*) => {$(
                                 if $q < (P - 1) * S + K {
                                     weight_slide_column::<V, VECS, K, S, $q>(row, c, &mut acc_k, &gv);
                                 }
                             )*};
                         }
-                        columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
-                        for (kw, a) in acc_k.iter().enumerate() {
-                            acc[kw] = *a;
+                            columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
+                            for (kw, a) in acc_k.iter().enumerate() {
+                                acc[kw] = *a;
+                            }
+                            ow += P;
+                            continue;
                         }
-                        ow += P;
-                        continue;
-                    }
-                    let gb = gp.add((oh * g.out_w + ow) * c + cb);
-                    let mut gv = [V::splat(0.0); VECS];
-                    for (j, v) in gv.iter_mut().enumerate() {
-                        *v = V::load(gb.add(j * V::LANES));
-                    }
-                    for (kw, a) in acc.iter_mut().enumerate().take(g.k_w) {
-                        let Some(iw) = g.input_col(ow, kw) else { continue };
-                        let xb = xp.add((ih * g.in_w + iw) * c + cb);
-                        for j in 0..VECS {
-                            a[j] = V::load(xb.add(j * V::LANES)).mul_add(gv[j], a[j]);
+                        let gb = gp.add((oh * g.out_w + ow) * c + cb);
+                        let mut gv = [V::splat(0.0); VECS];
+                        for (j, v) in gv.iter_mut().enumerate() {
+                            *v = V::load(gb.add(j * V::LANES));
                         }
+                        for (kw, a) in acc.iter_mut().enumerate().take(g.k_w) {
+                            let Some(iw) = g.input_col(ow, kw) else { continue };
+                            let xb = xp.add((ih * g.in_w + iw) * c + cb);
+                            for j in 0..VECS {
+                                a[j] = V::load(xb.add(j * V::LANES)).mul_add(gv[j], a[j]);
+                            }
+                        }
+                        ow += 1;
                     }
-                    ow += 1;
                 }
-            }
-            for (kw, a) in acc.iter().enumerate().take(g.k_w) {
-                let d = dp.add((kh * g.k_w + kw) * c + cb);
-                for (j, v) in a.iter().enumerate() {
-                    V::load(d.add(j * V::LANES)).add(*v).store(d.add(j * V::LANES));
+                for (kw, a) in acc.iter().enumerate().take(g.k_w) {
+                    let d = dp.add((kh * g.k_w + kw) * c + cb);
+                    for (j, v) in a.iter().enumerate() {
+                        V::load(d.add(j * V::LANES)).add(*v).store(d.add(j * V::LANES));
+                    }
                 }
             }
         }
@@ -556,15 +600,19 @@ mod dw_generic {
         acc: &mut [[V; VECS]; K],
         gv: &[[V; VECS]; SLIDE_PIXELS],
     ) {
-        let mut xq = [V::splat(0.0); VECS];
-        for (j, v) in xq.iter_mut().enumerate() {
-            *v = V::load(row.add(Q * c + j * V::LANES));
-        }
-        for (p, g_p) in gv.iter().enumerate() {
-            if Q >= p * S && Q - p * S < K {
-                let kw = Q - p * S;
-                for j in 0..VECS {
-                    acc[kw][j] = xq[j].mul_add(g_p[j], acc[kw][j]);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let mut xq = [V::splat(0.0); VECS];
+            for (j, v) in xq.iter_mut().enumerate() {
+                *v = V::load(row.add(Q * c + j * V::LANES));
+            }
+            for (p, g_p) in gv.iter().enumerate() {
+                if Q >= p * S && Q - p * S < K {
+                    let kw = Q - p * S;
+                    for j in 0..VECS {
+                        acc[kw][j] = xq[j].mul_add(g_p[j], acc[kw][j]);
+                    }
                 }
             }
         }
@@ -574,33 +622,37 @@ mod dw_generic {
     /// channels, the KW taps accumulate in registers over every output pixel.
     #[inline(always)]
     pub unsafe fn backward_weight_image<V: F32Vec>(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeometry) {
-        const MAX_KW: usize = 8;
-        let c = g.c_in;
-        let (xp, gp, dp) = (x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
-        let full = c / V::LANES * V::LANES;
-        if g.k_w <= MAX_KW {
-            // two vectors of channels per pass over the image where they fit: half the passes
-            // over x and dy (which live in L2), 2 x KW accumulators
-            let mut cb = 0;
-            while cb + 2 * V::LANES <= full {
-                weight_pass::<V, 2>(xp, gp, dp, g, cb);
-                cb += 2 * V::LANES;
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            const MAX_KW: usize = 8;
+            let c = g.c_in;
+            let (xp, gp, dp) = (x.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
+            let full = c / V::LANES * V::LANES;
+            if g.k_w <= MAX_KW {
+                // two vectors of channels per pass over the image where they fit: half the passes
+                // over x and dy (which live in L2), 2 x KW accumulators
+                let mut cb = 0;
+                while cb + 2 * V::LANES <= full {
+                    weight_pass::<V, 2>(xp, gp, dp, g, cb);
+                    cb += 2 * V::LANES;
+                }
+                if cb < full {
+                    weight_pass::<V, 1>(xp, gp, dp, g, cb);
+                }
             }
-            if cb < full {
-                weight_pass::<V, 1>(xp, gp, dp, g, cb);
-            }
-        }
-        let start = if g.k_w <= MAX_KW { full } else { 0 };
-        if start < c {
-            for oh in 0..g.out_h {
-                for kh in 0..g.k_h {
-                    let Some(ih) = g.input_row(oh, kh) else { continue };
-                    for ow in 0..g.out_w {
-                        for kw in 0..g.k_w {
-                            let Some(iw) = g.input_col(ow, kw) else { continue };
-                            for ch in start..c {
-                                *dp.add((kh * g.k_w + kw) * c + ch) +=
-                                    *xp.add((ih * g.in_w + iw) * c + ch) * *gp.add((oh * g.out_w + ow) * c + ch);
+            let start = if g.k_w <= MAX_KW { full } else { 0 };
+            if start < c {
+                for oh in 0..g.out_h {
+                    for kh in 0..g.k_h {
+                        let Some(ih) = g.input_row(oh, kh) else { continue };
+                        for ow in 0..g.out_w {
+                            for kw in 0..g.k_w {
+                                let Some(iw) = g.input_col(ow, kw) else { continue };
+                                for ch in start..c {
+                                    *dp.add((kh * g.k_w + kw) * c + ch) +=
+                                        *xp.add((ih * g.in_w + iw) * c + ch) * *gp.add((oh * g.out_w + ow) * c + ch);
+                                }
                             }
                         }
                     }
@@ -632,11 +684,15 @@ pub(super) fn dw_image(isa: Isa, op: DwOp, a: &[f32], b: &[f32], out: &mut [f32]
     {
         #[target_feature(enable = "avx512f")]
         unsafe fn avx512(op: DwOp, a: &[f32], b: &[f32], out: &mut [f32], g: &ConvGeometry) {
-            run!(crate::vec::x86::Avx512, op, a, b, out, g)
+            // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+            // and pointers valid for what this reads and writes.
+            unsafe { run!(crate::vec::x86::Avx512, op, a, b, out, g) }
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(op: DwOp, a: &[f32], b: &[f32], out: &mut [f32], g: &ConvGeometry) {
-            run!(crate::vec::x86::Avx2, op, a, b, out, g)
+            // SAFETY: callers guarantee a CPU with avx2,fma (they dispatch on `Isa::supported()`)
+            // and pointers valid for what this reads and writes.
+            unsafe { run!(crate::vec::x86::Avx2, op, a, b, out, g) }
         }
         match isa {
             // SAFETY: the dispatcher only passes instruction sets the CPU supports.

@@ -104,33 +104,41 @@ pub fn transform_weights(w: &[f32], c_in: usize, c_out: usize) -> Vec<f32> {
 /// d4 - 4 d2, d3 - 4 d1, d4 - d2 and d3 - d1).
 #[inline(always)]
 unsafe fn input_1d<V: F32Vec>(d: [V; SIDE]) -> [V; SIDE] {
-    let (four, minus_four, minus_five, two, minus_two) =
-        (V::splat(4.0), V::splat(-4.0), V::splat(-5.0), V::splat(2.0), V::splat(-2.0));
-    let a = d[2].mul_add(minus_four, d[4]); // d4 - 4 d2
-    let b = d[1].mul_add(minus_four, d[3]); // d3 - 4 d1
-    let c = d[4].sub(d[2]);
-    let e = d[3].sub(d[1]);
-    [
-        d[0].mul_add(four, d[2].mul_add(minus_five, d[4])), // 4 d0 - 5 d2 + d4
-        a.add(b),                                           // -4 d1 - 4 d2 + d3 + d4
-        a.sub(b),                                           // 4 d1 - 4 d2 - d3 + d4
-        e.mul_add(two, c),                                  // -2 d1 - d2 + 2 d3 + d4
-        e.mul_add(minus_two, c),                            // 2 d1 - d2 - 2 d3 + d4
-        d[1].mul_add(four, d[3].mul_add(minus_five, d[5])), // 4 d1 - 5 d3 + d5
-    ]
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let (four, minus_four, minus_five, two, minus_two) =
+            (V::splat(4.0), V::splat(-4.0), V::splat(-5.0), V::splat(2.0), V::splat(-2.0));
+        let a = d[2].mul_add(minus_four, d[4]); // d4 - 4 d2
+        let b = d[1].mul_add(minus_four, d[3]); // d3 - 4 d1
+        let c = d[4].sub(d[2]);
+        let e = d[3].sub(d[1]);
+        [
+            d[0].mul_add(four, d[2].mul_add(minus_five, d[4])), // 4 d0 - 5 d2 + d4
+            a.add(b),                                           // -4 d1 - 4 d2 + d3 + d4
+            a.sub(b),                                           // 4 d1 - 4 d2 - d3 + d4
+            e.mul_add(two, c),                                  // -2 d1 - d2 + 2 d3 + d4
+            e.mul_add(minus_two, c),                            // 2 d1 - d2 - 2 d3 + d4
+            d[1].mul_add(four, d[3].mul_add(minus_five, d[5])), // 4 d1 - 5 d3 + d5
+        ]
+    }
 }
 
 /// A^T applied to six values along one axis, in 10 operations.
 #[inline(always)]
 unsafe fn output_1d<V: F32Vec>(m: [V; SIDE]) -> [V; OUT] {
-    let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
-    let (s34, d34) = (m[3].add(m[4]), m[3].sub(m[4]));
-    [
-        m[0].add(s12).add(s34),
-        d34.mul_add(V::splat(2.0), d12),
-        s34.mul_add(V::splat(4.0), s12),
-        d34.mul_add(V::splat(8.0), d12).add(m[5]),
-    ]
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
+        let (s34, d34) = (m[3].add(m[4]), m[3].sub(m[4]));
+        [
+            m[0].add(s12).add(s34),
+            d34.mul_add(V::splat(2.0), d12),
+            s34.mul_add(V::splat(4.0), s12),
+            d34.mul_add(V::splat(8.0), d12).add(m[5]),
+        ]
+    }
 }
 
 /// Where a tile's 6x6 input pixels are (each C_in floats). Inside the image a corner and two
@@ -201,27 +209,31 @@ impl Outputs for EdgeOutputs {
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // (i, j) index the 6x6 tile, as in the formulas
 unsafe fn input_transform<V: F32Vec, P: Patch>(patch: P, c: usize) -> [V; POSITIONS] {
-    // B^T d: along i for each column j
-    let mut t = [[V::splat(0.0); SIDE]; SIDE];
-    for j in 0..SIDE {
-        // (no closures here: they would not inherit the caller's target features, and the
-        // intrinsics inside them would become calls)
-        let mut d = [V::splat(0.0); SIDE];
-        for i in 0..SIDE {
-            d[i] = V::load(patch.pixel(i, j).add(c));
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        // B^T d: along i for each column j
+        let mut t = [[V::splat(0.0); SIDE]; SIDE];
+        for j in 0..SIDE {
+            // (no closures here: they would not inherit the caller's target features, and the
+            // intrinsics inside them would become calls)
+            let mut d = [V::splat(0.0); SIDE];
+            for i in 0..SIDE {
+                d[i] = V::load(patch.pixel(i, j).add(c));
+            }
+            let col = input_1d(d);
+            for i in 0..SIDE {
+                t[i][j] = col[i];
+            }
         }
-        let col = input_1d(d);
-        for i in 0..SIDE {
-            t[i][j] = col[i];
+        // (B^T d) B: along j for each row i
+        let mut v = [V::splat(0.0); POSITIONS];
+        for (i, row) in t.iter().enumerate() {
+            let r = input_1d(*row);
+            v[i * SIDE..(i + 1) * SIDE].copy_from_slice(&r);
         }
+        v
     }
-    // (B^T d) B: along j for each row i
-    let mut v = [V::splat(0.0); POSITIONS];
-    for (i, row) in t.iter().enumerate() {
-        let r = input_1d(*row);
-        v[i * SIDE..(i + 1) * SIDE].copy_from_slice(&r);
-    }
-    v
 }
 
 /// Every channel of two tiles' input transforms, written interleaved for the pair-rows
@@ -229,20 +241,28 @@ unsafe fn input_transform<V: F32Vec, P: Patch>(patch: P, c: usize) -> [V; POSITI
 /// vectors, then single channels.
 #[inline(always)]
 unsafe fn input_pair<V: F32Vec, P: Patch>(first: P, second: P, out: *mut f32, c_in: usize) {
-    #[inline(always)]
-    unsafe fn channels<V: F32Vec, P: Patch>(first: P, second: P, c: usize, out: *mut f32, c_in: usize) {
-        let even = input_transform::<V, P>(first, c);
-        let odd = input_transform::<V, P>(second, c);
-        for xi in 0..POSITIONS {
-            even[xi].store_interleaved(odd[xi], out.add(xi * 2 * c_in + 2 * c));
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        #[inline(always)]
+        unsafe fn channels<V: F32Vec, P: Patch>(first: P, second: P, c: usize, out: *mut f32, c_in: usize) {
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                let even = input_transform::<V, P>(first, c);
+                let odd = input_transform::<V, P>(second, c);
+                for xi in 0..POSITIONS {
+                    even[xi].store_interleaved(odd[xi], out.add(xi * 2 * c_in + 2 * c));
+                }
+            }
         }
-    }
-    let whole = c_in - c_in % V::LANES;
-    for c in (0..whole).step_by(V::LANES) {
-        channels::<V, P>(first, second, c, out, c_in);
-    }
-    for c in whole..c_in {
-        channels::<Scalar, P>(first, second, c, out, c_in);
+        let whole = c_in - c_in % V::LANES;
+        for c in (0..whole).step_by(V::LANES) {
+            channels::<V, P>(first, second, c, out, c_in);
+        }
+        for c in whole..c_in {
+            channels::<Scalar, P>(first, second, c, out, c_in);
+        }
     }
 }
 
@@ -250,69 +270,89 @@ unsafe fn input_pair<V: F32Vec, P: Patch>(first: P, second: P, out: *mut f32, c_
 /// pixels out. Whole vectors, then single channels.
 #[inline(always)]
 unsafe fn output_tile<V: F32Vec, O: Outputs>(m: *const f32, c_out: usize, outputs: O) {
-    #[inline(always)]
-    #[allow(clippy::needless_range_loop)] // (i, j) index the 6x6 tile, as in the formulas
-    unsafe fn channels<V: F32Vec, O: Outputs>(m: *const f32, c_out: usize, c: usize, outputs: O) {
-        // A^T M: along i for each column j
-        let mut s = [[V::splat(0.0); SIDE]; OUT];
-        for j in 0..SIDE {
-            let mut col = [V::splat(0.0); SIDE];
-            for i in 0..SIDE {
-                col[i] = V::load(m.add((i * SIDE + j) * c_out + c));
-            }
-            let y = output_1d(col);
-            for a in 0..OUT {
-                s[a][j] = y[a];
-            }
-        }
-        // (A^T M) A: along j for each row a
-        for (a, row) in s.iter().enumerate() {
-            for (b, v) in output_1d(*row).into_iter().enumerate() {
-                if let Some(p) = outputs.pixel(a, b) {
-                    v.store(p.add(c));
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        #[inline(always)]
+        #[allow(clippy::needless_range_loop)] // (i, j) index the 6x6 tile, as in the formulas
+        unsafe fn channels<V: F32Vec, O: Outputs>(m: *const f32, c_out: usize, c: usize, outputs: O) {
+            // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+            // offset it reads and writes, and any CPU feature its callees need.
+            unsafe {
+                // A^T M: along i for each column j
+                let mut s = [[V::splat(0.0); SIDE]; OUT];
+                for j in 0..SIDE {
+                    let mut col = [V::splat(0.0); SIDE];
+                    for i in 0..SIDE {
+                        col[i] = V::load(m.add((i * SIDE + j) * c_out + c));
+                    }
+                    let y = output_1d(col);
+                    for a in 0..OUT {
+                        s[a][j] = y[a];
+                    }
+                }
+                // (A^T M) A: along j for each row a
+                for (a, row) in s.iter().enumerate() {
+                    for (b, v) in output_1d(*row).into_iter().enumerate() {
+                        if let Some(p) = outputs.pixel(a, b) {
+                            v.store(p.add(c));
+                        }
+                    }
                 }
             }
         }
-    }
-    let whole = c_out - c_out % V::LANES;
-    for c in (0..whole).step_by(V::LANES) {
-        channels::<V, O>(m, c_out, c, outputs);
-    }
-    for c in whole..c_out {
-        channels::<Scalar, O>(m, c_out, c, outputs);
+        let whole = c_out - c_out % V::LANES;
+        for c in (0..whole).step_by(V::LANES) {
+            channels::<V, O>(m, c_out, c, outputs);
+        }
+        for c in whole..c_out {
+            channels::<Scalar, O>(m, c_out, c, outputs);
+        }
     }
 }
 
 /// [`input_pair`] on the best vector width of `isa`.
 unsafe fn input_pair_dispatch<P: Patch>(isa: Isa, first: P, second: P, out: *mut f32, c_in: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<P: Patch>(first: P, second: P, out: *mut f32, c_in: usize) {
-            input_pair::<crate::vec::x86::Avx512, P>(first, second, out, c_in)
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<P: Patch>(first: P, second: P, out: *mut f32, c_in: usize) {
+                // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+                // and pointers valid for what this reads and writes.
+                unsafe { input_pair::<crate::vec::x86::Avx512, P>(first, second, out, c_in) }
+            }
+            if isa == Isa::Avx512 {
+                return avx512(first, second, out, c_in);
+            }
         }
-        if isa == Isa::Avx512 {
-            return avx512(first, second, out, c_in);
-        }
+        let _ = isa;
+        input_pair::<Scalar, P>(first, second, out, c_in)
     }
-    let _ = isa;
-    input_pair::<Scalar, P>(first, second, out, c_in)
 }
 
 /// [`output_tile`] on the best vector width of `isa`.
 unsafe fn output_tile_dispatch<O: Outputs>(isa: Isa, m: *const f32, c_out: usize, outputs: O) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<O: Outputs>(m: *const f32, c_out: usize, outputs: O) {
-            output_tile::<crate::vec::x86::Avx512, O>(m, c_out, outputs)
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<O: Outputs>(m: *const f32, c_out: usize, outputs: O) {
+                // SAFETY: callers guarantee a CPU with avx512f (they dispatch on `Isa::supported()`)
+                // and pointers valid for what this reads and writes.
+                unsafe { output_tile::<crate::vec::x86::Avx512, O>(m, c_out, outputs) }
+            }
+            if isa == Isa::Avx512 {
+                return avx512(m, c_out, outputs);
+            }
         }
-        if isa == Isa::Avx512 {
-            return avx512(m, c_out, outputs);
-        }
+        let _ = isa;
+        output_tile::<Scalar, O>(m, c_out, outputs)
     }
-    let _ = isa;
-    output_tile::<Scalar, O>(m, c_out, outputs)
 }
 
 /// Tiles per work item handed to a thread (8 micro-kernel groups of 12).

@@ -84,7 +84,9 @@ pub(crate) unsafe fn sgemm_raw(
     c: *mut f32,
     s: GemmStrides,
 ) {
-    sgemm_raw_bias(isa, threads, m, k, n, alpha, a, b, beta, c, s, std::ptr::null())
+    // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+    // and the CPU features of the vector type in use.
+    unsafe { sgemm_raw_bias(isa, threads, m, k, n, alpha, a, b, beta, c, s, std::ptr::null()) }
 }
 
 /// The GEMM driver on raw pointers; `bias` is null or points at N floats added to every row.
@@ -103,7 +105,9 @@ pub(crate) unsafe fn sgemm_raw_bias(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    sgemm_raw_blocked(isa, default_blocking(isa), threads, m, k, n, alpha, a, b, beta, c, s, bias)
+    // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
+    // and the CPU features of the vector type in use.
+    unsafe { sgemm_raw_blocked(isa, default_blocking(isa), threads, m, k, n, alpha, a, b, beta, c, s, bias) }
 }
 
 /// The GEMM driver with given blocking: the matrix-vector path, or the blocked loops on one
@@ -124,86 +128,90 @@ pub(super) unsafe fn sgemm_raw_blocked(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    if k == 0 || alpha == 0.0 {
-        scale_c(m, n, beta, c, s, bias);
-        return;
-    }
-    if n == 1 || m == 1 {
-        gemv_path(m, k, n, alpha, a, b, beta, c, s, bias);
-        return;
-    }
-    let work = 2 * m * n * k;
-    // Below ~1 MFLOP threading costs more than it saves.
-    let threads = if work < (1 << 20) { 1 } else { threads };
-    if threads <= 1 {
-        gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s, bias);
-        return;
-    }
-    // Column chunks re-read the shared (M x kc) block of packed A from each thread's L2: only
-    // when it fits there. (With M = 2048, as in BERT-base's projections, it streamed from
-    // L3 into the kernel at half speed.)
-    let a_block_fits_l2 = m * bl.kc <= SHARED_A_MAX_FLOATS;
-    if m < n && a_block_fits_l2 && n >= 4 * threads * bl.nr && s.c_col == 1 {
-        gemm_parallel_cols(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
-        return;
-    }
-    // Otherwise C is split into `threads` blocks along its longer side, on micro-tile
-    // boundaries, each computed by the serial blocked GEMM: one hand-off per thread and no
-    // joins, as OpenBLAS splits. Each block packs its own copy of B (rows split); packing B
-    // once and handing out row chunks (as `sgemm_packed_b` does for a pre-packed B) costs a
-    // shared packing phase and one join per block of K, which measured slower on two threads
-    // (1024^3: 0.82 of OpenBLAS against 0.98 with one block per thread).
-    // Few rows or few columns (the column split above did not apply) take this path as well.
-    let split_n = n >= m;
-    let (len, unit) = if split_n { (n, bl.nr) } else { (m, bl.mr) };
-    let units = len.div_ceil(unit);
-    let parts = threads.min(units);
-    let (ap, bp, cp) = (SharedPtr(a as *mut f32), SharedPtr(b as *mut f32), SharedPtr(c));
-    let bias = SharedPtr(bias as *mut f32);
-    parallel::install(|| {
-        use rayon::prelude::*;
-        (0..parts).into_par_iter().for_each(|t| {
-            let (ap, bp, cp, bias) = (ap, bp, cp, bias);
-            let bias = bias.0 as *const f32;
-            let start = (units * t / parts) * unit;
-            let end = ((units * (t + 1) / parts) * unit).min(len);
-            if start >= end {
-                return;
-            }
-            // SAFETY: each part writes a disjoint block of C.
-            unsafe {
-                if split_n {
-                    gemm_serial(
-                        isa,
-                        bl,
-                        m,
-                        k,
-                        end - start,
-                        alpha,
-                        ap.0,
-                        bp.0.add(start * s.b_col),
-                        beta,
-                        cp.0.add(start * s.c_col),
-                        s,
-                        if bias.is_null() { bias } else { bias.add(start) },
-                    );
-                } else {
-                    gemm_serial(
-                        isa,
-                        bl,
-                        end - start,
-                        k,
-                        n,
-                        alpha,
-                        ap.0.add(start * s.a_row),
-                        bp.0,
-                        beta,
-                        cp.0.add(start * s.c_row),
-                        s,
-                        bias,
-                    );
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        if k == 0 || alpha == 0.0 {
+            scale_c(m, n, beta, c, s, bias);
+            return;
+        }
+        if n == 1 || m == 1 {
+            gemv_path(m, k, n, alpha, a, b, beta, c, s, bias);
+            return;
+        }
+        let work = 2 * m * n * k;
+        // Below ~1 MFLOP threading costs more than it saves.
+        let threads = if work < (1 << 20) { 1 } else { threads };
+        if threads <= 1 {
+            gemm_serial(isa, bl, m, k, n, alpha, a, b, beta, c, s, bias);
+            return;
+        }
+        // Column chunks re-read the shared (M x kc) block of packed A from each thread's L2: only
+        // when it fits there. (With M = 2048, as in BERT-base's projections, it streamed from
+        // L3 into the kernel at half speed.)
+        let a_block_fits_l2 = m * bl.kc <= SHARED_A_MAX_FLOATS;
+        if m < n && a_block_fits_l2 && n >= 4 * threads * bl.nr && s.c_col == 1 {
+            gemm_parallel_cols(isa, bl, threads, m, k, n, alpha, a, b, beta, c, s, bias);
+            return;
+        }
+        // Otherwise C is split into `threads` blocks along its longer side, on micro-tile
+        // boundaries, each computed by the serial blocked GEMM: one hand-off per thread and no
+        // joins, as OpenBLAS splits. Each block packs its own copy of B (rows split); packing B
+        // once and handing out row chunks (as `sgemm_packed_b` does for a pre-packed B) costs a
+        // shared packing phase and one join per block of K, which measured slower on two threads
+        // (1024^3: 0.82 of OpenBLAS against 0.98 with one block per thread).
+        // Few rows or few columns (the column split above did not apply) take this path as well.
+        let split_n = n >= m;
+        let (len, unit) = if split_n { (n, bl.nr) } else { (m, bl.mr) };
+        let units = len.div_ceil(unit);
+        let parts = threads.min(units);
+        let (ap, bp, cp) = (SharedPtr(a as *mut f32), SharedPtr(b as *mut f32), SharedPtr(c));
+        let bias = SharedPtr(bias as *mut f32);
+        parallel::install(|| {
+            use rayon::prelude::*;
+            (0..parts).into_par_iter().for_each(|t| {
+                let (ap, bp, cp, bias) = (ap, bp, cp, bias);
+                let bias = bias.0 as *const f32;
+                let start = (units * t / parts) * unit;
+                let end = ((units * (t + 1) / parts) * unit).min(len);
+                if start >= end {
+                    return;
                 }
-            }
+                // (inside the enclosing unsafe block) each part writes a disjoint block of C.
+                {
+                    if split_n {
+                        gemm_serial(
+                            isa,
+                            bl,
+                            m,
+                            k,
+                            end - start,
+                            alpha,
+                            ap.0,
+                            bp.0.add(start * s.b_col),
+                            beta,
+                            cp.0.add(start * s.c_col),
+                            s,
+                            if bias.is_null() { bias } else { bias.add(start) },
+                        );
+                    } else {
+                        gemm_serial(
+                            isa,
+                            bl,
+                            end - start,
+                            k,
+                            n,
+                            alpha,
+                            ap.0.add(start * s.a_row),
+                            bp.0,
+                            beta,
+                            cp.0.add(start * s.c_row),
+                            s,
+                            bias,
+                        );
+                    }
+                }
+            });
         });
-    });
+    }
 }

@@ -35,21 +35,25 @@ impl TileKernels {
         rows: usize,
         cols: usize,
     ) {
-        if rows == self.mr && cols == self.nr && s.c_col == 1 {
-            (self.kernel)(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta, bias_tile);
-        } else if let (Some(edge), 1) = (self.edge, s.c_col) {
-            edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta, bias_tile, rows, cols);
-        } else {
-            let mut tile = [0.0f32; 12 * 32];
-            (self.kernel)(kc, a_panel, b_panel, tile.as_mut_ptr(), self.nr, 1.0, 0.0, std::ptr::null());
-            for i in 0..rows {
-                for j in 0..cols {
-                    let dst = c_tile.add(i * s.c_row + j * s.c_col);
-                    let mut v = alpha * tile[i * self.nr + j];
-                    if !bias_tile.is_null() {
-                        v += *bias_tile.add(j);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            if rows == self.mr && cols == self.nr && s.c_col == 1 {
+                (self.kernel)(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta, bias_tile);
+            } else if let (Some(edge), 1) = (self.edge, s.c_col) {
+                edge(kc, a_panel, b_panel, c_tile, s.c_row, alpha, beta, bias_tile, rows, cols);
+            } else {
+                let mut tile = [0.0f32; 12 * 32];
+                (self.kernel)(kc, a_panel, b_panel, tile.as_mut_ptr(), self.nr, 1.0, 0.0, std::ptr::null());
+                for i in 0..rows {
+                    for j in 0..cols {
+                        let dst = c_tile.add(i * s.c_row + j * s.c_col);
+                        let mut v = alpha * tile[i * self.nr + j];
+                        if !bias_tile.is_null() {
+                            v += *bias_tile.add(j);
+                        }
+                        *dst = if beta == 0.0 { v } else { v + beta * *dst };
                     }
-                    *dst = if beta == 0.0 { v } else { v + beta * *dst };
                 }
             }
         }
@@ -82,24 +86,28 @@ impl PackedBlock {
         beta: f32,
         bias: *const f32,
     ) {
-        let (mr, nr, kc) = (tiles.mr, tiles.nr, self.kc);
-        // Loop 2: MR-tall micro-panels of A (one stays in L1 ...
-        for ir in (0..self.rows).step_by(mr) {
-            // Loop 1: ... while the NR-wide micro-panels of B stream from L2).
-            for jr in (0..self.cols).step_by(nr) {
-                let bias_tile = if bias.is_null() { bias } else { bias.add(jr) };
-                tiles.run(
-                    kc,
-                    self.a.add(ir * kc),
-                    self.b.add(jr * kc),
-                    c.add(ir * s.c_row + jr * s.c_col),
-                    s,
-                    alpha,
-                    beta,
-                    bias_tile,
-                    mr.min(self.rows - ir),
-                    nr.min(self.cols - jr),
-                );
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let (mr, nr, kc) = (tiles.mr, tiles.nr, self.kc);
+            // Loop 2: MR-tall micro-panels of A (one stays in L1 ...
+            for ir in (0..self.rows).step_by(mr) {
+                // Loop 1: ... while the NR-wide micro-panels of B stream from L2).
+                for jr in (0..self.cols).step_by(nr) {
+                    let bias_tile = if bias.is_null() { bias } else { bias.add(jr) };
+                    tiles.run(
+                        kc,
+                        self.a.add(ir * kc),
+                        self.b.add(jr * kc),
+                        c.add(ir * s.c_row + jr * s.c_col),
+                        s,
+                        alpha,
+                        beta,
+                        bias_tile,
+                        mr.min(self.rows - ir),
+                        nr.min(self.cols - jr),
+                    );
+                }
             }
         }
     }
@@ -141,20 +149,24 @@ impl UnpackedRows {
         beta: f32,
         bias: *const f32,
     ) {
-        let mr = tiles.mr;
-        for ir in (0..self.rows).step_by(mr) {
-            let rows = mr.min(self.rows - ir);
-            // Ask for the micro-panel after next now: its lines arrive from memory during
-            // this panel's and the next one's arithmetic.
-            let ahead = ir + 2 * mr;
-            if self.cs == 1 && ahead < self.rows {
-                for r in ahead..(ahead + mr).min(self.rows) {
-                    prefetch_span(self.a.wrapping_add(r * self.rs), kc);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let mr = tiles.mr;
+            for ir in (0..self.rows).step_by(mr) {
+                let rows = mr.min(self.rows - ir);
+                // Ask for the micro-panel after next now: its lines arrive from memory during
+                // this panel's and the next one's arithmetic.
+                let ahead = ir + 2 * mr;
+                if self.cs == 1 && ahead < self.rows {
+                    for r in ahead..(ahead + mr).min(self.rows) {
+                        prefetch_span(self.a.wrapping_add(r * self.rs), kc);
+                    }
                 }
+                pack_a(self.isa, rows, kc, mr, self.a.add(ir * self.rs), self.rs, self.cs, scratch);
+                let panel = PackedBlock { kc, rows, cols, a: scratch.as_ptr(), b };
+                panel.multiply(tiles, c.add(ir * s.c_row), s, alpha, beta, bias);
             }
-            pack_a(self.isa, rows, kc, mr, self.a.add(ir * self.rs), self.rs, self.cs, scratch);
-            let panel = PackedBlock { kc, rows, cols, a: scratch.as_ptr(), b };
-            panel.multiply(tiles, c.add(ir * s.c_row), s, alpha, beta, bias);
         }
     }
 }
@@ -175,63 +187,67 @@ pub(super) unsafe fn gemm_serial(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    let (kernel, edge_kernel) = (micro_kernel(isa), edge_micro_kernel(isa));
-    let (mr, nr) = (bl.mr, bl.nr);
-    PACK_A.with(|pa| {
-        PACK_B.with(|pb| {
-            let mut pa = pa.borrow_mut();
-            let mut pb = pb.borrow_mut();
-            let a_need = bl.mc.min(m.div_ceil(mr) * mr) * bl.kc.min(k);
-            let b_need = bl.nc.min(n.div_ceil(nr) * nr) * bl.kc.min(k);
-            pa.grow(a_need);
-            pb.grow(b_need);
-            let tiles = TileKernels { kernel, edge: edge_kernel, mr, nr };
-            // A-resident order: the packed A block lives in L3, the packed B panel in L2, one
-            // MR-tall A micro-panel in L1 while NR-wide B micro-panels stream past it (the
-            // kernel prefetches them). Suits wide register tiles whose B panel would fill L1.
-            // Loop 3: row blocks of A.
-            for ic in (0..m).step_by(bl.mc) {
-                let mc = bl.mc.min(m - ic);
-                // Loop 4: blocks of K; pack A[ic.., pc..] into MR-tall micro-panels.
-                for pc in (0..k).step_by(bl.kc) {
-                    let kc = bl.kc.min(k - pc);
-                    let beta_block = if pc == 0 { beta } else { 1.0 };
-                    let a_block = a.add(ic * s.a_row + pc * s.a_col);
-                    let bias_block = if pc == 0 { bias } else { std::ptr::null() };
-                    if n <= bl.nc && s.a_col == 1 {
-                        // One column panel: each A micro-panel is used once, packed just in time.
-                        // (Only for rows of A contiguous: A given transposed packs fastest
-                        // as a whole block, walking its rows.)
-                        pack_b(isa, kc, n, nr, b.add(pc * s.b_row), s.b_row, s.b_col, &mut pb);
-                        let rows = UnpackedRows { isa, a: a_block, rs: s.a_row, cs: s.a_col, rows: mc };
-                        rows.multiply(
-                            &tiles,
-                            kc,
-                            pb.as_ptr(),
-                            n,
-                            &mut pa,
-                            c.add(ic * s.c_row),
-                            s,
-                            alpha,
-                            beta_block,
-                            bias_block,
-                        );
-                        continue;
-                    }
-                    pack_a(isa, mc, kc, mr, a_block, s.a_row, s.a_col, &mut pa);
-                    // Loop 5: column panels of B; pack B[pc.., jc..] into NR-wide micro-panels.
-                    for jc in (0..n).step_by(bl.nc) {
-                        let nc = bl.nc.min(n - jc);
-                        pack_b(isa, kc, nc, nr, b.add(pc * s.b_row + jc * s.b_col), s.b_row, s.b_col, &mut pb);
-                        let c_block = c.add(ic * s.c_row + jc * s.c_col);
-                        let bias_block = if pc == 0 && !bias.is_null() { bias.add(jc) } else { std::ptr::null() };
-                        let block = PackedBlock { kc, rows: mc, cols: nc, a: pa.as_ptr(), b: pb.as_ptr() };
-                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let (kernel, edge_kernel) = (micro_kernel(isa), edge_micro_kernel(isa));
+        let (mr, nr) = (bl.mr, bl.nr);
+        PACK_A.with(|pa| {
+            PACK_B.with(|pb| {
+                let mut pa = pa.borrow_mut();
+                let mut pb = pb.borrow_mut();
+                let a_need = bl.mc.min(m.div_ceil(mr) * mr) * bl.kc.min(k);
+                let b_need = bl.nc.min(n.div_ceil(nr) * nr) * bl.kc.min(k);
+                pa.grow(a_need);
+                pb.grow(b_need);
+                let tiles = TileKernels { kernel, edge: edge_kernel, mr, nr };
+                // A-resident order: the packed A block lives in L3, the packed B panel in L2, one
+                // MR-tall A micro-panel in L1 while NR-wide B micro-panels stream past it (the
+                // kernel prefetches them). Suits wide register tiles whose B panel would fill L1.
+                // Loop 3: row blocks of A.
+                for ic in (0..m).step_by(bl.mc) {
+                    let mc = bl.mc.min(m - ic);
+                    // Loop 4: blocks of K; pack A[ic.., pc..] into MR-tall micro-panels.
+                    for pc in (0..k).step_by(bl.kc) {
+                        let kc = bl.kc.min(k - pc);
+                        let beta_block = if pc == 0 { beta } else { 1.0 };
+                        let a_block = a.add(ic * s.a_row + pc * s.a_col);
+                        let bias_block = if pc == 0 { bias } else { std::ptr::null() };
+                        if n <= bl.nc && s.a_col == 1 {
+                            // One column panel: each A micro-panel is used once, packed just in time.
+                            // (Only for rows of A contiguous: A given transposed packs fastest
+                            // as a whole block, walking its rows.)
+                            pack_b(isa, kc, n, nr, b.add(pc * s.b_row), s.b_row, s.b_col, &mut pb);
+                            let rows = UnpackedRows { isa, a: a_block, rs: s.a_row, cs: s.a_col, rows: mc };
+                            rows.multiply(
+                                &tiles,
+                                kc,
+                                pb.as_ptr(),
+                                n,
+                                &mut pa,
+                                c.add(ic * s.c_row),
+                                s,
+                                alpha,
+                                beta_block,
+                                bias_block,
+                            );
+                            continue;
+                        }
+                        pack_a(isa, mc, kc, mr, a_block, s.a_row, s.a_col, &mut pa);
+                        // Loop 5: column panels of B; pack B[pc.., jc..] into NR-wide micro-panels.
+                        for jc in (0..n).step_by(bl.nc) {
+                            let nc = bl.nc.min(n - jc);
+                            pack_b(isa, kc, nc, nr, b.add(pc * s.b_row + jc * s.b_col), s.b_row, s.b_col, &mut pb);
+                            let c_block = c.add(ic * s.c_row + jc * s.c_col);
+                            let bias_block = if pc == 0 && !bias.is_null() { bias.add(jc) } else { std::ptr::null() };
+                            let block = PackedBlock { kc, rows: mc, cols: nc, a: pa.as_ptr(), b: pb.as_ptr() };
+                            block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
+                        }
                     }
                 }
-            }
-        })
-    });
+            })
+        });
+    }
 }
 
 /// B (k x n <= 24, row-major, k even) interleaved for the K-pair kernel: k / 2 blocks of 48
@@ -312,11 +328,15 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        debug_assert!(self.can_gather() && k.is_multiple_of(2) && rows <= 8 && cols <= 24);
-        #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_8x24_kpairs(a, k, b, c, rsc, rows, cols);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (a, k, b, c, rsc, rows, cols);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            debug_assert!(self.can_gather() && k.is_multiple_of(2) && rows <= 8 && cols <= 24);
+            #[cfg(target_arch = "x86_64")]
+            x86::kernel_avx512_8x24_kpairs(a, k, b, c, rsc, rows, cols);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (a, k, b, c, rsc, rows, cols);
+        }
     }
 
     /// Whether [`PanelGemm::gather_tile`] runs on this instruction set (AVX-512: the one
@@ -344,11 +364,15 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        debug_assert!(self.can_gather());
-        #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (segments, b_panel, c, rsc, beta, rows, cols);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            debug_assert!(self.can_gather());
+            #[cfg(target_arch = "x86_64")]
+            x86::kernel_avx512_12x32_gather(segments, b_panel, c, rsc, beta, rows, cols);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (segments, b_panel, c, rsc, beta, rows, cols);
+        }
     }
 
     /// C tile (rows x cols, row stride `rsc`) = A x B panel + beta * C, A's rows in
@@ -371,11 +395,15 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        debug_assert!(self.can_gather());
-        #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_12x32_pair_rows(kcb, a, pair_stride, b_panel, c, rsc, beta, rows, cols);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (kcb, a, pair_stride, b_panel, c, rsc, beta, rows, cols);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            debug_assert!(self.can_gather());
+            #[cfg(target_arch = "x86_64")]
+            x86::kernel_avx512_12x32_pair_rows(kcb, a, pair_stride, b_panel, c, rsc, beta, rows, cols);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (kcb, a, pair_stride, b_panel, c, rsc, beta, rows, cols);
+        }
     }
 
     /// C tile (rows x cols, row stride `rsc`) += A x B panel (kcb x NR, packed), A given by
@@ -399,11 +427,15 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        debug_assert!(self.can_gather());
-        #[cfg(target_arch = "x86_64")]
-        x86::kernel_avx512_12x32_columns(columns, offset, b_panel, c, rsc, rows, cols);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (columns, offset, b_panel, c, rsc, rows, cols);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            debug_assert!(self.can_gather());
+            #[cfg(target_arch = "x86_64")]
+            x86::kernel_avx512_12x32_columns(columns, offset, b_panel, c, rsc, rows, cols);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (columns, offset, b_panel, c, rsc, rows, cols);
+        }
     }
 
     /// C tile (rows x cols, row stride `rsc`) = A panel (MR x kcb, packed) x B panel
@@ -423,7 +455,11 @@ impl PanelGemm {
         rows: usize,
         cols: usize,
     ) {
-        let s = GemmStrides { a_row: 0, a_col: 0, b_row: 0, b_col: 0, c_row: rsc, c_col: 1 };
-        self.tiles.run(kcb, a_panel, b_panel, c, s, 1.0, beta, std::ptr::null(), rows, cols);
+        // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+        // offset it reads and writes, and any CPU feature its callees need.
+        unsafe {
+            let s = GemmStrides { a_row: 0, a_col: 0, b_row: 0, b_col: 0, c_row: rsc, c_col: 1 };
+            self.tiles.run(kcb, a_panel, b_panel, c, s, 1.0, beta, std::ptr::null(), rows, cols);
+        }
     }
 }

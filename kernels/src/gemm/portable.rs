@@ -14,23 +14,27 @@ pub(super) unsafe fn kernel_portable_4x8(
     beta: f32,
     bias: *const f32,
 ) {
-    const MR: usize = 4;
-    const NR: usize = 8;
-    let mut acc = [[0.0f32; NR]; MR];
-    for p in 0..kc {
-        let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
-        let ap = std::slice::from_raw_parts(a.add(p * MR), MR);
-        for i in 0..MR {
-            for j in 0..NR {
-                acc[i][j] += ap[i] * bp[j];
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        const MR: usize = 4;
+        const NR: usize = 8;
+        let mut acc = [[0.0f32; NR]; MR];
+        for p in 0..kc {
+            let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
+            let ap = std::slice::from_raw_parts(a.add(p * MR), MR);
+            for i in 0..MR {
+                for j in 0..NR {
+                    acc[i][j] += ap[i] * bp[j];
+                }
             }
         }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            let dst = c.add(i * rsc + j);
-            let v = if bias.is_null() { alpha * v } else { alpha * v + *bias.add(j) };
-            *dst = if beta == 0.0 { v } else { v + beta * *dst };
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let dst = c.add(i * rsc + j);
+                let v = if bias.is_null() { alpha * v } else { alpha * v + *bias.add(j) };
+                *dst = if beta == 0.0 { v } else { v + beta * *dst };
+            }
         }
     }
 }
@@ -50,43 +54,47 @@ pub(super) unsafe fn gemv_path(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    let (rows, mat, m_rs, m_cs, x, x_s, y, y_s) = if n == 1 {
-        (m, a, s.a_row, s.a_col, b, s.b_row, c, s.c_row)
-    } else {
-        (n, b, s.b_col, s.b_row, a, s.a_col, c, s.c_col)
-    };
-    let xv: Vec<f32> = (0..k).map(|p| *x.add(p * x_s)).collect();
-    let store = |i: usize, v: f32| {
-        let dst = y.add(i * y_s);
-        // output i lies in column 0 (N = 1) or column i (M = 1)
-        let v = match (bias.is_null(), n == 1) {
-            (true, _) => alpha * v,
-            (false, true) => alpha * v + *bias,
-            (false, false) => alpha * v + *bias.add(i),
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let (rows, mat, m_rs, m_cs, x, x_s, y, y_s) = if n == 1 {
+            (m, a, s.a_row, s.a_col, b, s.b_row, c, s.c_row)
+        } else {
+            (n, b, s.b_col, s.b_row, a, s.a_col, c, s.c_col)
         };
-        *dst = if beta == 0.0 { v } else { v + beta * *dst };
-    };
-    if m_cs == 1 {
-        // dot form: each output is a contiguous matrix row dotted with x
-        for i in 0..rows {
-            let row = std::slice::from_raw_parts(mat.add(i * m_rs), k);
-            store(i, crate::reduce::dot(row, &xv));
-        }
-    } else {
-        // axpy form: accumulate x[p] times column p of the matrix
-        let mut acc = vec![0.0f32; rows];
-        for (p, &xp) in xv.iter().enumerate() {
-            if m_rs == 1 {
-                let col = std::slice::from_raw_parts(mat.add(p * m_cs), rows);
-                crate::reduce::axpy(xp, col, &mut acc);
-            } else {
-                for (i, slot) in acc.iter_mut().enumerate() {
-                    *slot += xp * *mat.add(i * m_rs + p * m_cs);
+        let xv: Vec<f32> = (0..k).map(|p| *x.add(p * x_s)).collect();
+        let store = |i: usize, v: f32| {
+            let dst = y.add(i * y_s);
+            // output i lies in column 0 (N = 1) or column i (M = 1)
+            let v = match (bias.is_null(), n == 1) {
+                (true, _) => alpha * v,
+                (false, true) => alpha * v + *bias,
+                (false, false) => alpha * v + *bias.add(i),
+            };
+            *dst = if beta == 0.0 { v } else { v + beta * *dst };
+        };
+        if m_cs == 1 {
+            // dot form: each output is a contiguous matrix row dotted with x
+            for i in 0..rows {
+                let row = std::slice::from_raw_parts(mat.add(i * m_rs), k);
+                store(i, crate::reduce::dot(row, &xv));
+            }
+        } else {
+            // axpy form: accumulate x[p] times column p of the matrix
+            let mut acc = vec![0.0f32; rows];
+            for (p, &xp) in xv.iter().enumerate() {
+                if m_rs == 1 {
+                    let col = std::slice::from_raw_parts(mat.add(p * m_cs), rows);
+                    crate::reduce::axpy(xp, col, &mut acc);
+                } else {
+                    for (i, slot) in acc.iter_mut().enumerate() {
+                        *slot += xp * *mat.add(i * m_rs + p * m_cs);
+                    }
                 }
             }
-        }
-        for (i, v) in acc.into_iter().enumerate() {
-            store(i, v);
+            for (i, v) in acc.into_iter().enumerate() {
+                store(i, v);
+            }
         }
     }
 }

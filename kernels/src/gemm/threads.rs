@@ -43,48 +43,55 @@ pub(super) unsafe fn multiply_rows_packed_b(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
-    let padded_n = n.div_ceil(nr) * nr;
-    let pb = SharedPtr(packed_b as *mut f32);
-    // Row chunks: about four per thread, whole micro-panels, at most one cache block tall.
-    let chunk = m.div_ceil(4 * threads).next_multiple_of(mr).min(bl.mc);
-    let (ap, cp, biasp) = (SharedPtr(a as *mut f32), SharedPtr(c), SharedPtr(bias as *mut f32));
-    let tiles = TileKernels::new(isa, bl);
-    parallel::install_with(threads, || {
-        for_each_chunk_block(kc, m.div_ceil(chunk), k, |q, pc| {
-            let kcb = kc.min(k - pc);
-            let beta_block = if pc == 0 { beta } else { 1.0 };
-            let (ap, cp, biasp, pb) = (ap, cp, biasp, pb);
-            let (i0, rows) = (q * chunk, chunk.min(m - q * chunk));
-            PACK_A.with(|pa| {
-                let mut pa = pa.borrow_mut();
-                let need = rows.div_ceil(mr) * mr * kcb;
-                pa.grow(need);
-                let a_block = ap.0.add(i0 * s.a_row + pc * s.a_col) as *const f32;
-                if n <= bl.nc && s.a_col == 1 {
-                    // One column panel: A packed one micro-panel at a time (UnpackedRows).
-                    let bias_block = if pc == 0 { biasp.0 as *const f32 } else { std::ptr::null() };
-                    let unpacked = UnpackedRows { isa, a: a_block, rs: s.a_row, cs: s.a_col, rows };
-                    let b_block = pb.0.add(pc * padded_n);
-                    let c_block = cp.0.add(i0 * s.c_row);
-                    unpacked.multiply(&tiles, kcb, b_block, n, &mut pa, c_block, s, alpha, beta_block, bias_block);
-                    return;
-                }
-                // Pack this chunk's rows of A for block pc.
-                pack_a(isa, rows, kcb, mr, a_block, s.a_row, s.a_col, &mut pa);
-                // Loop 5: column panels of the shared B (nc wide, L2-sized).
-                for jc in (0..n).step_by(bl.nc) {
-                    // SAFETY: rows i0.. of C belong to this chunk alone.
-                    let c_block = cp.0.add(i0 * s.c_row + jc * s.c_col);
-                    let bias_block =
-                        if pc == 0 && !biasp.0.is_null() { biasp.0.add(jc) as *const f32 } else { std::ptr::null() };
-                    let b_block = pb.0.add(pc * padded_n + jc * kcb);
-                    let block = PackedBlock { kc: kcb, rows, cols: bl.nc.min(n - jc), a: pa.as_ptr(), b: b_block };
-                    block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
-                }
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
+        let padded_n = n.div_ceil(nr) * nr;
+        let pb = SharedPtr(packed_b as *mut f32);
+        // Row chunks: about four per thread, whole micro-panels, at most one cache block tall.
+        let chunk = m.div_ceil(4 * threads).next_multiple_of(mr).min(bl.mc);
+        let (ap, cp, biasp) = (SharedPtr(a as *mut f32), SharedPtr(c), SharedPtr(bias as *mut f32));
+        let tiles = TileKernels::new(isa, bl);
+        parallel::install_with(threads, || {
+            for_each_chunk_block(kc, m.div_ceil(chunk), k, |q, pc| {
+                let kcb = kc.min(k - pc);
+                let beta_block = if pc == 0 { beta } else { 1.0 };
+                let (ap, cp, biasp, pb) = (ap, cp, biasp, pb);
+                let (i0, rows) = (q * chunk, chunk.min(m - q * chunk));
+                PACK_A.with(|pa| {
+                    let mut pa = pa.borrow_mut();
+                    let need = rows.div_ceil(mr) * mr * kcb;
+                    pa.grow(need);
+                    let a_block = ap.0.add(i0 * s.a_row + pc * s.a_col) as *const f32;
+                    if n <= bl.nc && s.a_col == 1 {
+                        // One column panel: A packed one micro-panel at a time (UnpackedRows).
+                        let bias_block = if pc == 0 { biasp.0 as *const f32 } else { std::ptr::null() };
+                        let unpacked = UnpackedRows { isa, a: a_block, rs: s.a_row, cs: s.a_col, rows };
+                        let b_block = pb.0.add(pc * padded_n);
+                        let c_block = cp.0.add(i0 * s.c_row);
+                        unpacked.multiply(&tiles, kcb, b_block, n, &mut pa, c_block, s, alpha, beta_block, bias_block);
+                        return;
+                    }
+                    // Pack this chunk's rows of A for block pc.
+                    pack_a(isa, rows, kcb, mr, a_block, s.a_row, s.a_col, &mut pa);
+                    // Loop 5: column panels of the shared B (nc wide, L2-sized).
+                    for jc in (0..n).step_by(bl.nc) {
+                        // SAFETY: rows i0.. of C belong to this chunk alone.
+                        let c_block = cp.0.add(i0 * s.c_row + jc * s.c_col);
+                        let bias_block = if pc == 0 && !biasp.0.is_null() {
+                            biasp.0.add(jc) as *const f32
+                        } else {
+                            std::ptr::null()
+                        };
+                        let b_block = pb.0.add(pc * padded_n + jc * kcb);
+                        let block = PackedBlock { kc: kcb, rows, cols: bl.nc.min(n - jc), a: pa.as_ptr(), b: b_block };
+                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
+                    }
+                });
             });
         });
-    });
+    }
 }
 
 /// The threaded loop of [`multiply_rows_packed_b`] and [`gemm_parallel_cols`]: `body(q, pc)` for
@@ -109,11 +116,15 @@ pub(super) fn for_each_chunk_block(kc: usize, chunks: usize, k: usize, body: imp
 }
 
 pub(super) unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, s: GemmStrides, bias: *const f32) {
-    for i in 0..m {
-        for j in 0..n {
-            let p = c.add(i * s.c_row + j * s.c_col);
-            let add = if bias.is_null() { 0.0 } else { *bias.add(j) };
-            *p = if beta == 0.0 { add } else { beta * *p + add };
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        for i in 0..m {
+            for j in 0..n {
+                let p = c.add(i * s.c_row + j * s.c_col);
+                let add = if bias.is_null() { 0.0 } else { *bias.add(j) };
+                *p = if beta == 0.0 { add } else { beta * *p + add };
+            }
         }
     }
 }
@@ -190,47 +201,51 @@ pub(super) unsafe fn gemm_parallel_cols(
     s: GemmStrides,
     bias: *const f32,
 ) {
-    let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
-    let padded_m = m.div_ceil(mr) * mr;
-    // Packed A, (K, padded M): block pc starts at pc * padded_m; its micro-panel at row ir
-    // starts kcb * ir further on and holds [kcb][MR]. Packed in runs of up to 16
-    // micro-panels, so that a transposed A is still read in long runs (see pack_a).
-    let ap = SharedPtr(a as *mut f32);
-    let mut packed_a = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    pack_shared(k, kc, m, mr, 16, &mut packed_a, |pc, kcb, ir, rows, out| {
-        // SAFETY: the caller's A holds rows ir.. and columns pc.. (strides of `s`)
-        unsafe { pack_a(isa, rows, kcb, mr, ap.get().add(ir * s.a_row + pc * s.a_col), s.a_row, s.a_col, out) }
-    });
-    let pa = SharedPtr(packed_a.as_mut_ptr());
-    // Column chunks: about four per thread, whole NR-wide panels, at most nc wide.
-    let chunk = n.div_ceil(4 * threads).next_multiple_of(nr).min(bl.nc);
-    let (bp, cp, biasp) = (SharedPtr(b as *mut f32), SharedPtr(c), SharedPtr(bias as *mut f32));
-    let tiles = TileKernels::new(isa, bl);
-    parallel::install(|| {
-        for_each_chunk_block(kc, n.div_ceil(chunk), k, |q, pc| {
-            let kcb = kc.min(k - pc);
-            let beta_block = if pc == 0 { beta } else { 1.0 };
-            let (bp, cp, biasp, pa) = (bp, cp, biasp, pa);
-            let (j0, cols) = (q * chunk, chunk.min(n - q * chunk));
-            PACK_B.with(|pb| {
-                let mut pb = pb.borrow_mut();
-                let need = cols.div_ceil(nr) * nr * kcb;
-                pb.grow(need);
-                pack_b(isa, kcb, cols, nr, bp.0.add(pc * s.b_row + j0 * s.b_col), s.b_row, s.b_col, &mut pb);
-                let bias_block =
-                    if pc == 0 && !biasp.0.is_null() { biasp.0.add(j0) as *const f32 } else { std::ptr::null() };
-                // Loop 3: row blocks of the shared A.
-                for ic in (0..m).step_by(bl.mc) {
-                    // SAFETY: columns j0.. of C belong to this chunk alone.
-                    let c_block = cp.0.add(ic * s.c_row + j0 * s.c_col);
-                    let a_block = pa.0.add(pc * padded_m + ic * kcb);
-                    let block = PackedBlock { kc: kcb, rows: bl.mc.min(m - ic), cols, a: a_block, b: pb.as_ptr() };
-                    block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
-                }
+    // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
+    // offset it reads and writes, and any CPU feature its callees need.
+    unsafe {
+        let (mr, nr, kc) = (bl.mr, bl.nr, bl.kc);
+        let padded_m = m.div_ceil(mr) * mr;
+        // Packed A, (K, padded M): block pc starts at pc * padded_m; its micro-panel at row ir
+        // starts kcb * ir further on and holds [kcb][MR]. Packed in runs of up to 16
+        // micro-panels, so that a transposed A is still read in long runs (see pack_a).
+        let ap = SharedPtr(a as *mut f32);
+        let mut packed_a = SHARED_PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        pack_shared(k, kc, m, mr, 16, &mut packed_a, |pc, kcb, ir, rows, out| {
+            // (inside the enclosing unsafe block) the caller's A holds rows ir.. and columns pc..
+            pack_a(isa, rows, kcb, mr, ap.get().add(ir * s.a_row + pc * s.a_col), s.a_row, s.a_col, out)
+        });
+        let pa = SharedPtr(packed_a.as_mut_ptr());
+        // Column chunks: about four per thread, whole NR-wide panels, at most nc wide.
+        let chunk = n.div_ceil(4 * threads).next_multiple_of(nr).min(bl.nc);
+        let (bp, cp, biasp) = (SharedPtr(b as *mut f32), SharedPtr(c), SharedPtr(bias as *mut f32));
+        let tiles = TileKernels::new(isa, bl);
+        parallel::install(|| {
+            for_each_chunk_block(kc, n.div_ceil(chunk), k, |q, pc| {
+                let kcb = kc.min(k - pc);
+                let beta_block = if pc == 0 { beta } else { 1.0 };
+                let (bp, cp, biasp, pa) = (bp, cp, biasp, pa);
+                let (j0, cols) = (q * chunk, chunk.min(n - q * chunk));
+                PACK_B.with(|pb| {
+                    let mut pb = pb.borrow_mut();
+                    let need = cols.div_ceil(nr) * nr * kcb;
+                    pb.grow(need);
+                    pack_b(isa, kcb, cols, nr, bp.0.add(pc * s.b_row + j0 * s.b_col), s.b_row, s.b_col, &mut pb);
+                    let bias_block =
+                        if pc == 0 && !biasp.0.is_null() { biasp.0.add(j0) as *const f32 } else { std::ptr::null() };
+                    // Loop 3: row blocks of the shared A.
+                    for ic in (0..m).step_by(bl.mc) {
+                        // SAFETY: columns j0.. of C belong to this chunk alone.
+                        let c_block = cp.0.add(ic * s.c_row + j0 * s.c_col);
+                        let a_block = pa.0.add(pc * padded_m + ic * kcb);
+                        let block = PackedBlock { kc: kcb, rows: bl.mc.min(m - ic), cols, a: a_block, b: pb.as_ptr() };
+                        block.multiply(&tiles, c_block, s, alpha, beta_block, bias_block);
+                    }
+                });
             });
         });
-    });
-    return_shared(packed_a);
+        return_shared(packed_a);
+    }
 }
 
 thread_local! {
