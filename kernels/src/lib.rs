@@ -33,6 +33,7 @@ pub mod softmax;
 #[cfg(test)]
 mod test_data;
 pub mod timing;
+pub mod topk;
 pub mod vec;
 pub mod vmath;
 
