@@ -595,7 +595,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 // Evaluation, embedding index and search
 // ---------------------------------------------------------------------------------------------
 
-fn open_model(checkpoint: &Path, device: Device) -> Result<crate::eval::LoadedModel> {
+pub(crate) fn open_model(checkpoint: &Path, device: Device) -> Result<crate::eval::LoadedModel> {
     let lm = crate::eval::LoadedModel::open(checkpoint)?;
     lm.model.to_device(device)?;
     Ok(lm)
@@ -714,23 +714,74 @@ pub fn eval_arithmetic(
     Ok(())
 }
 
-/// `align embed`
-pub fn embed(checkpoint: &Path, images: &Path, out: &Path, device: Device) -> Result<()> {
+/// What `align embed` writes besides the index.
+#[derive(Clone, Debug, Default)]
+pub struct EmbedOptions {
+    /// How the index stores its rows.
+    pub dtype: crate::index::IndexDtype,
+    /// Also write the rows as a NumPy float32 (n, dim) file.
+    pub export_npy: Option<std::path::PathBuf>,
+    /// No progress line on stderr.
+    pub quiet: bool,
+}
+
+/// `align embed`: embeds a folder's or a manifest's images into a search index, a batch at a
+/// time, showing progress; an interrupted run of the same command continues where it stopped.
+pub fn embed(checkpoint: &Path, images: &Path, out: &Path, options: &EmbedOptions, device: Device) -> Result<()> {
+    use crate::index::{EmbeddingIndex, IndexBuilder};
     let lm = open_model(checkpoint, device)?;
     let files = crate::eval::list_images(images)?;
     if files.is_empty() {
         return Err(AlignError::data(images, "no images found"));
     }
-    let index = crate::eval::EmbeddingIndex::build(&lm, &files)?;
+    // a manifest's first caption of each image goes into the index (the server shows it)
+    let captions: Option<std::collections::HashMap<std::path::PathBuf, String>> = (!images.is_dir())
+        .then(|| crate::data::read_manifest(images).map(|(records, _)| records.into_iter().rev().map(|r| (r.3, r.2)).collect()))
+        .transpose()?;
+    let (mut builder, done) = IndexBuilder::open(out, &lm.checkpoint, &files, lm.dim())?;
+    if done > 0 {
+        eprintln!("resuming: {done} of {} images already embedded", files.len());
+    }
+    const BATCH: usize = 256;
+    let started = std::time::Instant::now();
+    for start in (done..files.len()).step_by(BATCH) {
+        let end = (start + BATCH).min(files.len());
+        let (embeddings, kept) = lm.embed_files(&files[start..end])?;
+        let kept: Vec<usize> = kept.iter().map(|&i| start + i).collect();
+        builder.append(end - start, &embeddings, &kept)?;
+        if !options.quiet {
+            let rate = (end - done) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (files.len() - end) as f64 / rate.max(1e-9);
+            eprint!("\rembedded {end}/{} images ({rate:.1}/s, ETA {eta:.0} s)   ", files.len());
+        }
+    }
+    if !options.quiet && done < files.len() {
+        eprintln!();
+    }
+    let (rows, kept) = builder.rows()?;
+    let paths: Vec<std::path::PathBuf> = kept.iter().map(|&i| files[i].clone()).collect();
+    let mut index = EmbeddingIndex::from_embeddings(rows, lm.dim(), paths, lm.checkpoint.clone())?;
+    if let Some(map) = &captions {
+        index.captions = Some(index.paths.iter().map(|p| map.get(p).cloned().unwrap_or_default()).collect());
+    }
+    let index = index.into_dtype(options.dtype);
     index.save(out)?;
-    let bad = files.len() - index.paths.len();
+    if let Some(npy) = &options.export_npy {
+        index.export_npy(npy)?;
+    }
+    builder.clean();
+    let bad = files.len() - index.len();
     println!(
-        "{} images embedded ({}-d) into {}{}",
-        index.paths.len(),
+        "{} images embedded ({}-d, {}) into {}{}",
+        index.len(),
         index.dim,
+        index.dtype(),
         out.display(),
         if bad > 0 { format!("; {bad} could not be decoded and were skipped") } else { String::new() }
     );
+    if let Some(npy) = &options.export_npy {
+        println!("rows also written to {} (NumPy float32, {} x {})", npy.display(), index.len(), index.dim);
+    }
     Ok(())
 }
 

@@ -625,18 +625,10 @@ pub fn image_batch_at(
         .par_iter()
         .enumerate()
         .map(|(k, p)| {
-            // the size the shorter side is resized to, keeping the aspect ratio
-            let target = |w: u32, h: u32| -> (u32, u32) {
-                if w <= h {
-                    (resize, ((h as u64 * resize as u64 / w as u64) as u32).max(resize))
-                } else {
-                    (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize)
-                }
-            };
             let img = if p.file.is_none() && p.member.is_none() {
                 // built-in scenes are drawn straight at the resized size (resizing is then a no-op)
                 let scene = Scene::generate(seed, p.index);
-                let (tw, th) = target(scene.width.max(1), scene.height.max(1));
+                let (tw, th) = shorter_side_to(scene.width.max(1), scene.height.max(1), resize);
                 if tw < scene.width {
                     scene.render_at(tw, th)
                 } else {
@@ -646,38 +638,65 @@ pub fn image_batch_at(
                 decode_pair(seed, p)?
             };
             let mut rng = Rng::new(rng_seed.wrapping_add((first + k) as u64 * 7919));
-            let (w, h) = img.dimensions();
-            if w == 0 || h == 0 {
-                return None;
-            }
-            let (nw, nh) = target(w, h);
-            let small = if (w, h) == (nw, nh) {
-                img
-            } else {
-                crate::resample::resize(&img, nw, nh, crate::resample::Filter::Bilinear)
-            };
-            let r = res as u32;
-            let (x0, y0) = if train {
-                (rng.below((nw - r + 1) as usize) as u32, rng.below((nh - r + 1) as usize) as u32)
-            } else {
-                ((nw - r) / 2, (nh - r) / 2)
-            };
-            let flip = train && rng.below(2) == 0 && !p.text.contains("left") && !p.text.contains("right");
-            let mut out = Vec::with_capacity(res * res * 3);
-            for y in 0..r {
-                for x in 0..r {
-                    let sx = if flip { x0 + r - 1 - x } else { x0 + x };
-                    let px = small.get_pixel(sx, y0 + y);
-                    out.extend(px.0.iter().map(|&v| v as f32 / 127.5 - 1.0));
-                }
-            }
-            Some(out)
+            let flip_allowed = !p.text.contains("left") && !p.text.contains("right");
+            crop_pixels(&img, resize, res, train.then_some(&mut rng), flip_allowed)
         })
         .collect();
     let kept: Vec<usize> = per.iter().enumerate().filter(|(_, v)| v.is_some()).map(|(i, _)| i).collect();
     let corrupt = pairs.len() - kept.len();
     let data: Vec<f32> = per.into_iter().flatten().flatten().collect();
     Ok((Tensor::from_vec(data, &[kept.len(), res, res, 3])?, kept, corrupt))
+}
+
+/// The size (w, h) is resized to so that its shorter side is `resize`, keeping the aspect ratio.
+fn shorter_side_to(w: u32, h: u32, resize: u32) -> (u32, u32) {
+    if w <= h {
+        (resize, ((h as u64 * resize as u64 / w as u64) as u32).max(resize))
+    } else {
+        (((w as u64 * resize as u64 / h as u64) as u32).max(resize), resize)
+    }
+}
+
+/// One image as the model's input pixels, (res, res, 3) in [-1, 1]: resized so that its
+/// shorter side is `resize` (aspect kept), then cropped to res x res: at random and flipped half
+/// the time when `train_rng` is given (never when `flip_allowed` is false), else the centre crop.
+/// None for an empty image.
+fn crop_pixels(img: &image::RgbImage, resize: u32, res: usize, train_rng: Option<&mut Rng>, flip_allowed: bool) -> Option<Vec<f32>> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let (nw, nh) = shorter_side_to(w, h, resize);
+    let resized;
+    let small = if (w, h) == (nw, nh) {
+        img
+    } else {
+        resized = crate::resample::resize(img, nw, nh, crate::resample::Filter::Bilinear);
+        &resized
+    };
+    let r = res as u32;
+    let (x0, y0, flip) = match train_rng {
+        Some(rng) => {
+            let (x0, y0) = (rng.below((nw - r + 1) as usize) as u32, rng.below((nh - r + 1) as usize) as u32);
+            (x0, y0, rng.below(2) == 0 && flip_allowed)
+        }
+        None => ((nw - r) / 2, (nh - r) / 2, false),
+    };
+    let mut out = Vec::with_capacity(res * res * 3);
+    for y in 0..r {
+        for x in 0..r {
+            let sx = if flip { x0 + r - 1 - x } else { x0 + x };
+            let px = small.get_pixel(sx, y0 + y);
+            out.extend(px.0.iter().map(|&v| v as f32 / 127.5 - 1.0));
+        }
+    }
+    Some(out)
+}
+
+/// A decoded image as evaluation input (the centre crop of [`image_batch_checked`]):
+/// (res, res, 3) values in [-1, 1], or None for an empty image.
+pub fn eval_pixels(img: &image::RgbImage, res: usize) -> Option<Vec<f32>> {
+    crop_pixels(img, (res * 346).div_ceil(289) as u32, res, None, false)
 }
 
 /// [`image_batch_checked`] for sources that always decode (the built-in corpus).

@@ -8,7 +8,7 @@
 //! configuration and vocabulary, or a Hugging Face AlignModel directory (`kakaobrain/align-base`)
 //! with its tokenizer and image processor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use autograd::no_grad;
@@ -81,6 +81,31 @@ impl Embedder<'_> {
             Ok(())
         })?;
         Ok((emb, kept))
+    }
+
+    /// L2-normalised embeddings of decoded images (the same preprocessing as
+    /// [`Embedder::embed_pairs`]), (images.len(), dim). Empty images are an error.
+    pub fn embed_images(&self, images: &[image::RgbImage]) -> Result<Vec<f32>> {
+        let mut pixels = Vec::new();
+        let mut shape = None;
+        for img in images {
+            let t = match self.processor {
+                Some(processor) => processor.preprocess(img)?,
+                None => {
+                    let res = self.config.resolution;
+                    let data = crate::data::eval_pixels(img, res)
+                        .ok_or_else(|| AlignError::config("image", "the image is empty"))?;
+                    Tensor::from_vec(data, &[res, res, 3])?
+                }
+            };
+            if *shape.get_or_insert_with(|| t.shape().to_vec()) != t.shape() {
+                return Err(AlignError::config("image processor", "gives images of different sizes"));
+            }
+            pixels.extend(t.to_vec());
+        }
+        let Some(shape) = shape else { return Ok(vec![]) };
+        let batch = Tensor::from_vec(pixels, &[images.len(), shape[0], shape[1], shape[2]])?;
+        no_grad(|| Ok(self.model.embed_images(&batch, &mut Ctx::eval())?.value().to_vec()))
     }
 
     /// Retrieval over pairs whose captions each describe their own image. Pairs whose image
@@ -473,14 +498,7 @@ pub fn eval_knn(lm: &LoadedModel, train: &Path, test: &Path, k: usize) -> Result
 // Embedding index and search
 // ---------------------------------------------------------------------------------------------
 
-/// An embedding index: unit image embeddings (n, dim) and the image each row came from.
-pub struct EmbeddingIndex {
-    pub embeddings: Vec<f32>,
-    pub dim: usize,
-    pub paths: Vec<PathBuf>,
-    /// The checkpoint that made it (search embeds queries with the same model).
-    pub checkpoint: PathBuf,
-}
+pub use crate::index::EmbeddingIndex;
 
 /// Image files of a folder (jpg / jpeg / png, recursively, sorted) or of a manifest.
 pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
@@ -511,57 +529,6 @@ pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-impl EmbeddingIndex {
-    pub fn build(lm: &LoadedModel, files: &[PathBuf]) -> Result<EmbeddingIndex> {
-        let (embeddings, kept) = lm.embed_files(files)?;
-        Ok(EmbeddingIndex {
-            embeddings,
-            dim: lm.dim(),
-            paths: kept.iter().map(|&i| files[i].clone()).collect(),
-            checkpoint: lm.checkpoint.clone(),
-        })
-    }
-
-    /// Writes the index as safetensors: tensor `embeddings`, metadata `paths` (JSON) and
-    /// `checkpoint`; written atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let t = Tensor::from_vec(self.embeddings.clone(), &[self.paths.len(), self.dim])?;
-        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let paths: Vec<String> = self.paths.iter().map(|p| abs(p).display().to_string()).collect();
-        let meta = BTreeMap::from([
-            ("paths".to_string(), serde_json::to_string(&paths).expect("json")),
-            ("checkpoint".to_string(), abs(&self.checkpoint).display().to_string()),
-        ]);
-        Ok(tensor::io::safetensors::save_f32(path, &[("embeddings", &t)], &meta)?)
-    }
-
-    pub fn load(path: &Path) -> Result<EmbeddingIndex> {
-        let st = tensor::io::safetensors::SafeTensors::open(path)?;
-        let bad = |msg: &str| AlignError::data(path, msg);
-        let t = st.tensor("embeddings")?;
-        let paths: Vec<String> = st
-            .metadata()
-            .get("paths")
-            .and_then(|p| serde_json::from_str(p).ok())
-            .ok_or_else(|| bad("no 'paths' metadata"))?;
-        if t.rank() != 2 || t.shape()[0] != paths.len() {
-            return Err(bad("embeddings must be (paths, dim)"));
-        }
-        Ok(EmbeddingIndex {
-            dim: t.shape()[1],
-            embeddings: t.to_vec(),
-            paths: paths.into_iter().map(PathBuf::from).collect(),
-            checkpoint: st.metadata().get("checkpoint").map(PathBuf::from).unwrap_or_default(),
-        })
-    }
-
-    /// The `k` best rows for a unit query vector: (row, score), best first.
-    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        let scores = similarity(query, &self.embeddings, self.dim)?;
-        Ok(top_k(&scores, k).into_iter().map(|i| (i, scores[i])).collect())
-    }
-}
-
 /// A search query: text, or an image plus and minus texts (Figure 5 of the paper).
 pub enum Query<'a> {
     Text(&'a str),
@@ -570,31 +537,48 @@ pub enum Query<'a> {
 
 /// The unit query vector: a text embedding, or normalise(image + sum(plus) - sum(minus)).
 pub fn query_vector(lm: &LoadedModel, q: &Query) -> Result<Vec<f32>> {
-    let mut v = match q {
-        Query::Text(t) => lm.embed_texts(&[t])?,
+    match q {
+        Query::Text(t) => compose_query(lm, &QueryParts { text: Some(t), ..QueryParts::default() }),
         Query::Image { path, plus, minus } => {
-            let (mut v, kept) = lm.embed_files(&[path.to_path_buf()])?;
-            if kept.is_empty() {
-                return Err(AlignError::data(path, "the image could not be decoded"));
-            }
-            add_texts(lm, &mut v, plus, 1.0)?;
-            add_texts(lm, &mut v, minus, -1.0)?;
-            v
+            let image = crate::images::load_rgb(path)
+                .map_err(|e| AlignError::data(path, format!("the image could not be decoded: {e}")))?;
+            compose_query(lm, &QueryParts { image: Some(&image), plus, minus, ..QueryParts::default() })
         }
-    };
-    normalise(&mut v);
-    Ok(v)
+    }
 }
 
-fn add_texts(lm: &LoadedModel, v: &mut [f32], texts: &[String], sign: f32) -> Result<()> {
-    if texts.is_empty() {
-        return Ok(());
+/// The parts of a composed query: any of a text and an image, plus and minus texts.
+#[derive(Default)]
+pub struct QueryParts<'a> {
+    pub text: Option<&'a str>,
+    pub image: Option<&'a image::RgbImage>,
+    pub plus: &'a [String],
+    pub minus: &'a [String],
+}
+
+/// normalise(image + text + sum(plus) - sum(minus)) over the parts given. All texts of one
+/// query go through the text tower as one batch, so a query's vector does not depend on what
+/// other queries run beside it.
+pub fn compose_query(lm: &LoadedModel, parts: &QueryParts) -> Result<Vec<f32>> {
+    if parts.text.is_none() && parts.image.is_none() {
+        return Err(AlignError::config("query", "give a text, an image, or both"));
     }
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    for e in lm.embed_texts(&refs)?.chunks_exact(v.len()) {
-        v.iter_mut().zip(e).for_each(|(a, &b)| *a += sign * b);
+    let dim = lm.dim();
+    let mut v = vec![0.0f32; dim];
+    if let Some(img) = parts.image {
+        v.iter_mut().zip(lm.embedder().embed_images(std::slice::from_ref(img))?).for_each(|(a, b)| *a += b);
     }
-    Ok(())
+    let texts: Vec<&str> = parts.text.into_iter().chain(parts.plus.iter().map(String::as_str)).chain(parts.minus.iter().map(String::as_str)).collect();
+    if !texts.is_empty() {
+        let emb = lm.embed_texts(&texts)?;
+        let positive = texts.len() - parts.minus.len();
+        for (k, e) in emb.chunks_exact(dim).enumerate() {
+            let sign = if k < positive { 1.0 } else { -1.0 };
+            v.iter_mut().zip(e).for_each(|(a, &b)| *a += sign * b);
+        }
+    }
+    normalise(&mut v);
+    Ok(v)
 }
 
 /// A thumbnail as a `data:` URI (PNG, longer side `size`), so pages need no other files.

@@ -110,6 +110,45 @@ enum Command {
         images: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// How the index stores its rows: f32, or bf16 (half the bytes and search time)
+        #[arg(long, default_value = "f32")]
+        dtype: align::index::IndexDtype,
+        /// Also write the rows as a NumPy float32 (n, dim) .npy file (for FAISS and friends)
+        #[arg(long)]
+        export_npy: Option<PathBuf>,
+        /// No progress line
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        device: align::cli::DeviceArgs,
+    },
+    /// A search server and its web page over an index (model and index loaded once).
+    Serve {
+        /// Model to embed queries with: a run or a Hugging Face AlignModel directory
+        /// (default: the model recorded in the index)
+        #[arg(long, visible_alias = "model")]
+        checkpoint: Option<PathBuf>,
+        /// Index written by `align embed`
+        #[arg(long)]
+        index: PathBuf,
+        /// Address to bind (loopback only unless you open it up, e.g. 0.0.0.0)
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0: any free one; the "listening on" line says which)
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Largest request body in bytes
+        #[arg(long, default_value_t = 10 << 20)]
+        body_limit: usize,
+        /// Seconds a search may take before a 504
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Searches that may wait for the engine; more get 503 with Retry-After
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+        /// Most queries answered by one pass over the index
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
         #[command(flatten)]
         device: align::cli::DeviceArgs,
     },
@@ -262,8 +301,21 @@ fn main() -> ExitCode {
                 align::cli::eval_arithmetic(&checkpoint, gallery, queries, k, json, device)
             }
         }),
-        Command::Embed { checkpoint, images, out, device } => {
-            device.resolve().and_then(|device| align::cli::embed(&checkpoint, &images, &out, device))
+        Command::Embed { checkpoint, images, out, dtype, export_npy, quiet, device } => {
+            let options = align::cli::EmbedOptions { dtype, export_npy, quiet };
+            device.resolve().and_then(|device| align::cli::embed(&checkpoint, &images, &out, &options, device))
+        }
+        Command::Serve { checkpoint, index, host, port, body_limit, timeout, queue, max_batch, device } => {
+            let options = align::serve::ServeOptions {
+                host,
+                port,
+                body_limit,
+                timeout: std::time::Duration::from_secs_f64(timeout.clamp(0.001, 1e6)),
+                queue,
+                max_batch,
+                ..Default::default()
+            };
+            device.resolve().and_then(|device| align::serve::serve(checkpoint.as_deref(), &index, &options, device))
         }
         Command::Search { index, checkpoint, text, image, plus, minus, top, html, device } => {
             device.resolve().and_then(|device| {

@@ -215,7 +215,7 @@ fn embed_search_eval_and_report_take_an_align_model_directory() {
         ],
         "",
     );
-    assert!(out.contains("3 images embedded (80-d)"), "{out}");
+    assert!(out.contains("3 images embedded (80-d, f32)"), "{out}");
     // the index remembers the model: search needs no --model
     let out = align_with_input(&["search", "--index", index.to_str().unwrap(), "--text", "a photo of a cat"], "");
     let hits: Vec<(f32, String)> = out
