@@ -75,7 +75,10 @@ impl EmbeddingIndex {
     /// An in-memory index of f32 rows (`embeddings`: (paths.len(), dim)).
     pub fn from_embeddings(embeddings: Vec<f32>, dim: usize, paths: Vec<PathBuf>, checkpoint: PathBuf) -> Result<Self> {
         if dim == 0 || embeddings.len() != paths.len() * dim {
-            return Err(AlignError::config("index", format!("{} values are not {} rows of {dim}", embeddings.len(), paths.len())));
+            return Err(AlignError::config(
+                "index",
+                format!("{} values are not {} rows of {dim}", embeddings.len(), paths.len()),
+            ));
         }
         Ok(EmbeddingIndex { rows: Rows::F32(embeddings), dim, paths, captions: None, checkpoint })
     }
@@ -410,7 +413,11 @@ mod tests {
             assert!(matches!(back.rows, Rows::Mapped { .. }), "{dtype}: read in place");
             assert_eq!(back.dtype(), dtype);
             assert_eq!(back.captions.as_ref().unwrap()[3], "caption 3");
-            assert_eq!(back.search(&q, 5).unwrap(), in_memory, "{dtype}: the mapped index searches as the in-memory one");
+            assert_eq!(
+                back.search(&q, 5).unwrap(),
+                in_memory,
+                "{dtype}: the mapped index searches as the in-memory one"
+            );
             assert_eq!(back.search(&q, 1).unwrap()[0].0, 17);
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -109,7 +109,8 @@ struct Metrics {
 
 impl Metrics {
     fn observe(&self, endpoint: &str, status: u16, elapsed: Duration) {
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((endpoint.to_string(), status)).or_default() += 1;
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((endpoint.to_string(), status)).or_default() +=
+            1;
         let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         let l = latency.entry(endpoint.to_string()).or_default();
         let s = elapsed.as_secs_f64();
@@ -134,14 +135,26 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE align_http_request_duration_seconds histogram");
         for (endpoint, l) in self.latency.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             for (b, le) in l.buckets.iter().zip(LATENCY_BUCKETS) {
-                let _ = writeln!(out, "align_http_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"{le}\"}} {b}");
+                let _ = writeln!(
+                    out,
+                    "align_http_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"{le}\"}} {b}"
+                );
             }
-            let _ = writeln!(out, "align_http_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {}", l.count);
+            let _ = writeln!(
+                out,
+                "align_http_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {}",
+                l.count
+            );
             let _ = writeln!(out, "align_http_request_duration_seconds_sum{{endpoint=\"{endpoint}\"}} {}", l.sum);
             let _ = writeln!(out, "align_http_request_duration_seconds_count{{endpoint=\"{endpoint}\"}} {}", l.count);
         }
         let gauges = [
-            ("align_search_queue_depth", "gauge", "Searches waiting for the engine.", self.queue_depth.load(Ordering::Relaxed) as u64),
+            (
+                "align_search_queue_depth",
+                "gauge",
+                "Searches waiting for the engine.",
+                self.queue_depth.load(Ordering::Relaxed) as u64,
+            ),
             ("align_index_entries", "gauge", "Rows in the search index.", index_size as u64),
             ("align_search_batches_total", "counter", "Passes over the index.", self.batches.load(Ordering::Relaxed)),
             (
@@ -306,7 +319,8 @@ async fn method_not_allowed() -> Response {
 
 /// Counts every answer by endpoint and status and times it.
 async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let endpoint =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
     let start = Instant::now();
     let response = next.run(req).await;
     app.metrics.observe(&endpoint, response.status().as_u16(), start.elapsed());
@@ -362,7 +376,10 @@ async fn read_request(app: &App, req: Request) -> std::result::Result<SearchRequ
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > app.options.body_limit) {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {} bytes", app.options.body_limit)));
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the limit of {} bytes", app.options.body_limit),
+        ));
     }
     if content_type.starts_with("multipart/form-data") {
         let mut form = axum::extract::Multipart::from_request(req, &())
@@ -377,14 +394,20 @@ async fn read_request(app: &App, req: Request) -> std::result::Result<SearchRequ
             };
             let name = field.name().unwrap_or("").to_string();
             let bytes = field.bytes().await.map_err(|e| error(e.status(), format!("multipart: {}", e.body_text())))?;
-            let text = || String::from_utf8(bytes.to_vec()).map_err(|_| error(StatusCode::BAD_REQUEST, format!("field '{name}' is not UTF-8")));
+            let text = || {
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| error(StatusCode::BAD_REQUEST, format!("field '{name}' is not UTF-8")))
+            };
             match name.as_str() {
                 "image" => out.image = Some(bytes.to_vec()),
                 "text" => out.text = Some(text()?),
                 "plus" => out.plus.push(text()?),
                 "minus" => out.minus.push(text()?),
                 "k" => {
-                    let k = text()?.trim().parse().map_err(|_| error(StatusCode::BAD_REQUEST, "'k' is not a whole number"))?;
+                    let k = text()?
+                        .trim()
+                        .parse()
+                        .map_err(|_| error(StatusCode::BAD_REQUEST, "'k' is not a whole number"))?;
                     out.k = Some(k);
                 }
                 other => return Err(error(StatusCode::BAD_REQUEST, format!("unknown field '{other}'"))),
@@ -393,10 +416,13 @@ async fn read_request(app: &App, req: Request) -> std::result::Result<SearchRequ
         Ok(out)
     } else if content_type.is_empty() || content_type.starts_with("application/json") {
         let body = axum::body::to_bytes(req.into_body(), app.options.body_limit).await.map_err(|_| {
-            error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {} bytes", app.options.body_limit))
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over the limit of {} bytes", app.options.body_limit),
+            )
         })?;
-        let parsed: SearchJson =
-            serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+        let parsed: SearchJson = serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
         Ok(SearchRequest {
             image: parsed.image.as_deref().map(decode_base64).transpose()?,
             text: parsed.text,
@@ -436,11 +462,15 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
     let image = match r.image {
         None => None,
         Some(bytes) => {
-            let decoded = tokio::task::spawn_blocking(move || crate::images::decode_rgb(&bytes, "uploaded image")).await;
+            let decoded =
+                tokio::task::spawn_blocking(move || crate::images::decode_rgb(&bytes, "uploaded image")).await;
             match decoded {
                 Ok(Ok(img)) => Some(img),
                 Ok(Err(e)) => {
-                    return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("'image' is not a readable PNG or JPEG: {e}"))
+                    return error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("'image' is not a readable PNG or JPEG: {e}"),
+                    )
                 }
                 Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the image decoder failed"),
             }
@@ -504,7 +534,9 @@ async fn thumbnail(State(app): State<Arc<App>>, axum::extract::Path(id): axum::e
         Some(j) => j,
         None => {
             let path = app.index.paths[id].clone();
-            let made = tokio::time::timeout(app.options.timeout, tokio::task::spawn_blocking(move || thumbnail_jpeg(&path))).await;
+            let made =
+                tokio::time::timeout(app.options.timeout, tokio::task::spawn_blocking(move || thumbnail_jpeg(&path)))
+                    .await;
             match made {
                 Ok(Ok(Ok(j))) => {
                     let j = Arc::new(j);

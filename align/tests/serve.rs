@@ -22,7 +22,13 @@ fn every_endpoint_answers_good_and_bad_requests() {
     // the page
     let (status, page) = get(&agent, &server.url("/"));
     assert_eq!(status, 200);
-    assert!(page.contains("<form") && page.contains("id=\"drop\"") && !page.contains("http://") && !page.contains("https://"), "self-contained page");
+    assert!(
+        page.contains("<form")
+            && page.contains("id=\"drop\"")
+            && !page.contains("http://")
+            && !page.contains("https://"),
+        "self-contained page"
+    );
     // health and metrics
     let (status, health) = get(&agent, &server.url("/healthz"));
     assert_eq!(status, 200);
@@ -36,10 +42,12 @@ fn every_endpoint_answers_good_and_bad_requests() {
     let by_json = search(&agent, &server, &serde_json::json!({"image": b64(&png), "k": 3}));
     assert_eq!(by_json[0].id, 1, "an indexed image finds itself first");
     assert!((by_json[0].score - 1.0).abs() < 1e-3, "{:?}", by_json[0]);
-    let (status, body) = post_multipart(&agent, &server.url("/api/search"), &[("image", "1.png", &png), ("k", "", b"3")]);
+    let (status, body) =
+        post_multipart(&agent, &server.url("/api/search"), &[("image", "1.png", &png), ("k", "", b"3")]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(hits_of(&body), by_json, "multipart and JSON uploads give the same results");
-    let arithmetic = search(&agent, &server, &serde_json::json!({"image": b64(&png), "plus": "blue", "minus": ["red"], "k": 3}));
+    let arithmetic =
+        search(&agent, &server, &serde_json::json!({"image": b64(&png), "plus": "blue", "minus": ["red"], "k": 3}));
     assert_eq!(arithmetic.len(), 3);
     assert_ne!(arithmetic, by_json, "plus and minus texts move the query");
     // a thumbnail, looked up by row id
@@ -51,7 +59,7 @@ fn every_endpoint_answers_good_and_bad_requests() {
     let json = |body: &str| post(&agent, &server.url("/api/search"), "application/json", body.as_bytes());
     let text_file = b"this is a text file, not a picture\n".to_vec();
     // declares a body over the limit and starts sending it: refused from the headers alone
-    let over = format!("POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n{{\"text\": \"");
+    let over = "POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n{\"text\": \"";
     let cases: Vec<(&str, (u16, String))> = vec![
         ("malformed JSON", json("{\"text\": \"a cat\"")),
         ("JSON that is not an object", json("[1, 2, 3]")),
@@ -62,7 +70,10 @@ fn every_endpoint_answers_good_and_bad_requests() {
         ("a text too long", json(&format!("{{\"text\": \"{}\"}}", "y".repeat(5000)))),
         ("an image that is not base64", json("{\"image\": \"@@@not base64@@@\"}")),
         ("a text file as a JSON image", json(&format!("{{\"image\": \"{}\"}}", b64(&text_file)))),
-        ("a text file as an uploaded image", post_multipart(&agent, &server.url("/api/search"), &[("image", "notes.png", &text_file)])),
+        (
+            "a text file as an uploaded image",
+            post_multipart(&agent, &server.url("/api/search"), &[("image", "notes.png", &text_file)]),
+        ),
         ("an unknown multipart field", post_multipart(&agent, &server.url("/api/search"), &[("colour", "", b"red")])),
         ("a body over the limit", raw_request(&server, over.as_bytes())),
         ("a form body", post(&agent, &server.url("/api/search"), "application/x-www-form-urlencoded", b"text=cat")),
@@ -75,7 +86,8 @@ fn every_endpoint_answers_good_and_bad_requests() {
         ("an encoded path as id", get(&agent, &server.url("/api/image/..%2F..%2Fetc%2Fpasswd"))),
         ("a path as id", raw_get(&server, "/api/image/../../etc/passwd")),
     ];
-    let expected = [400, 400, 400, 400, 400, 400, 400, 400, 415, 415, 400, 413, 415, 405, 404, 404, 400, 400, 400, 400, 404];
+    let expected =
+        [400, 400, 400, 400, 400, 400, 400, 400, 415, 415, 400, 413, 415, 405, 404, 404, 400, 400, 400, 400, 404];
     for ((what, (status, body)), want) in cases.iter().zip(expected) {
         assert_eq!(*status, want, "{what}: {body}");
         let e: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: not JSON: {body}"));
@@ -141,7 +153,8 @@ fn sixteen_concurrent_clients_get_the_results_of_one_by_one_queries() {
         assert_eq!(results, &one_by_one, "client {client}");
     }
     let (_, metrics) = get(&agent, &server.url("/metrics"));
-    let (batches, queries_done) = (metric(&metrics, "align_search_batches_total"), metric(&metrics, "align_search_batched_queries_total"));
+    let (batches, queries_done) =
+        (metric(&metrics, "align_search_batches_total"), metric(&metrics, "align_search_batched_queries_total"));
     eprintln!("{queries_done} queries in {batches} passes over the index");
     assert!(batches < queries_done, "concurrent queries share passes over the index");
     drop(server);
@@ -156,7 +169,12 @@ fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     // a request whose headers are in and whose body is half sent
     let body = br#"{"text": "a photo of a cat", "k": 2}"#;
     let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
-    write!(conn, "POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    write!(
+        conn,
+        "POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
     conn.write_all(&body[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     server.signal("TERM");
@@ -202,7 +220,12 @@ fn load_of_two_thousand_queries_from_sixteen_clients() {
                                 break;
                             }
                             let t = Instant::now();
-                            let (status, body) = post(&agent, &server.url("/api/search"), "application/json", query(i).to_string().as_bytes());
+                            let (status, body) = post(
+                                &agent,
+                                &server.url("/api/search"),
+                                "application/json",
+                                query(i).to_string().as_bytes(),
+                            );
                             latencies.push(t.elapsed().as_secs_f64() * 1e3);
                             if status != 200 || hits_of(&body).len() != 10 {
                                 errors += 1;

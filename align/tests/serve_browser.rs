@@ -89,9 +89,14 @@ fn the_page_finds_images_in_headless_chromium() {
     assert_eq!(driver.call("GET", &s("/title"), None), "ALIGN search");
     // keyboard only: the search box takes the typed query and Enter submits the form
     let found = driver.call("POST", &s("/element"), Some(json!({"using": "css selector", "value": "#q"})));
-    let element = found["element-6066-11e4-a52e-4f735466cecf"].as_str().unwrap_or_else(|| panic!("{found}")).to_string();
+    let element =
+        found["element-6066-11e4-a52e-4f735466cecf"].as_str().unwrap_or_else(|| panic!("{found}")).to_string();
     // the drop zone is reachable with Tab (a focusable control, not a mouse-only area)
-    let drop_tab = driver.call("POST", &s("/execute/sync"), Some(json!({"script": "return document.getElementById('drop').tabIndex", "args": []})));
+    let drop_tab = driver.call(
+        "POST",
+        &s("/execute/sync"),
+        Some(json!({"script": "return document.getElementById('drop').tabIndex", "args": []})),
+    );
     assert_eq!(drop_tab, 0);
     driver.call("POST", &s(&format!("/element/{element}/value")), Some(json!({"text": "a photo of a cat\u{E007}"})));
     // wait for the grid: three figures whose thumbnails decoded
@@ -104,7 +109,11 @@ fn the_page_finds_images_in_headless_chromium() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let status = driver.call("POST", &s("/execute/sync"), Some(json!({"script": "return document.getElementById('status').textContent", "args": []})));
+    let status = driver.call(
+        "POST",
+        &s("/execute/sync"),
+        Some(json!({"script": "return document.getElementById('status').textContent", "args": []})),
+    );
     assert_eq!(loaded, 3, "thumbnails shown; status line: {status}");
     assert!(status.as_str().is_some_and(|t| t.starts_with("3 results")), "status line: {status}");
     let captions = driver.call("POST", &s("/execute/sync"), Some(json!({"script": "return Array.from(document.querySelectorAll('#results figcaption')).map(c => c.textContent)", "args": []})));

@@ -44,7 +44,9 @@ fn read_once(index: &[bf16]) -> u16 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse::<usize>().ok());
+    let get = |flag: &str| {
+        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse::<usize>().ok())
+    };
     let rows = get("--rows").unwrap_or(1_000_000);
     let dim = get("--dim").unwrap_or(256);
     let k = get("--k").unwrap_or(10);

@@ -166,21 +166,28 @@ pub fn top_k_dot_with(isa: Isa, index: IndexRows<'_>, dim: usize, queries: &[f32
         return vec![];
     }
     let k = k.min(rows);
-    let tasks: Vec<(usize, usize)> = (0..rows).step_by(ROWS_PER_TASK).map(|r| (r, (r + ROWS_PER_TASK).min(rows))).collect();
+    let tasks: Vec<(usize, usize)> =
+        (0..rows).step_by(ROWS_PER_TASK).map(|r| (r, (r + ROWS_PER_TASK).min(rows))).collect();
     let run = |&(start, end): &(usize, usize)| -> Vec<TopK> {
         let mut best = vec![TopK::new(k); batch];
         score_rows(isa, index, dim, start, end, queries, &mut best);
         best
     };
     let merge = |a: Vec<TopK>, b: Vec<TopK>| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect::<Vec<_>>();
-    let best = crate::parallel::install(|| {
-        tasks.par_iter().map(run).reduce(|| vec![TopK::new(k); batch], merge)
-    });
+    let best = crate::parallel::install(|| tasks.par_iter().map(run).reduce(|| vec![TopK::new(k); batch], merge));
     best.into_iter().map(TopK::into_sorted).collect()
 }
 
 /// Scores rows `start..end` against every query and offers them to `best` (one per query).
-fn score_rows(isa: Isa, index: IndexRows<'_>, dim: usize, start: usize, end: usize, queries: &[f32], best: &mut [TopK]) {
+fn score_rows(
+    isa: Isa,
+    index: IndexRows<'_>,
+    dim: usize,
+    start: usize,
+    end: usize,
+    queries: &[f32],
+    best: &mut [TopK],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` was capped by `Isa::supported`, so the CPU has AVX-512F; the slices
@@ -207,7 +214,12 @@ mod vector {
     // indexed loops over the register tile read as the maths does (acc[r][q] += x[r] * y[q])
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn tile<V: F32Vec, const R: usize, const Q: usize>(rows: &[f32], dim: usize, queries: &[f32], out: &mut [[f32; Q]; R]) {
+    fn tile<V: F32Vec, const R: usize, const Q: usize>(
+        rows: &[f32],
+        dim: usize,
+        queries: &[f32],
+        out: &mut [[f32; Q]; R],
+    ) {
         let w = V::LANES;
         let full = dim - dim % w;
         // SAFETY: `rows` holds R rows and `queries` Q rows of `dim` values (checked by the
@@ -245,7 +257,13 @@ mod vector {
     /// Scores `rows` (R rows, f32) against all queries and offers the scores, `first_row` being
     /// the index row of the tile's first row.
     #[inline(always)]
-    fn score_tile<V: F32Vec, const R: usize>(rows: &[f32], dim: usize, first_row: usize, queries: &[f32], best: &mut [TopK]) {
+    fn score_tile<V: F32Vec, const R: usize>(
+        rows: &[f32],
+        dim: usize,
+        first_row: usize,
+        queries: &[f32],
+        best: &mut [TopK],
+    ) {
         let batch = best.len();
         let mut q0 = 0;
         while q0 < batch {
@@ -281,7 +299,14 @@ mod vector {
     }
 
     #[inline(always)]
-    pub fn score_rows<V: F32Vec>(index: IndexRows<'_>, dim: usize, start: usize, end: usize, queries: &[f32], best: &mut [TopK]) {
+    pub fn score_rows<V: F32Vec>(
+        index: IndexRows<'_>,
+        dim: usize,
+        start: usize,
+        end: usize,
+        queries: &[f32],
+        best: &mut [TopK],
+    ) {
         let mut scratch = vec![0.0f32; TILE_ROWS * dim];
         let mut r = start;
         while r < end {
@@ -311,11 +336,25 @@ mod x86 {
     use crate::vec::x86::{Avx2, Avx512};
 
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn score_rows_avx512(index: IndexRows<'_>, dim: usize, start: usize, end: usize, queries: &[f32], best: &mut [TopK]) {
+    pub unsafe fn score_rows_avx512(
+        index: IndexRows<'_>,
+        dim: usize,
+        start: usize,
+        end: usize,
+        queries: &[f32],
+        best: &mut [TopK],
+    ) {
         vector::score_rows::<Avx512>(index, dim, start, end, queries, best)
     }
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn score_rows_avx2(index: IndexRows<'_>, dim: usize, start: usize, end: usize, queries: &[f32], best: &mut [TopK]) {
+    pub unsafe fn score_rows_avx2(
+        index: IndexRows<'_>,
+        dim: usize,
+        start: usize,
+        end: usize,
+        queries: &[f32],
+        best: &mut [TopK],
+    ) {
         vector::score_rows::<Avx2>(index, dim, start, end, queries, best)
     }
 }
@@ -375,9 +414,18 @@ mod tests {
             assert_eq!(f.len(), k.min(index.len() / dim), "{isa:?} query {qi}");
             let tol = 1e-5 * dim as f32;
             for (rank, hit) in f.iter().enumerate() {
-                assert!((hit.score - s[rank].score).abs() <= tol, "{isa:?} q{qi} rank {rank}: {hit:?} vs {:?}", s[rank]);
+                assert!(
+                    (hit.score - s[rank].score).abs() <= tol,
+                    "{isa:?} q{qi} rank {rank}: {hit:?} vs {:?}",
+                    s[rank]
+                );
                 let own = s.iter().find(|h| h.row == hit.row).expect("row exists").score;
-                assert!((hit.score - own).abs() <= tol, "{isa:?} q{qi}: row {} scored {} not {own}", hit.row, hit.score);
+                assert!(
+                    (hit.score - own).abs() <= tol,
+                    "{isa:?} q{qi}: row {} scored {} not {own}",
+                    hit.row,
+                    hit.score
+                );
             }
             assert!(f.windows(2).all(|w| w[0].better_than(&w[1])), "{isa:?}: hits not in order");
         }
@@ -386,7 +434,9 @@ mod tests {
     #[test]
     fn matches_the_reference_on_every_isa_dtype_and_awkward_shape() {
         for isa in Isa::available() {
-            for &(rows, dim, batch, k) in &[(1, 1, 1, 1), (7, 3, 2, 3), (4099, 17, 5, 10), (9000, 64, 9, 25), (33, 256, 1, 40)] {
+            for &(rows, dim, batch, k) in
+                &[(1, 1, 1, 1), (7, 3, 2, 3), (4099, 17, 5, 10), (9000, 64, 9, 25), (33, 256, 1, 40)]
+            {
                 let index = pseudo_random(rows * dim, rows as u64);
                 let queries = pseudo_random(batch * dim, dim as u64 + 7);
                 check(isa, IndexRows::F32(&index), dim, &queries, k);
@@ -406,7 +456,8 @@ mod tests {
             for (q, hits) in queries.chunks_exact(dim).zip(&batched) {
                 let alone = top_k_dot_with(isa, IndexRows::Bf16(&index), dim, q, 12);
                 assert_eq!(&alone[0], hits, "{isa:?}");
-                let serial = crate::parallel::install_with(1, || top_k_dot_with(isa, IndexRows::Bf16(&index), dim, q, 12));
+                let serial =
+                    crate::parallel::install_with(1, || top_k_dot_with(isa, IndexRows::Bf16(&index), dim, q, 12));
                 assert_eq!(&serial[0], hits, "{isa:?} on one thread");
             }
         }
