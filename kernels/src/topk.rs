@@ -8,8 +8,8 @@
 //! not arithmetic. The general GEMM would first pack the index into panels (reading it and
 //! writing a copy) and then write the B x N scores for a separate top-k pass: two to three
 //! times the bytes. Here the index streams through once: each tile of [`TILE_ROWS`] rows is
-//! widened to f32 (bf16 is the top half of an f32, so widening is a 16-bit shift) into an
-//! L1-resident scratch and multiplied against all queries from registers; a score enters a
+//! loaded into registers (bf16 widened on the way: it is the top half of an f32, so widening
+//! is a 16-bit shift) and multiplied against all queries there; a score enters a
 //! query's top-k only when it beats the k-th best so far, so after the first few thousand rows
 //! the epilogue is one comparison per score.
 //!
@@ -134,7 +134,7 @@ impl TopK {
     }
 }
 
-/// Rows scored per tile: the widened tile (TILE_ROWS x dim f32) stays in L1 for dims up to 1024.
+/// Rows scored per tile (each row vector is loaded once and used for up to 4 queries).
 pub const TILE_ROWS: usize = 4;
 /// Rows per parallel task (2 MB of a 256-d bf16 index): enough work to amortise the task and
 /// its k-best lists, small enough to balance two to a few dozen threads.
@@ -203,10 +203,46 @@ fn score_rows(
 mod vector {
     use super::{IndexRows, TopK, TILE_ROWS};
     use crate::vec::F32Vec;
+    use half::bf16;
 
     /// Queries per register tile: TILE_ROWS x QUERY_TILE accumulators (16 of AVX-512's 32
     /// registers) plus the tile's row vectors.
     const QUERY_TILE: usize = 4;
+
+    /// An element type of index rows: f32 read as it is, bf16 widened as it is loaded (exact:
+    /// a bf16 is the upper half of an f32, so the products are those of the widened values).
+    pub trait Stored: Copy {
+        /// V::LANES elements from `p`, as f32.
+        ///
+        /// # Safety
+        /// `p` is valid for V::LANES reads, and the CPU has V's features.
+        unsafe fn load<V: F32Vec>(p: *const Self) -> V;
+        fn widen(self) -> f32;
+    }
+
+    impl Stored for f32 {
+        #[inline(always)]
+        unsafe fn load<V: F32Vec>(p: *const f32) -> V {
+            // SAFETY: the caller's contract.
+            unsafe { V::load(p) }
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    impl Stored for bf16 {
+        #[inline(always)]
+        unsafe fn load<V: F32Vec>(p: *const bf16) -> V {
+            // SAFETY: the caller's contract; bf16 is a transparent u16.
+            unsafe { V::load_bf16(p.cast::<u16>()) }
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            f32::from_bits((self.to_bits() as u32) << 16)
+        }
+    }
 
     /// Dot products of R rows with Q queries, each an independent accumulation over the
     /// vector-width blocks of `dim` in order, reduced, then the leftover elements added in
@@ -214,17 +250,18 @@ mod vector {
     // indexed loops over the register tile read as the maths does (acc[r][q] += x[r] * y[q])
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn tile<V: F32Vec, const R: usize, const Q: usize>(
-        rows: &[f32],
+    fn tile<V: F32Vec, T: Stored, const R: usize, const Q: usize>(
+        rows: &[T],
         dim: usize,
         queries: &[f32],
         out: &mut [[f32; Q]; R],
     ) {
         let w = V::LANES;
         let full = dim - dim % w;
-        // SAFETY: `rows` holds R rows and `queries` Q rows of `dim` values (checked by the
-        // caller's slicing); every load below reads w values at an offset i < full <= dim - w
-        // + w within one row. The CPU features of V are those the dispatcher checked.
+        assert!(rows.len() >= R * dim && queries.len() >= Q * dim);
+        // SAFETY: `rows` holds R rows and `queries` Q rows of `dim` values (asserted above);
+        // every load reads w values starting at i <= full - w within one row. The CPU features
+        // of V are those the dispatcher checked.
         unsafe {
             let zero = V::splat(0.0);
             let mut acc = [[zero; Q]; R];
@@ -232,7 +269,7 @@ mod vector {
             while i < full {
                 let mut x = [zero; R];
                 for r in 0..R {
-                    x[r] = V::load(rows.as_ptr().add(r * dim + i));
+                    x[r] = T::load::<V>(rows.as_ptr().add(r * dim + i));
                 }
                 for q in 0..Q {
                     let y = V::load(queries.as_ptr().add(q * dim + i));
@@ -246,7 +283,7 @@ mod vector {
                 for q in 0..Q {
                     let mut s = acc[r][q].reduce_sum();
                     for j in full..dim {
-                        s += rows[r * dim + j] * queries[q * dim + j];
+                        s += rows[r * dim + j].widen() * queries[q * dim + j];
                     }
                     out[r][q] = s;
                 }
@@ -254,11 +291,11 @@ mod vector {
         }
     }
 
-    /// Scores `rows` (R rows, f32) against all queries and offers the scores, `first_row` being
-    /// the index row of the tile's first row.
+    /// Scores `rows` (R rows) against all queries and offers the scores, `first_row` being the
+    /// index row of the tile's first row.
     #[inline(always)]
-    fn score_tile<V: F32Vec, const R: usize>(
-        rows: &[f32],
+    fn score_tile<V: F32Vec, T: Stored, const R: usize>(
+        rows: &[T],
         dim: usize,
         first_row: usize,
         queries: &[f32],
@@ -272,7 +309,7 @@ mod vector {
             macro_rules! run {
                 ($q:literal) => {{
                     let mut out = [[0.0f32; $q]; R];
-                    tile::<V, R, $q>(rows, dim, qs, &mut out);
+                    tile::<V, T, R, $q>(rows, dim, qs, &mut out);
                     for (r, scores) in out.iter().enumerate() {
                         for (q, &s) in scores.iter().enumerate() {
                             best[q0 + q].offer(first_row + r, s);
@@ -290,11 +327,27 @@ mod vector {
         }
     }
 
-    /// Widens R bf16 rows into `scratch` (exact: a bf16 is the upper 16 bits of an f32).
     #[inline(always)]
-    fn widen(src: &[half::bf16], scratch: &mut [f32]) {
-        for (d, s) in scratch.iter_mut().zip(src) {
-            *d = f32::from_bits((s.to_bits() as u32) << 16);
+    fn score_typed<V: F32Vec, T: Stored>(
+        index: &[T],
+        dim: usize,
+        start: usize,
+        end: usize,
+        queries: &[f32],
+        best: &mut [TopK],
+    ) {
+        let mut r = start;
+        while r < end {
+            let n = (end - r).min(TILE_ROWS);
+            let rows = &index[r * dim..(r + n) * dim];
+            if n == TILE_ROWS {
+                score_tile::<V, T, TILE_ROWS>(rows, dim, r, queries, best);
+            } else {
+                for j in 0..n {
+                    score_tile::<V, T, 1>(&rows[j * dim..(j + 1) * dim], dim, r + j, queries, best);
+                }
+            }
+            r += n;
         }
     }
 
@@ -307,25 +360,9 @@ mod vector {
         queries: &[f32],
         best: &mut [TopK],
     ) {
-        let mut scratch = vec![0.0f32; TILE_ROWS * dim];
-        let mut r = start;
-        while r < end {
-            let n = (end - r).min(TILE_ROWS);
-            let rows: &[f32] = match index {
-                IndexRows::F32(v) => &v[r * dim..(r + n) * dim],
-                IndexRows::Bf16(v) => {
-                    widen(&v[r * dim..(r + n) * dim], &mut scratch[..n * dim]);
-                    &scratch[..n * dim]
-                }
-            };
-            if n == TILE_ROWS {
-                score_tile::<V, TILE_ROWS>(rows, dim, r, queries, best);
-            } else {
-                for j in 0..n {
-                    score_tile::<V, 1>(&rows[j * dim..(j + 1) * dim], dim, r + j, queries, best);
-                }
-            }
-            r += n;
+        match index {
+            IndexRows::F32(v) => score_typed::<V, f32>(v, dim, start, end, queries, best),
+            IndexRows::Bf16(v) => score_typed::<V, bf16>(v, dim, start, end, queries, best),
         }
     }
 }

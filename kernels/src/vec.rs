@@ -12,6 +12,8 @@ pub trait F32Vec: Copy {
     const LANES: usize;
     unsafe fn splat(v: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
+    /// LANES bf16 values (raw bits) widened to f32: exact, a bf16 is the upper half of an f32.
+    unsafe fn load_bf16(p: *const u16) -> Self;
     unsafe fn store(self, p: *mut f32);
     /// A store that bypasses the caches (non-temporal) when `p` is aligned to the vector
     /// width, a plain store otherwise. For outputs much larger than the caches it saves the
@@ -84,6 +86,10 @@ impl F32Vec for Scalar {
         // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
         // and the CPU features of the vector type in use.
         unsafe { Scalar(*p) }
+    }
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        // SAFETY: callers guarantee `p` is valid for one read.
+        unsafe { Scalar(f32::from_bits((*p as u32) << 16)) }
     }
     unsafe fn store(self, p: *mut f32) {
         // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
@@ -184,6 +190,11 @@ pub mod x86 {
             // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
             // and the CPU features of the vector type in use.
             unsafe { Avx2(_mm256_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> Self {
+            // SAFETY: callers guarantee `p` is valid for 8 u16 reads and a CPU with AVX2.
+            unsafe { Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))))) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
@@ -377,6 +388,13 @@ pub mod x86 {
             // SAFETY: callers guarantee the pointers are valid for what this reads and writes,
             // and the CPU features of the vector type in use.
             unsafe { Avx512(_mm512_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> Self {
+            // SAFETY: callers guarantee `p` is valid for 16 u16 reads and a CPU with AVX-512F.
+            unsafe {
+                Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))))
+            }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
