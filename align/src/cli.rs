@@ -736,7 +736,10 @@ pub fn embed(checkpoint: &Path, images: &Path, out: &Path, options: &EmbedOption
     }
     // a manifest's first caption of each image goes into the index (the server shows it)
     let captions: Option<std::collections::HashMap<std::path::PathBuf, String>> = (!images.is_dir())
-        .then(|| crate::data::read_manifest(images).map(|(records, _)| records.into_iter().rev().map(|r| (r.3, r.2)).collect()))
+        .then(|| {
+            crate::data::read_manifest(images)
+                .map(|(records, _)| records.into_iter().rev().map(|r| (r.3, r.2)).collect())
+        })
         .transpose()?;
     let (mut builder, done) = IndexBuilder::open(out, &lm.checkpoint, &files, lm.dim())?;
     if done > 0 {

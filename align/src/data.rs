@@ -661,7 +661,13 @@ fn shorter_side_to(w: u32, h: u32, resize: u32) -> (u32, u32) {
 /// shorter side is `resize` (aspect kept), then cropped to res x res: at random and flipped half
 /// the time when `train_rng` is given (never when `flip_allowed` is false), else the centre crop.
 /// None for an empty image.
-fn crop_pixels(img: &image::RgbImage, resize: u32, res: usize, train_rng: Option<&mut Rng>, flip_allowed: bool) -> Option<Vec<f32>> {
+fn crop_pixels(
+    img: &image::RgbImage,
+    resize: u32,
+    res: usize,
+    train_rng: Option<&mut Rng>,
+    flip_allowed: bool,
+) -> Option<Vec<f32>> {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return None;

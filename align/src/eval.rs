@@ -568,7 +568,12 @@ pub fn compose_query(lm: &LoadedModel, parts: &QueryParts) -> Result<Vec<f32>> {
     if let Some(img) = parts.image {
         v.iter_mut().zip(lm.embedder().embed_images(std::slice::from_ref(img))?).for_each(|(a, b)| *a += b);
     }
-    let texts: Vec<&str> = parts.text.into_iter().chain(parts.plus.iter().map(String::as_str)).chain(parts.minus.iter().map(String::as_str)).collect();
+    let texts: Vec<&str> = parts
+        .text
+        .into_iter()
+        .chain(parts.plus.iter().map(String::as_str))
+        .chain(parts.minus.iter().map(String::as_str))
+        .collect();
     if !texts.is_empty() {
         let emb = lm.embed_texts(&texts)?;
         let positive = texts.len() - parts.minus.len();

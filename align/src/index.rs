@@ -277,7 +277,6 @@ struct Progress {
 pub struct IndexBuilder {
     out: PathBuf,
     dim: usize,
-    inputs: u64,
     progress: Progress,
     rows: std::fs::File,
 }
@@ -331,11 +330,11 @@ impl IndexBuilder {
             // the record promises rows that are not there: start again
             rows.set_len(0).map_err(io_error(&rows_path))?;
             let progress = Progress { inputs, processed: 0, kept: vec![] };
-            return Ok((IndexBuilder { out: out.to_path_buf(), dim, inputs, progress, rows }, 0));
+            return Ok((IndexBuilder { out: out.to_path_buf(), dim, progress, rows }, 0));
         }
         rows.set_len(want).map_err(io_error(&rows_path))?;
         let done = progress.processed;
-        Ok((IndexBuilder { out: out.to_path_buf(), dim, inputs, progress, rows }, done))
+        Ok((IndexBuilder { out: out.to_path_buf(), dim, progress, rows }, done))
     }
 
     /// Records the next batch: `processed` more files looked at, the embeddings (kept.len(), dim)
@@ -357,8 +356,7 @@ impl IndexBuilder {
             .map_err(|e| AlignError::data(&progress_path, format!("recording progress: {e}")))
     }
 
-    /// The index of everything appended: (rows, kept indices); removes the partial files once
-    /// `finish_and_clean` is called.
+    /// Everything appended so far: (rows (kept.len(), dim), kept indices).
     pub fn rows(&self) -> Result<(Vec<f32>, Vec<usize>)> {
         let rows_path = sidecar(&self.out, ".partial");
         let bytes = std::fs::read(&rows_path).map_err(io_error(&rows_path))?;
@@ -374,7 +372,6 @@ impl IndexBuilder {
         drop(self.rows);
         let _ = std::fs::remove_file(sidecar(&self.out, ".partial"));
         let _ = std::fs::remove_file(sidecar(&self.out, ".partial.json"));
-        let _ = self.inputs;
     }
 }
 

@@ -282,7 +282,8 @@ struct App {
     jobs: SyncSender<Job>,
     metrics: Arc<Metrics>,
     options: ServeOptions,
-    thumbnails: Mutex<std::collections::HashMap<usize, Arc<Vec<u8>>>>,
+    /// JPEG thumbnails by row (`Bytes` clones share the buffer)
+    thumbnails: Mutex<std::collections::HashMap<usize, axum::body::Bytes>>,
 }
 
 /// A JSON error answer: `{"error": message, "status": code}`.
@@ -539,7 +540,7 @@ async fn thumbnail(State(app): State<Arc<App>>, axum::extract::Path(id): axum::e
                     .await;
             match made {
                 Ok(Ok(Ok(j))) => {
-                    let j = Arc::new(j);
+                    let j = axum::body::Bytes::from(j);
                     let mut cache = app.thumbnails.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.len() >= THUMBNAIL_CACHE {
                         cache.clear(); // a simple bound: the page's working set refills it quickly
@@ -554,7 +555,7 @@ async fn thumbnail(State(app): State<Arc<App>>, axum::extract::Path(id): axum::e
         }
     };
     let headers = [(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=3600")];
-    (headers, jpeg.as_ref().clone()).into_response()
+    (headers, jpeg).into_response()
 }
 
 fn router(app: Arc<App>) -> Router {

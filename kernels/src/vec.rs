@@ -194,7 +194,9 @@ pub mod x86 {
         #[inline(always)]
         unsafe fn load_bf16(p: *const u16) -> Self {
             // SAFETY: callers guarantee `p` is valid for 8 u16 reads and a CPU with AVX2.
-            unsafe { Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))))) }
+            unsafe {
+                Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))))
+            }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
@@ -393,7 +395,9 @@ pub mod x86 {
         unsafe fn load_bf16(p: *const u16) -> Self {
             // SAFETY: callers guarantee `p` is valid for 16 u16 reads and a CPU with AVX-512F.
             unsafe {
-                Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))))
+                Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                    p.cast(),
+                )))))
             }
         }
         #[inline(always)]
