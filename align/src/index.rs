@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use kernels::bf16::bf16;
 use kernels::topk::{top_k_dot, Hit, IndexRows};
 use tensor::io::safetensors::{Dtype, SafeTensors, SaveData};
-use tensor::Tensor;
 
 use crate::error::{io_error, AlignError, Result};
 
@@ -151,18 +150,31 @@ impl EmbeddingIndex {
         meta
     }
 
-    /// Writes the index as safetensors in its dtype, atomically.
+    /// The rows' bytes as stored on disk (little-endian f32 or bf16).
+    fn row_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        #[cfg(target_endian = "little")]
+        match self.rows() {
+            IndexRows::F32(v) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(v)),
+            IndexRows::Bf16(v) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(v)),
+        }
+        #[cfg(not(target_endian = "little"))]
+        match self.rows() {
+            IndexRows::F32(v) => std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            IndexRows::Bf16(v) => std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        }
+    }
+
+    /// Writes the index as safetensors in its dtype, atomically. The rows are written as they
+    /// are held (no widening and re-rounding of bf16, no copy).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let values: Vec<f32> = match self.rows() {
-            IndexRows::F32(v) => v.to_vec(),
-            IndexRows::Bf16(v) => kernels::bf16::to_f32_vec(v), // exact; stored back as the same bf16
-        };
-        let t = Tensor::from_vec(values, &[self.len(), self.dim])?;
         let dtype = match self.dtype() {
             IndexDtype::F32 => Dtype::F32,
             IndexDtype::Bf16 => Dtype::BF16,
         };
-        Ok(tensor::io::safetensors::save(path, &[("embeddings", SaveData::Float(&t, dtype))], &self.metadata())?)
+        let bytes = self.row_bytes();
+        let shape = [self.len(), self.dim];
+        let entry = SaveData::Raw { dtype, shape: &shape, bytes: &bytes };
+        Ok(tensor::io::safetensors::save(path, &[("embeddings", entry)], &self.metadata())?)
     }
 
     /// Opens an index file, memory-mapped. F32 and BF16 rows are read in place (copied only if
@@ -229,15 +241,19 @@ impl EmbeddingIndex {
         let header = npy_header(self.len(), self.dim);
         tensor::io::write_atomically(path, |w| {
             w.write_all(&header)?;
-            let mut buf = Vec::with_capacity(self.dim * 4 * 1024);
-            for chunk in (0..self.len()).step_by(1024) {
-                buf.clear();
-                for i in chunk..(chunk + 1024).min(self.len()) {
-                    self.row(i).iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            match self.rows() {
+                IndexRows::F32(_) => w.write_all(&self.row_bytes()),
+                IndexRows::Bf16(v) => {
+                    // widened a block at a time into one reused buffer
+                    let mut buf = Vec::with_capacity(4 << 16);
+                    for block in v.chunks(1 << 16) {
+                        buf.clear();
+                        block.iter().for_each(|x| buf.extend_from_slice(&x.to_f32().to_le_bytes()));
+                        w.write_all(&buf)?;
+                    }
+                    Ok(())
                 }
-                w.write_all(&buf)?;
             }
-            Ok(())
         })
         .map_err(|e| AlignError::data(path, format!("writing the .npy file: {e}")))
     }
@@ -416,6 +432,19 @@ mod tests {
                 "{dtype}: the mapped index searches as the in-memory one"
             );
             assert_eq!(back.search(&q, 1).unwrap()[0].0, 17);
+            // the .npy rows are the index's rows as f32
+            let npy = dir.join(format!("rows-{dtype}.npy"));
+            back.export_npy(&npy).unwrap();
+            let bytes = std::fs::read(&npy).unwrap();
+            let data = &bytes[npy_header(n, dim).len()..];
+            assert_eq!(data.len(), n * dim * 4);
+            for i in [0, 17, n - 1] {
+                let row: Vec<f32> = data[i * dim * 4..(i + 1) * dim * 4]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                assert_eq!(row, back.row(i), "{dtype} row {i}");
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

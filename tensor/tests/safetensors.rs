@@ -21,6 +21,8 @@ fn round_trip_all_dtypes_with_metadata() {
     let c = Tensor::arange(0.0, 24.0, 1.0).unwrap().reshape(&[2, 3, 4]).unwrap().permute(&[2, 0, 1]).unwrap();
     let ids: Vec<i64> = vec![0, -1, i64::MAX, i64::MIN, 42, 7];
     let empty = Tensor::zeros(&[0, 4]);
+    // raw bf16 bits (1.0, -2.0, 0.5, 3.0) written as they are
+    let raw: Vec<u8> = [0x3F80u16, 0xC000, 0x3F00, 0x4040].iter().flat_map(|b| b.to_le_bytes()).collect();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("step".to_string(), "123".to_string());
@@ -33,12 +35,15 @@ fn round_trip_all_dtypes_with_metadata() {
             ("c.bf16", SaveData::Float(&c, Dtype::BF16)),
             ("ids", SaveData::I64 { shape: &[2, 3], values: &ids }),
             ("empty", SaveData::Float(&empty, Dtype::F32)),
+            ("raw.bf16", SaveData::Raw { dtype: Dtype::BF16, shape: &[2, 2], bytes: &raw }),
         ],
         &meta,
     )
     .unwrap();
     let st = SafeTensors::open(&path).unwrap();
-    assert_eq!(st.len(), 5);
+    assert_eq!(st.len(), 6);
+    assert_eq!(st.raw_bytes("raw.bf16").unwrap(), raw.as_slice());
+    assert_eq!(st.tensor("raw.bf16").unwrap().to_vec(), vec![1.0, -2.0, 0.5, 3.0]);
     assert_eq!(st.metadata(), &meta);
     let ra = st.tensor("a.f32").unwrap();
     assert_eq!(ra.shape(), &[3, 5]);
@@ -78,6 +83,8 @@ fn saving_rejects_bad_entries_and_leaves_old_file() {
     assert!(dup.is_err());
     assert!(save(&path, &[("y", SaveData::I64 { shape: &[3], values: &[1, 2] })], &BTreeMap::new()).is_err());
     assert!(save(&path, &[("z", SaveData::Float(&t, Dtype::I64))], &BTreeMap::new()).is_err());
+    let three_bytes = SaveData::Raw { dtype: Dtype::BF16, shape: &[2], bytes: &[0, 0, 0] };
+    assert!(save(&path, &[("w", three_bytes)], &BTreeMap::new()).is_err(), "raw bytes must fill the shape");
     assert!(
         save("/nonexistent-dir/x.safetensors", &[("x", SaveData::Float(&t, Dtype::F32))], &BTreeMap::new()).is_err()
     );

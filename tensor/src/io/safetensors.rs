@@ -324,6 +324,9 @@ pub enum SaveData<'a> {
     Float(&'a Tensor, Dtype),
     /// Integers stored exactly as I64.
     I64 { shape: &'a [usize], values: &'a [i64] },
+    /// Values already in their stored little-endian layout, written as they are (no copy):
+    /// e.g. a bf16 embedding table that must not be widened and rounded again.
+    Raw { dtype: Dtype, shape: &'a [usize], bytes: &'a [u8] },
 }
 
 /// Serialises tensors and metadata into safetensors bytes.
@@ -348,6 +351,11 @@ fn validate_entries(entries: &[(&str, SaveData<'_>)]) -> Result<()> {
             SaveData::I64 { shape, values } if shape.iter().product::<usize>() != values.len() => {
                 return Err(err(format!("shape {shape:?} does not hold {} values", values.len())))
             }
+            SaveData::Raw { dtype, shape, bytes }
+                if shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d)) != Some(bytes.len()) =>
+            {
+                return Err(err(format!("shape {shape:?} of {} does not hold {} bytes", dtype.name(), bytes.len())))
+            }
             _ => {}
         }
     }
@@ -362,7 +370,7 @@ fn write_to(
     // Order by descending element size, then name: keeps each tensor naturally aligned.
     let mut order: Vec<usize> = (0..entries.len()).collect();
     let elem = |d: &SaveData| match d {
-        SaveData::Float(_, dt) => dt.size(),
+        SaveData::Float(_, dt) | SaveData::Raw { dtype: dt, .. } => dt.size(),
         SaveData::I64 { .. } => 8,
     };
     order.sort_by(|&a, &b| elem(&entries[b].1).cmp(&elem(&entries[a].1)).then(entries[a].0.cmp(entries[b].0)));
@@ -377,6 +385,7 @@ fn write_to(
         let (dtype, shape, numel) = match data {
             SaveData::Float(t, dt) => (*dt, t.shape().to_vec(), t.numel()),
             SaveData::I64 { shape, values } => (Dtype::I64, shape.to_vec(), values.len()),
+            SaveData::Raw { dtype, shape, bytes } => (*dtype, shape.to_vec(), bytes.len() / dtype.size()),
         };
         let end = offset + numel * dtype.size();
         header.insert(
@@ -393,6 +402,10 @@ fn write_to(
     out.write_all(&header_bytes)?;
     let mut chunk: Vec<u8> = Vec::new();
     for &i in &order {
+        if let SaveData::Raw { bytes, .. } = &entries[i].1 {
+            out.write_all(bytes)?;
+            continue;
+        }
         chunk.clear();
         match &entries[i].1 {
             SaveData::Float(t, Dtype::F32) => t.to_vec().iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
@@ -401,6 +414,7 @@ fn write_to(
             }
             SaveData::Float(t, _) => t.to_bf16_vec().iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
             SaveData::I64 { values, .. } => values.iter().for_each(|v| chunk.extend_from_slice(&v.to_le_bytes())),
+            SaveData::Raw { .. } => unreachable!("written above"),
         }
         out.write_all(&chunk)?;
     }
