@@ -730,17 +730,11 @@ pub struct EmbedOptions {
 pub fn embed(checkpoint: &Path, images: &Path, out: &Path, options: &EmbedOptions, device: Device) -> Result<()> {
     use crate::index::{EmbeddingIndex, IndexBuilder};
     let lm = open_model(checkpoint, device)?;
-    let files = crate::eval::list_images(images)?;
+    // a manifest's first caption of each image goes into the index (the server shows it)
+    let (files, captions) = crate::eval::list_images_with_captions(images)?;
     if files.is_empty() {
         return Err(AlignError::data(images, "no images found"));
     }
-    // a manifest's first caption of each image goes into the index (the server shows it)
-    let captions: Option<std::collections::HashMap<std::path::PathBuf, String>> = (!images.is_dir())
-        .then(|| {
-            crate::data::read_manifest(images)
-                .map(|(records, _)| records.into_iter().rev().map(|r| (r.3, r.2)).collect())
-        })
-        .transpose()?;
     let (mut builder, done) = IndexBuilder::open(out, &lm.checkpoint, &files, lm.dim())?;
     if done > 0 {
         eprintln!("resuming: {done} of {} images already embedded", files.len());
@@ -764,9 +758,7 @@ pub fn embed(checkpoint: &Path, images: &Path, out: &Path, options: &EmbedOption
     let (rows, kept) = builder.rows()?;
     let paths: Vec<std::path::PathBuf> = kept.iter().map(|&i| files[i].clone()).collect();
     let mut index = EmbeddingIndex::from_embeddings(rows, lm.dim(), paths, lm.checkpoint.clone())?;
-    if let Some(map) = &captions {
-        index.captions = Some(index.paths.iter().map(|p| map.get(p).cloned().unwrap_or_default()).collect());
-    }
+    index.captions = captions.map(|c| kept.iter().map(|&i| c[i].clone()).collect());
     let index = index.into_dtype(options.dtype);
     index.save(out)?;
     if let Some(npy) = &options.export_npy {

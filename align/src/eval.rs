@@ -502,6 +502,12 @@ pub use crate::index::EmbeddingIndex;
 
 /// Image files of a folder (jpg / jpeg / png, recursively, sorted) or of a manifest.
 pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
+    Ok(list_images_with_captions(source)?.0)
+}
+
+/// [`list_images`], and for a manifest each file's first caption (None for a folder). The
+/// manifest is read once.
+pub fn list_images_with_captions(source: &Path) -> Result<(Vec<PathBuf>, Option<Vec<String>>)> {
     if source.is_dir() {
         let mut out = vec![];
         let mut stack = vec![source.to_path_buf()];
@@ -520,12 +526,12 @@ pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
             }
         }
         out.sort();
-        Ok(out)
+        Ok((out, None))
     } else {
-        let mut files: Vec<PathBuf> = read_manifest(source)?.0.into_iter().map(|r| r.3).collect();
         let mut seen = std::collections::HashSet::new();
-        files.retain(|f| seen.insert(f.clone()));
-        Ok(files)
+        let (files, captions) =
+            read_manifest(source)?.0.into_iter().filter(|r| seen.insert(r.3.clone())).map(|r| (r.3, r.2)).unzip();
+        Ok((files, Some(captions)))
     }
 }
 

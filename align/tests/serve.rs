@@ -266,3 +266,34 @@ fn load_of_two_thousand_queries_from_sixteen_clients() {
     drop(server);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+#[test]
+fn an_index_built_from_a_manifest_answers_with_its_captions() {
+    let work = temp_dir("captions");
+    let captions = ["a noisy red square", "a blue stripe, slanted", "green and pink blur"];
+    let manifest = work.join("pairs.tsv");
+    let lines: Vec<String> = (0..3).map(|i| format!("{}\t{}", fixture_image(i).display(), captions[i])).collect();
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    let index = work.join("index.safetensors");
+    let model = fixtures().join("align_tiny");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_align"))
+        .args(["embed", "--model", model.to_str().unwrap(), "--images", manifest.to_str().unwrap()])
+        .args(["--out", index.to_str().unwrap(), "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start(&index, &[]);
+    let agent = agent();
+    let (status, body) =
+        post(&agent, &server.url("/api/search"), "application/json", br#"{"text": "a photo of a cat", "k": 3}"#);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for r in v["results"].as_array().unwrap() {
+        let id = r["id"].as_u64().unwrap() as usize;
+        assert_eq!(r["caption"], captions[id], "{body}");
+        assert_eq!(r["file"], format!("{id}.png"));
+    }
+    drop(server);
+    std::fs::remove_dir_all(&work).unwrap();
+}
