@@ -647,3 +647,56 @@ pub fn serve(model: Option<&Path>, index_path: &Path, options: &ServeOptions, de
     eprintln!("align serve: stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app whose queue nobody serves (no engine thread): searches wait until their timeout,
+    /// and once the queue is full the next one is turned away at once.
+    fn app_without_engine(queue: usize) -> (Arc<App>, Receiver<Job>) {
+        let index = EmbeddingIndex::from_embeddings(
+            vec![1.0, 0.0, 0.0, 1.0],
+            2,
+            vec!["a.png".into(), "b.png".into()],
+            "m".into(),
+        )
+        .unwrap();
+        let (jobs, waiting) = sync_channel(queue);
+        let options = ServeOptions { timeout: Duration::from_millis(100), ..ServeOptions::default() };
+        let app = App {
+            index: Arc::new(index),
+            jobs,
+            metrics: Arc::new(Metrics::default()),
+            options,
+            thumbnails: Mutex::new(Default::default()),
+        };
+        (Arc::new(app), waiting)
+    }
+
+    fn text_search() -> Request {
+        axum::http::Request::post("/api/search")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(r#"{"text": "a cat"}"#))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_full_queue_answers_503_with_retry_after_and_a_slow_engine_504() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let (app, waiting) = app_without_engine(1);
+        // the first search takes the only queue slot and times out waiting for an answer
+        let first = runtime.block_on(search(State(app.clone()), text_search()));
+        assert_eq!(first.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(app.metrics.queue_depth.load(Ordering::Relaxed), 1, "its job still waits in the queue");
+        // the queue is full: the next is refused at once, with a time to retry
+        let started = Instant::now();
+        let second = runtime.block_on(search(State(app.clone()), text_search()));
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        assert!(started.elapsed() < Duration::from_millis(100), "refused without waiting");
+        assert_eq!(app.metrics.queue_depth.load(Ordering::Relaxed), 1, "the refused job is not counted");
+        // the queued job's client is gone: an engine would skip it
+        assert!(waiting.try_recv().unwrap().reply.is_closed());
+    }
+}
