@@ -297,3 +297,55 @@ fn an_index_built_from_a_manifest_answers_with_its_captions() {
     drop(server);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// `align embed` killed (SIGKILL) after its first batches were recorded, then run again with
+/// the same arguments: it says it resumes, and the index is byte for byte the one an
+/// uninterrupted run writes.
+#[test]
+fn an_interrupted_embed_resumes_and_writes_the_uninterrupted_index() {
+    let work = temp_dir("embed-resume");
+    let images = work.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..2048u32 {
+        let img =
+            image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([(x * 6 + i) as u8, (y * 7) as u8, (i % 251) as u8]));
+        img.save(images.join(format!("{i:05}.png"))).unwrap();
+    }
+    let model = fixtures().join("align_tiny");
+    let embed = |out: &std::path::Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_align"));
+        c.args(["embed", "--model", model.to_str().unwrap(), "--images", images.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--dtype", "bf16"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let whole = work.join("whole.safetensors");
+    assert!(embed(&whole).status().unwrap().success());
+
+    let resumed = work.join("resumed.safetensors");
+    let progress = work.join("resumed.safetensors.partial.json");
+    let mut child = embed(&resumed).spawn().unwrap();
+    let start = Instant::now();
+    while !progress.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "finished before a kill could land");
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!resumed.exists(), "killed before the index was written");
+    let out = embed(&resumed).output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let done: usize = log
+        .split("resuming: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'resuming' line: {log}"));
+    assert!(done > 0 && done < 2048 && done % 256 == 0, "resumed after {done} images");
+    assert_eq!(std::fs::read(&resumed).unwrap(), std::fs::read(&whole).unwrap(), "the same index, byte for byte");
+    assert!(!progress.exists() && !work.join("resumed.safetensors.partial").exists(), "partial files removed");
+    std::fs::remove_dir_all(&work).unwrap();
+}
