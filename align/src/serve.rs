@@ -620,7 +620,12 @@ pub fn serve(model: Option<&Path>, index_path: &Path, options: &ServeOptions, de
         options: options.clone(),
         thumbnails: Mutex::new(Default::default()),
     });
-    let address = format!("{}:{}", options.host, options.port);
+    // an IPv6 address (`::1`) needs brackets before the port
+    let address = if options.host.contains(':') && !options.host.starts_with('[') {
+        format!("[{}]:{}", options.host, options.port)
+    } else {
+        format!("{}:{}", options.host, options.port)
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&address)
             .await
