@@ -283,6 +283,9 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
     let (len, unit) = if split_n { (n, NR) } else { (m, bl.mr) };
     let units = len.div_ceil(unit);
     let parts = threads.min(units);
+    let mut whole_a =
+        (kernel == Bf16Kernel::Amx && !reads_a_in_place(a, k, s)).then(|| prepack_a(bl, parts, m, k, a, s));
+    let whole_a_ref = whole_a.as_mut().map(|w| w.rows());
     let (ap, bp, cp) = (SendPtr(a), SendPtr(b), SendPtr(c as *const f32));
     let run = |t: usize| {
         let (ap, bp, cp) = (ap, bp, cp);
@@ -298,6 +301,7 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
                     kernel,
                     bl,
                     None,
+                    whole_a_ref,
                     m,
                     k,
                     end - start,
@@ -309,10 +313,13 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
                     s,
                 );
             } else {
+                // this part starts at row `start` of the whole A
+                let part_a = whole_a_ref.map(|w| &w[start * padded_depth(bl, k)..]);
                 tiled_serial(
                     kernel,
                     bl,
                     None,
+                    part_a,
                     end - start,
                     k,
                     n,
@@ -327,6 +334,105 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
         }
     };
     run_parts(parts, run);
+    if let Some(w) = whole_a {
+        w.recycle();
+    }
+}
+
+/// Whether the AMX kernel can read A where it lies (bf16, rows contiguous in K, K a whole
+/// number of tile steps, every tile row inside one cache line) rather than from a [`WholeA`].
+fn reads_a_in_place<A: Bf16Operand>(a: *const A, k: usize, s: GemmStrides) -> bool {
+    A::STORED_AS_BF16
+        && s.a_col == 1
+        && k.is_multiple_of(KSTEP)
+        && (a as usize).is_multiple_of(64)
+        && (2 * s.a_row).is_multiple_of(64)
+}
+
+/// K padded to whole tile steps, block by block (every K block but the last is already a
+/// multiple of 32, so this is K rounded up to 32).
+fn padded_depth(bl: TileBlocking, k: usize) -> usize {
+    k_blocks(bl, k).iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum()
+}
+
+/// A as bf16, row-major, made once per product for the AMX kernel when it cannot read A where
+/// it lies (f32 A, strided A, or K not a multiple of 32): `rows` rows of `k_padded` (K rounded
+/// up to 32, zero-filled), `rows` a whole number of 32-row panels (zero rows below A).
+///
+/// The AMX kernel then reads its tiles straight from these rows (a tile row is 64 bytes of one
+/// row of A), as it reads a bf16 A in place. Packing per (row block, K block) into tile-major
+/// panels instead, as the f32 GEMM does, costs twice over: the packing (and, for f32, the
+/// rounding) repeats once per column block of C, and tiles loaded from 1 KB-contiguous
+/// panels measured at about half the speed of tiles whose rows are a full row of A apart
+/// (2048 x 768 x 3072 on two threads: ~950 against ~1700 GFLOP/s).
+struct WholeA {
+    buffer: CacheAligned,
+    len: usize,
+}
+
+thread_local! {
+    /// The calling thread's whole-A buffer, kept between products (taken while in use, so a
+    /// product started from inside another one allocates its own).
+    static WHOLE_A: std::cell::Cell<CacheAligned> = const { std::cell::Cell::new(CacheAligned::new()) };
+}
+
+impl WholeA {
+    fn rows(&mut self) -> &[u16] {
+        self.buffer.slice(self.len)
+    }
+
+    fn recycle(self) {
+        WHOLE_A.set(self.buffer);
+    }
+}
+
+/// Rounds (or copies) all m rows of A (`a` strided as `s` says) into a [`WholeA`], rows split
+/// over `parts` threads.
+fn prepack_a<A: Bf16Operand>(
+    bl: TileBlocking,
+    parts: usize,
+    m: usize,
+    k: usize,
+    a: *const A,
+    s: GemmStrides,
+) -> WholeA {
+    let k_padded = padded_depth(bl, k);
+    let m_padded = m.next_multiple_of(bl.mr);
+    let mut buffer = WHOLE_A.take();
+    let buf = buffer.slice(m_padded * k_padded);
+    let ap = SendPtr(a);
+    let pack = |first_row: usize, out: &mut [u16]| {
+        let ap = &ap; // the whole wrapper (Send), not its raw pointer field
+        for (r, row) in out.chunks_mut(k_padded).enumerate() {
+            let i = first_row + r;
+            if i >= m {
+                row.fill(0);
+                continue;
+            }
+            // SAFETY: row i < m of A lies inside the extent `check` verified.
+            unsafe {
+                let src = ap.0.add(i * s.a_row);
+                if s.a_col == 1 {
+                    A::bf16_run(src, &mut row[..k]);
+                } else {
+                    for (p, v) in row[..k].iter_mut().enumerate() {
+                        *v = (*src.add(p * s.a_col)).bf16_bits();
+                    }
+                }
+            }
+            row[k..].fill(0);
+        }
+    };
+    let rows_per_part = m_padded.div_ceil(parts.max(1));
+    if parts <= 1 || m_padded * k_padded < (1 << 16) {
+        pack(0, buf);
+    } else {
+        parallel::install_with(parts, || {
+            use rayon::prelude::*;
+            buf.par_chunks_mut(rows_per_part * k_padded).enumerate().for_each(|(t, out)| pack(t * rows_per_part, out));
+        });
+    }
+    WholeA { buffer, len: m_padded * k_padded }
 }
 
 /// Runs `run(0..parts)`, on the kernel pool when there is more than one part.
@@ -364,6 +470,7 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
     kernel: Bf16Kernel,
     bl: TileBlocking,
     prepacked: Option<&[u16]>,
+    whole_a: Option<&[u16]>,
     m: usize,
     k: usize,
     n: usize,
@@ -389,10 +496,8 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
         let nc_max = nc.min(n.next_multiple_of(NR));
         let mc_max = bl.mc.min(m.next_multiple_of(bl.mr));
         PACK_BUFFERS.with_borrow_mut(|(packed_a, packed_b)| {
-            if prepacked.is_none() {
-                packed_b.resize(nc_max * k_padded, 0);
-            }
-            packed_a.resize(mc_max * kc, 0);
+            let packed_b = packed_b.slice(if prepacked.is_none() { nc_max * k_padded } else { 0 });
+            let packed_a = packed_a.slice(if whole_a.is_none() { mc_max * kc } else { 0 });
             let mut edge = [0.0f32; 32 * NR];
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             let _tiles = (kernel == Bf16Kernel::Amx).then(super::amx::TileSession::start);
@@ -423,8 +528,12 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
                         let beta_here = if pc == 0 { beta } else { 1.0 };
                         // bf16 A with rows contiguous in K is read in place by the AMX kernel
                         let a_block = a.add(ic * s.a_row + pc * s.a_col);
-                        let in_place = kernel == Bf16Kernel::Amx && A::STORED_AS_BF16 && s.a_col == 1 && kb == kbp;
-                        if !in_place || !mb.is_multiple_of(bl.mr) {
+                        let in_place = whole_a.is_none()
+                            && kernel == Bf16Kernel::Amx
+                            && A::STORED_AS_BF16
+                            && s.a_col == 1
+                            && kb == kbp;
+                        if whole_a.is_none() && (!in_place || !mb.is_multiple_of(bl.mr)) {
                             pack_a_panels(kernel, bl.mr, mb, kb, kbp, a_block, s.a_row, s.a_col, packed_a);
                         }
                         for jr in (0..nb).step_by(NR) {
@@ -433,7 +542,13 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
                             let b1 = b0.add(kbp * 16);
                             for (q, ir) in (0..mb).step_by(bl.mr).enumerate() {
                                 let rows = bl.mr.min(mb - ir);
-                                let ap = if in_place && rows == bl.mr {
+                                let ap = if let Some(w) = whole_a {
+                                    APanel {
+                                        ptr: w.as_ptr().add((ic + ir) * k_padded + pc),
+                                        row_bytes: 2 * k_padded,
+                                        step_bytes: 2 * KSTEP,
+                                    }
+                                } else if in_place && rows == bl.mr {
                                     APanel {
                                         ptr: a_block.add(ir * s.a_row) as *const u16,
                                         row_bytes: 2 * s.a_row,
@@ -469,6 +584,39 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
     }
 }
 
+/// A reusable u16 buffer whose slices start on a 64-byte boundary. A tile row is 64 bytes;
+/// aligned, it is one cache line, misaligned two, and AMX products whose packed B or A rows
+/// sat 16 bytes off a line ran at about half speed (~900 against ~1700 GFLOP/s at
+/// 2048 x 768 x 3072 on two threads).
+#[derive(Default)]
+struct CacheAligned {
+    raw: Vec<u16>,
+}
+
+impl CacheAligned {
+    const fn new() -> CacheAligned {
+        CacheAligned { raw: Vec::new() }
+    }
+
+    /// The first `len` elements from the first 64-byte boundary (contents unspecified).
+    fn slice(&mut self, len: usize) -> &mut [u16] {
+        if self.raw.len() < len + 32 {
+            self.raw.resize(len + 32, 0);
+        }
+        let start = self.raw.as_ptr().align_offset(64);
+        &mut self.raw[start..start + len]
+    }
+
+    /// What [`CacheAligned::slice`] last handed out, `len` long.
+    fn view(&self, len: usize) -> &[u16] {
+        if len == 0 {
+            return &[];
+        }
+        let start = self.raw.as_ptr().align_offset(64);
+        &self.raw[start..start + len]
+    }
+}
+
 /// Bytes of packed B per column block (all of K): kept well inside a 2 MB L2.
 const B_BLOCK_BYTES: usize = 1 << 20;
 
@@ -487,7 +635,7 @@ fn k_blocks(bl: TileBlocking, k: usize) -> Vec<(usize, usize)> {
 thread_local! {
     /// Each thread's packing buffers (A panels, B groups), kept between calls: allocating them
     /// per call cost a page fault per 4 KB of every product.
-    static PACK_BUFFERS: std::cell::RefCell<(Vec<u16>, Vec<u16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static PACK_BUFFERS: std::cell::RefCell<(CacheAligned, CacheAligned)> = const { std::cell::RefCell::new((CacheAligned::new(), CacheAligned::new())) };
 }
 
 /// Packs B[kb x nb] (strided) into groups of 16 columns, each `[kbp/2][16][2]` (pairs of K
@@ -576,6 +724,8 @@ unsafe fn pack_a_panels<A: Bf16Operand>(
     // offset it reads and writes, and any CPU feature its callees need.
     unsafe {
         let panels = mb.div_ceil(mr);
+        // one row of A as bf16 bits: rounded in one vectorised pass, then cut into tile rows
+        let mut row_bits = if kernel == Bf16Kernel::Amx && cs == 1 { vec![0u16; kb] } else { Vec::new() };
         for q in 0..panels {
             let panel = &mut out[q * mr * kbp..(q + 1) * mr * kbp];
             let rows = mr.min(mb - q * mr);
@@ -586,11 +736,11 @@ unsafe fn pack_a_panels<A: Bf16Operand>(
                 let src = a.add((q * mr + r) * rs);
                 match (kernel == Bf16Kernel::Amx, cs == 1) {
                     (true, true) => {
-                        // AMX rows are runs of 32 of K: straight copies (or roundings) of A's row.
-                        for step in 0..kb.div_ceil(KSTEP) {
-                            let len = KSTEP.min(kb - step * KSTEP);
+                        // AMX rows are runs of 32 of K: cuts of A's row (copied or rounded).
+                        A::bf16_run(src, &mut row_bits);
+                        for (step, run) in row_bits.chunks(KSTEP).enumerate() {
                             let at = step * mr * KSTEP + r * KSTEP;
-                            A::bf16_run(src.add(step * KSTEP), &mut panel[at..at + len]);
+                            panel[at..at + run.len()].copy_from_slice(run);
                         }
                     }
                     (true, false) => {
@@ -633,8 +783,9 @@ pub struct PackedBf16B {
     k: usize,
     n: usize,
     /// Tile kernels: column blocks, each its K blocks of 16-column groups. Widening kernels:
-    /// B as bf16, row-major (k, n).
-    data: Vec<u16>,
+    /// B as bf16, row-major (k, n). Starts on a cache line (see [`CacheAligned`]).
+    buffer: CacheAligned,
+    len: usize,
 }
 
 impl PackedBf16B {
@@ -650,18 +801,24 @@ impl PackedBf16B {
     ) -> PackedBf16B {
         assert!(b.len() >= extent(k, n, b_row, b_col), "PackedBf16B: B buffer too short");
         let kernel = kernel.supported();
-        let mut data = Vec::new();
+        let mut buffer = CacheAligned::new();
+        let mut len = 0;
         if k > 0 && n > 0 {
             match kernel {
                 Bf16Kernel::Widen(_) => {
-                    data = (0..k * n).map(|e| b[(e / n) * b_row + (e % n) * b_col].bf16_bits()).collect();
+                    len = k * n;
+                    for (e, v) in buffer.slice(len).iter_mut().enumerate() {
+                        *v = b[(e / n) * b_row + (e % n) * b_col].bf16_bits();
+                    }
                 }
                 _ => {
                     let bl = tile_blocking(kernel);
                     let blocks = k_blocks(bl, k);
                     let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
                     let nc = column_block(bl, k_padded);
-                    data = vec![0u16; n.next_multiple_of(NR) * k_padded];
+                    len = n.next_multiple_of(NR) * k_padded;
+                    // zero-filled: a fresh buffer
+                    let data = buffer.slice(len);
                     for jc in (0..n).step_by(nc) {
                         let nb = nc.min(n - jc);
                         let mut offset = jc * k_padded;
@@ -685,7 +842,7 @@ impl PackedBf16B {
                 }
             }
         }
-        PackedBf16B { kernel, k, n, data }
+        PackedBf16B { kernel, k, n, buffer, len }
     }
 
     /// (K, N) of the packed B.
@@ -695,12 +852,16 @@ impl PackedBf16B {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 2
+        self.len * 2
     }
 
     /// The kernel it was packed for.
     pub fn kernel(&self) -> Bf16Kernel {
         self.kernel
+    }
+
+    fn data(&self) -> &[u16] {
+        self.buffer.view(self.len)
     }
 }
 
@@ -726,7 +887,7 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
     }
     let kernel = packed.kernel;
     if let Bf16Kernel::Widen(_) = kernel {
-        let b: &[half::bf16] = bytemuck_u16(&packed.data);
+        let b: &[half::bf16] = bytemuck_u16(packed.data());
         let sb = GemmStrides { b_row: n, b_col: 1, ..s };
         gemm_bf16_with(kernel, threads, m, k, n, alpha, a, b, beta, c, sb);
         return;
@@ -738,8 +899,12 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
     let bl = tile_blocking(kernel);
     let units = m.div_ceil(bl.mr);
     let parts = if 2 * m * n * k < (1 << 21) { 1 } else { threads.max(1).min(units) };
+    let mut whole_a = (kernel == Bf16Kernel::Amx && !reads_a_in_place(a.as_ptr(), k, s))
+        .then(|| prepack_a(bl, parts, m, k, a.as_ptr(), s));
+    let whole_a_ref = whole_a.as_mut().map(|w| w.rows());
+    let k_padded = padded_depth(bl, k);
     let (ap, cp) = (SendPtr(a.as_ptr()), SendPtr(c.as_mut_ptr() as *const f32));
-    let data = &packed.data[..];
+    let data = packed.data();
     let run = |t: usize| {
         let (ap, cp) = (ap, cp);
         let start = (units * t / parts) * bl.mr;
@@ -755,6 +920,7 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
                 kernel,
                 bl,
                 Some(data),
+                whole_a_ref.map(|w| &w[start * k_padded..]),
                 end - start,
                 k,
                 n,
@@ -768,6 +934,9 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
         }
     };
     run_parts(parts, run);
+    if let Some(w) = whole_a {
+        w.recycle();
+    }
 }
 
 /// The u16 bits of packed bf16 values seen as `bf16` (same size and layout).

@@ -137,9 +137,47 @@ pub fn round_through_bf16(x: f32) -> f32 {
 /// Rounds `src` into `dst` (ties to even). Panics if the lengths differ.
 pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [bf16]) {
     assert_eq!(src.len(), dst.len(), "f32_to_bf16_slice: lengths differ");
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = to_bf16(s);
+    // SAFETY: bf16 is repr(transparent) over u16.
+    let bits = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, dst.len()) };
+    f32_to_bf16_bits_run(src, bits);
+}
+
+/// The bf16 bits of every element of `src` into `dst` (ties to even, NaN quieted, subnormals
+/// kept), on the widest vector unit the CPU has: the packers' inner loop. The hardware's own
+/// conversion (`vcvtneps2bf16`) is not used because it flushes subnormals to zero.
+/// Panics if the lengths differ.
+pub fn f32_to_bf16_bits_run(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_bf16_bits_run: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    match crate::simd::Isa::best().supported() {
+        // SAFETY: the instruction sets were detected.
+        crate::simd::Isa::Avx512 => return unsafe { round_run_avx512(src, dst) },
+        // SAFETY: as above.
+        crate::simd::Isa::Avx2 => return unsafe { round_run_avx2(src, dst) },
+        crate::simd::Isa::Portable => {}
     }
+    round_run(src, dst)
+}
+
+/// Scalar definition of [`f32_to_bf16_bits_run`] (branch-free, so the compiler vectorises it
+/// for whatever instruction set the caller was compiled for).
+#[inline(always)]
+fn round_run(src: &[f32], dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = f32_to_bf16_bits(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn round_run_avx512(src: &[f32], dst: &mut [u16]) {
+    round_run(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn round_run_avx2(src: &[f32], dst: &mut [u16]) {
+    round_run(src, dst)
 }
 
 /// Widens `src` into `dst` (exact). Panics if the lengths differ.
@@ -152,7 +190,9 @@ pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
 
 /// `src` rounded to bf16 in a new vector.
 pub fn to_bf16_vec(src: &[f32]) -> Vec<bf16> {
-    src.iter().map(|&x| to_bf16(x)).collect()
+    let mut out = vec![bf16::ZERO; src.len()];
+    f32_to_bf16_slice(src, &mut out);
+    out
 }
 
 /// `src` widened to f32 in a new vector.
@@ -215,11 +255,6 @@ impl Bf16Operand for f32 {
     unsafe fn bf16_run(src: *const Self, dst: &mut [u16]) {
         // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
         // offset it reads and writes, and any CPU feature its callees need.
-        unsafe {
-            let src = std::slice::from_raw_parts(src, dst.len());
-            for (d, &x) in dst.iter_mut().zip(src) {
-                *d = f32_to_bf16_bits(x);
-            }
-        }
+        unsafe { f32_to_bf16_bits_run(std::slice::from_raw_parts(src, dst.len()), dst) }
     }
 }

@@ -252,3 +252,34 @@ fn a_prepacked_b_gives_the_bits_of_the_plain_product() {
         }
     }
 }
+
+#[test]
+fn a_read_in_place_copied_or_transposed_gives_the_same_bits() {
+    // The AMX kernel reads a cache-aligned bf16 A where it lies and copies any other A into an
+    // aligned bf16 buffer first: both must give the same bits, as must A read transposed.
+    let (m, k, n) = (70, 96, 80);
+    let a = values(m * k, 16);
+    let b = values(k * n, 17);
+    let s = GemmStrides::row_major(k, n);
+    let ah = to_bf16_vec(&a);
+    // the same bf16 A at every 2-byte offset within a cache line (one of them aligned)
+    let mut storage = vec![bf16::ZERO; m * k + 32];
+    for kernel in Bf16Kernel::available() {
+        let mut first: Option<Vec<f32>> = None;
+        for shift in 0..32 {
+            storage[shift..shift + m * k].copy_from_slice(&ah);
+            let mut c = vec![0.0; m * n];
+            gemm_bf16_with(kernel, 2, m, k, n, 1.0, &storage[shift..shift + m * k], &b, 0.0, &mut c, s);
+            match &first {
+                None => first = Some(c),
+                Some(f) => assert_eq!(f, &c, "{} A at offset {shift}", kernel.name()),
+            }
+        }
+        // A^T stored (k x m), read with strides (1, m)
+        let at: Vec<f32> = (0..k * m).map(|e| a[(e % m) * k + e / m]).collect();
+        let st = GemmStrides { a_row: 1, a_col: m, ..s };
+        let mut c = vec![0.0; m * n];
+        gemm_bf16_with(kernel, 2, m, k, n, 1.0, &at, &b, 0.0, &mut c, st);
+        assert_eq!(first.as_ref().unwrap(), &c, "{} transposed A", kernel.name());
+    }
+}
