@@ -7,7 +7,7 @@
 //! pass over the output, and dW = dy^T x comes out in W's own layout instead of as the
 //! transpose of x^T dy (which a later copy would have to gather with a stride).
 
-use kernels::bf16::{gemm_bf16, gemm_bf16_packed_b, matmul_precision, MatmulPrecision};
+use kernels::bf16::{gemm_bf16, gemm_bf16_bias, gemm_bf16_packed_b, matmul_precision, MatmulPrecision};
 use kernels::gemm::{sgemm, sgemm_bias_with, sgemm_packed_b, GemmStrides};
 use kernels::Isa;
 use tensor::{Result, Tensor, TensorError};
@@ -94,25 +94,7 @@ fn packed_product(
     let threads = kernels::parallel::num_threads();
     match packed {
         packed_weights::PackedWeight::F32(p) => sgemm_packed_b(threads, rows, 1.0, x, p, 0.0, y, s, bias),
-        packed_weights::PackedWeight::Bf16(p) => {
-            let beta = fill_bias_rows(y, out, bias);
-            gemm_bf16_packed_b(threads, rows, 1.0, x, p, beta, y, s);
-        }
-    }
-}
-
-/// Writes `bias` into every row of y (rows of `out`) and returns the beta that adds the
-/// product to it (1), or returns 0 when there is no bias (y is then overwritten unread). The
-/// bf16 GEMM has no bias epilogue; its tile kernels read C into the accumulators instead.
-fn fill_bias_rows(y: &mut [f32], out: usize, bias: Option<&[f32]>) -> f32 {
-    match bias {
-        Some(b) => {
-            for row in y.chunks_exact_mut(out) {
-                row.copy_from_slice(&b[..out]);
-            }
-            1.0
-        }
-        None => 0.0,
+        packed_weights::PackedWeight::Bf16(p) => gemm_bf16_packed_b(threads, rows, 1.0, x, p, 0.0, y, s, bias),
     }
 }
 
@@ -162,8 +144,7 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     match (frozen && rows > 1 && out > 1).then(|| packed_weights::packed_transpose(&w.value())).flatten() {
         Some(packed) => packed_product(rows, inp, out, xd, &packed, bias, &mut y),
         None if matmul_precision() == MatmulPrecision::Bf16 => {
-            let beta = fill_bias_rows(&mut y, out, bias);
-            gemm_bf16(rows, inp, out, 1.0, xd, wd, beta, &mut y, s);
+            gemm_bf16_bias(rows, inp, out, 1.0, xd, wd, 0.0, &mut y, s, bias)
         }
         None => sgemm_bias_with(
             Isa::best(),

@@ -245,7 +245,7 @@ fn a_prepacked_b_gives_the_bits_of_the_plain_product() {
                 let mut plain = c0.clone();
                 gemm_bf16_with(kernel, 2, m, k, n, alpha, &a, &w, beta, &mut plain, s);
                 let mut pre = c0.clone();
-                gemm_bf16_packed_b(2, m, alpha, &a, &packed, beta, &mut pre, s);
+                gemm_bf16_packed_b(2, m, alpha, &a, &packed, beta, &mut pre, s, None);
                 // the same K blocks, so the same sums in the same order
                 assert_eq!(plain, pre, "{} {m}x{k}x{n} alpha {alpha} beta {beta}", kernel.name());
             }
@@ -281,5 +281,37 @@ fn a_read_in_place_copied_or_transposed_gives_the_same_bits() {
         let mut c = vec![0.0; m * n];
         gemm_bf16_with(kernel, 2, m, k, n, 1.0, &at, &b, 0.0, &mut c, st);
         assert_eq!(first.as_ref().unwrap(), &c, "{} transposed A", kernel.name());
+    }
+}
+
+#[test]
+fn the_bias_row_is_added_in_the_merge() {
+    // C = alpha A B + beta C + bias equals the product followed by adding the bias, on every
+    // kernel, plain and with B pre-packed, with and without reading C
+    let (m, k, n) = (45, 70, 90);
+    let a = values(m * k, 18);
+    let w = values(n * k, 19);
+    let bias = values(n, 20);
+    let s = GemmStrides { a_row: k, a_col: 1, b_row: 1, b_col: k, c_row: n, c_col: 1 };
+    for kernel in Bf16Kernel::available() {
+        let packed = PackedBf16B::new(kernel, k, n, &w, 1, k);
+        for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 2.0)] {
+            let c0 = values(m * n, 21);
+            let mut want = c0.clone();
+            gemm_bf16_with(kernel, 2, m, k, n, alpha, &a, &w, beta, &mut want, s);
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += bias[i % n];
+            }
+            let mut got = c0.clone();
+            gemm_bf16_bias_with(kernel, 2, m, k, n, alpha, &a, &w, beta, &mut got, s, Some(&bias));
+            let mut pre = c0.clone();
+            gemm_bf16_packed_b(2, m, alpha, &a, &packed, beta, &mut pre, s, Some(&bias));
+            for i in 0..m * n {
+                let tol = 1e-6 * (1.0 + want[i].abs());
+                let what = format!("{} alpha {alpha} beta {beta} at {i}", kernel.name());
+                assert!((got[i] - want[i]).abs() <= tol, "{what}: {} vs {}", got[i], want[i]);
+                assert_eq!(got[i], pre[i], "{what}: pre-packed differs");
+            }
+        }
     }
 }
