@@ -11,6 +11,10 @@
     python3 scripts/bench_reference.py gemm-bf16 --threads 2   # torch.matmul on bf16 tensors (oneDNN)
     python3 scripts/bench_reference.py bert --threads 2 --autocast
                                                             # BERT-base forward under autocast bf16
+    python3 scripts/bench_reference.py effnet --threads 2 --torchvision --autocast
+                                                            # torchvision efficientnet_b0 step, fp32 and bf16
+    python3 scripts/bench_reference.py dual --threads 2 --autocast
+                                                            # the tiny ALIGN step, fp32 and autocast bf16
 
 PyTorch as fast as it runs here: run these with glibc's allocator tuned, e.g.
 MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456
@@ -225,17 +229,34 @@ def gemm_bf16(threads, runs):
 
 
 def effnet(threads, runs):
+    """EfficientNet-B0 training step (forward + backward, batch 16, channels_last, training-mode
+    BN), as `cargo run --release -p align --example efficientnet_bench`. `--torchvision` times
+    torchvision's own `efficientnet_b0` (what a PyTorch user runs) instead of the
+    efficientnet_lite_pytorch port; `--autocast` adds the same step under autocast bf16."""
     import torch
-    from efficientnet_lite_pytorch import EfficientNet
 
     torch.set_num_threads(threads)
     size = int(arg("--size", "224"))
-    model = EfficientNet.from_name("efficientnet-b0").to(memory_format=torch.channels_last).train()
+    if "--torchvision" in sys.argv:
+        import torchvision
+        model, name = torchvision.models.efficientnet_b0(), "torchvision efficientnet_b0"
+    else:
+        from efficientnet_lite_pytorch import EfficientNet
+        model, name = EfficientNet.from_name("efficientnet-b0"), "effnet-b0"
+    model = model.to(memory_format=torch.channels_last).train()
     x = torch.randn(16, 3, size, size).to(memory_format=torch.channels_last)
 
     def step():
+        model.zero_grad(set_to_none=True)
         model(x).mean().backward()
-    print(f"effnet-b0 {size} fwd+bwd {median_time(step, runs) * 1e3:.1f}")
+    print(f"{name} {size} fwd+bwd {median_time(step, runs) * 1e3:.1f}")
+    if "--autocast" in sys.argv:
+        def step_bf16():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x).float().mean()
+            loss.backward()
+        print(f"{name} {size} fwd+bwd autocast-bf16 {median_time(step_bf16, runs) * 1e3:.1f}")
 
 
 def bn(threads, runs):
@@ -328,6 +349,16 @@ def dual(threads, runs):
     t = median_time(step, runs)
     layout = "channels-last" if channels_last else "channels-first"
     print(f"pytorch tiny ALIGN step ({layout}, {tokens} tokens): {t * 1e3:.0f} ms, {batch / t:.1f} pairs/s")
+    if "--autocast" in sys.argv:
+        # the whole step under autocast bf16: it changes the forward's matmuls and convolutions
+        # (backward follows their dtypes); the loss and the LAMB update's elementwise ops stay fp32
+        forward = step
+
+        def step_bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                forward()
+        t = median_time(step_bf16, runs)
+        print(f"pytorch tiny ALIGN step autocast-bf16 ({layout}, {tokens} tokens): {t * 1e3:.0f} ms, {batch / t:.1f} pairs/s")
 
 
 def tokenize(vocab_dir, path, runs=5):

@@ -185,6 +185,36 @@ fn lite0_on_photos_gives_pytorchs_probabilities() {
     }
 }
 
+/// `align classify --precision bf16` (the matrix products on bf16-rounded operands) keeps
+/// lite0's top-1 on every photo, with every probability within 0.01 of the f32 run.
+#[test]
+fn lite0_top1_on_photos_is_the_same_in_bf16() {
+    use kernels::bf16::{with_matmul_precision, MatmulPrecision};
+    let data = common::skimage_data();
+    let images: Vec<_> = PHOTOS.iter().map(|p| data.join(p)).collect();
+    let run = |p: MatmulPrecision| {
+        with_matmul_precision(p, || {
+            align::cli::classify_images(&common::lite0_pth(), "efficientnet-lite0", &images, 1000, tensor::Device::Cpu)
+                .unwrap()
+        })
+    };
+    let (f32_results, bf16_results) = (run(MatmulPrecision::F32), run(MatmulPrecision::Bf16));
+    let mut largest = 0.0f32;
+    for ((photo, full), half) in PHOTOS.iter().zip(f32_results).zip(bf16_results) {
+        let (full, half) = (full.unwrap(), half.unwrap());
+        assert_eq!(full[0].0, half[0].0, "{photo}: top-1 differs in bf16");
+        let mut probs = vec![0.0f32; 1000];
+        for &(class, p) in &full {
+            probs[class] = p;
+        }
+        let worst = half.iter().fold(0.0f32, |m, &(class, p)| m.max((p - probs[class]).abs()));
+        assert!(worst <= 0.01, "{photo}: bf16 probabilities differ by up to {worst}");
+        largest = largest.max(worst);
+    }
+    // the bf16 products really ran (results not bitwise those of f32)
+    assert!(largest > 0.0, "bf16 run gave the f32 probabilities bit for bit");
+}
+
 #[test]
 fn small_efficientnet_training_loss_and_gradients_match_pytorch() {
     use align::efficientnet::StageArgs;
