@@ -13,6 +13,7 @@ use std::path::Path;
 
 use autograd::ops::{attention, elementwise as ew, matmul::linear_stacked, reduce, shape};
 use autograd::Var;
+use kernels::activation::Activation;
 use nn::layers::{Dropout, Embedding, LayerNorm, Linear};
 use nn::{Ctx, LoadReport, Module};
 use tensor::io::safetensors::SafeTensors;
@@ -298,9 +299,27 @@ impl Bert {
             let context = attention::self_attention(&qkv, heads, Some(&tokens.mask), attn_drop)?;
             let attn = dropout.forward(&layer.attention_output.forward(&context, ctx)?, ctx)?;
             x = layer.attention_norm.forward(&ew::add(&x, &attn)?, ctx)?;
-            let inter = layer.intermediate.forward(&x, ctx)?;
-            let inter = if self.config.gelu_tanh { ew::gelu_tanh(&inter) } else { ew::gelu(&inter) };
-            let out = dropout.forward(&layer.output.forward(&inter, ctx)?, ctx)?;
+            // Inference in bf16 runs the feed-forward block fused, its 4H-wide hidden layer held
+            // in bf16 only; otherwise (training, f32) the separate ops.
+            let act = if self.config.gelu_tanh { Activation::GeluTanh } else { Activation::GeluErf };
+            let (inter, output) = (&layer.intermediate, &layer.output);
+            let fused = autograd::ops::matmul::feed_forward_inference(
+                &x,
+                &inter.weight,
+                inter.bias.as_ref(),
+                Some(act),
+                &output.weight,
+                output.bias.as_ref(),
+            )?;
+            let out = match fused {
+                Some(out) => out,
+                None => {
+                    let hidden = inter.forward(&x, ctx)?;
+                    let hidden = if self.config.gelu_tanh { ew::gelu_tanh(&hidden) } else { ew::gelu(&hidden) };
+                    output.forward(&hidden, ctx)?
+                }
+            };
+            let out = dropout.forward(&out, ctx)?;
             x = layer.output_norm.forward(&ew::add(&x, &out)?, ctx)?;
         }
         Ok(x)

@@ -108,6 +108,74 @@ fn product(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], s:
     }
 }
 
+/// A transformer's feed-forward block at inference in bf16 precision, `act(x W1^T + b1) W2^T
+/// + b2` over the last axis of x, with the hidden layer kept in bf16 only
+/// (`kernels::bf16::feed_forward_bf16`: biased, activated and rounded as it leaves the first
+/// product, read in place by the second). The same values as `linear`, the activation and
+/// `linear` under the bf16 matmul precision, up to one bf16 step of a hidden value.
+///
+/// `Ok(None)` where it does not apply, and the caller runs the separate ops: gradients are
+/// being recorded, the matmul precision is f32, a tensor lives on a GPU, or the weights are not
+/// packed (the packed-weight cache is off).
+pub fn feed_forward_inference(
+    x: &Var,
+    w1: &Var,
+    b1: Option<&Var>,
+    act: Option<kernels::activation::Activation>,
+    w2: &Var,
+    b2: Option<&Var>,
+) -> Result<Option<Var>> {
+    if crate::is_grad_enabled() || matmul_precision() != MatmulPrecision::Bf16 {
+        return Ok(None);
+    }
+    let (xv, w1v, w2v) = (x.value(), w1.value(), w2.value());
+    let on_gpu = [&xv, &w1v, &w2v].iter().any(|t| t.device().is_gpu())
+        || [b1, b2].iter().flatten().any(|b| b.value().device().is_gpu());
+    if on_gpu {
+        return Ok(None);
+    }
+    let bad = |msg: String| TensorError::Shape { op: "feed_forward", msg };
+    let (ws1, ws2, xs) = (w1v.shape(), w2v.shape(), xv.shape());
+    if ws1.len() != 2 || ws2.len() != 2 || ws2[1] != ws1[0] || xs.last() != Some(&ws1[1]) {
+        return Err(bad(format!(
+            "input {xs:?}, W1 {ws1:?} and W2 {ws2:?} must be (.., in), (hidden, in), (out, hidden)"
+        )));
+    }
+    let (inp, hidden, out) = (ws1[1], ws1[0], ws2[0]);
+    let check_bias = |b: Option<&Var>, len: usize| -> Result<Option<Tensor>> {
+        match b {
+            Some(b) if b.shape() != [len] => Err(bad(format!("bias {:?} must be [{len}]", b.shape()))),
+            Some(b) => Ok(Some(b.value().contiguous())),
+            None => Ok(None),
+        }
+    };
+    let (bias1, bias2) = (check_bias(b1, hidden)?, check_bias(b2, out)?);
+    let (Some(p1), Some(p2)) = (packed_weights::packed_transpose(&w1v), packed_weights::packed_transpose(&w2v)) else {
+        return Ok(None);
+    };
+    let (packed_weights::PackedWeight::Bf16(p1), packed_weights::PackedWeight::Bf16(p2)) = (&*p1, &*p2) else {
+        return Ok(None);
+    };
+    let rows = xv.numel() / inp.max(1);
+    let xc = xv.contiguous();
+    let xd = xc.as_contiguous_slice().expect("contiguous");
+    let mut y = tensor::recycled_vec(rows * out);
+    kernels::bf16::feed_forward_bf16(
+        kernels::parallel::num_threads(),
+        rows,
+        xd,
+        p1,
+        bias1.as_ref().map(|b| b.as_contiguous_slice().expect("contiguous")),
+        act,
+        p2,
+        bias2.as_ref().map(|b| b.as_contiguous_slice().expect("contiguous")),
+        &mut y,
+    );
+    let mut shape = xs.to_vec();
+    *shape.last_mut().expect("checked above") = out;
+    Ok(Some(Var::constant(Tensor::from_vec(y, &shape)?)))
+}
+
 /// y = x W^T + b for x (rows, in), W (out, in), b (out); y is (rows, out).
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let (xv, wv) = (x.value().contiguous(), w.value().contiguous());

@@ -332,9 +332,10 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
     let mut whole_a =
         (kernel == Bf16Kernel::Amx && !reads_a_in_place(a, k, s)).then(|| prepack_a(bl, parts, m, k, a, s));
     let whole_a_ref = whole_a.as_mut().map(|w| w.rows());
-    let (ap, bp, cp) = (SendPtr(a), SendPtr(b), SendPtr(c as *const f32));
+    let sink = StoreF32 { c: SendPtr(c as *const f32), ldc: s.c_row, alpha, beta, bias };
+    let (ap, bp) = (SendPtr(a), SendPtr(b));
     let run = |t: usize| {
-        let (ap, bp, cp) = (ap, bp, cp);
+        let (ap, bp) = (ap, bp);
         let start = (units * t / parts) * unit;
         let end = ((units * (t + 1) / parts) * unit).min(len);
         if start >= end {
@@ -351,13 +352,11 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
                     m,
                     k,
                     end - start,
-                    alpha,
                     ap.0,
                     bp.0.add(start * s.b_col),
-                    beta,
-                    (cp.0 as *mut f32).add(start),
                     s,
-                    bias.map(|b| &b[start..]),
+                    &sink,
+                    (0, start),
                 );
             } else {
                 // this part starts at row `start` of the whole A
@@ -370,13 +369,11 @@ unsafe fn tiled_threads<A: Bf16Operand, B: Bf16Operand>(
                     end - start,
                     k,
                     n,
-                    alpha,
                     ap.0.add(start * s.a_row),
                     bp.0,
-                    beta,
-                    (cp.0 as *mut f32).add(start * s.c_row),
                     s,
-                    bias,
+                    &sink,
+                    (start, 0),
                 );
             }
         }
@@ -511,7 +508,8 @@ struct SendPtr<T>(*const T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// The blocked loops on one thread (C row-major with row stride `s.c_row`).
+/// The blocked loops on one thread over an m x n product whose row 0, column 0 are the whole
+/// product's `(row0, col0)`: each finished row of a C block goes to `sink`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
     kernel: Bf16Kernel,
@@ -521,19 +519,16 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
     m: usize,
     k: usize,
     n: usize,
-    alpha: f32,
     a: *const A,
     b: *const B,
-    beta: f32,
-    c: *mut f32,
     s: GemmStrides,
-    bias: Option<&[f32]>,
+    sink: &dyn RowSink,
+    (row0, col0): (usize, usize),
 ) {
     // SAFETY: this unsafe fn's callers guarantee that its pointers are valid for every
     // offset it reads and writes, and any CPU feature its callees need.
     unsafe {
         let micro = tile_kernel(kernel);
-        let ldc = s.c_row;
         let blocks = k_blocks(bl, k);
         let kc = blocks[0].1.next_multiple_of(KSTEP);
         let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
@@ -619,11 +614,9 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
                         }
                     }
                     // C = alpha * sums + beta * C, the valid part of each tile
-                    // C = alpha * sums + beta * C + bias, row by row
-                    let bias_block = bias.map(|b| &b[jc..jc + nb]);
+                    // the finished rows, to C (or wherever the sink stores them)
                     for i in 0..mb {
-                        let dst = std::slice::from_raw_parts_mut(c.add((ic + i) * ldc + jc), nb);
-                        merge_row(dst, &c_tiles[i * ld_sums..i * ld_sums + nb], alpha, beta, bias_block);
+                        sink.put(row0 + ic + i, col0 + jc, &c_tiles[i * ld_sums..i * ld_sums + nb]);
                     }
                 }
             }
@@ -637,6 +630,65 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
 /// GFLOP/s with tile rows 2 or 12 KB apart against 1670-1700 with the rows of a contiguous
 /// tile (kc 256, one thread).
 const SUMS_ROW_PAD: usize = 16;
+
+/// Where the blocked loops hand each finished row of a C block: `sums`, all of K summed, for
+/// row `i` of the product, columns `j0..j0 + sums.len()`.
+trait RowSink: Sync {
+    /// # Safety
+    /// Row `i`, columns `j0..j0 + sums.len()` lie inside the product, and no other thread
+    /// stores to them.
+    unsafe fn put(&self, i: usize, j0: usize, sums: &[f32]);
+}
+
+/// C (f32, rows `ldc` apart) = alpha * sums + beta * C + bias.
+struct StoreF32<'a> {
+    c: SendPtr<f32>,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    bias: Option<&'a [f32]>,
+}
+
+impl RowSink for StoreF32<'_> {
+    unsafe fn put(&self, i: usize, j0: usize, sums: &[f32]) {
+        let n = sums.len();
+        // SAFETY: the caller keeps (i, j0..j0 + n) inside C and owned by this thread.
+        let dst = unsafe { std::slice::from_raw_parts_mut((self.c.0 as *mut f32).add(i * self.ldc + j0), n) };
+        merge_row(dst, sums, self.alpha, self.beta, self.bias.map(|b| &b[j0..j0 + n]));
+    }
+}
+
+/// Y (bf16 bits, rows `ld` apart) = act(sums + bias), rounded to bf16: a hidden layer stored
+/// as the next product's operand.
+struct StoreActBf16<'a> {
+    y: SendPtr<u16>,
+    ld: usize,
+    bias: Option<&'a [f32]>,
+    act: Option<crate::activation::Activation>,
+}
+
+impl RowSink for StoreActBf16<'_> {
+    unsafe fn put(&self, i: usize, j0: usize, sums: &[f32]) {
+        let n = sums.len();
+        // a row of a C block is at most `nc` (512) columns wide
+        let (mut pre, mut post) = ([0.0f32; 512], [0.0f32; 512]);
+        let (pre, post) = (&mut pre[..n], &mut post[..n]);
+        match self.bias {
+            Some(b) => pre.iter_mut().zip(sums).zip(&b[j0..j0 + n]).for_each(|((p, &v), &b)| *p = v + b),
+            None => pre.copy_from_slice(sums),
+        }
+        let out = match self.act {
+            Some(act) => {
+                crate::activation::activation_forward_with(Isa::best(), act, pre, post);
+                &*post
+            }
+            None => &*pre,
+        };
+        // SAFETY: the caller keeps (i, j0..j0 + n) inside Y and owned by this thread.
+        let dst = unsafe { std::slice::from_raw_parts_mut((self.y.0 as *mut u16).add(i * self.ld + j0), n) };
+        super::f32_to_bf16_bits_run(out, dst);
+    }
+}
 
 /// `dst = alpha * sums + beta * dst (+ bias)` (beta 0: `dst` is not read, so NaN there does not
 /// leak), on the widest vector unit the CPU has.
@@ -1036,6 +1088,26 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
         scale_rows(m, n, beta, c, s.c_row, bias);
         return;
     }
+    let sink = StoreF32 { c: SendPtr(c.as_mut_ptr() as *const f32), ldc: s.c_row, alpha, beta, bias };
+    // SAFETY: extents checked above; C's rows are disjoint (asserted), one thread per row block.
+    unsafe { packed_b_product(threads, m, a, s, packed, &sink) }
+}
+
+/// The tile kernels' product of A (m x K) and a pre-packed B, rows split over the threads,
+/// every finished row handed to `sink`.
+///
+/// # Safety
+/// `a` holds m rows of K as `s` says; `sink` may be given any row < m and column < N.
+unsafe fn packed_b_product<A: Bf16Operand>(
+    threads: usize,
+    m: usize,
+    a: &[A],
+    s: GemmStrides,
+    packed: &PackedBf16B,
+    sink: &dyn RowSink,
+) {
+    let (k, n) = packed.shape();
+    let kernel = packed.kernel;
     let bl = tile_blocking(kernel);
     let units = m.div_ceil(bl.mr);
     let parts = if 2 * m * n * k < (1 << 21) { 1 } else { threads.max(1).min(units) };
@@ -1043,18 +1115,18 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
         .then(|| prepack_a(bl, parts, m, k, a.as_ptr(), s));
     let whole_a_ref = whole_a.as_mut().map(|w| w.rows());
     let k_padded = padded_depth(bl, k);
-    let (ap, cp) = (SendPtr(a.as_ptr()), SendPtr(c.as_mut_ptr() as *const f32));
+    let ap = SendPtr(a.as_ptr());
     let data = packed.data();
     let run = |t: usize| {
-        let (ap, cp) = (ap, cp);
+        let ap = ap;
         let start = (units * t / parts) * bl.mr;
         let end = ((units * (t + 1) / parts) * bl.mr).min(m);
         if start >= end {
             return;
         }
         let no_b = std::ptr::null::<half::bf16>();
-        // SAFETY: each part writes its own rows of C, inside the checked extents; B is the
-        // pre-packed whole (the B pointer is never read).
+        // SAFETY: each part hands the sink its own rows; B is the pre-packed whole (the B
+        // pointer is never read).
         unsafe {
             tiled_serial(
                 kernel,
@@ -1064,13 +1136,11 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
                 end - start,
                 k,
                 n,
-                alpha,
                 ap.0.add(start * s.a_row),
                 no_b,
-                beta,
-                (cp.0 as *mut f32).add(start * s.c_row),
                 s,
-                bias,
+                sink,
+                (start, 0),
             )
         }
     };
@@ -1078,6 +1148,94 @@ pub fn gemm_bf16_packed_b<A: Bf16Operand>(
     if let Some(w) = whole_a {
         w.recycle();
     }
+}
+
+/// A feed-forward block, y (m x N2) = act(x W1^T + b1) W2^T + b2, with the hidden layer
+/// (m x N1) held in bf16 only: the first product's rows are biased, activated and rounded as
+/// they leave the accumulators and the second product reads them in place. Against the same
+/// steps as separate ops (an f32 hidden layer written, activated, read and rounded again
+/// while packed), this skips three passes over the hidden layer, the largest activation of a
+/// transformer layer (4x its width).
+///
+/// `w1` packs B = W1^T (K x N1), `w2` packs B = W2^T (N1 x N2), both for the same kernel.
+/// Inference only (nothing is kept for a backward pass). On the widening kernels the same
+/// steps run as separate passes, with the same rounding of the hidden layer.
+///
+/// ```
+/// use kernels::activation::Activation;
+/// use kernels::bf16::{feed_forward_bf16, Bf16Kernel, PackedBf16B};
+/// // 2 tokens of width 2, hidden width 3, output width 2; W1 (3 x 2) and W2 (2 x 3) as stored
+/// let w1 = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// let w2 = [1.0f32, 1.0, 1.0, 0.0, 0.0, 1.0];
+/// let p1 = PackedBf16B::new(Bf16Kernel::best(), 2, 3, &w1, 1, 2);
+/// let p2 = PackedBf16B::new(Bf16Kernel::best(), 3, 2, &w2, 1, 3);
+/// let x = [1.0f32, 2.0, -4.0, 0.5];
+/// let mut y = [0.0f32; 4];
+/// feed_forward_bf16(1, 2, &x, &p1, None, None, &p2, Some(&[0.5, 0.0]), &mut y);
+/// // hidden rows [1, 2, 3] and [-4, 0.5, -3.5]
+/// assert_eq!(y, [6.5, 3.0, -6.5, -3.5]);
+/// // with GELU (erf form) on the hidden layer
+/// feed_forward_bf16(1, 2, &x, &p1, None, Some(Activation::GeluErf), &p2, None, &mut y);
+/// assert!((y[1] - 2.996).abs() < 0.01);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn feed_forward_bf16(
+    threads: usize,
+    m: usize,
+    x: &[f32],
+    w1: &PackedBf16B,
+    b1: Option<&[f32]>,
+    act: Option<crate::activation::Activation>,
+    w2: &PackedBf16B,
+    b2: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let ((k, n1), (k2, n2)) = (w1.shape(), w2.shape());
+    assert_eq!(k2, n1, "feed_forward_bf16: W2's input width is not W1's output width");
+    assert!(x.len() >= m * k && y.len() >= m * n2, "feed_forward_bf16: x or y too short");
+    assert!(b1.is_none_or(|b| b.len() >= n1) && b2.is_none_or(|b| b.len() >= n2), "feed_forward_bf16: bias too short");
+    if m == 0 {
+        return;
+    }
+    let mut hidden_buf = HIDDEN.take();
+    let hidden = hidden_buf.slice(m * n1);
+    let s1 = GemmStrides { a_row: k, a_col: 1, b_row: 0, b_col: 0, c_row: n1, c_col: 1 };
+    match w1.kernel {
+        Bf16Kernel::Widen(_) => {
+            let mut pre = vec![0.0f32; m * n1];
+            gemm_bf16_packed_b(threads, m, 1.0, x, w1, 0.0, &mut pre, s1, b1);
+            let post = match act {
+                Some(act) => {
+                    let mut post = vec![0.0f32; m * n1];
+                    crate::activation::activation_forward(act, &pre, &mut post);
+                    post
+                }
+                None => pre,
+            };
+            super::f32_to_bf16_bits_run(&post, hidden);
+        }
+        _ if k == 0 => {
+            let zeros = vec![0.0f32; n1];
+            let sink = StoreActBf16 { y: SendPtr(hidden.as_ptr()), ld: n1, bias: b1, act };
+            for i in 0..m {
+                // SAFETY: row i < m of the hidden layer, this thread only.
+                unsafe { sink.put(i, 0, &zeros) };
+            }
+        }
+        _ => {
+            let sink = StoreActBf16 { y: SendPtr(hidden.as_ptr()), ld: n1, bias: b1, act };
+            // SAFETY: x holds m rows of k (asserted); the hidden layer is m x n1.
+            unsafe { packed_b_product(threads, m, &x[..m * k], s1, w1, &sink) };
+        }
+    }
+    let s2 = GemmStrides { a_row: n1, a_col: 1, b_row: 0, b_col: 0, c_row: n2, c_col: 1 };
+    gemm_bf16_packed_b(threads, m, 1.0, bytemuck_u16(hidden), w2, 0.0, y, s2, b2);
+    HIDDEN.set(hidden_buf);
+}
+
+thread_local! {
+    /// [`feed_forward_bf16`]'s hidden layer, kept between calls (taken while in use).
+    static HIDDEN: std::cell::Cell<CacheAligned<u16>> = const { std::cell::Cell::new(CacheAligned::new()) };
 }
 
 /// The u16 bits of packed bf16 values seen as `bf16` (same size and layout).

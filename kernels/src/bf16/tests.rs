@@ -315,3 +315,47 @@ fn the_bias_row_is_added_in_the_merge() {
         }
     }
 }
+
+#[test]
+fn the_fused_feed_forward_equals_its_steps_taken_one_by_one() {
+    // act(x W1^T + b1) rounded to bf16, times W2^T, + b2: fused (the hidden layer activated
+    // and rounded as it leaves the accumulators) against separate products and passes
+    use crate::activation::{activation_forward, Activation};
+    let (m, k, n1, n2) = (45, 70, 100, 37);
+    let x = values(m * k, 22);
+    let w1 = values(n1 * k, 23);
+    let w2 = values(n2 * n1, 24);
+    let (b1, b2) = (values(n1, 25), values(n2, 26));
+    for kernel in Bf16Kernel::available() {
+        let p1 = PackedBf16B::new(kernel, k, n1, &w1, 1, k);
+        let p2 = PackedBf16B::new(kernel, n1, n2, &w2, 1, n1);
+        for act in [None, Some(Activation::GeluErf), Some(Activation::GeluTanh)] {
+            for with_bias in [false, true] {
+                let (bias1, bias2) = if with_bias { (Some(&b1[..]), Some(&b2[..])) } else { (None, None) };
+                let mut fused = vec![f32::NAN; m * n2];
+                feed_forward_bf16(2, m, &x, &p1, bias1, act, &p2, bias2, &mut fused);
+                let s1 = GemmStrides { a_row: k, a_col: 1, b_row: 0, b_col: 0, c_row: n1, c_col: 1 };
+                let mut pre = vec![0.0; m * n1];
+                gemm_bf16_packed_b(1, m, 1.0, &x, &p1, 0.0, &mut pre, s1, bias1);
+                let mut post = pre.clone();
+                if let Some(act) = act {
+                    activation_forward(act, &pre, &mut post);
+                }
+                let hidden = to_bf16_vec(&post);
+                let s2 = GemmStrides { a_row: n1, a_col: 1, b_row: 0, b_col: 0, c_row: n2, c_col: 1 };
+                let mut steps = vec![0.0; m * n2];
+                gemm_bf16_packed_b(1, m, 1.0, &hidden, &p2, 0.0, &mut steps, s2, bias2);
+                // the same sums; a hidden value may differ by one bf16 step where a vector and a
+                // scalar activation round the last bit of an f32 differently
+                let scale = steps.iter().fold(0.0f32, |s, v| s.max(v.abs()));
+                for (i, (a, b)) in fused.iter().zip(&steps).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-3 * scale,
+                        "{} {act:?} bias {with_bias}: y[{i}] = {a} vs {b} (scale {scale})",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+}
