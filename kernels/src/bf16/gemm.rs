@@ -1118,7 +1118,7 @@ unsafe fn packed_b_product<A: Bf16Operand>(
     let ap = SendPtr(a.as_ptr());
     let data = packed.data();
     let run = |t: usize| {
-        let ap = ap;
+        let ap = &ap; // the whole wrapper (Send), not its raw pointer field
         let start = (units * t / parts) * bl.mr;
         let end = ((units * (t + 1) / parts) * bl.mr).min(m);
         if start >= end {
