@@ -670,23 +670,27 @@ struct StoreActBf16<'a> {
 impl RowSink for StoreActBf16<'_> {
     unsafe fn put(&self, i: usize, j0: usize, sums: &[f32]) {
         let n = sums.len();
-        // a row of a C block is at most `nc` (512) columns wide
-        let (mut pre, mut post) = ([0.0f32; 512], [0.0f32; 512]);
-        let (pre, post) = (&mut pre[..n], &mut post[..n]);
-        match self.bias {
-            Some(b) => pre.iter_mut().zip(sums).zip(&b[j0..j0 + n]).for_each(|((p, &v), &b)| *p = v + b),
-            None => pre.copy_from_slice(sums),
-        }
-        let out = match self.act {
-            Some(act) => {
-                crate::activation::activation_forward_with(Isa::best(), act, pre, post);
-                &*post
-            }
-            None => &*pre,
-        };
         // SAFETY: the caller keeps (i, j0..j0 + n) inside Y and owned by this thread.
         let dst = unsafe { std::slice::from_raw_parts_mut((self.y.0 as *mut u16).add(i * self.ld + j0), n) };
-        super::f32_to_bf16_bits_run(out, dst);
+        ROW_SCRATCH.with_borrow_mut(|(pre, post)| {
+            // (scratch rows kept per thread: zeroing two fresh 2 KB arrays per row cost more
+            // than the activation)
+            pre.resize(n, 0.0);
+            post.resize(n, 0.0);
+            let (pre, post) = (&mut pre[..n], &mut post[..n]);
+            match self.bias {
+                Some(b) => pre.iter_mut().zip(sums).zip(&b[j0..j0 + n]).for_each(|((p, &v), &b)| *p = v + b),
+                None => pre.copy_from_slice(sums),
+            }
+            let out = match self.act {
+                Some(act) => {
+                    crate::activation::activation_forward_with(Isa::best(), act, pre, post);
+                    &*post
+                }
+                None => &*pre,
+            };
+            super::f32_to_bf16_bits_run(out, dst);
+        });
     }
 }
 
@@ -1234,6 +1238,8 @@ pub fn feed_forward_bf16(
 }
 
 thread_local! {
+    /// [`StoreActBf16`]'s rows before and after the activation.
+    static ROW_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// [`feed_forward_bf16`]'s hidden layer, kept between calls (taken while in use).
     static HIDDEN: std::cell::Cell<CacheAligned<u16>> = const { std::cell::Cell::new(CacheAligned::new()) };
 }
