@@ -11,6 +11,8 @@
     python3 scripts/bench_reference.py gemm-bf16 --threads 2   # torch.matmul on bf16 tensors (oneDNN)
     python3 scripts/bench_reference.py bert --threads 2 --autocast
                                                             # BERT-base forward under autocast bf16
+    python3 scripts/bench_reference.py bert --threads 2 --autocast --interleave target/release/examples/bert_bench
+                                                            # the same, alternated step by step with ours in bf16
     python3 scripts/bench_reference.py effnet --threads 2 --torchvision --autocast
                                                             # torchvision efficientnet_b0 step, fp32 and bf16
     python3 scripts/bench_reference.py dual --threads 2 --autocast
@@ -193,13 +195,21 @@ def bert(threads, runs):
         mini(input_ids=ids).last_hidden_state.mean().backward()
     if "--interleave" in sys.argv:
         # python3 scripts/bench_reference.py bert --threads 2 --runs 20 --interleave target/release/examples/bert_bench
+        # with --autocast: BERT-base under autocast bf16 against ours with --precision bf16
         base = BertModel(BertConfig(), add_pooling_layer=False).eval()
+        autocast = "--autocast" in sys.argv
 
         def base_step():
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 base(input_ids=ids)
+        def mini_step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = mini(input_ids=ids).last_hidden_state.float().mean()
+            loss.backward()
         ours = [arg("--interleave", None), "--serve", "--threads", str(threads)]
-        interleaved(ours, {"mini": step, "base": base_step}, runs)
+        if autocast:
+            ours += ["--precision", "bf16"]
+        interleaved(ours, {"mini": mini_step, "base": base_step}, runs)
         return
     base = BertModel(BertConfig(), add_pooling_layer=False).eval()
     if "--autocast" in sys.argv:
