@@ -761,8 +761,20 @@ impl<T: Copy + Default> CacheAligned<T> {
         if self.raw.len() < len + slack {
             self.raw.resize(len + slack, T::default());
         }
-        let start = self.raw.as_ptr().align_offset(64);
-        &mut self.raw[start..start + len]
+        let start = Self::aligned_start(self.raw.as_ptr());
+        &mut self.raw[start..][..len]
+    }
+
+    /// Elements to skip to reach a 64-byte boundary (0 if `align_offset` declines to say: the
+    /// buffer then works unaligned, only slower).
+    fn aligned_start(p: *const T) -> usize {
+        let slack = 64 / std::mem::size_of::<T>();
+        let start = p.align_offset(64);
+        if start < slack {
+            start
+        } else {
+            0
+        }
     }
 
     /// What [`CacheAligned::slice`] last handed out, `len` long.
@@ -770,8 +782,7 @@ impl<T: Copy + Default> CacheAligned<T> {
         if len == 0 {
             return &[];
         }
-        let start = self.raw.as_ptr().align_offset(64);
-        &self.raw[start..start + len]
+        &self.raw[Self::aligned_start(self.raw.as_ptr())..][..len]
     }
 }
 
