@@ -14,9 +14,14 @@
 //!
 //! The tile kernels share one packed layout for B (groups of 16 columns, pairs of K
 //! interleaved: `[K/2][16][2]` per group) and run the BLIS loops of the f32 GEMM
-//! (`crate::gemm`): column blocks of `nc`, K blocks of `kc` (B packed there), row blocks of `mc`
-//! (A packed there), then a 32-column slice of packed B held in L1 against the row panels of
-//! packed A streaming from L2. K is zero-padded to a multiple of 32 in both packs.
+//! (`crate::gemm`): column blocks of `nc` (B packed there for all of K), row blocks of `mc`, K
+//! blocks of `kc`, then a 32-column slice of packed B held in L1 against the row panels of A
+//! streaming from L2. K is zero-padded to a multiple of 32 in both packs. On AMX, A is read in
+//! place when it is bf16 with cache-aligned rows, and otherwise rounded once per product into
+//! tile-major panels (`WholeA`); the dot kernel packs A per block. Each row block's sums
+//! build up over the K blocks in a padded L2 buffer and leave it once, row by row, through a
+//! `RowSink`: into C (alpha, beta, bias), or activated and rounded into a bf16 hidden layer
+//! ([`feed_forward_bf16`]).
 //!
 //! Accuracy: each product of two bf16 values is exact in f32 and the sums are f32 sums, so a
 //! result differs from the f64 sum of the same bf16-rounded operands by the f32 accumulation
@@ -400,16 +405,17 @@ fn padded_depth(bl: TileBlocking, k: usize) -> usize {
     k_blocks(bl, k).iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum()
 }
 
-/// A as bf16, row-major, made once per product for the AMX kernel when it cannot read A where
-/// it lies (f32 A, strided A, or K not a multiple of 32): `rows` rows of `k_padded` (K rounded
-/// up to 32, zero-filled), `rows` a whole number of 32-row panels (zero rows below A).
+/// All of A in bf16, made once per product for the AMX kernel when it cannot read A where it
+/// lies (f32 A, strided A, K not a multiple of 32, or rows off a cache line): 32-row panels
+/// of the whole padded depth (`k_padded`, K rounded up to 32 and zero-filled; zero rows below
+/// A), each in the kernel's tile-major layout `[k_padded / 32][32 rows][32]`, so the panel of
+/// rows `i..i + 32`, K block at `pc`, starts at `(i / 32) * 32 * k_padded + pc * 32`.
 ///
-/// The AMX kernel then reads its tiles straight from these rows (a tile row is 64 bytes of one
-/// row of A), as it reads a bf16 A in place. Packing per (row block, K block) into tile-major
-/// panels instead, as the f32 GEMM does, costs twice over: the packing (and, for f32, the
-/// rounding) repeats once per column block of C, and tiles loaded from 1 KB-contiguous
-/// panels measured at about half the speed of tiles whose rows are a full row of A apart
-/// (2048 x 768 x 3072 on two threads: ~950 against ~1700 GFLOP/s).
+/// Packing per (row block, K block) instead, as the f32 GEMM does, repeats the packing (and,
+/// for f32, the rounding) once per column block of C: with K = 3072 the 1 MB budget for
+/// packed B allows 160 columns per block, so a 3072-column product rounded every element of A
+/// about 19 times. Made once, A costs one read of the f32 and one write of bf16, spread over
+/// the threads.
 struct WholeA {
     buffer: CacheAligned<u16>,
     len: usize,
@@ -431,8 +437,8 @@ impl WholeA {
     }
 }
 
-/// Rounds (or copies) all m rows of A (`a` strided as `s` says) into a [`WholeA`], rows split
-/// over `parts` threads.
+/// Rounds (or copies) all m rows of A (`a` strided as `s` says) into a [`WholeA`], panels
+/// split over `parts` threads.
 fn prepack_a<A: Bf16Operand>(
     bl: TileBlocking,
     parts: usize,
@@ -533,8 +539,8 @@ unsafe fn tiled_serial<A: Bf16Operand, B: Bf16Operand>(
         let kc = blocks[0].1.next_multiple_of(KSTEP);
         let k_padded: usize = blocks.iter().map(|&(_, kb)| kb.next_multiple_of(KSTEP)).sum();
         // B for the whole of K is packed once per column block and stays in L2 (at most ~1 MB),
-        // so that the row blocks of C below stay in L2 across all K blocks: each C tile is then
-        // re-read from L2, not from memory, between K blocks.
+        // so that a row block's sums are finished over all K blocks before the next row block
+        // starts: they are re-read from L2 between K blocks and leave for C once.
         let nc = column_block(bl, k_padded);
         let nc_max = nc.min(n.next_multiple_of(NR));
         let mc_max = bl.mc.min(m.next_multiple_of(bl.mr));
